@@ -1,0 +1,1 @@
+"""AlgoPerf-compatible workload layer: datasets, workloads, submission runner, tuning and scoring."""

@@ -1,0 +1,1 @@
+"""How work is spread over devices and time: meshes, sharding, collectives, checkpointing."""

@@ -1,0 +1,359 @@
+"""Asynchronous, preemption-safe checkpointing of a whole training state with Orbax.
+
+One small API over :class:`orbax.checkpoint.CheckpointManager`, used by every training script:
+
+* ``Checkpointer.save(step, state, meta)`` saves a pytree of arrays (params, optimiser state, step,
+  RNG key, ...) and a JSON item (config, data-iterator position, anything plain) as one step.
+  A step becomes visible only after Orbax's atomic rename of its temporary directory, so a crash or
+  ``kill -9`` mid-save never damages the last good step; leftover temporary directories are removed
+  when a ``Checkpointer`` opens the directory and are never listed as steps.
+* Three modes. ``sync``: the call returns when the step is durable. ``async``: Orbax's default, the
+  call blocks for the device-to-host copy and serialisation runs in the background. ``lazy`` (default):
+  the idea of DataStates-LLM (Maurya et al., HPDC'24, "lazy" asynchronous checkpointing) in JAX terms:
+  JAX arrays are immutable, so the step's state need not be copied before training goes on. ``save``
+  starts the device-to-host transfers (``copy_to_host_async``) and hands the whole Orbax save to a
+  background thread; the caller blocks only for the hand-over. The one obligation it puts on the
+  training loop: the saved arrays must not be *donated* by the very next step (use a non-donating
+  variant of the step once, see :meth:`Checkpointer.take_donation_barrier`); later steps work on new
+  buffers and may donate freely. Peak memory grows by at most one state copy while a save is in flight.
+* Errors from a background save are raised in the training loop at the next ``save``, at ``wait`` or at
+  ``close`` (never only logged), as :class:`CheckpointError` naming the step.
+* ``restore(abstract_state)`` returns the latest step that restores cleanly; a damaged step (truncated
+  or missing file) is reported with its path and skipped for the previous one. The abstract target's
+  shardings decide the placement, so a state saved on 8 devices restores onto 4 or 1.
+* :class:`PreemptionGuard` turns SIGTERM into a flag the loop polls (with Orbax's
+  ``reached_preemption`` for multi-host preemption notices) so the loop can save, wait and exit 0.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import shutil
+import signal
+import threading
+import time
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+MODES = ("lazy", "async", "sync")
+STATE_ITEM = "state"
+META_ITEM = "meta"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+class CheckpointError(RuntimeError):
+    """A save or restore that failed; the message names the step and the path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    step: int
+    state: Any
+    meta: dict
+
+
+def validate_options(keep: int, mode: str) -> None:
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise ValueError(f"--keep_checkpoints={keep!r} must be an integer >= 1")
+    if mode not in MODES:
+        raise ValueError(f"--checkpoint_mode={mode!r}; allowed: {', '.join(MODES)}")
+
+
+def tree_nbytes(tree) -> int:
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)
+                   if hasattr(x, "shape")))
+
+
+def remove_temporary_dirs(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Deletes Orbax temporary (never finalized) step directories left by a killed run."""
+    removed = []
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            if TMP_MARKER in entry.name:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+                removed.append(entry)
+    if removed:
+        logging.warning("removed %d unfinished checkpoint directories: %s", len(removed),
+                        ", ".join(p.name for p in removed))
+    return removed
+
+
+def check_disk_space(directory: pathlib.Path, state_bytes: int, keep: int) -> None:
+    """ValueError before training when the disk cannot hold ``keep + 1`` copies of the state."""
+    free = shutil.disk_usage(directory).free
+    needed = state_bytes * (keep + 1)
+    if free < needed:
+        raise ValueError(
+            f"checkpoint directory {str(directory)!r} has {free / 2**20:.1f} MiB free; keeping "
+            f"--keep_checkpoints={keep} checkpoints of {state_bytes / 2**20:.1f} MiB needs about "
+            f"{needed / 2**20:.1f} MiB")
+
+
+def _ensure_writable(directory: pathlib.Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write_probe_{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"checkpoint directory {str(directory)!r} is not writable: {e}") from None
+
+
+class Checkpointer:
+    """Saves and restores ``(state pytree, JSON meta)`` steps under ``directory``; see the module doc."""
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 2, mode: str = "lazy"):
+        validate_options(keep, mode)
+        self.directory = pathlib.Path(directory).expanduser().resolve()
+        self.mode = mode
+        _ensure_writable(self.directory)
+        if jax.process_index() == 0:
+            remove_temporary_dirs(self.directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+            enable_async_checkpointing=(mode != "sync"))
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=(STATE_ITEM, META_ITEM))
+        self._executor = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lazy-ckpt")
+                          if mode == "lazy" else None)
+        self._inflight: list[tuple[int, concurrent.futures.Future]] = []
+        self._saved_steps: list[int] = []
+        self._donation_barrier = False
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ saving
+    def save(self, step: int, state, meta: dict | None = None) -> float:
+        """Saves ``state`` and ``meta`` as ``step``; returns the seconds the caller was blocked.
+
+        Raises CheckpointError for this save or for an earlier background save that failed.
+        """
+        start = time.perf_counter()
+        self._raise_finished_errors()
+        meta = dict(meta or {})
+        if self.mode == "lazy":
+            for leaf in jax.tree.leaves(state):
+                if isinstance(leaf, jax.Array) and not leaf.is_deleted():
+                    leaf.copy_to_host_async()
+            self._inflight.append((step, self._executor.submit(self._save_now, step, state, meta)))
+            self._donation_barrier = True
+        else:
+            self._save_now(step, state, meta)
+        self._saved_steps.append(step)
+        return time.perf_counter() - start
+
+    def _save_now(self, step: int, state, meta: dict) -> None:
+        try:
+            with self._lock:
+                self._manager.check_for_errors()
+                self._manager.save(step, args=ocp.args.Composite(
+                    **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}),
+                    force=True)
+        except Exception as e:  # noqa: BLE001 - re-raised with the step and path
+            raise CheckpointError(f"saving checkpoint step {step} under {self.directory} failed: "
+                                  f"{type(e).__name__}: {e}") from e
+
+    def take_donation_barrier(self) -> bool:
+        """True once after each lazy save: the next train step must not donate the saved state."""
+        barrier, self._donation_barrier = self._donation_barrier, False
+        return barrier
+
+    def _raise_finished_errors(self, wait: bool = False) -> None:
+        pending = []
+        for step, future in self._inflight:
+            if wait or future.done():
+                future.result()  # raises CheckpointError from the background thread
+            else:
+                pending.append((step, future))
+        self._inflight = pending
+
+    def wait(self) -> None:
+        """Blocks until every save is durable; raises CheckpointError for any that failed."""
+        self._raise_finished_errors(wait=True)
+        try:
+            with self._lock:
+                self._manager.wait_until_finished()
+                self._manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"a background checkpoint save under {self.directory} failed: "
+                                  f"{type(e).__name__}: {e}") from e
+        if self._saved_steps:
+            self._manager.reload()
+            last = self._saved_steps[-1]
+            if last not in self._manager.all_steps():
+                raise CheckpointError(f"checkpoint step {last} under {self.directory} was not finalized "
+                                      "(see the Orbax error logged above)")
+
+    def close(self) -> None:
+        """Waits for every save (raising its errors) and releases Orbax's resources."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            self._manager.close()
+
+    def reached_preemption(self, step: int) -> bool:
+        """Orbax/JAX preemption notice (multi-host: every process agrees on the same step)."""
+        try:
+            return bool(self._manager.reached_preemption(step))
+        except Exception:  # noqa: BLE001 - no preemption service outside jax.distributed
+            return False
+
+    # --------------------------------------------------------------- restoring
+    def all_steps(self) -> list[int]:
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def step_path(self, step: int) -> pathlib.Path:
+        return self.directory / str(step)
+
+    def restore_meta(self, step: int | None = None) -> dict | None:
+        """The JSON item of ``step`` (default: the latest), or None when there is no checkpoint."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+        return dict(restored[META_ITEM])
+
+    def latest_readable_meta(self) -> dict:
+        """The JSON item of the newest step whose JSON item reads back ({} when none does)."""
+        for step in reversed(self.all_steps()):
+            try:
+                return self.restore_meta(step)
+            except Exception as e:  # noqa: BLE001 - damaged: restore() reports it in full
+                logging.error("cannot read the metadata of %s: %s", self.step_path(step), e)
+        return {}
+
+    def restore(self, abstract_state) -> Restored | None:
+        """Restores the latest step that restores cleanly onto ``abstract_state``'s shardings.
+
+        ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct(shape, dtype, sharding=...)`` (e.g.
+        :func:`abstract_like`). Damaged steps are logged with their path and skipped. Returns None
+        when no step exists; raises CheckpointError when steps exist but none restores.
+        """
+        steps = self.all_steps()
+        failures = []
+        for step in reversed(steps):
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(**{
+                    STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                    META_ITEM: ocp.args.JsonRestore()}))
+                state = restored[STATE_ITEM]
+                _check_restored_matches(abstract_state, state, self.step_path(step))
+            except Exception as e:  # noqa: BLE001 - a damaged step: report and fall back
+                logging.error("checkpoint %s is damaged or incompatible, skipping it: %s: %s",
+                              self.step_path(step), type(e).__name__, str(e)[:500])
+                failures.append(f"{self.step_path(step)}: {type(e).__name__}: {str(e)[:200]}")
+                continue
+            if failures:
+                logging.warning("restored step %d after skipping %d damaged step(s)", step, len(failures))
+            return Restored(step=step, state=state, meta=dict(restored[META_ITEM]))
+        if failures:
+            raise CheckpointError("no checkpoint under {} could be restored:\n  {}".format(
+                self.directory, "\n  ".join(failures)))
+        return None
+
+    def delete_all(self) -> None:
+        """Removes every step (``--overwrite``)."""
+        for step in self.all_steps():
+            self._manager.delete(step)
+        remove_temporary_dirs(self.directory)
+
+
+def _check_restored_matches(abstract_state, state, path) -> None:
+    want = jax.tree.structure(abstract_state)
+    got = jax.tree.structure(state)
+    if want != got:
+        raise CheckpointError(f"{path}: restored tree structure {got} differs from the target {want}")
+    for a, b in zip(jax.tree.leaves(abstract_state), jax.tree.leaves(state)):
+        if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+            raise CheckpointError(f"{path}: leaf {b.shape}/{b.dtype} differs from target {a.shape}/{a.dtype}")
+
+
+def abstract_like(state, shardings=None):
+    """ShapeDtypeStructs of ``state`` carrying ``shardings`` (default: each leaf's own sharding)."""
+    if shardings is None:
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def config_differences(saved: dict, given: dict, ignore: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """Fields whose values differ between a saved and a given config, except ``ignore``."""
+    ignore = set(ignore)
+    keys = sorted((set(saved) | set(given)) - ignore)
+    missing = object()
+    diffs = []
+    for key in keys:
+        a, b = saved.get(key, missing), given.get(key, missing)
+        if a != b:
+            diffs.append((key, None if a is missing else a, None if b is missing else b))
+    return diffs
+
+
+def check_resume_config(saved: dict, given: dict, directory, ignore: Iterable[str] = ()) -> None:
+    """ValueError naming every differing field when a workdir's checkpoints came from another config."""
+    diffs = config_differences(saved, given, ignore)
+    if diffs:
+        lines = "\n".join(f"  --{k}: checkpoint has {a!r}, flags give {b!r}" for k, a, b in diffs)
+        raise ValueError(
+            f"the checkpoints under {directory} were made with a different configuration:\n{lines}\n"
+            "Use the same flags to resume, another --workdir, or --overwrite to start afresh.")
+
+
+class PreemptionGuard:
+    """Context manager turning SIGTERM into a flag (``requested``) that the training loop polls."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self.signals = signals
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):  # noqa: ARG002
+        logging.warning("received signal %d: will checkpoint and exit", signum)
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        return False
+
+
+def open_for_run(directory, config: dict, abstract_state, *, keep: int, mode: str, overwrite: bool,
+                 resume_ignore: Iterable[str] = ()) -> tuple[Checkpointer, Restored | None]:
+    """The start of every training script: open ``directory``, then resume or start afresh.
+
+    Refuses (ValueError naming the fields) to resume checkpoints made with another config unless
+    ``overwrite``, which deletes them. Checks the disk can hold the checkpoints before training.
+    Returns the Checkpointer and the restored step (None when starting afresh).
+    """
+    checkpointer = Checkpointer(directory, keep=keep, mode=mode)
+    restored = None
+    if checkpointer.latest_step() is not None:
+        if overwrite:
+            logging.warning("--overwrite: deleting checkpoints %s under %s",
+                            checkpointer.all_steps(), checkpointer.directory)
+            checkpointer.delete_all()
+        else:
+            saved_config = checkpointer.latest_readable_meta().get("config", {})
+            check_resume_config(saved_config, config, checkpointer.directory, resume_ignore)
+            restored = checkpointer.restore(abstract_state)
+            logging.info("resuming from checkpoint step %d under %s", restored.step, checkpointer.directory)
+    check_disk_space(checkpointer.directory, tree_nbytes(abstract_state), keep)
+    return checkpointer, restored

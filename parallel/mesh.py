@@ -1,0 +1,110 @@
+"""Device meshes from named axis sizes, and placing a global batch along the `data` axis.
+
+A mesh is described by a string such as ``"data:4,expert:2"``. Axis names come from a fixed
+vocabulary (:data:`KNOWN_AXES`) so that every module of the toolkit agrees on what an axis means;
+a size of ``-1`` (at most once) takes the devices left over.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+KNOWN_AXES = ("data", "workers", "expert", "tensor")
+
+
+def parse_mesh_spec(spec: str, num_devices: int) -> dict[str, int]:
+    """Parses ``"data:4,expert:2"`` into ``{"data": 4, "expert": 2}`` with ``-1`` resolved.
+
+    Raises:
+      ValueError: naming the string and the device count, for a malformed entry, an unknown or
+        repeated axis, a size < 1 (other than a single -1), or a product that is not ``num_devices``.
+    """
+    def fail(why: str) -> ValueError:
+        return ValueError(
+            f"mesh spec {spec!r} for {num_devices} devices: {why} "
+            f"(expected comma-separated AXIS:SIZE with AXIS in {list(KNOWN_AXES)}, "
+            f"sizes multiplying to {num_devices}, at most one size -1)")
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise fail("empty")
+    sizes: dict[str, int] = {}
+    for entry in spec.split(","):
+        name, sep, size_text = entry.strip().partition(":")
+        name = name.strip()
+        if not sep or not name:
+            raise fail(f"entry {entry!r} is not AXIS:SIZE")
+        if name not in KNOWN_AXES:
+            raise fail(f"unknown axis {name!r}")
+        if name in sizes:
+            raise fail(f"axis {name!r} given twice")
+        try:
+            size = int(size_text.strip())
+        except ValueError:
+            raise fail(f"size {size_text.strip()!r} of axis {name!r} is not an integer") from None
+        if size < 1 and size != -1:
+            raise fail(f"size {size} of axis {name!r} must be >= 1 or -1")
+        sizes[name] = size
+
+    wildcards = [n for n, s in sizes.items() if s == -1]
+    if len(wildcards) > 1:
+        raise fail(f"more than one axis has size -1: {wildcards}")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if wildcards:
+        if num_devices % known:
+            raise fail(f"fixed sizes multiply to {known}, which does not divide the device count")
+        sizes[wildcards[0]] = num_devices // known
+    elif known != num_devices:
+        raise fail(f"sizes multiply to {known}")
+    return sizes
+
+
+def make_mesh(spec: str = "data:-1", devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds a :class:`jax.sharding.Mesh` whose axes are named and sized by ``spec``."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = parse_mesh_spec(spec, len(devices))
+    shape = tuple(sizes.values())
+    try:
+        device_grid = jax.make_mesh(shape, tuple(sizes), devices=devices).devices
+    except Exception:  # backends without a topology-aware layout: plain row-major order
+        device_grid = np.asarray(devices, dtype=object).reshape(shape)
+    return Mesh(device_grid, tuple(sizes))
+
+
+def batch_sharding(mesh: Mesh, batch_axes: str | tuple[str, ...] = "data") -> NamedSharding:
+    """Sharding of arrays whose leading dimension is the global batch, split along ``batch_axes``."""
+    return NamedSharding(mesh, P(batch_axes))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_axis_size(mesh: Mesh, batch_axes: str | tuple[str, ...] = "data") -> int:
+    axes = (batch_axes,) if isinstance(batch_axes, str) else batch_axes
+    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+
+
+def check_global_batch(batch_size: int, mesh: Mesh, batch_axes: str | tuple[str, ...] = "data") -> None:
+    """Raises a ValueError unless the global batch splits evenly along the batch axes."""
+    n = batch_axis_size(mesh, batch_axes)
+    if batch_size < 1 or batch_size % n:
+        raise ValueError(
+            f"batch_size={batch_size} must be a positive multiple of the {batch_axes!r} mesh axis "
+            f"size {n} (mesh {dict(mesh.shape)})")
+
+
+def shard_batch(batch, mesh: Mesh, batch_axes: str | tuple[str, ...] = "data"):
+    """Places a host pytree of global-batch arrays onto ``mesh``, split along the batch axes.
+
+    Single-process only takes the full host batch; on several hosts each process passes its own
+    slice of the global batch and the global array is assembled from the per-process pieces.
+    """
+    sharding = batch_sharding(mesh, batch_axes)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

@@ -1,0 +1,1 @@
+"""absl-flag entry points (`python -m scripts.NAME`). Only this package defines flags."""

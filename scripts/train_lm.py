@@ -1,0 +1,274 @@
+r"""Trains the byte-level decoder LM (models/transformer.py) on the embedded corpus, data-parallel.
+
+    python -m scripts.train_lm --workdir=/tmp/lm            # Tiny Shakespeare, 2,000 steps
+    python -m scripts.train_lm --workdir=/tmp/lm --mesh=data:8 --batch_size=64 --data_dir=~/corpus
+
+The global batch is split along the mesh's ``data`` axis; parameters follow the logical-axis rules of
+parallel/sharding.py (replicated on a data-only mesh, Megatron-split over a ``tensor`` axis).
+Writes config.json, metrics.jsonl (train loss every --log_every steps, validation loss and bits/byte
+every --eval_every), loss_curve.png, summary.json and Orbax checkpoints; re-running the same command
+on the same workdir resumes from the latest checkpoint (SIGTERM: checkpoint and exit 0).
+
+Default configuration: the nanoGPT Tiny Shakespeare CPU setting (4 layers, 4 heads, width 128,
+context 64, batch 12, 2,000 steps, AdamW lr 1e-3, 100 warmup steps, cosine to 1e-4, beta2 0.99).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from absl import app, flags, logging
+
+from algoperf.data import text
+from models.transformer import DecoderLM, TransformerConfig
+from parallel import checkpoint as ckpt_lib
+from parallel import mesh as mesh_lib
+from parallel import sharding as sharding_lib
+from scripts import common
+
+RESUME_IGNORE = ("workdir", "overwrite", "multihost", "checkpoint_every", "keep_checkpoints",
+                 "checkpoint_mode", "mesh", "log_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLMConfig:
+    workdir: str | None = None
+    seed: int = 0
+    multihost: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    checkpoint_mode: str = "lazy"
+    overwrite: bool = False
+    mesh: str = "data:-1"
+    data_dir: str = ""
+    batch_size: int = 12
+    seq_len: int = 64
+    steps: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    num_layers: int = 4
+    num_heads: int = 4
+    d_model: int = 128
+    mlp_dim: int = 352
+    tie_embeddings: bool = True
+    eval_every: int = 250
+    eval_batches: int = 20
+    log_every: int = 50
+
+    def __post_init__(self):
+        common.require_positive(self, "batch_size", "seq_len", "steps", "num_layers", "num_heads",
+                                "d_model", "mlp_dim", "eval_every", "eval_batches", "log_every",
+                                "keep_checkpoints", "checkpoint_every", "warmup_steps",
+                                allow_zero=("checkpoint_every", "warmup_steps"))
+        ckpt_lib.validate_options(self.keep_checkpoints, self.checkpoint_mode)
+        for name in ("lr", "min_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name}={getattr(self, name)!r} must be > 0")
+        if self.min_lr > self.lr:
+            raise ValueError(f"--min_lr={self.min_lr} must not exceed --lr={self.lr}")
+        if not 0 <= self.beta2 < 1:
+            raise ValueError(f"--beta2={self.beta2} must be in [0, 1)")
+        self.model_config()  # validates the model flags (heads dividing width, ...)
+
+    def model_config(self) -> TransformerConfig:
+        try:
+            return TransformerConfig(vocab_size=text.VOCAB_SIZE, num_layers=self.num_layers,
+                                     num_heads=self.num_heads, d_model=self.d_model,
+                                     mlp_dim=self.mlp_dim, max_seq_len=self.seq_len,
+                                     tie_embeddings=self.tie_embeddings)
+        except ValueError as e:
+            raise ValueError(f"model flags: {e}") from None
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+def make_optimizer(cfg: TrainLMConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
+        decay_steps=max(cfg.steps, cfg.warmup_steps + 1), end_value=cfg.min_lr)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                       optax.adamw(schedule, b1=0.9, b2=cfg.beta2, weight_decay=cfg.weight_decay))
+
+
+def next_token_loss(model: DecoderLM, params, batch) -> jax.Array:
+    """Mean next-token cross-entropy in nats per byte."""
+    logits = model.apply({"params": params}, batch["inputs"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+
+
+def make_train_step(model: DecoderLM, optimizer: optax.GradientTransformation):
+    def train_step(state: TrainState, batch):
+        loss, grads = jax.value_and_grad(lambda p: next_token_loss(model, p, batch))(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        rng, _ = jax.random.split(state.rng)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return train_step
+
+
+def init_state(model: DecoderLM, optimizer, cfg: TrainLMConfig, mesh) -> tuple[TrainState, TrainState]:
+    """The initial TrainState, born sharded, and the tree of its shardings."""
+    tokens = jnp.zeros((1, cfg.seq_len), jnp.int32)
+    init_params = lambda key: model.init(key, tokens)["params"]  # noqa: E731
+    key = jax.random.PRNGKey(cfg.seed)
+    params_key, rng = jax.random.split(key)
+    params, param_shardings = sharding_lib.init_sharded(init_params, mesh, params_key)
+    replicated = mesh_lib.replicated(mesh)
+    opt_shardings = sharding_lib.like_params(jax.eval_shape(optimizer.init, params), params, param_shardings,
+                                             replicated)
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
+                       opt_state=opt_state, rng=jax.device_put(rng, replicated))
+    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
+    return state, shardings
+
+
+def evaluate(eval_loss_fn, params, batches, mesh) -> dict[str, float]:
+    losses = [eval_loss_fn(params, mesh_lib.shard_batch(b, mesh)) for b in batches]
+    loss = float(jnp.mean(jnp.stack(losses)))
+    return {"val_loss": loss, "val_bpb": loss / math.log(2)}
+
+
+def local_rows(batch: dict, batch_size: int) -> dict:
+    """This process's rows of a global batch (every process draws the same global batch)."""
+    n, i = jax.process_count(), jax.process_index()
+    per = batch_size // n
+    return {k: v[i * per:(i + 1) * per] for k, v in batch.items()}
+
+
+def train(cfg: TrainLMConfig) -> dict:
+    """Runs (or resumes) training; returns the summary written to summary.json."""
+    common.maybe_initialize_distributed(cfg.multihost)
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    mesh_lib.check_global_batch(cfg.batch_size, mesh)
+    workdir = common.require_workdir(cfg.workdir)
+    corpus = text.load_corpus(cfg.data_dir or None, min_split_len=cfg.seq_len + 1)
+    eval_data = text.eval_batches(corpus.validation, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+
+    model = DecoderLM(cfg.model_config())
+    optimizer = make_optimizer(cfg)
+    state, shardings = init_state(model, optimizer, cfg, mesh)
+    config_dict = dataclasses.asdict(cfg)
+    checkpointer, restored = ckpt_lib.open_for_run(
+        workdir / "checkpoints", config_dict, ckpt_lib.abstract_like(state, shardings),
+        keep=cfg.keep_checkpoints, mode=cfg.checkpoint_mode, overwrite=cfg.overwrite,
+        resume_ignore=RESUME_IGNORE)
+    start_step = 0
+    if restored is not None:
+        state, start_step = restored.state, restored.step
+    if jax.process_index() == 0:
+        common.write_json_atomic(workdir / "config.json", config_dict)
+    metrics = common.MetricsWriter(workdir / "metrics.jsonl", resume_step=start_step if restored else None,
+                                   enabled=jax.process_index() == 0)
+
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    jit_kwargs = dict(in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None))
+    step_fn = make_train_step(model, optimizer)
+    train_step_donating = jax.jit(step_fn, donate_argnums=0, **jit_kwargs)
+    train_step_keeping = jax.jit(step_fn, **jit_kwargs)  # the step right after a lazy save
+    eval_loss = jax.jit(lambda p, b: next_token_loss(model, p, b))
+
+    def save(step):
+        meta = {"config": config_dict, "data": {"seed": cfg.seed, "position": step}}
+        return checkpointer.save(step, state, meta)
+
+    logging.info("training %s on %s (%d train / %d validation bytes), mesh %s, %d parameters",
+                 "resumed at step %d" % start_step if restored else "from scratch", corpus.name,
+                 len(corpus.train), len(corpus.validation), dict(mesh.shape),
+                 sum(x.size for x in jax.tree.leaves(state.params)))
+    progress = common.Progress(cfg.steps, start_step)
+    wall_start = time.perf_counter()
+    blocked_s, preempted, last_saved, step = 0.0, False, start_step, start_step
+    last_eval: dict = {}
+    with ckpt_lib.PreemptionGuard() as guard:
+        for step in range(start_step + 1, cfg.steps + 1):
+            host_batch = local_rows(text.train_batch(corpus.train, cfg.seed, step - 1, cfg.batch_size, cfg.seq_len),
+                                    cfg.batch_size)
+            batch = mesh_lib.shard_batch(host_batch, mesh)
+            fn = train_step_keeping if checkpointer.take_donation_barrier() else train_step_donating
+            state, step_metrics = fn(state, batch)
+            row = {}
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row.update(loss=float(step_metrics["loss"]), grad_norm=float(step_metrics["grad_norm"]))
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                last_eval = evaluate(eval_loss, state.params, eval_data, mesh)
+                row.update(last_eval)
+            if row:
+                metrics.write({"step": step, **row, "steps_per_sec": progress.steps_per_sec(step)})
+                progress.update(step, **row)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                blocked_s += save(step)
+                last_saved = step
+            if guard.requested or checkpointer.reached_preemption(step):
+                preempted = True
+                break
+        if step != last_saved:
+            blocked_s += save(step)
+        checkpointer.close()
+    wall_s = time.perf_counter() - wall_start
+
+    summary = {"step": step, "preempted": preempted, "wall_time_s": wall_s,
+               "steps_per_sec": (step - start_step) / max(wall_s, 1e-9),
+               "checkpoint_blocking_s": blocked_s, "resumed_from": start_step if restored else None,
+               **last_eval}
+    if jax.process_index() == 0:
+        common.write_json_atomic(workdir / "summary.json", summary)
+        common.plot_curves(workdir / "loss_curve.png", metrics.rows, ("loss", "val_loss"),
+                           f"byte-level LM on {corpus.name}", ylabel="nats / byte")
+    logging.info("%s at step %d: %s", "preempted, checkpointed" if preempted else "done", step,
+                 json.dumps({k: v for k, v in summary.items() if k != "step"}))
+    return summary
+
+
+def define_flags() -> None:
+    common.define_common_flags()
+    defaults = TrainLMConfig()
+    flags.DEFINE_string("mesh", defaults.mesh, "Mesh axes, e.g. data:8 or data:4,tensor:2 (-1: the rest).")
+    flags.DEFINE_string("data_dir", defaults.data_dir, "Folder of text files; empty: embedded Tiny Shakespeare.")
+    flags.DEFINE_integer("batch_size", defaults.batch_size, "Global batch size (sequences).")
+    flags.DEFINE_integer("seq_len", defaults.seq_len, "Context length in bytes.")
+    flags.DEFINE_integer("steps", defaults.steps, "Training steps.")
+    flags.DEFINE_float("lr", defaults.lr, "Peak learning rate.")
+    flags.DEFINE_float("min_lr", defaults.min_lr, "Final learning rate of the cosine decay.")
+    flags.DEFINE_integer("warmup_steps", defaults.warmup_steps, "Linear warm-up steps.")
+    flags.DEFINE_float("weight_decay", defaults.weight_decay, "AdamW weight decay.")
+    flags.DEFINE_float("beta2", defaults.beta2, "AdamW beta2.")
+    flags.DEFINE_float("grad_clip", defaults.grad_clip, "Global gradient-norm clip.")
+    flags.DEFINE_integer("num_layers", defaults.num_layers, "Transformer blocks.")
+    flags.DEFINE_integer("num_heads", defaults.num_heads, "Attention heads.")
+    flags.DEFINE_integer("d_model", defaults.d_model, "Model width.")
+    flags.DEFINE_integer("mlp_dim", defaults.mlp_dim, "SwiGLU hidden width.")
+    flags.DEFINE_bool("tie_embeddings", defaults.tie_embeddings, "Share input and output embeddings.")
+    flags.DEFINE_integer("eval_every", defaults.eval_every, "Evaluate validation loss every N steps.")
+    flags.DEFINE_integer("eval_batches", defaults.eval_batches, "Validation batches per evaluation.")
+    flags.DEFINE_integer("log_every", defaults.log_every, "Log the train loss every N steps.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg = common.config_from_flags(TrainLMConfig)
+    common.quiet_library_logs()
+    train(cfg)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
