@@ -270,6 +270,26 @@ class Checkpointer:
         remove_temporary_dirs(self.directory)
 
 
+class DonationSafeStep:
+    """A train step ``fn(state, *args) -> (state, ...)`` jitted to donate its state, except for the
+    one step after a lazy save, which runs a non-donating twin compiled ahead of time (so that its
+    compilation never lands inside the timed loop) and leaves the saved buffers intact.
+
+    ``example_args`` (arrays or ShapeDtypeStructs carrying shardings) fix the twin's signature.
+    """
+
+    def __init__(self, fn, checkpointer: Checkpointer, example_args: tuple, **jit_kwargs):
+        self._checkpointer = checkpointer
+        self._donating = jax.jit(fn, donate_argnums=0, **jit_kwargs)
+        self._keeping = (jax.jit(fn, **jit_kwargs).lower(*example_args).compile()
+                         if checkpointer.mode == "lazy" else None)
+
+    def __call__(self, state, *args):
+        if self._checkpointer.take_donation_barrier():
+            return self._keeping(state, *args)
+        return self._donating(state, *args)
+
+
 def _check_restored_matches(abstract_state, state, path) -> None:
     want = jax.tree.structure(abstract_state)
     got = jax.tree.structure(state)

@@ -180,9 +180,10 @@ def train(cfg: TrainLMConfig) -> dict:
 
     batch_sharding = mesh_lib.batch_sharding(mesh)
     jit_kwargs = dict(in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None))
-    step_fn = make_train_step(model, optimizer)
-    train_step_donating = jax.jit(step_fn, donate_argnums=0, **jit_kwargs)
-    train_step_keeping = jax.jit(step_fn, **jit_kwargs)  # the step right after a lazy save
+    example_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
+                                 text.train_batch(corpus.train, cfg.seed, 0, cfg.batch_size, cfg.seq_len))
+    train_step = ckpt_lib.DonationSafeStep(make_train_step(model, optimizer), checkpointer,
+                                           (ckpt_lib.abstract_like(state, shardings), example_batch), **jit_kwargs)
     eval_loss = jax.jit(lambda p, b: next_token_loss(model, p, b))
 
     def save(step):
@@ -202,8 +203,10 @@ def train(cfg: TrainLMConfig) -> dict:
             host_batch = local_rows(text.train_batch(corpus.train, cfg.seed, step - 1, cfg.batch_size, cfg.seq_len),
                                     cfg.batch_size)
             batch = mesh_lib.shard_batch(host_batch, mesh)
-            fn = train_step_keeping if checkpointer.take_donation_barrier() else train_step_donating
-            state, step_metrics = fn(state, batch)
+            state, step_metrics = train_step(state, batch)
+            if step == start_step + 1:  # the loop's clock starts after the first (compiling) step
+                jax.block_until_ready(state)
+                loop_start = time.perf_counter()
             row = {}
             if step % cfg.log_every == 0 or step == cfg.steps:
                 row.update(loss=float(step_metrics["loss"]), grad_norm=float(step_metrics["grad_norm"]))
@@ -219,6 +222,7 @@ def train(cfg: TrainLMConfig) -> dict:
             if guard.requested or checkpointer.reached_preemption(step):
                 preempted = True
                 break
+        loop_s = time.perf_counter() - loop_start if step > start_step else 0.0
         if step != last_saved:
             blocked_s += save(step)
         checkpointer.close()
@@ -226,6 +230,7 @@ def train(cfg: TrainLMConfig) -> dict:
 
     summary = {"step": step, "preempted": preempted, "wall_time_s": wall_s,
                "steps_per_sec": (step - start_step) / max(wall_s, 1e-9),
+               "loop_steps_per_sec": (step - start_step - 1) / loop_s if loop_s > 0 else None,
                "checkpoint_blocking_s": blocked_s, "resumed_from": start_step if restored else None,
                **last_eval}
     if jax.process_index() == 0:

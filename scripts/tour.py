@@ -1,0 +1,91 @@
+r"""A short tour of every component on the embedded default data, with a summary at the end.
+
+    python -m scripts.tour                      # writes under ./runs/tour
+    python -m scripts.tour --workdir=/tmp/tour --lm_steps=300
+
+Each step is a small run of a component's own script or library entry point; the summary prints one
+line per component and is also written to WORKDIR/tour_summary.json.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+from scripts import common
+
+flags.DEFINE_string("workdir", "runs/tour", "Where the tour's runs are written (emptied first).")
+flags.DEFINE_integer("lm_steps", 500, "Training steps of the language-model step.", lower_bound=1)
+FLAGS = flags.FLAGS
+
+
+def step_train_lm(workdir: pathlib.Path, steps: int) -> dict:
+    """Data-parallel byte-level LM on Tiny Shakespeare (scripts/train_lm.py)."""
+    from scripts import train_lm
+
+    cfg = train_lm.TrainLMConfig(workdir=str(workdir), steps=steps, eval_every=max(steps // 4, 1),
+                                 warmup_steps=min(100, steps // 10), checkpoint_every=max(steps // 2, 1),
+                                 overwrite=True)
+    summary = train_lm.train(cfg)
+    return {"val_loss_nats_per_byte": round(summary["val_loss"], 4), "val_bits_per_byte": round(summary["val_bpb"], 4),
+            "steps_per_sec": round(summary["steps_per_sec"], 2), "wall_time_s": round(summary["wall_time_s"], 1)}
+
+
+def _logged_step(metrics_path: pathlib.Path) -> int:
+    if not metrics_path.exists():
+        return 0
+    return max((r.get("step", 0) for r in common.MetricsWriter.read(metrics_path)), default=0)
+
+
+def step_preempt_and_resume(workdir: pathlib.Path) -> dict:
+    """Orbax async checkpointing: SIGTERM mid-run, exit 0 with a checkpoint, restart, finish."""
+    cmd = [sys.executable, "-m", "scripts.train_lm", f"--workdir={workdir}", "--steps=200", "--num_layers=2",
+           "--d_model=64", "--mlp_dim=176", "--checkpoint_every=50", "--eval_every=100", "--log_every=10",
+           "--overwrite"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while _logged_step(workdir / "metrics.jsonl") < 70 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"preempted run exited {proc.returncode}:\n{err[-2000:]}")
+    interrupted = json.loads((workdir / "summary.json").read_text())
+    resume = subprocess.run([c for c in cmd if c != "--overwrite"], capture_output=True, text=True, timeout=600)
+    if resume.returncode != 0:
+        raise RuntimeError(f"resumed run exited {resume.returncode}:\n{resume.stderr[-2000:]}")
+    final = json.loads((workdir / "summary.json").read_text())
+    return {"sigterm_at_step": interrupted["step"], "exit_code": proc.returncode,
+            "resumed_from": final["resumed_from"], "finished_at": final["step"],
+            "save_blocking_s_total": round(final["checkpoint_blocking_s"], 4)}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    common.quiet_library_logs()
+    root = common.require_workdir(FLAGS.workdir)
+    steps = [
+        ("LM (train_lm)", lambda: step_train_lm(root / "train_lm", FLAGS.lm_steps)),
+        ("checkpoint (SIGTERM + resume)", lambda: step_preempt_and_resume(root / "preempt")),
+    ]
+    results = {}
+    for name, run in steps:
+        logging.info("tour: %s", name)
+        start = time.perf_counter()
+        results[name] = {**run(), "tour_step_s": round(time.perf_counter() - start, 1)}
+    common.write_json_atomic(root / "tour_summary.json", results)
+    width = max(len(n) for n in results)
+    print("\njaxsys tour summary")
+    for name, figures in results.items():
+        print(f"  {name:<{width}}  " + "  ".join(f"{k}={v}" for k, v in figures.items()))
+    print(f"(details under {root})")
+
+
+if __name__ == "__main__":
+    app.run(main)
