@@ -137,6 +137,9 @@ class Checkpointer:
         self._raise_finished_errors()
         meta = dict(meta or {})
         if self.mode == "lazy":
+            # At most one hand-over in flight (plus Orbax's own background write): a loop saving
+            # faster than the disk can write is slowed down rather than queueing states in memory.
+            self._raise_finished_errors(wait=True)
             for leaf in jax.tree.leaves(state):
                 if isinstance(leaf, jax.Array) and not leaf.is_deleted():
                     leaf.copy_to_host_async()
