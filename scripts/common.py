@@ -30,10 +30,11 @@ def define_common_flags() -> None:
     flags.DEFINE_bool("overwrite", False, "Start afresh in a workdir whose checkpoints were made with another config.")
 
 
-def config_from_flags(config_cls, flag_values=None, **overrides):
-    """Builds ``config_cls`` from the flags of the same names (plus ``overrides``).
+def config_from_flags(config_cls, flag_values=None, preflight=None, **overrides):
+    """Builds ``config_cls`` from the flags of the same names (plus ``overrides``), before any work.
 
-    The dataclass validates itself in ``__post_init__`` and raises ValueError naming the flag.
+    The dataclass validates itself in ``__post_init__`` (ValueError naming the flag); the workdir must
+    be writable. Either failure exits the process with status 1 and the message on stderr.
     """
     flag_values = flag_values or flags.FLAGS
     kwargs = {}
@@ -42,7 +43,15 @@ def config_from_flags(config_cls, flag_values=None, **overrides):
             kwargs[field.name] = overrides[field.name]
         elif field.name in flag_values:
             kwargs[field.name] = flag_values[field.name].value
-    return config_cls(**kwargs)
+    try:
+        config = config_cls(**kwargs)
+        if preflight is not None:  # checks against the environment (device count, ...)
+            preflight(config)
+        if "workdir" in kwargs:
+            require_workdir(config.workdir)
+    except ValueError as e:  # a usage error: the message alone, not a traceback
+        raise SystemExit(f"error: {e}") from None
+    return config
 
 
 def require_positive(config, *names: str, allow_zero: Iterable[str] = ()) -> None:

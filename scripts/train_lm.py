@@ -90,6 +90,14 @@ class TrainLMConfig:
             raise ValueError(f"model flags: {e}") from None
 
 
+def check_devices(cfg: TrainLMConfig) -> None:
+    """The mesh fits the devices and the global batch splits along its data axis (ValueError if not)."""
+    data_size = mesh_lib.parse_mesh_spec(cfg.mesh, jax.device_count()).get("data", 1)
+    if cfg.batch_size % data_size:
+        raise ValueError(f"--batch_size={cfg.batch_size} must be a multiple of the data axis size "
+                         f"{data_size} of --mesh={cfg.mesh!r}")
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
@@ -156,8 +164,8 @@ def local_rows(batch: dict, batch_size: int) -> dict:
 def train(cfg: TrainLMConfig) -> dict:
     """Runs (or resumes) training; returns the summary written to summary.json."""
     common.maybe_initialize_distributed(cfg.multihost)
+    check_devices(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
-    mesh_lib.check_global_batch(cfg.batch_size, mesh)
     workdir = common.require_workdir(cfg.workdir)
     corpus = text.load_corpus(cfg.data_dir or None, min_split_len=cfg.seq_len + 1)
     eval_data = text.eval_batches(corpus.validation, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=cfg.seed)
@@ -269,7 +277,7 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cfg = common.config_from_flags(TrainLMConfig)
+    cfg = common.config_from_flags(TrainLMConfig, preflight=check_devices)
     common.quiet_library_logs()
     train(cfg)
 
