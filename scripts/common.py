@@ -30,6 +30,33 @@ def define_common_flags() -> None:
     flags.DEFINE_bool("overwrite", False, "Start afresh in a workdir whose checkpoints were made with another config.")
 
 
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The fields every training script shares (the flags of :func:`define_common_flags`).
+
+    A script's config subclasses it (redeclaring a field changes its default) and calls
+    ``super().__post_init__()`` from its own ``__post_init__``.
+    """
+    workdir: str | None = None
+    seed: int = 0
+    multihost: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    checkpoint_mode: str = "lazy"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        from parallel.checkpoint import validate_options
+
+        require_positive(self, "checkpoint_every", allow_zero=("checkpoint_every",))
+        validate_options(self.keep_checkpoints, self.checkpoint_mode)
+
+
+# Fields that may change between a run and its resumption without changing the trajectory.
+RUN_RESUME_IGNORE = ("workdir", "overwrite", "multihost", "checkpoint_every", "keep_checkpoints",
+                     "checkpoint_mode")
+
+
 def config_from_flags(config_cls, flag_values=None, preflight=None, **overrides):
     """Builds ``config_cls`` from the flags of the same names (plus ``overrides``), before any work.
 

@@ -32,19 +32,11 @@ from parallel import mesh as mesh_lib
 from parallel import sharding as sharding_lib
 from scripts import common
 
-RESUME_IGNORE = ("workdir", "overwrite", "multihost", "checkpoint_every", "keep_checkpoints",
-                 "checkpoint_mode", "mesh", "log_every")
+RESUME_IGNORE = common.RUN_RESUME_IGNORE + ("mesh", "log_every")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainLMConfig:
-    workdir: str | None = None
-    seed: int = 0
-    multihost: bool = False
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    checkpoint_mode: str = "lazy"
-    overwrite: bool = False
+class TrainLMConfig(common.RunConfig):
     mesh: str = "data:-1"
     data_dir: str = ""
     batch_size: int = 12
@@ -66,11 +58,10 @@ class TrainLMConfig:
     log_every: int = 50
 
     def __post_init__(self):
+        super().__post_init__()
         common.require_positive(self, "batch_size", "seq_len", "steps", "num_layers", "num_heads",
                                 "d_model", "mlp_dim", "eval_every", "eval_batches", "log_every",
-                                "keep_checkpoints", "checkpoint_every", "warmup_steps",
-                                allow_zero=("checkpoint_every", "warmup_steps"))
-        ckpt_lib.validate_options(self.keep_checkpoints, self.checkpoint_mode)
+                                "warmup_steps", allow_zero=("warmup_steps",))
         for name in ("lr", "min_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name}={getattr(self, name)!r} must be > 0")
