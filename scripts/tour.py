@@ -65,6 +65,12 @@ def step_preempt_and_resume(workdir: pathlib.Path) -> dict:
             "save_blocking_s_total": round(final["checkpoint_blocking_s"], 4)}
 
 
+def _imported(module: str):
+    import importlib
+
+    return importlib.import_module(module)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -73,6 +79,8 @@ def main(argv):
     steps = [
         ("LM (train_lm)", lambda: step_train_lm(root / "train_lm", FLAGS.lm_steps)),
         ("checkpoint (SIGTERM + resume)", lambda: step_preempt_and_resume(root / "preempt")),
+        ("AlgoPerf (NAdamW on mnist1d)", lambda: _imported("scripts.run_algoperf").tour_step(root / "algoperf")),
+        ("job-shop (rules, agent, CP-SAT on ta01-ta02)", lambda: _imported("scripts.eval_jssp").tour_step(root / "jssp")),
     ]
     results = {}
     for name, run in steps:

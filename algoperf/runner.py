@@ -1,0 +1,470 @@
+"""The AlgoPerf submission runner as a library: load a submission, tune, train, time, log, resume.
+
+Timing follows the upstream v0.6 ``submission_runner.py`` exactly, with an injectable ``clock``:
+
+* untimed: dataset setup, model and optimizer initialisation, evaluation, logging, checkpointing;
+* timed (``accumulated_submission_time``): everything from the end of the previous step (or the
+  start) to the end of this step, i.e. ``data_selection`` + ``update_params`` (compilation included),
+  plus ``prepare_for_eval`` when it runs;
+* an evaluation is due when ``clock() - last_eval_time >= eval_period_time_sec`` (``last_eval_time``
+  starts at 0 and is the end of the previous evaluation) or training is complete; before it,
+  ``prepare_for_eval`` runs (timed) and the budget is checked: ``is_time_remaining =
+  accumulated_submission_time < max_allowed_runtime_sec`` (3x for the self-tuning ruleset); the
+  evaluation runs only if time remains;
+* the trial stops when the budget is spent, when both validation and test targets are reached, when
+  ``update_params`` raises ``TrainingCompleteError``, or at ``max_global_steps``.
+
+Timed intervals are contiguous between evaluations (each starts where the previous ended), so work
+that JAX dispatched asynchronously is counted in a later step; before an evaluation the runner waits
+for it (``jax.block_until_ready`` on the parameters) and reads the clock again, so no submission
+time leaks into the untimed evaluation. Steps are not synchronised one by one (that would cost the
+submission its dispatch pipelining). Per-step keys come from one jitted ``fold_in`` + ``split``.
+
+Logs have upstream's layout: ``EXPERIMENT/study_K/WORKLOAD_jax/trial_N/`` with
+``eval_measurements.csv`` (one row per evaluation), ``measurements.csv`` (also the submission's own
+``metrics_logger`` rows and the final score), ``hparams.json``, ``meta_data_P.json`` and
+``flags_P.json`` (P = preemption count). Trials checkpoint after every evaluation through
+:mod:`parallel.checkpoint` and resume where they stopped; a finished trial is not rerun.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import hashlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from types import MappingProxyType
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+from algoperf import halton, spec
+from algoperf import workloads as workloads_lib
+from parallel import checkpoint as ckpt_lib
+
+FRAMEWORK = "jax"
+RULESETS = ("external", "self")
+SELF_TUNING_BUDGET_FACTOR = 3
+Clock = Callable[[], float]
+
+
+# ------------------------------------------------------------------------------------ submissions
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    path: str
+    module: Any
+    get_batch_size: Callable
+    init_optimizer_state: Callable
+    update_params: Callable
+    data_selection: Callable
+    prepare_for_eval: Optional[Callable]
+    needs_train_state: bool
+
+
+def load_submission(path: str | os.PathLike) -> Submission:
+    """Imports the submission file at ``path``; ValueError naming any missing function."""
+    file = pathlib.Path(path).expanduser()
+    if not file.is_file() or file.suffix != ".py":
+        raise ValueError(f"--submission_path={str(path)!r} is not a Python file")
+    digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]
+    module_name = f"algoperf_submission_{file.stem}_{digest}"
+    if module_name in sys.modules:
+        module = sys.modules[module_name]
+    else:
+        module_spec = importlib.util.spec_from_file_location(module_name, file)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[module_name]
+            raise ValueError(f"--submission_path={str(path)!r}: importing it failed: {type(e).__name__}: {e}") from e
+    missing = [name for name in spec.REQUIRED_SUBMISSION_FUNCTIONS if not callable(getattr(module, name, None))]
+    if missing:
+        raise ValueError(f"--submission_path={str(path)!r} lacks the submission function(s) {missing}; a "
+                         f"submission must define {list(spec.REQUIRED_SUBMISSION_FUNCTIONS)} "
+                         f"(and optionally {list(spec.OPTIONAL_SUBMISSION_FUNCTIONS)})")
+    prepare = getattr(module, "prepare_for_eval", None)
+    return Submission(str(file), module, module.get_batch_size, module.init_optimizer_state, module.update_params,
+                      module.data_selection, prepare if callable(prepare) else None,
+                      "train_state" in inspect.signature(module.update_params).parameters)
+
+
+def resolve_batch_size(submission: Submission, workload_name: str, workload) -> int:
+    """The submission's batch size for the workload (its base name next, then the workload default)."""
+    names = [workload_name, workloads_lib.get_base_workload_name(workload_name)]
+    for name in dict.fromkeys(names):
+        try:
+            size = submission.get_batch_size(name)
+            break
+        except ValueError:
+            continue
+    else:
+        size = workload.default_batch_size
+        logging.warning("get_batch_size(%r) raised ValueError: using the workload's default batch size %d",
+                        workload_name, size)
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"get_batch_size({workload_name!r}) returned {size!r}; need a positive integer")
+    if size % jax.device_count():
+        raise ValueError(f"batch size {size} for {workload_name!r} must be divisible by the {jax.device_count()} "
+                         "devices (batches are sharded along the batch dimension)")
+    return int(size)
+
+
+# -------------------------------------------------------------------------------------- logging
+class MetricLogger:
+    """Upstream's ``MetricLogger``: ``measurements.csv`` and ``eval_measurements.csv`` (sorted columns).
+
+    Files are rewritten atomically with the union of the columns seen so far. On resume from step
+    ``resume_step``, rows after it (logged by the interrupted run) are dropped.
+    """
+
+    def __init__(self, trial_dir: pathlib.Path, resume_step: Optional[int] = None):
+        self.paths = {False: trial_dir / "measurements.csv", True: trial_dir / "eval_measurements.csv"}
+        self.rows: dict[bool, list[dict]] = {False: [], True: []}
+        for is_eval, path in self.paths.items():
+            if path.exists() and resume_step is not None:
+                with open(path, newline="") as f:
+                    rows = [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+                self.rows[is_eval] = [r for r in rows if float(r.get("global_step", 0)) <= resume_step]
+                self._write(is_eval)
+            elif path.exists():
+                path.unlink()
+
+    def append_scalar_metrics(self, metrics: dict, global_step: int, preemption_count: Optional[int] = None,
+                              is_eval: bool = False) -> None:
+        row = {k: _plain(v) for k, v in metrics.items()}
+        row["global_step"] = int(global_step)
+        if preemption_count is not None:
+            row["preemption_count"] = preemption_count
+        for target in ((False, True) if is_eval else (False,)):
+            self.rows[target].append(row)
+            self._write(target)
+
+    def _write(self, is_eval: bool) -> None:
+        rows, path = self.rows[is_eval], self.paths[is_eval]
+        columns = sorted({k for r in rows for k in r})
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    def finish(self) -> None:
+        pass
+
+
+def _plain(v):
+    if hasattr(v, "item") and getattr(v, "size", 2) == 1:
+        v = v.item()
+    return v
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def write_hparams(hyperparameters, trial_dir: pathlib.Path):
+    """Saves ``hparams.json``; if it exists already (a resumed trial), returns the saved values."""
+    path = trial_dir / "hparams.json"
+    if path.exists():
+        return halton.hyperparameters_from_dict(json.loads(path.read_text()))
+    write_json(path, hyperparameters._asdict())
+    return hyperparameters
+
+
+def workload_meta_data(workload, rng_seed: int) -> dict:
+    """Upstream's ``meta_data``: the workload's primitive properties (targets included), seed, machine."""
+    meta = {}
+    for key in dir(workload):
+        if key.startswith("_") or key in ("param_shapes", "model_params_types", "splits", "model"):
+            continue
+        try:
+            value = getattr(workload, key)
+        except Exception:  # noqa: BLE001 - a property that needs data; skip like upstream
+            continue
+        if isinstance(value, (bool, int, float, str)):
+            meta[f"workload.{key}"] = value
+    meta.update(rng_seed=rng_seed, devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count())
+    return meta
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray))
+
+
+def checkpoint_state(params, model_state, optimizer_state) -> dict:
+    """The array part of a trial's state (optimizer functions such as ``opt_update_fn`` are re-made)."""
+    opt_arrays = [x for x in jax.tree.leaves(optimizer_state) if _is_array(x)]
+    return {"params": params, "model_state": model_state, "opt_arrays": opt_arrays}
+
+
+def restore_optimizer_state(template, opt_arrays):
+    leaves, treedef = jax.tree.flatten(template)
+    it = iter(opt_arrays)
+    return jax.tree.unflatten(treedef, [next(it) if _is_array(x) else x for x in leaves])
+
+
+# ------------------------------------------------------------------------------------- training
+def new_train_state() -> dict:
+    return {"validation_goal_reached": False, "test_goal_reached": False, "is_time_remaining": True,
+            "last_eval_time": 0.0, "training_complete": False, "accumulated_submission_time": 0.0,
+            "accumulated_eval_time": 0.0, "accumulated_logging_time": 0.0, "last_step_end_time": None}
+
+
+@dataclasses.dataclass
+class TrialResult:
+    score: float  # accumulated submission time
+    global_step: int
+    eval_results: list
+    train_state: dict
+    reached_validation_target: bool
+    resumed_from: Optional[int] = None
+
+
+@jax.jit
+def _step_keys(rng, global_step):
+    """(data_selection, update, prepare_for_eval, eval) keys of a step: split(fold_in(rng, step), 4)."""
+    keys = jax.random.split(jax.random.fold_in(rng, global_step), 4)
+    return keys[0], keys[1], keys[2], keys[3]
+
+
+def train_once(workload, submission: Submission, hyperparameters, rng_seed: int, *, global_batch_size: int,
+               data_dir: Optional[str] = None, log_dir: Optional[pathlib.Path] = None,
+               tuning_ruleset: str = "external", max_global_steps: Optional[int] = None,
+               save_checkpoints: bool = True, clock: Clock = time.perf_counter,
+               config: Optional[dict] = None) -> TrialResult:
+    """Runs one trial (see the module doc for the timing rules); returns its score and evaluations."""
+    rng = jax.random.PRNGKey(rng_seed)
+    data_rng, opt_init_rng, model_init_rng, rng = jax.random.split(rng, 4)
+    dropout_rate = getattr(hyperparameters, "dropout_rate", None)
+    aux_dropout_rate = getattr(hyperparameters, "aux_dropout_rate", None)
+    model_params, model_state = workload.init_model_fn(model_init_rng, dropout_rate, aux_dropout_rate)
+    optimizer_state = submission.init_optimizer_state(workload, model_params, model_state, hyperparameters,
+                                                      opt_init_rng)
+    train_state, global_step, eval_results, preemption_count = new_train_state(), 0, [], 0
+    checkpointer, metrics_logger, resumed_from = None, None, None
+    if log_dir is not None:
+        log_dir = pathlib.Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        config = dict(config or {})
+        state = checkpoint_state(model_params, model_state, optimizer_state)
+        if save_checkpoints:
+            checkpointer, restored = ckpt_lib.open_for_run(
+                log_dir / "checkpoints", config, ckpt_lib.abstract_like(state), keep=1, mode="sync",
+                overwrite=False)
+            if restored is not None:
+                meta = restored.meta
+                model_params = restored.state["params"]
+                model_state = restored.state["model_state"]
+                optimizer_state = restore_optimizer_state(optimizer_state, restored.state["opt_arrays"])
+                train_state = dict(meta["train_state"])
+                eval_results = [(s, r) for s, r in meta["eval_results"]]
+                global_step = int(meta["global_step"])
+                preemption_count = int(meta["preemption_count"]) + 1
+                resumed_from = global_step
+                if meta.get("finished"):
+                    logging.info("trial %s finished already (step %d): not rerun", log_dir, global_step)
+                    checkpointer.close()
+                    return _result(train_state, global_step, eval_results, resumed_from)
+                logging.info("resuming trial %s at step %d (preemption %d)", log_dir, global_step, preemption_count)
+        write_json(log_dir / f"meta_data_{preemption_count}.json", workload_meta_data(workload, rng_seed))
+        write_json(log_dir / f"flags_{preemption_count}.json", config)
+        metrics_logger = MetricLogger(log_dir, resume_step=resumed_from)
+        workload.attach_metrics_logger(metrics_logger)
+
+    def save(finished: bool = False) -> None:
+        if checkpointer is None:
+            return
+        meta = {"config": config, "train_state": train_state, "eval_results": eval_results,
+                "global_step": global_step, "preemption_count": preemption_count, "finished": finished}
+        # Checkpoint index 2*step (+1 for the final save, which may follow an evaluation's save at the same step).
+        checkpointer.save(2 * global_step + int(finished), checkpoint_state(model_params, model_state, optimizer_state),
+                          meta)
+
+    input_queue = workload._build_input_queue(data_rng, "train", data_dir, global_batch_size,
+                                              start_step=global_step)
+    max_runtime = workload.max_allowed_runtime_sec * (SELF_TUNING_BUDGET_FACTOR if tuning_ruleset == "self" else 1)
+    global_start_time = clock()
+    train_state["last_step_end_time"] = global_start_time
+    goals_reached = train_state["validation_goal_reached"] and train_state["test_goal_reached"]
+    while train_state["is_time_remaining"] and not goals_reached and not train_state["training_complete"]:
+        data_select_rng, update_rng, prep_eval_rng, eval_rng = _step_keys(rng, global_step)
+        batch = submission.data_selection(workload, input_queue, optimizer_state, model_params, model_state,
+                                          hyperparameters, global_step, data_select_rng)
+        try:
+            optimizer_state, model_params, model_state = submission.update_params(
+                workload=workload, current_param_container=model_params,
+                current_params_types=workload.model_params_types, model_state=model_state,
+                hyperparameters=hyperparameters, batch=batch, loss_type=workload.loss_type,
+                optimizer_state=optimizer_state, eval_results=eval_results, global_step=global_step,
+                rng=update_rng,
+                **({"train_state": MappingProxyType(train_state)} if submission.needs_train_state else {}))
+        except spec.TrainingCompleteError:
+            train_state["training_complete"] = True
+        global_step += 1
+        if max_global_steps is not None and global_step >= max_global_steps:
+            train_state["training_complete"] = True
+        train_step_end_time = clock()
+        eval_due = (train_step_end_time - train_state["last_eval_time"] >= workload.eval_period_time_sec
+                    or train_state["training_complete"])
+        if eval_due:  # finish the dispatched work before the clock closes the timed interval
+            jax.block_until_ready(model_params)
+            train_step_end_time = clock()
+        train_state["accumulated_submission_time"] += train_step_end_time - train_state["last_step_end_time"]
+        if eval_due:
+            if submission.prepare_for_eval is not None:
+                del batch
+                start = clock()
+                optimizer_state, model_params, model_state = submission.prepare_for_eval(
+                    workload=workload, current_param_container=model_params,
+                    current_params_types=workload.model_params_types, model_state=model_state,
+                    hyperparameters=hyperparameters, loss_type=workload.loss_type,
+                    optimizer_state=optimizer_state, eval_results=eval_results, global_step=global_step,
+                    rng=prep_eval_rng)
+                jax.block_until_ready(model_params)
+                train_state["accumulated_submission_time"] += clock() - start
+            train_state["is_time_remaining"] = train_state["accumulated_submission_time"] < max_runtime
+            if train_state["is_time_remaining"]:
+                eval_start_time = clock()
+                result = workload.eval_model(workload.eval_batch_size, model_params, model_state, eval_rng,
+                                             data_dir, None, global_step)
+                train_state["validation_goal_reached"] = (workload.has_reached_validation_target(result)
+                                                          or train_state["validation_goal_reached"])
+                train_state["test_goal_reached"] = (workload.has_reached_test_target(result)
+                                                    or train_state["test_goal_reached"])
+                goals_reached = train_state["validation_goal_reached"] and train_state["test_goal_reached"]
+                eval_end_time = clock()
+                train_state["last_eval_time"] = eval_end_time
+                train_state["accumulated_eval_time"] += eval_end_time - eval_start_time
+                result.update(score=train_state["accumulated_submission_time"],
+                              total_duration=eval_end_time - global_start_time,
+                              accumulated_submission_time=train_state["accumulated_submission_time"],
+                              accumulated_eval_time=train_state["accumulated_eval_time"],
+                              accumulated_logging_time=train_state["accumulated_logging_time"])
+                logging.info("step %d  submission time %.2fs  %s", global_step,
+                             train_state["accumulated_submission_time"],
+                             {k: round(v, 4) for k, v in result.items() if k.startswith("validation/")})
+                eval_results.append((global_step, result))
+                logging_start_time = clock()
+                if metrics_logger is not None:
+                    metrics_logger.append_scalar_metrics(result, global_step, preemption_count, is_eval=True)
+                    if save_checkpoints:
+                        save()
+                train_state["accumulated_logging_time"] += clock() - logging_start_time
+        train_state["last_step_end_time"] = clock()
+
+    if not train_state["validation_goal_reached"]:
+        logging.warning("missed the validation target %s=%s of %s within %d steps / %.1fs of submission time",
+                        workload.target_metric_name, workload.validation_target_value,
+                        getattr(workload, "workload_name", type(workload).__name__), global_step,
+                        train_state["accumulated_submission_time"])
+    if metrics_logger is not None:
+        metrics_logger.append_scalar_metrics({"score": train_state["accumulated_submission_time"]}, global_step,
+                                             preemption_count)
+        metrics_logger.finish()
+    if checkpointer is not None:
+        save(finished=True)
+        checkpointer.close()
+    return _result(train_state, global_step, eval_results, resumed_from)
+
+
+def _result(train_state, global_step, eval_results, resumed_from) -> TrialResult:
+    return TrialResult(train_state["accumulated_submission_time"], global_step, eval_results, train_state,
+                       bool(train_state["validation_goal_reached"]), resumed_from)
+
+
+# ----------------------------------------------------------------------------------- experiments
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything ``run_experiment`` needs; validated before any work starts (flag names in errors)."""
+    workload: str
+    submission_path: str
+    experiment_dir: str
+    tuning_search_space: Optional[str] = None
+    tuning_ruleset: str = "external"
+    num_tuning_trials: int = 1
+    num_studies: int = 1
+    max_global_steps: Optional[int] = None
+    rng_seed: int = 0
+    data_dir: str = ""
+    save_checkpoints: bool = True
+
+    def __post_init__(self):
+        if self.workload not in workloads_lib.WORKLOADS:
+            raise ValueError(f"--workload={self.workload!r} is unknown; allowed: {', '.join(workloads_lib.WORKLOADS)}")
+        if self.tuning_ruleset not in RULESETS:
+            raise ValueError(f"--tuning_ruleset={self.tuning_ruleset!r}; allowed: {', '.join(RULESETS)}")
+        if self.tuning_ruleset == "external" and not self.tuning_search_space:
+            raise ValueError("--tuning_search_space is required with --tuning_ruleset=external")
+        if self.tuning_ruleset == "self" and self.tuning_search_space:
+            raise ValueError("--tuning_search_space must not be given with --tuning_ruleset=self")
+        for name in ("num_tuning_trials", "num_studies"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--{name}={value!r} must be an integer >= 1")
+        if self.max_global_steps is not None and self.max_global_steps < 1:
+            raise ValueError(f"--max_global_steps={self.max_global_steps!r} must be >= 1 (or unset)")
+        if not self.experiment_dir:
+            raise ValueError("--experiment_dir is required")
+        if not self.submission_path:
+            raise ValueError("--submission_path is required")
+
+
+def trial_seed(rng_seed: int, study: int, trial: int) -> int:
+    """A distinct, reproducible 31-bit seed per (study, trial)."""
+    return int(np.random.SeedSequence([rng_seed, study, trial]).generate_state(1)[0] % (2**31 - 1))
+
+
+def study_hyperparameters(cfg: RunConfig, study: int) -> list:
+    if cfg.tuning_ruleset == "self":
+        return [None]
+    space = halton.load_search_space(cfg.tuning_search_space)
+    return halton.generate_search(space, cfg.num_tuning_trials, seed=cfg.rng_seed + study)
+
+
+def run_experiment(cfg: RunConfig, clock: Clock = time.perf_counter, workload=None) -> dict:
+    """Runs ``num_studies`` x trials of one submission on one workload; returns a summary dict."""
+    submission = load_submission(cfg.submission_path)  # fails fast on a bad submission
+    all_hparams = {study: study_hyperparameters(cfg, study) for study in range(cfg.num_studies)}
+    workload = workload or workloads_lib.get_workload(cfg.workload, cfg.data_dir or None)
+    batch_size = resolve_batch_size(submission, cfg.workload, workload)
+    root = pathlib.Path(cfg.experiment_dir).expanduser().resolve()
+    summary = {"workload": cfg.workload, "submission": cfg.submission_path, "batch_size": batch_size, "trials": []}
+    for study, trials in all_hparams.items():
+        workload_dir = root / f"study_{study}" / f"{cfg.workload}_{FRAMEWORK}"
+        for index, hparams in enumerate(trials, start=1):
+            trial_dir = workload_dir / f"trial_{index}"
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            if hparams is not None:
+                hparams = write_hparams(hparams, trial_dir)
+            seed = trial_seed(cfg.rng_seed, study, index)
+            config = {**dataclasses.asdict(cfg), "study": study, "trial": index, "trial_rng_seed": seed,
+                      "global_batch_size": batch_size,
+                      "hyperparameters": hparams._asdict() if hparams is not None else None}
+            for key in ("num_tuning_trials", "num_studies", "save_checkpoints", "experiment_dir"):
+                config.pop(key)
+            logging.info("--- %s study %d trial %d/%d: %s ---", cfg.workload, study, index, len(trials),
+                         config["hyperparameters"])
+            result = train_once(workload, submission, hparams, seed, global_batch_size=batch_size,
+                                data_dir=cfg.data_dir or None, log_dir=trial_dir, tuning_ruleset=cfg.tuning_ruleset,
+                                max_global_steps=cfg.max_global_steps, save_checkpoints=cfg.save_checkpoints,
+                                clock=clock, config=config)
+            summary["trials"].append({"study": study, "trial": index, "score": result.score,
+                                      "global_step": result.global_step,
+                                      "reached_target": result.reached_validation_target,
+                                      "final": result.eval_results[-1][1] if result.eval_results else {}})
+    return summary

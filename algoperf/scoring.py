@@ -1,0 +1,327 @@
+"""AlgoPerf scoring: time to target, performance profiles and the benchmark score.
+
+Follows Dahl et al. 2023 ("Benchmarking Neural Network Training Algorithms", section 4.5) and the
+upstream ``scoring/performance_profile.py``:
+
+1. A trial's time to target is the ``score`` column (the accumulated submission time) of the first
+   evaluation whose validation target metric meets the workload's validation target (``inf`` if none).
+2. A study's time is its fastest trial's; a workload's time is the median over studies.
+3. Per workload, a time more than ``max_ratio`` (4) times the best submission's becomes ``inf``.
+4. Held-out variants: if a submission misses a variant's target (``inf``), its time on the variant's
+   base workload becomes ``inf``. Only base workloads enter the profile.
+5. r_{s,w} = t_{s,w} / min_s t_{s,w}; the performance profile rho_s(tau) = |{w : r_{s,w} <= tau}| / |W|
+   on 100 points of tau in [1, 4] (Dolan & More 2002, eq. 1).
+6. The benchmark score is the area under rho_s normalised by the tau range: trapz(rho_s, tau) / 3.
+
+One difference from upstream is documented in :func:`study_time_to_target`. The readers accept our
+logs and upstream's (``D[/SUBMISSION]/study_K/WORKLOAD_jax/trial_N/eval_measurements.csv``).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import pathlib
+import re
+from typing import Iterable, Mapping
+
+import numpy as np
+
+TIME_COLUMN = "score"
+DEFAULT_MAX_RATIO = 4.0
+DEFAULT_NUM_POINTS = 100
+# Upstream's MIN/MAX registries, plus the metrics of our workloads.
+MIN_METRICS = ("ce_loss", "error_rate", "ctc_loss", "wer", "l1_loss", "loss", "bits_per_byte")
+MAX_METRICS = ("mean_average_precision", "ssim", "accuracy", "bleu", "auc")
+WORKLOAD_DIR_PATTERN = re.compile(r"^(.*)_(jax|pytorch)$")
+
+
+def is_minimized(metric: str) -> bool:
+    """Whether a (possibly split-prefixed) metric improves downwards, from its name as upstream."""
+    name = metric.split("/")[-1]
+    for prefix in ("best_", "final_"):
+        name = name.removeprefix(prefix)
+    if name in MIN_METRICS:
+        return True
+    if name in MAX_METRICS:
+        return False
+    for candidates, minimized in ((MIN_METRICS, True), (MAX_METRICS, False)):
+        if any(c in name for c in candidates):
+            return minimized
+    raise ValueError(f"metric {metric!r}: direction unknown; known: min {MIN_METRICS}, max {MAX_METRICS}")
+
+
+def meets_target(value: float, target: float, minimize: bool) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    return value <= target if minimize else value >= target
+
+
+# ------------------------------------------------------------------ time to target (pure functions)
+def trial_time_to_target(rows: Iterable[Mapping[str, float]], metric: str, target: float,
+                         minimize: bool | None = None, time_column: str = TIME_COLUMN) -> float:
+    """Time of the first evaluation row meeting ``target`` on ``metric``; inf when none does."""
+    minimize = is_minimized(metric) if minimize is None else minimize
+    for row in rows:
+        if meets_target(_as_float(row.get(metric)), target, minimize):
+            return _as_float(row.get(time_column))
+    return math.inf
+
+
+def study_time_to_target(trial_times: Iterable[float]) -> float:
+    """The fastest trial of a study (inf when no trial reaches the target).
+
+    Upstream picks the trial whose *first target-reaching evaluation index* is smallest and takes its
+    time; with evaluations at a fixed time period that is the fastest trial up to one eval period. We
+    take the minimum time itself, which is what the rules describe.
+    """
+    times = [t for t in trial_times]
+    return min(times) if times else math.inf
+
+
+def workload_time_to_target(study_times: Iterable[float]) -> float:
+    """The median over studies (inf when most studies miss)."""
+    times = list(study_times)
+    return float(np.median(times)) if times else math.inf
+
+
+def apply_ratio_cut(times: Mapping[str, Mapping[str, float]], max_ratio: float = DEFAULT_MAX_RATIO
+                    ) -> dict[str, dict[str, float]]:
+    """``times[submission][workload]`` with every time above ``max_ratio`` x the workload's best -> inf."""
+    workloads = sorted({w for per in times.values() for w in per})
+    best = {w: min((times[s].get(w, math.inf) for s in times), default=math.inf) for w in workloads}
+    return {s: {w: (math.inf if t > max_ratio * best[w] else t) for w, t in per.items()}
+            for s, per in times.items()}
+
+
+def apply_variant_rule(times: Mapping[str, Mapping[str, float]], variants: Mapping[str, str]
+                       ) -> dict[str, dict[str, float]]:
+    """A submission missing a held-out variant (``variants[variant] = base``) gets inf on the base."""
+    out = {s: dict(per) for s, per in times.items()}
+    for s, per in out.items():
+        for variant, base in variants.items():
+            if math.isinf(per.get(variant, math.inf)) and variant in times[s]:
+                per[base] = math.inf
+            elif variant not in times[s]:
+                per[base] = math.inf  # a variant that was not run counts as missed, as upstream
+    return out
+
+
+def performance_ratios(times: Mapping[str, Mapping[str, float]], base_workloads: Iterable[str]
+                       ) -> dict[str, dict[str, float]]:
+    """r_{s,w} = t_{s,w} / min_s t_{s,w} on the base workloads (inf for misses and unreached workloads)."""
+    base_workloads = list(base_workloads)
+    ratios: dict[str, dict[str, float]] = {s: {} for s in times}
+    for w in base_workloads:
+        best = min((times[s].get(w, math.inf) for s in times), default=math.inf)
+        for s in times:
+            t = times[s].get(w, math.inf)
+            ratios[s][w] = t / best if math.isfinite(t) and math.isfinite(best) and best > 0 else (
+                1.0 if math.isfinite(t) and t == best else math.inf)
+    return ratios
+
+
+def performance_profiles(ratios: Mapping[str, Mapping[str, float]], num_base_workloads: int,
+                         min_tau: float = 1.0, max_tau: float = DEFAULT_MAX_RATIO,
+                         num_points: int = DEFAULT_NUM_POINTS) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(tau grid, {submission: rho(tau)}) with rho(tau) = #{w: r_w <= tau} / num_base_workloads."""
+    if num_base_workloads < 1:
+        raise ValueError(f"num_base_workloads={num_base_workloads} must be >= 1")
+    taus = np.linspace(min_tau, max_tau, num_points)
+    profiles = {}
+    for s, per in ratios.items():
+        r = np.asarray(list(per.values()), dtype=float)
+        profiles[s] = np.array([(r <= tau).sum() / num_base_workloads for tau in taus])
+    return taus, profiles
+
+
+def benchmark_score(taus: np.ndarray, rho: np.ndarray) -> float:
+    """Area under the profile divided by the tau range (1 = fastest on every workload)."""
+    return float(np.trapezoid(rho, taus) / (taus[-1] - taus[0]))
+
+
+# ------------------------------------------------------------------------------------- log readers
+@dataclasses.dataclass
+class TrialLog:
+    submission: str
+    study: int
+    workload: str
+    trial: int
+    rows: list[dict]
+    hparams: dict | None
+    target_metric: str | None = None  # from meta_data_*.json when present
+    validation_target: float | None = None
+
+
+def _as_float(value) -> float:
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_eval_csv(path: pathlib.Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: _as_float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _trial_number(name: str) -> int | None:
+    m = re.fullmatch(r"trial_(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def _read_meta(trial_dir: pathlib.Path) -> tuple[str | None, float | None]:
+    for meta_path in sorted(trial_dir.glob("meta_data_*.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        name, target = meta.get("workload.target_metric_name"), meta.get("workload.validation_target_value")
+        if name is not None and target is not None:
+            return str(name), float(target)
+    return None, None
+
+
+def read_submission_logs(submission_dir: pathlib.Path, submission: str | None = None) -> list[TrialLog]:
+    """Every trial under ``submission_dir/study_K/WORKLOAD_FRAMEWORK/trial_N`` (study 0 if no study_K)."""
+    submission_dir = pathlib.Path(submission_dir)
+    submission = submission or submission_dir.name
+    study_dirs = sorted(p for p in submission_dir.glob("study_*") if p.is_dir())
+    studies = [(int(p.name.split("_")[1]), p) for p in study_dirs if p.name.split("_")[1].isdigit()]
+    if not studies:
+        studies = [(0, submission_dir)]
+    logs = []
+    for study, study_dir in studies:
+        for workload_dir in sorted(p for p in study_dir.iterdir() if p.is_dir()):
+            m = WORKLOAD_DIR_PATTERN.match(workload_dir.name)
+            if not m:
+                continue
+            for trial_dir in sorted(workload_dir.iterdir()):
+                number = _trial_number(trial_dir.name)
+                csv_path = trial_dir / "eval_measurements.csv"
+                if number is None or not csv_path.is_file():
+                    continue
+                hparams_path = trial_dir / "hparams.json"
+                hparams = json.loads(hparams_path.read_text()) if hparams_path.is_file() else None
+                metric, target = _read_meta(trial_dir)
+                logs.append(TrialLog(submission, study, m.group(1), number, read_eval_csv(csv_path), hparams,
+                                     metric, target))
+    return logs
+
+
+def read_experiment(experiment_dir: str | pathlib.Path) -> dict[str, list[TrialLog]]:
+    """{submission: trials}: ``experiment_dir`` holds one submission (study_K/...) or one folder per submission."""
+    root = pathlib.Path(experiment_dir).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"--experiment_dir={str(experiment_dir)!r} is not a directory")
+    if any(root.glob("study_*")):
+        found = {root.name: read_submission_logs(root)}
+    else:
+        found = {p.name: read_submission_logs(p) for p in sorted(root.iterdir()) if p.is_dir()}
+    found = {s: logs for s, logs in found.items() if logs}
+    if not found:
+        raise ValueError(f"--experiment_dir={str(experiment_dir)!r} holds no "
+                         "study_K/WORKLOAD_jax/trial_N/eval_measurements.csv logs")
+    return found
+
+
+# ---------------------------------------------------------------------------------- whole scoring
+@dataclasses.dataclass(frozen=True)
+class Target:
+    metric: str  # e.g. 'validation/accuracy'
+    value: float
+    minimize: bool
+
+
+@dataclasses.dataclass
+class ScoreReport:
+    trial_times: dict  # {submission: {workload: {study: {trial: seconds}}}}
+    workload_times: dict  # {submission: {workload: seconds}} before the cut
+    scored_times: dict  # after the 4x cut and the variant rule
+    ratios: dict
+    taus: np.ndarray
+    profiles: dict
+    scores: dict
+    base_workloads: list
+    variants: dict
+
+
+def target_for(log: TrialLog, targets: Mapping[str, Target]) -> Target:
+    if log.workload in targets:
+        return targets[log.workload]
+    if log.target_metric is not None:
+        metric = f"validation/{log.target_metric}"
+        return Target(metric, log.validation_target, is_minimized(metric))
+    raise ValueError(f"workload {log.workload!r}: no validation target known (not in our registry and "
+                     "no meta_data_*.json beside its eval_measurements.csv)")
+
+
+def score_experiment(logs: Mapping[str, list[TrialLog]], targets: Mapping[str, Target],
+                     variants: Mapping[str, str], base_workloads: Iterable[str] | None = None,
+                     max_ratio: float = DEFAULT_MAX_RATIO, num_points: int = DEFAULT_NUM_POINTS) -> ScoreReport:
+    """Scores every submission of ``logs`` (see the module doc for the steps)."""
+    trial_times: dict = {}
+    for submission, trials in logs.items():
+        for log in trials:
+            target = target_for(log, targets)
+            t = trial_time_to_target(log.rows, target.metric, target.value, target.minimize)
+            (trial_times.setdefault(submission, {}).setdefault(log.workload, {})
+             .setdefault(log.study, {}))[log.trial] = t
+    workload_times = {
+        s: {w: workload_time_to_target([study_time_to_target(tr.values()) for tr in studies.values()])
+            for w, studies in per.items()}
+        for s, per in trial_times.items()}
+    all_workloads = sorted({w for per in workload_times.values() for w in per})
+    if base_workloads is None:
+        base_workloads = [w for w in all_workloads if w not in variants]
+    base_workloads = list(base_workloads)
+    present_variants = {v: b for v, b in variants.items() if v in all_workloads and b in base_workloads}
+    cut = apply_ratio_cut(workload_times, max_ratio)
+    scored = apply_variant_rule(cut, present_variants)
+    ratios = performance_ratios(scored, base_workloads)
+    taus, profiles = performance_profiles(ratios, len(base_workloads), 1.0, max_ratio, num_points)
+    scores = {s: benchmark_score(taus, rho) for s, rho in profiles.items()}
+    return ScoreReport(trial_times, workload_times, scored, ratios, taus, profiles, scores, base_workloads,
+                       present_variants)
+
+
+def plot_profiles(report: ScoreReport, path: pathlib.Path, title: str = "AlgoPerf performance profiles") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s, rho in sorted(report.profiles.items()):
+        ax.step(report.taus, rho, where="post", label=f"{s} (score {report.scores[s]:.3f})")
+    ax.set_xlabel("tau: ratio of time to target to the best submission")
+    ax.set_ylabel(f"fraction of {len(report.base_workloads)} base workloads")
+    ax.set_xlim(report.taus[0], report.taus[-1])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(report: ScoreReport) -> str:
+    """A markdown table: time to target (s) per workload (variants included), then the score."""
+    workloads = sorted({w for per in report.workload_times.values() for w in per})
+    head = "| submission | " + " | ".join(workloads) + " | score |"
+    lines = [head, "|" + "---|" * (len(workloads) + 2)]
+    for s in sorted(report.workload_times, key=lambda s: -report.scores.get(s, 0)):
+        cells = []
+        for w in workloads:
+            t = report.workload_times[s].get(w, math.inf)
+            kept = report.scored_times[s].get(w, t)
+            cell = "miss" if math.isinf(t) else f"{t:.1f}"
+            if math.isfinite(t) and math.isinf(kept):
+                cell += " (cut)"
+            cells.append(cell)
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {report.scores.get(s, 0):.3f} |")
+    return "\n".join(lines)

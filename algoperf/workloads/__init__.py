@@ -1,0 +1,47 @@
+"""Registry of the workloads: name -> class (imported lazily), base workload of each held-out variant."""
+from __future__ import annotations
+
+import importlib
+
+# name -> "module:Class"
+WORKLOADS = {
+    "mnist1d": "algoperf.workloads.mnist1d:Mnist1dWorkload",
+    "mnist1d_tanh": "algoperf.workloads.mnist1d:Mnist1dTanhWorkload",
+    "lm": "algoperf.workloads.lm:LMWorkload",
+    "lm_gelu": "algoperf.workloads.lm:LMGeluWorkload",
+    "ctr": "algoperf.workloads.ctr:CTRWorkload",
+    "ctr_layernorm": "algoperf.workloads.ctr:CTRLayerNormWorkload",
+    "mnist": "algoperf.workloads.mnist:MnistWorkload",
+    "mnist_relu": "algoperf.workloads.mnist:MnistReluWorkload",
+}
+# held-out variant -> its base workload (upstream's rule: missing the variant's target voids the base)
+VARIANTS = {"mnist1d_tanh": "mnist1d", "lm_gelu": "lm", "ctr_layernorm": "ctr", "mnist_relu": "mnist"}
+BASE_WORKLOADS = [w for w in WORKLOADS if w not in VARIANTS]
+
+
+def get_base_workload_name(name: str) -> str:
+    return VARIANTS.get(name, name)
+
+
+def workload_class(name: str):
+    if name not in WORKLOADS:
+        raise ValueError(f"--workload={name!r} is unknown; allowed: {', '.join(WORKLOADS)}")
+    module, cls = WORKLOADS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_workload(name: str, data_dir: str | None = None):
+    """An instance of workload ``name`` (ValueError listing the known names for an unknown one)."""
+    return workload_class(name)(data_dir=data_dir)
+
+
+def validation_targets() -> dict:
+    """{workload: scoring.Target} for every registered workload (class attributes, no data loaded)."""
+    from algoperf.scoring import Target, is_minimized
+
+    out = {}
+    for name in WORKLOADS:
+        cls = workload_class(name)
+        metric = f"validation/{cls._target_metric_name}"
+        out[name] = Target(metric, cls._validation_target, is_minimized(metric))
+    return out

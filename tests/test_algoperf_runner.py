@@ -1,0 +1,236 @@
+"""AlgoPerf runner: timing rules under a fake clock, bad input, logs, resume, and a real baseline run."""
+import csv
+import json
+import math
+import pathlib
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from algoperf import runner, spec
+from algoperf.workloads.base import BaseWorkload
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BASELINES = ROOT / "algoperf" / "baselines"
+
+
+class FakeClock:
+    def __init__(self, start=100.0):
+        self.t = start
+
+    def __call__(self):
+        return self.t
+
+    def advance(self, dt):
+        self.t += dt
+
+
+class TinyWorkload(BaseWorkload):
+    """A linear classifier on 64 random points; evaluation returns scripted accuracies."""
+    workload_name = "tiny"
+    default_batch_size = 16
+    _eval_batch_size = 32
+    _validation_target = 0.9
+    _test_target = 0.0
+    _max_runtime = 10
+    _eval_period = 5
+    _step_hint = 50
+
+    def __init__(self, clock, eval_cost=10.0, accuracies=(0.1,), **kw):
+        super().__init__(**kw)
+        self.clock, self.eval_cost, self.accuracies, self.evals = clock, eval_cost, list(accuracies), 0
+
+    def build_model(self):
+        return nn.Dense(2, name="output")
+
+    def load_splits(self, data_dir):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(64, 3)).astype(np.float32)
+        y = (x[:, 0] > 0).astype(np.int32)
+        return {s: {"inputs": x, "targets": y} for s in ("train", "validation", "test")}
+
+    def eval_model(self, *args, **kwargs):
+        self.clock.advance(self.eval_cost)
+        acc = self.accuracies[min(self.evals, len(self.accuracies) - 1)]
+        self.evals += 1
+        return {"validation/accuracy": acc, "test/accuracy": acc, "train/accuracy": acc}
+
+
+def fake_submission(clock, select_cost=0.5, update_cost=1.0, prepare_cost=None, raise_at=None,
+                    with_train_state=False):
+    seen = {}
+
+    def get_batch_size(name):
+        return 16
+
+    def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng):
+        return {"count": 0}
+
+    def data_selection(workload, input_queue, optimizer_state, current_param_container, model_state,
+                       hyperparameters, global_step, rng):
+        clock.advance(select_cost)
+        return next(input_queue)
+
+    def update_params(workload, current_param_container, current_params_types, model_state, hyperparameters,
+                      batch, loss_type, optimizer_state, eval_results, global_step, rng, **kw):
+        seen.setdefault("train_state_keys", set()).update(kw)
+        clock.advance(update_cost)
+        if raise_at is not None and global_step == raise_at:
+            raise spec.TrainingCompleteError()
+        return {"count": optimizer_state["count"] + 1}, current_param_container, model_state
+
+    def prepare_for_eval(workload, current_param_container, current_params_types, model_state,
+                         hyperparameters, loss_type, optimizer_state, eval_results, global_step, rng):
+        clock.advance(prepare_cost)
+        return optimizer_state, current_param_container, model_state
+
+    update = update_params
+    if with_train_state:
+        def update(workload, current_param_container, current_params_types, model_state, hyperparameters,
+                   batch, loss_type, optimizer_state, eval_results, global_step, rng, train_state=None):
+            assert train_state is not None and "accumulated_submission_time" in train_state
+            return update_params(workload, current_param_container, current_params_types, model_state,
+                                 hyperparameters, batch, loss_type, optimizer_state, eval_results, global_step,
+                                 rng, train_state=train_state)
+    sub = runner.Submission("fake", None, get_batch_size, init_optimizer_state, update, data_selection,
+                            prepare_for_eval if prepare_cost is not None else None, with_train_state)
+    return sub, seen
+
+
+def run(clock, workload, sub, **kw):
+    return runner.train_once(workload, sub, None, 0, global_batch_size=16, clock=clock, **kw)
+
+
+def test_timing_rules_with_fake_clock():
+    # Hand trace (start t=100, select 0.5 + update 1.0 per step, eval 10, period 5, budget 10):
+    # step 1 ends t=101.5 (acc 1.5) -> eval (101.5 - 0 >= 5), ends 111.5; steps 2-4 no eval (gap < 5);
+    # step 5: acc 7.5, gap 6 -> eval, ends 127.5; step 9: acc 13.5, gap 6 -> budget spent, no eval, stop.
+    clock = FakeClock()
+    sub, _ = fake_submission(clock)
+    result = run(clock, TinyWorkload(clock), sub)
+    assert result.global_step == 9
+    assert result.score == pytest.approx(13.5)  # update + selection time only; eval time excluded
+    assert [s for s, _ in result.eval_results] == [1, 5]
+    assert result.train_state["accumulated_eval_time"] == pytest.approx(20.0)
+    assert [r["score"] for _, r in result.eval_results] == pytest.approx([1.5, 7.5])
+    assert [r["total_duration"] for _, r in result.eval_results] == pytest.approx([11.5, 27.5])
+    assert not result.reached_validation_target and not result.train_state["is_time_remaining"]
+
+
+def test_prepare_for_eval_is_timed_and_self_tuning_gets_3x_budget():
+    clock = FakeClock()
+    sub, _ = fake_submission(clock, prepare_cost=0.25)
+    result = run(clock, TinyWorkload(clock), sub)
+    # as above plus 0.25 at each eval check (steps 1, 5, 9): 13.5 + 0.75
+    assert result.score == pytest.approx(14.25) and result.global_step == 9
+    clock = FakeClock()
+    sub, _ = fake_submission(clock)
+    result = run(clock, TinyWorkload(clock), sub, tuning_ruleset="self")
+    # budget 30: evals at steps 1, 5, 9, 13, 17 (acc 25.5); step 21: acc 31.5 >= 30 -> stop
+    assert result.global_step == 21 and result.score == pytest.approx(31.5)
+    assert [s for s, _ in result.eval_results] == [1, 5, 9, 13, 17]
+
+
+def test_stops_at_target_training_complete_and_max_steps():
+    clock = FakeClock()
+    sub, _ = fake_submission(clock)
+    result = run(clock, TinyWorkload(clock, accuracies=(0.5, 0.95)), sub)
+    assert result.reached_validation_target and result.global_step == 5 and result.score == pytest.approx(7.5)
+    clock = FakeClock()
+    sub, _ = fake_submission(clock, raise_at=2)  # TrainingCompleteError at global_step 2 -> step 3, free eval
+    result = run(clock, TinyWorkload(clock), sub)
+    assert result.global_step == 3 and [s for s, _ in result.eval_results] == [1, 3]
+    clock = FakeClock()
+    sub, seen = fake_submission(clock, with_train_state=True)
+    result = run(clock, TinyWorkload(clock), sub, max_global_steps=2)
+    assert result.global_step == 2 and [s for s, _ in result.eval_results] == [1, 2]
+    assert seen["train_state_keys"] == {"train_state"}
+    clock = FakeClock()
+    sub, seen = fake_submission(clock)
+    run(clock, TinyWorkload(clock), sub, max_global_steps=1)
+    assert seen.get("train_state_keys", set()) == set()  # not passed when the signature lacks it
+
+
+def test_logs_in_upstream_layout_and_resume(tmp_path):
+    clock = FakeClock()
+    sub, _ = fake_submission(clock)
+    workload = TinyWorkload(clock)
+    log_dir = tmp_path / "study_0" / "tiny_jax" / "trial_1"
+    result = run(clock, workload, sub, log_dir=log_dir, max_global_steps=6, config={"a": 1})
+    with open(log_dir / "eval_measurements.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["global_step"]) for r in table] == [1, 5, 6]
+    required = {"accumulated_eval_time", "accumulated_logging_time", "accumulated_submission_time",
+                "global_step", "preemption_count", "score", "total_duration", "validation/accuracy"}
+    assert required <= set(table[0]) and list(table[0]) == sorted(table[0])
+    meta = json.loads((log_dir / "meta_data_0.json").read_text())
+    assert meta["workload.target_metric_name"] == "accuracy" and meta["workload.validation_target_value"] == 0.9
+    assert float(table[-1]["score"]) == pytest.approx(result.score)
+    # a finished trial is not rerun
+    again = run(clock, workload, sub, log_dir=log_dir, max_global_steps=6, config={"a": 1})
+    assert again.resumed_from == 6 and again.global_step == 6
+    with pytest.raises(ValueError, match="different configuration"):
+        run(clock, workload, sub, log_dir=log_dir, max_global_steps=6, config={"a": 2})
+
+
+def test_bad_submission_and_workload(tmp_path):
+    bad = tmp_path / "bad_submission.py"
+    bad.write_text("def get_batch_size(name):\n    return 8\n\ndef update_params(**kw):\n    pass\n")
+    with pytest.raises(ValueError, match=r"lacks the submission function\(s\) \['init_optimizer_state', 'data_selection'\]"):
+        runner.load_submission(bad)
+    broken = tmp_path / "broken.py"
+    broken.write_text("import not_a_module_anywhere\n")
+    with pytest.raises(ValueError, match="importing it failed"):
+        runner.load_submission(broken)
+    with pytest.raises(ValueError, match="not a Python file"):
+        runner.load_submission(tmp_path / "nope.py")
+    with pytest.raises(ValueError, match="--workload='imagenet' is unknown"):
+        runner.RunConfig(workload="imagenet", submission_path="x.py", experiment_dir=str(tmp_path),
+                         tuning_search_space="s.json")
+    with pytest.raises(ValueError, match="--tuning_search_space is required"):
+        runner.RunConfig(workload="mnist1d", submission_path="x.py", experiment_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="tuning_ruleset"):
+        runner.RunConfig(workload="mnist1d", submission_path="x.py", experiment_dir=str(tmp_path),
+                         tuning_ruleset="internal")
+    empty = tmp_path / "space.json"
+    empty.write_text("[]")
+    cfg = runner.RunConfig(workload="mnist1d", submission_path=str(BASELINES / "nadamw.py"),
+                           experiment_dir=str(tmp_path / "exp"), tuning_search_space=str(empty))
+    with pytest.raises(ValueError, match="empty"):
+        runner.run_experiment(cfg)  # fails before any data is generated or model built
+    assert not (tmp_path / "exp").exists()
+
+
+def test_batch_size_fallback_to_workload_default():
+    clock = FakeClock()
+    sub, _ = fake_submission(clock)
+
+    def only_upstream(name):
+        if name != "criteo1tb":
+            raise ValueError(name)
+        return 262_144
+    sub = runner.Submission(**{**sub.__dict__, "get_batch_size": only_upstream})
+    assert runner.resolve_batch_size(sub, "tiny", TinyWorkload(clock)) == 16
+
+
+def test_nadamw_baseline_reaches_mnist1d_target(tmp_path):
+    from algoperf.workloads.mnist1d import Mnist1dWorkload
+
+    class Generous(Mnist1dWorkload):  # a loaded machine must not make the test flaky
+        _max_runtime = 120
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps([{"learning_rate": 0.00795, "one_minus_beta1": 0.0347, "beta2": 0.999,
+                                  "warmup_factor": 0.05, "weight_decay": 0.0563, "label_smoothing": 0.0,
+                                  "dropout_rate": 0.0}]))
+    cfg = runner.RunConfig(workload="mnist1d", submission_path=str(BASELINES / "nadamw.py"),
+                           experiment_dir=str(tmp_path / "exp"), tuning_search_space=str(space),
+                           num_tuning_trials=1, save_checkpoints=False)
+    summary = runner.run_experiment(cfg, workload=Generous())
+    trial = summary["trials"][0]
+    assert trial["reached_target"], trial
+    assert trial["final"]["validation/accuracy"] >= Mnist1dWorkload._validation_target
+    csv_path = tmp_path / "exp" / "study_0" / "mnist1d_jax" / "trial_1" / "eval_measurements.csv"
+    assert csv_path.is_file() and (csv_path.parent / "hparams.json").is_file()
