@@ -1,0 +1,314 @@
+"""The dispatching agent: PPO training in the JAX environment, CP-SAT-improved demonstrations, greedy and
+sampling inference.
+
+Tassel, Gebser & Schekotihin (ICAPS'23), Sec. 4: a policy over the CP environment's legal jobs (and the
+No-Op) trained by policy gradient; the CP solver, hinted with the agent's own schedules, returns better
+schedules that serve as an extra learning signal; at inference, beta schedules are sampled in parallel
+and the best is kept.
+
+* PPO (Schulman et al. 2017): clipped surrogate ``-min(r A, clip(r, 1-eps, 1+eps) A)`` (eq. 7), value
+  loss and entropy bonus, generalised advantage estimation (Schulman et al. 2016, eq. 16) on the
+  environment's dense reward (decrease of the makespan lower bound).
+* CP-SAT signal: every ``cpsat_every`` iterations the greedy agent schedules ``cpsat_instances`` fresh
+  random instances, CP-SAT improves them (hint = the agent's schedule, ``cpsat_time_limit`` s), and the
+  improved schedules become action sequences (``cpsat.schedule_to_actions``) on which a behaviour-
+  cloning cross-entropy (weight ``bc_coef``) is added to the PPO loss.
+
+One training iteration (sample instances, roll out, GAE, epochs x minibatches of PPO updates) is a pure
+function ``train_step(state, demos) -> (state, metrics)``, jitted once.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from models.jssp_policy import JobShopPolicy, PolicyConfig
+from rl.jssp import cpsat, env, instances
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    num_jobs: int = 10
+    num_machines: int = 10
+    batch: int = 8  # environments per iteration
+    rollout_factor: float = 1.25  # rollout length = rollout_factor * J * M steps (No-Ops included)
+    epochs: int = 2
+    minibatches: int = 4
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.005
+    bc_coef: float = 1.0
+    lr: float = 3e-4
+    max_grad_norm: float = 1.0
+    cpsat_instances: int = 4  # demonstrations per refresh (0: no CP-SAT signal)
+
+    def __post_init__(self):
+        for name in ("num_jobs", "num_machines", "batch", "epochs", "minibatches"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name}={v!r} must be an integer >= 1")
+        if not isinstance(self.cpsat_instances, int) or self.cpsat_instances < 0:
+            raise ValueError(f"--cpsat_instances={self.cpsat_instances!r} must be an integer >= 0")
+        if not self.rollout_factor >= 1.0:
+            raise ValueError(f"--rollout_factor={self.rollout_factor} must be >= 1 (each job needs J*M dispatches)")
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"--clip_eps={self.clip_eps} must be in (0, 1)")
+        if not self.lr > 0:
+            raise ValueError(f"--lr={self.lr} must be > 0")
+
+    @property
+    def rollout_len(self) -> int:
+        return int(round(self.rollout_factor * self.num_jobs * self.num_machines))
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+def make_model(policy_cfg: PolicyConfig) -> JobShopPolicy:
+    return JobShopPolicy(policy_cfg)
+
+
+def init_params(model: JobShopPolicy, key: jax.Array, num_jobs: int = 3, num_machines: int = 3) -> dict:
+    m, d = instances.random_batch_jax(key, 1, num_jobs, num_machines)
+    problem = env.Problem(m[0], d[0])
+    obs = env.observe(problem, env.reset(problem), model.cfg.window)
+    return model.init(key, obs)["params"]
+
+
+def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+
+
+def init_state(model, optimizer, seed: int) -> TrainState:
+    pkey, rng = jax.random.split(jax.random.PRNGKey(seed))
+    params = init_params(model, pkey)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng)
+
+
+def empty_demos(cfg: PPOConfig) -> dict:
+    """A demonstration batch of weight 0 (the signature of ``train_step`` when CP-SAT is off)."""
+    D = max(cfg.cpsat_instances, 1)
+    J, M, T = cfg.num_jobs, cfg.num_machines, cfg.rollout_len
+    return {"machines": np.tile(np.arange(M, dtype=np.int32), (D, J, 1)),
+            "durations": np.ones((D, J, M), np.int32), "actions": np.full((D, T), -1, np.int32),
+            "weight": np.zeros((), np.float32)}
+
+
+def _log_prob(logits, actions):
+    logp = jax.nn.log_softmax(logits)
+    return jnp.take_along_axis(logp, actions[..., None], -1)[..., 0], logp
+
+
+def replay_observations(problems: env.Problem, actions: jax.Array, window: int) -> tuple[dict, jax.Array]:
+    """Observations along given action sequences ([B, T], -1 = padding); returns (obs [T, B, ...], mask)."""
+    def body(states, a):
+        obs = env.batch_observe(problems, states, window)
+        valid = (a >= 0) & ~env.batch_is_done(problems, states)
+        states, _, _ = env.batch_step(problems, states, jnp.where(valid, a, 0))
+        return states, (obs, valid)
+
+    _, (obs, mask) = jax.lax.scan(body, env.batch_reset(problems), actions.T)
+    return obs, mask
+
+
+def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformation, cfg: PPOConfig):
+    W = model.cfg.window
+    T, B = cfg.rollout_len, cfg.batch
+
+    def rollout(params, problems, key):
+        def body(states, k):
+            obs = env.batch_observe(problems, states, W)
+            logits, value = model.apply({"params": params}, obs)
+            a = jax.random.categorical(k, logits)
+            logp, _ = _log_prob(logits, a)
+            alive = ~env.batch_is_done(problems, states)
+            states, r, done = env.batch_step(problems, states, a)
+            return states, {"obs": obs, "a": a, "logp": logp, "value": value, "r": r * alive, "alive": alive,
+                            "done": done}
+
+        states, traj = jax.lax.scan(body, env.batch_reset(problems), jax.random.split(key, T))
+        _, last_value = model.apply({"params": params}, env.batch_observe(problems, states, W))
+        last_value = jnp.where(env.batch_is_done(problems, states), 0.0, last_value)
+        return states, traj, last_value
+
+    def gae(traj, last_value):
+        def body(carry, x):
+            next_adv, next_value = carry
+            nonterminal = 1.0 - x["done"].astype(jnp.float32)
+            delta = x["r"] + cfg.gamma * next_value * nonterminal - x["value"]
+            adv = delta + cfg.gamma * cfg.gae_lambda * nonterminal * next_adv
+            adv = jnp.where(x["alive"], adv, 0.0)
+            return (adv, jnp.where(x["alive"], x["value"], next_value)), adv
+
+        _, adv = jax.lax.scan(body, (jnp.zeros(B), last_value), traj, reverse=True)
+        return adv, adv + traj["value"]
+
+    def loss_fn(params, mb, demo_obs, demo_actions, demo_mask, demo_weight):
+        logits, value = model.apply({"params": params}, mb["obs"])
+        logp, logp_all = _log_prob(logits, mb["a"])
+        ratio = jnp.exp(logp - mb["logp"])
+        adv = mb["adv"]
+        pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
+        legal = mb["obs"]["legal"]
+        entropy = -jnp.sum(jnp.where(legal, jnp.exp(logp_all) * logp_all, 0.0), -1)
+        w = mb["alive"].astype(jnp.float32)
+        n = jnp.maximum(w.sum(), 1.0)
+        pg_loss = (pg * w).sum() / n
+        v_loss = (jnp.square(value - mb["ret"]) * w).sum() / n
+        ent = (entropy * w).sum() / n
+        d_logits, _ = model.apply({"params": params}, demo_obs)
+        d_logp, _ = _log_prob(d_logits, jnp.maximum(demo_actions, 0))
+        dm = demo_mask.astype(jnp.float32)
+        bc = -(d_logp * dm).sum() / jnp.maximum(dm.sum(), 1.0)
+        loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent + cfg.bc_coef * demo_weight * bc
+        return loss, {"pg_loss": pg_loss, "v_loss": v_loss, "entropy": ent, "bc_loss": bc,
+                      "clip_frac": ((jnp.abs(ratio - 1) > cfg.clip_eps) * w).sum() / n}
+
+    def train_step(state: TrainState, demos: dict):
+        rng, k_inst, k_roll, k_perm = jax.random.split(state.rng, 4)
+        machines, durations = instances.random_batch_jax(k_inst, B, cfg.num_jobs, cfg.num_machines)
+        problems = env.Problem(machines, durations)
+        final, traj, last_value = rollout(state.params, problems, k_roll)
+        adv, ret = gae(traj, last_value)
+        alive = traj["alive"]
+        mean = (adv * alive).sum() / jnp.maximum(alive.sum(), 1)
+        std = jnp.sqrt((jnp.square(adv - mean) * alive).sum() / jnp.maximum(alive.sum(), 1))
+        data = dict(traj, adv=(adv - mean) / (std + 1e-8), ret=ret)
+        data = jax.tree.map(lambda x: x.reshape((T * B,) + x.shape[2:]), data)
+        demo_problems = env.Problem(demos["machines"], demos["durations"])
+        demo_obs, demo_mask = replay_observations(demo_problems, demos["actions"], W)
+        demo_actions = demos["actions"].T
+
+        def epoch(carry, key):
+            params, opt_state = carry
+            perm = jax.random.permutation(key, T * B).reshape(cfg.minibatches, -1)
+
+            def minibatch(carry, idx):
+                params, opt_state = carry
+                mb = jax.tree.map(lambda x: x[idx], data)
+                (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                    params, mb, demo_obs, demo_actions, demo_mask, demos["weight"])
+                updates, opt_state = optimizer.update(grads, opt_state, params)
+                return (optax.apply_updates(params, updates), opt_state), dict(aux, grad_norm=optax.tree.norm(grads))
+
+            return jax.lax.scan(minibatch, (params, opt_state), perm)
+
+        (params, opt_state), aux = jax.lax.scan(epoch, (state.params, state.opt_state),
+                                                jax.random.split(k_perm, cfg.epochs))
+        metrics = jax.tree.map(jnp.mean, aux)
+        cmax = env.batch_makespan(problems, final).astype(jnp.float32)
+        finished = env.batch_is_done(problems, final)
+        metrics.update(train_makespan=jnp.sum(jnp.where(finished, cmax, 0)) / jnp.maximum(finished.sum(), 1),
+                       finished_frac=finished.mean(), noop_frac=(
+                           (traj["a"] == cfg.num_jobs) * alive).sum() / jnp.maximum(alive.sum(), 1),
+                       episode_return=traj["r"].sum(0).mean())
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+
+    return train_step
+
+
+# ---------------------------------------------------------------------------------------------- inference
+def _policy_rollout(model: JobShopPolicy, params, problem: env.Problem, key, greedy: bool) -> env.State:
+    def choose(p, s, k):
+        logits, _ = model.apply({"params": params}, env.observe(p, s, model.cfg.window))
+        return jnp.argmax(logits) if greedy else jax.random.categorical(k, logits)
+
+    return env.rollout(problem, choose, key)
+
+
+def make_solver(model: JobShopPolicy):
+    """``solve(params, machines, durations, key, samples) -> final states [samples]`` (jitted).
+
+    ``samples == 0`` is the greedy policy (one schedule); otherwise ``samples`` schedules are sampled in
+    parallel (vmap) and all are returned; pick the best with :func:`best_of`.
+    """
+    def solve(params, machines, durations, key, samples: int):
+        problem = env.Problem(machines, durations)
+        if samples == 0:
+            return jax.tree.map(lambda x: x[None], _policy_rollout(model, params, problem, key, True))
+        keys = jax.random.split(key, samples)
+        return jax.vmap(lambda k: _policy_rollout(model, params, problem, k, False))(keys)
+
+    return jax.jit(solve, static_argnames="samples")
+
+
+def best_of(states: env.State) -> tuple[int, np.ndarray]:
+    """(makespan, start times) of the best finished schedule of a batch of final states."""
+    start = np.asarray(states.start)
+    cmax = np.asarray(states.job_ready).max(-1)
+    cmax = np.where((start >= 0).all((-1, -2)), cmax, np.iinfo(np.int64).max)
+    i = int(np.argmin(cmax))
+    return int(cmax[i]), start[i]
+
+
+def cpsat_demonstrations(solver, params, cfg: PPOConfig, rng: np.random.Generator, time_limit_s: float) -> dict:
+    """Greedy agent schedules on fresh random instances, improved by CP-SAT (hinted), as action sequences."""
+    D, J, M, T = cfg.cpsat_instances, cfg.num_jobs, cfg.num_machines, cfg.rollout_len
+    out = empty_demos(cfg)
+    gains = []
+    for i in range(D):
+        inst = instances.random_instance(rng, J, M)
+        agent_cmax, start = best_of(solver(params, inst.machines, inst.durations, jax.random.PRNGKey(0), 0))
+        res = cpsat.solve(inst.machines, inst.durations, time_limit_s=time_limit_s, hint=start)
+        actions = cpsat.schedule_to_actions(inst.machines, inst.durations, res.start_times)[:T]
+        out["machines"][i], out["durations"][i] = inst.machines, inst.durations
+        out["actions"][i, :len(actions)] = actions
+        gains.append((agent_cmax - res.makespan) / res.makespan)
+    out["weight"] = np.ones((), np.float32)
+    return out, float(np.mean(gains))
+
+
+def make_batch_greedy(model: JobShopPolicy):
+    """``greedy(params, machines [B,J,M], durations [B,J,M]) -> final states [B]`` (jitted)."""
+    def greedy(params, machines, durations):
+        return jax.vmap(lambda m, d: _policy_rollout(model, params, env.Problem(m, d), jax.random.PRNGKey(0),
+                                                     True))(machines, durations)
+
+    return jax.jit(greedy)
+
+
+def save_policy(directory, params, policy_cfg: PolicyConfig, info: dict) -> None:
+    """Writes ``policy.msgpack`` (Flax serialization) and ``policy.json`` (config + provenance)."""
+    import json
+    import pathlib
+
+    from flax import serialization
+
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "policy.msgpack").write_bytes(serialization.to_bytes(jax.device_get(params)))
+    (directory / "policy.json").write_text(json.dumps({"policy_config": dataclasses.asdict(policy_cfg), **info},
+                                                      indent=2, sort_keys=True, default=str) + "\n")
+
+
+def load_policy(directory) -> tuple[JobShopPolicy, dict, dict]:
+    """(model, params, info) from a directory written by :func:`save_policy`."""
+    import json
+    import pathlib
+
+    from flax import serialization
+
+    directory = pathlib.Path(directory)
+    if not (directory / "policy.msgpack").is_file() or not (directory / "policy.json").is_file():
+        raise ValueError(f"policy directory {str(directory)!r} lacks policy.msgpack / policy.json "
+                         "(train one with scripts/train_jssp.py --export_dir=...)")
+    info = json.loads((directory / "policy.json").read_text())
+    model = make_model(PolicyConfig(**info["policy_config"]))
+    template = init_params(model, jax.random.PRNGKey(0))
+    params = serialization.from_bytes(template, (directory / "policy.msgpack").read_bytes())
+    return model, params, info
+
+
+TRAINED_DIR = __import__("pathlib").Path(__file__).resolve().parent / "trained"

@@ -1,0 +1,179 @@
+"""Job-shop instances: the standard text format, the shipped Taillard (1993) set, a random generator.
+
+Standard format (JSPLib / OR-Library "text"): the first non-comment line is ``n_jobs n_machines``, then
+one line per job with ``n_machines`` pairs ``machine duration`` in processing order, machines numbered
+from 0. Lines starting with ``#`` and blank lines are ignored. Every job visits every machine exactly
+once (the classic JSSP, as in Taillard's benchmark).
+
+Malformed files raise :class:`InstanceFormatError` (a ValueError) naming the file and line.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
+TAILLARD_DIR = DATA_DIR / "taillard"
+TAILLARD_BOUNDS = DATA_DIR / "taillard_bounds.csv"
+MAX_DURATION = 99  # Taillard's durations are uniform in 1..99
+
+
+class InstanceFormatError(ValueError):
+    """A malformed instance file; the message names the file and the line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """One JSSP instance: ``machines[j, o]`` and ``durations[j, o]`` of job j's o-th operation."""
+    name: str
+    machines: np.ndarray  # [jobs, machines] int32
+    durations: np.ndarray  # [jobs, machines] int32
+
+    @property
+    def num_jobs(self) -> int:
+        return int(self.machines.shape[0])
+
+    @property
+    def num_machines(self) -> int:
+        return int(self.machines.shape[1])
+
+    @property
+    def size(self) -> str:
+        return f"{self.num_jobs}x{self.num_machines}"
+
+
+def check_arrays(machines, durations, where: str = "instance") -> None:
+    """ValueError unless ``machines``/``durations`` form a valid classic JSSP instance."""
+    machines, durations = np.asarray(machines), np.asarray(durations)
+    if machines.ndim != 2 or machines.shape != durations.shape or machines.size == 0:
+        raise ValueError(f"{where}: machines {machines.shape} and durations {durations.shape} must be equal, "
+                         "non-empty [jobs, machines] arrays")
+    m = machines.shape[1]
+    for j in range(machines.shape[0]):
+        if sorted(machines[j].tolist()) != list(range(m)):
+            raise ValueError(f"{where}: job {j} must visit each machine 0..{m - 1} exactly once, "
+                             f"got {machines[j].tolist()}")
+    if (durations < 0).any():
+        raise ValueError(f"{where}: durations must be >= 0, got {int(durations.min())}")
+
+
+def _fail(path, lineno, msg):
+    raise InstanceFormatError(f"{path}:{lineno}: {msg}")
+
+
+def _ints(path, lineno, text) -> list[int]:
+    out = []
+    for tok in text.split():
+        if not re.fullmatch(r"[+-]?\d+", tok):
+            _fail(path, lineno, f"expected integers, found {tok!r}")
+        out.append(int(tok))
+    return out
+
+
+def parse_text(text: str, name: str = "instance", path: str = "<string>") -> Instance:
+    """Parses the standard format; InstanceFormatError names ``path`` and the line of the problem."""
+    lines = [(i + 1, ln.split("#", 1)[0].strip()) for i, ln in enumerate(text.splitlines())]
+    lines = [(i, ln) for i, ln in lines if ln]
+    if not lines:
+        _fail(path, 1, "empty file: expected a first line 'n_jobs n_machines'")
+    head_no, head = lines[0]
+    header = _ints(path, head_no, head)
+    if len(header) != 2:
+        _fail(path, head_no, f"the first line must be 'n_jobs n_machines' (2 integers), got {len(header)}")
+    n_jobs, n_machines = header
+    if n_jobs < 1 or n_machines < 1:
+        _fail(path, head_no, f"n_jobs={n_jobs} and n_machines={n_machines} must be >= 1")
+    rows = lines[1:]
+    if len(rows) != n_jobs:
+        where = rows[n_jobs][0] if len(rows) > n_jobs else (rows[-1][0] if rows else head_no)
+        _fail(path, where, f"the header announces {n_jobs} jobs but the file has {len(rows)} job lines")
+    machines = np.zeros((n_jobs, n_machines), np.int32)
+    durations = np.zeros((n_jobs, n_machines), np.int32)
+    for j, (lineno, ln) in enumerate(rows):
+        vals = _ints(path, lineno, ln)
+        if len(vals) != 2 * n_machines:
+            _fail(path, lineno, f"job {j} needs {n_machines} 'machine duration' pairs ({2 * n_machines} "
+                                f"integers), got {len(vals)} integers")
+        ms, ds = vals[0::2], vals[1::2]
+        for o, (mach, dur) in enumerate(zip(ms, ds)):
+            if not 0 <= mach < n_machines:
+                _fail(path, lineno, f"job {j} operation {o}: machine {mach} out of range 0..{n_machines - 1}")
+            if dur < 0:
+                _fail(path, lineno, f"job {j} operation {o}: negative duration {dur}")
+        if len(set(ms)) != n_machines:
+            dup = sorted({m for m in ms if ms.count(m) > 1})
+            _fail(path, lineno, f"job {j} visits machine(s) {dup} more than once (each job must visit "
+                                "every machine exactly once)")
+        machines[j], durations[j] = ms, ds
+    return Instance(name=name, machines=machines, durations=durations)
+
+
+def read_instance(path) -> Instance:
+    """Reads one instance file in the standard format (name: the file stem)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"instance file {str(path)!r} does not exist")
+    return parse_text(path.read_text(), name=path.stem, path=str(path))
+
+
+def format_instance(inst: Instance) -> str:
+    lines = [f"{inst.num_jobs} {inst.num_machines}"]
+    for j in range(inst.num_jobs):
+        lines.append(" ".join(f"{m} {d}" for m, d in zip(inst.machines[j], inst.durations[j])))
+    return "\n".join(lines) + "\n"
+
+
+def read_directory(directory) -> list[Instance]:
+    """Every ``*.txt`` (or extension-less) instance file of ``directory``, sorted by name."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"--instances={str(directory)!r} is neither 'taillard' nor a directory of instance files")
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in (".txt", "", ".jss"))
+    if not files:
+        raise ValueError(f"--instances={str(directory)!r} holds no instance files (*.txt)")
+    return [read_instance(p) for p in files]
+
+
+def load_taillard(sizes: tuple[str, ...] | None = None) -> list[Instance]:
+    """The 80 shipped Taillard instances ta01..ta80, optionally only the given ``'JxM'`` sizes."""
+    insts = read_directory(TAILLARD_DIR)
+    if sizes:
+        insts = [i for i in insts if i.size in set(sizes)]
+    return insts
+
+
+def load_bounds(path=TAILLARD_BOUNDS) -> dict[str, dict]:
+    """``{instance: {"lower_bound", "upper_bound", "status"}}`` from the shipped CSV."""
+    out = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            out[row["instance"]] = {"lower_bound": int(row["lower_bound"]), "upper_bound": int(row["upper_bound"]),
+                                    "status": row["status"]}
+    return out
+
+
+def random_instance(rng: np.random.Generator, num_jobs: int, num_machines: int, low: int = 1,
+                    high: int = MAX_DURATION, name: str = "random") -> Instance:
+    """Taillard-like random instance: durations uniform in [low, high], a random machine order per job."""
+    if num_jobs < 1 or num_machines < 1 or not 0 <= low <= high:
+        raise ValueError(f"random_instance: num_jobs={num_jobs}, num_machines={num_machines} must be >= 1 and "
+                         f"0 <= low={low} <= high={high}")
+    durations = rng.integers(low, high + 1, size=(num_jobs, num_machines)).astype(np.int32)
+    machines = np.stack([rng.permutation(num_machines) for _ in range(num_jobs)]).astype(np.int32)
+    return Instance(name=name, machines=machines, durations=durations)
+
+
+def random_batch_jax(key: jax.Array, batch: int, num_jobs: int, num_machines: int, low: int = 1,
+                     high: int = MAX_DURATION) -> tuple[jax.Array, jax.Array]:
+    """The same distribution as :func:`random_instance`, in JAX: ``(machines, durations)`` [batch, J, M]."""
+    k1, k2 = jax.random.split(key)
+    durations = jax.random.randint(k1, (batch, num_jobs, num_machines), low, high + 1, jnp.int32)
+    noise = jax.random.uniform(k2, (batch, num_jobs, num_machines))
+    machines = jnp.argsort(noise, axis=-1).astype(jnp.int32)  # a uniform random permutation per job
+    return machines, durations
