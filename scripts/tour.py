@@ -65,6 +65,22 @@ def step_preempt_and_resume(workdir: pathlib.Path) -> dict:
             "save_blocking_s_total": round(final["checkpoint_blocking_s"], 4)}
 
 
+def _in_subprocess(module: str, workdir: pathlib.Path, host_devices: int) -> dict:
+    """Runs ``module.tour_step(workdir)`` in a fresh process with ``host_devices`` virtual CPU devices
+    (the device count is fixed when JAX starts, so a step needing a mesh of CPU devices runs apart)."""
+    import os
+
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={host_devices}".strip()
+    code = (f"import json, pathlib; from {module} import tour_step; "
+            f"print('TOUR_RESULT=' + json.dumps(tour_step(pathlib.Path({str(workdir)!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"{module}.tour_step failed:\n{out.stderr[-3000:]}")
+    line = [l for l in out.stdout.splitlines() if l.startswith("TOUR_RESULT=")][-1]
+    return json.loads(line.split("=", 1)[1])
+
+
 def _imported(module: str):
     import importlib
 
@@ -80,6 +96,8 @@ def main(argv):
         ("LM (train_lm)", lambda: step_train_lm(root / "train_lm", FLAGS.lm_steps)),
         ("checkpoint (SIGTERM + resume)", lambda: step_preempt_and_resume(root / "preempt")),
         ("AlgoPerf (NAdamW on mnist1d)", lambda: _imported("scripts.run_algoperf").tour_step(root / "algoperf")),
+        ("Streaming DiLoCo vs DP (M=2, fp4)",
+         lambda: _in_subprocess("scripts.train_diloco", root / "diloco", host_devices=8)),
         ("job-shop (rules, agent, CP-SAT on ta01-ta02)", lambda: _imported("scripts.eval_jssp").tour_step(root / "jssp")),
     ]
     results = {}

@@ -30,19 +30,12 @@ from parallel import checkpoint as ckpt_lib
 from rl.jssp import agent, instances, rules
 from scripts import common
 
-RESUME_IGNORE = ("workdir", "overwrite", "multihost", "checkpoint_every", "keep_checkpoints",
-                 "checkpoint_mode", "log_every", "export_dir", "steps")
+RESUME_IGNORE = common.RUN_RESUME_IGNORE + ("log_every", "export_dir", "steps")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainJSSPConfig:
-    workdir: str | None = None
-    seed: int = 0
-    multihost: bool = False
+class TrainJSSPConfig(common.RunConfig):
     checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    checkpoint_mode: str = "lazy"
-    overwrite: bool = False
     export_dir: str = ""
     steps: int = 300
     num_jobs: int = 10
@@ -67,10 +60,9 @@ class TrainJSSPConfig:
     log_every: int = 5
 
     def __post_init__(self):
-        common.require_positive(self, "steps", "checkpoint_every", "keep_checkpoints", "cpsat_every",
-                                "eval_every", "eval_instances", "log_every", "window", "d_model", "num_heads",
-                                "job_layers", "mlp_dim", allow_zero=("checkpoint_every",))
-        ckpt_lib.validate_options(self.keep_checkpoints, self.checkpoint_mode)
+        super().__post_init__()
+        common.require_positive(self, "steps", "cpsat_every", "eval_every", "eval_instances", "log_every",
+                                "window", "d_model", "num_heads", "job_layers", "mlp_dim")
         if not self.cpsat_time_limit > 0:
             raise ValueError(f"--cpsat_time_limit={self.cpsat_time_limit} must be > 0 seconds")
         self.ppo_config()
