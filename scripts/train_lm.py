@@ -3,6 +3,11 @@ r"""Trains the byte-level decoder LM (models/transformer.py) on the embedded cor
     python -m scripts.train_lm --workdir=/tmp/lm            # Tiny Shakespeare, 2,000 steps
     python -m scripts.train_lm --workdir=/tmp/lm --mesh=data:8 --batch_size=64 --data_dir=~/corpus
 
+With --moe_experts=E every FFN is a Mixture-of-Experts layer (parallel/moe.py; experts on an ``expert``
+mesh axis, their hidden dimension on ``tensor``, e.g. --mesh=data:2,expert:2,tensor:2); its aux losses
+(load balancing, router z-loss) are added to the loss with --moe_aux_weight / --moe_z_weight and logged
+as moe_aux_loss; ``loss`` and ``val_loss`` stay the plain cross-entropy.
+
 The global batch is split along the mesh's ``data`` axis; parameters follow the logical-axis rules of
 parallel/sharding.py (replicated on a data-only mesh, Megatron-split over a ``tensor`` axis).
 Writes config.json, metrics.jsonl (train loss every --log_every steps, validation loss and bits/byte
@@ -29,6 +34,7 @@ from algoperf.data import text
 from models.transformer import DecoderLM, TransformerConfig
 from parallel import checkpoint as ckpt_lib
 from parallel import mesh as mesh_lib
+from parallel import moe as moe_lib
 from parallel import sharding as sharding_lib
 from scripts import common
 
@@ -56,6 +62,13 @@ class TrainLMConfig(common.RunConfig):
     eval_every: int = 250
     eval_batches: int = 20
     log_every: int = 50
+    moe_experts: int = 0            # 0: dense SwiGLU FFN
+    moe_topk: int = 2
+    moe_capacity_factor: float = 0.0  # 0: dropless
+    moe_chunks: int = 0             # Comet chunks; 0: cost model
+    moe_mlp_dim: int = 0            # expert width; 0: mlp_dim // moe_topk (same active FFN parameters)
+    moe_aux_weight: float = 0.01    # load-balancing loss weight
+    moe_z_weight: float = 0.001     # router z-loss weight
 
     def __post_init__(self):
         super().__post_init__()
@@ -70,6 +83,22 @@ class TrainLMConfig(common.RunConfig):
         if not 0 <= self.beta2 < 1:
             raise ValueError(f"--beta2={self.beta2} must be in [0, 1)")
         self.model_config()  # validates the model flags (heads dividing width, ...)
+        common.require_positive(self, "moe_experts", "moe_topk", "moe_chunks", "moe_mlp_dim",
+                                allow_zero=("moe_experts", "moe_chunks", "moe_mlp_dim"))
+        if self.moe_experts:
+            self.moe_config()
+
+    def moe_config(self) -> moe_lib.MoEConfig:
+        try:
+            return moe_lib.MoEConfig(num_experts=self.moe_experts, top_k=self.moe_topk,
+                                     capacity_factor=self.moe_capacity_factor, num_chunks=self.moe_chunks,
+                                     load_balance_weight=self.moe_aux_weight, z_loss_weight=self.moe_z_weight)
+        except ValueError as e:
+            raise ValueError(f"MoE flags (--moe_*): {e}") from None
+
+    @property
+    def expert_mlp_dim(self) -> int:
+        return self.moe_mlp_dim or max(1, self.mlp_dim // self.moe_topk)
 
     def model_config(self) -> TransformerConfig:
         try:
@@ -82,11 +111,20 @@ class TrainLMConfig(common.RunConfig):
 
 
 def check_devices(cfg: TrainLMConfig) -> None:
-    """The mesh fits the devices and the global batch splits along its data axis (ValueError if not)."""
-    data_size = mesh_lib.parse_mesh_spec(cfg.mesh, jax.device_count()).get("data", 1)
+    """The mesh fits the devices, the global batch splits along its data axis and the experts and
+    their width split along the expert and tensor axes (ValueError naming the values if not)."""
+    sizes = mesh_lib.parse_mesh_spec(cfg.mesh, jax.device_count())
+    data_size = sizes.get("data", 1)
     if cfg.batch_size % data_size:
         raise ValueError(f"--batch_size={cfg.batch_size} must be a multiple of the data axis size "
                          f"{data_size} of --mesh={cfg.mesh!r}")
+    if cfg.moe_experts:
+        ep, tp = sizes.get("expert", 1), sizes.get("tensor", 1)
+        if cfg.moe_experts % ep:
+            raise ValueError(f"--moe_experts={cfg.moe_experts} must be divisible by the 'expert' mesh axis size {ep}")
+        if cfg.expert_mlp_dim % tp:
+            raise ValueError(f"expert width {cfg.expert_mlp_dim} (--moe_mlp_dim or --mlp_dim/--moe_topk) must be "
+                             f"divisible by the 'tensor' mesh axis size {tp}")
 
 
 @flax.struct.dataclass
@@ -105,21 +143,38 @@ def make_optimizer(cfg: TrainLMConfig) -> optax.GradientTransformation:
                        optax.adamw(schedule, b1=0.9, b2=cfg.beta2, weight_decay=cfg.weight_decay))
 
 
+def losses(model: DecoderLM, params, batch) -> tuple[jax.Array, jax.Array]:
+    """(mean next-token cross-entropy in nats per byte, sum of the aux losses sown by MoE FFNs or 0)."""
+    logits, state = model.apply({"params": params}, batch["inputs"], mutable=["intermediates"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+    return ce, moe_lib.sown_aux_loss(state.get("intermediates", {}))
+
+
 def next_token_loss(model: DecoderLM, params, batch) -> jax.Array:
     """Mean next-token cross-entropy in nats per byte."""
-    logits = model.apply({"params": params}, batch["inputs"])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+    return losses(model, params, batch)[0]
 
 
 def make_train_step(model: DecoderLM, optimizer: optax.GradientTransformation):
     def train_step(state: TrainState, batch):
-        loss, grads = jax.value_and_grad(lambda p: next_token_loss(model, p, batch))(state.params)
+        def total(p):
+            ce, aux = losses(model, p, batch)
+            return ce + aux, (ce, aux)
+        (_, (loss, aux)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         rng, _ = jax.random.split(state.rng)
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return new_state, {"loss": loss, "moe_aux_loss": aux, "grad_norm": optax.tree.norm(grads)}
     return train_step
+
+
+def build_model(cfg: TrainLMConfig, mesh) -> DecoderLM:
+    """The dense LM, or with --moe_experts > 0 the LM whose FFNs are MoE layers sharded over ``mesh``."""
+    if not cfg.moe_experts:
+        return DecoderLM(cfg.model_config())
+    factory = moe_lib.moe_ffn_factory(cfg.moe_config(), mesh, hidden=cfg.expert_mlp_dim)
+    return DecoderLM(cfg.model_config(), ffn_factory=factory)
 
 
 def init_state(model: DecoderLM, optimizer, cfg: TrainLMConfig, mesh) -> tuple[TrainState, TrainState]:
@@ -161,7 +216,7 @@ def train(cfg: TrainLMConfig) -> dict:
     corpus = text.load_corpus(cfg.data_dir or None, min_split_len=cfg.seq_len + 1)
     eval_data = text.eval_batches(corpus.validation, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=cfg.seed)
 
-    model = DecoderLM(cfg.model_config())
+    model = build_model(cfg, mesh)
     optimizer = make_optimizer(cfg)
     state, shardings = init_state(model, optimizer, cfg, mesh)
     config_dict = dataclasses.asdict(cfg)
@@ -209,6 +264,8 @@ def train(cfg: TrainLMConfig) -> dict:
             row = {}
             if step % cfg.log_every == 0 or step == cfg.steps:
                 row.update(loss=float(step_metrics["loss"]), grad_norm=float(step_metrics["grad_norm"]))
+                if cfg.moe_experts:
+                    row.update(moe_aux_loss=float(step_metrics["moe_aux_loss"]))
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 last_eval = evaluate(eval_loss, state.params, eval_data, mesh)
                 row.update(last_eval)
@@ -263,6 +320,15 @@ def define_flags() -> None:
     flags.DEFINE_integer("eval_every", defaults.eval_every, "Evaluate validation loss every N steps.")
     flags.DEFINE_integer("eval_batches", defaults.eval_batches, "Validation batches per evaluation.")
     flags.DEFINE_integer("log_every", defaults.log_every, "Log the train loss every N steps.")
+    flags.DEFINE_integer("moe_experts", defaults.moe_experts, "MoE experts per FFN (0: dense SwiGLU FFN).")
+    flags.DEFINE_integer("moe_topk", defaults.moe_topk, "Experts per token.")
+    flags.DEFINE_float("moe_capacity_factor", defaults.moe_capacity_factor,
+                       "Per-destination capacity factor for expert-parallel dispatch (0: dropless).")
+    flags.DEFINE_integer("moe_chunks", defaults.moe_chunks, "Comet overlap chunks (0: chosen by the cost model).")
+    flags.DEFINE_integer("moe_mlp_dim", defaults.moe_mlp_dim,
+                         "Expert SwiGLU width (0: mlp_dim // moe_topk, the dense model's active FFN size).")
+    flags.DEFINE_float("moe_aux_weight", defaults.moe_aux_weight, "Weight of the load-balancing loss.")
+    flags.DEFINE_float("moe_z_weight", defaults.moe_z_weight, "Weight of the router z-loss.")
 
 
 def main(argv):

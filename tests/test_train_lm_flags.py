@@ -22,6 +22,8 @@ def test_config_validation(devices, overrides, match):
 @pytest.mark.parametrize("overrides,match", [
     ({"mesh": "data:3"}, "mesh spec 'data:3' for 8 devices"),
     ({"mesh": "data:8", "batch_size": 12}, "--batch_size=12 must be a multiple of the data axis size 8"),
+    ({"mesh": "data:2,expert:4", "moe_experts": 6}, "--moe_experts=6 must be divisible by the 'expert' mesh axis size 4"),
+    ({"mesh": "data:2,tensor:4", "moe_experts": 4, "moe_mlp_dim": 6}, "expert width 6"),
 ])
 def test_device_checks(devices, overrides, match):
     with pytest.raises(ValueError, match=match):
