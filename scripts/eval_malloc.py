@@ -1,0 +1,151 @@
+r"""Evaluates a mallocGame solver on a directory of instances (default: the shipped held-out test set).
+
+    python -m scripts.eval_malloc --solver=heuristic --out=/tmp/heuristic.json
+    python -m scripts.eval_malloc --solver=cpsat --time_limit=10 --instances=rl/malloc/instances/test
+    python -m scripts.eval_malloc --solver=all --out=/tmp/all.json     # every solver + a comparison table
+
+Solvers (rl/malloc/): heuristic (XLA memory-space-assignment order benefit/sqrt(size), best fit), firstfit
+(first-fit decreasing size), random (uniform legal mallocGame moves, --seed), cpsat (OR-Tools, --time_limit s
+per instance, --workers; reports optimal or its bound). ``muzero`` is reserved for the mallocMuZero agent
+(issue 7, second part) and is not available yet. Every placement is checked by the independent validator
+(rl/malloc/validate.py) before it is reported.
+
+``--out`` is a JSON list, one record per (instance, solver): instance, solver, benefit, total_benefit,
+normalised_benefit, wall_time_s, placement ({buffer name: offset or "slow"}), and for cpsat optimal, bound.
+"""
+from __future__ import annotations
+
+import pathlib
+import time
+
+import numpy as np
+from absl import app, flags
+
+from rl.malloc import baselines, cpsat, instance, validate
+from scripts import common
+
+SOLVERS = ("heuristic", "firstfit", "random", "cpsat", "muzero")
+DEFAULT_INSTANCES = pathlib.Path(instance.__file__).parent / "instances" / "test"
+
+
+def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: int = 0):
+    """``run(instance) -> (offsets int64 [n] with -1 slow, extra record fields)``."""
+    if solver not in SOLVERS:
+        raise ValueError(f"--solver={solver!r}; allowed: {', '.join(SOLVERS)}, all")
+    if solver == "muzero":
+        raise ValueError("--solver=muzero: the mallocMuZero agent is not available yet (issue 7, second part); "
+                         "use heuristic, firstfit, random or cpsat")
+    if solver == "cpsat":
+        if not time_limit > 0:
+            raise ValueError(f"--time_limit={time_limit} must be > 0 seconds")
+        if workers < 1:
+            raise ValueError(f"--workers={workers} must be >= 1")
+
+        def run(inst):
+            sol = cpsat.solve(inst, time_limit, workers, hint=baselines.xla_heuristic(inst))
+            return sol.offsets, {"optimal": sol.optimal, "bound": sol.bound, "status": sol.status}
+        return run
+    if solver == "random":
+        return lambda inst: (baselines.random_legal(inst, seed), {})
+    fn = baselines.xla_heuristic if solver == "heuristic" else baselines.first_fit_decreasing
+    return lambda inst: (fn(inst), {})
+
+
+def evaluate(insts: list[instance.Instance], run, solver: str) -> list[dict]:
+    records = []
+    for inst in insts:
+        t0 = time.perf_counter()
+        offsets, extra = run(inst)
+        wall = time.perf_counter() - t0
+        value = validate.benefit(inst, offsets)  # raises on an invalid placement
+        total = inst.total_benefit
+        records.append({"instance": inst.name, "solver": solver, "benefit": value, "total_benefit": total,
+                        "normalised_benefit": value / total if total > 0 else 0.0, "wall_time_s": wall,
+                        **extra, "placement": validate.to_json_placement(inst, offsets)})
+    return records
+
+
+def summarise(records: list[dict]) -> dict:
+    """Per solver: mean normalised benefit, mean wall time, and (when cpsat ran) the mean gap to the CP-SAT
+    optimum on the instances it proved optimal, share of instances where the solver reaches it."""
+    by = {}
+    for r in records:
+        by.setdefault(r["solver"], {})[r["instance"]] = r
+    opt = {k: r for k, r in by.get("cpsat", {}).items() if r.get("optimal")}
+    out = {}
+    for solver, recs in by.items():
+        row = {"instances": len(recs),
+               "mean_normalised_benefit": float(np.mean([r["normalised_benefit"] for r in recs.values()])),
+               "mean_wall_time_s": float(np.mean([r["wall_time_s"] for r in recs.values()]))}
+        common_opt = [k for k in recs if k in opt and opt[k]["benefit"] > 0]
+        if common_opt:
+            gaps = [1 - recs[k]["benefit"] / opt[k]["benefit"] for k in common_opt]
+            row.update(cpsat_optimal_instances=len(common_opt), mean_gap_to_optimum_pct=100 * float(np.mean(gaps)),
+                       share_at_optimum=float(np.mean([g <= 1e-9 for g in gaps])))
+        out[solver] = row
+    return out
+
+
+def print_table(summary: dict) -> None:
+    print(f"{'solver':<10} {'n':>4} {'mean norm. benefit':>19} {'gap to opt %':>13} {'at opt':>7} {'mean s':>8}")
+    for solver, row in summary.items():
+        gap = f"{row['mean_gap_to_optimum_pct']:.2f}" if "mean_gap_to_optimum_pct" in row else "-"
+        share = f"{row['share_at_optimum']:.2f}" if "share_at_optimum" in row else "-"
+        print(f"{solver:<10} {row['instances']:>4} {row['mean_normalised_benefit']:>19.4f} {gap:>13} {share:>7} "
+              f"{row['mean_wall_time_s']:>8.3f}")
+
+
+def run_solvers(insts, solvers, time_limit=10.0, workers=1, seed=0) -> list[dict]:
+    runners = [(s, make_runner(s, time_limit, workers, seed)) for s in solvers]  # all flags checked first
+    return [r for s, run in runners for r in evaluate(insts, run, s)]
+
+
+def define_flags():
+    flags.DEFINE_enum("solver", "heuristic", list(SOLVERS) + ["all"], "Which solver ('all': every available one).")
+    flags.DEFINE_string("instances", str(DEFAULT_INSTANCES), "Directory of instance JSON files.")
+    flags.DEFINE_float("time_limit", 10.0, "CP-SAT seconds per instance.")
+    flags.DEFINE_integer("workers", 1, "CP-SAT search workers.")
+    flags.DEFINE_integer("seed", 0, "Seed of the random solver.")
+    flags.DEFINE_string("out", "", "Write the per-instance records here (JSON list).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    F = flags.FLAGS
+    common.quiet_library_logs()
+    solvers = [s for s in SOLVERS if s != "muzero"] if F.solver == "all" else [F.solver]
+    try:  # bad flags or inputs: the message alone, before any work
+        for s in solvers:
+            make_runner(s, F.time_limit, F.workers, F.seed)
+        insts = instance.load_dir(pathlib.Path(F.instances).expanduser())
+        if F.out and pathlib.Path(F.out).is_dir():
+            raise ValueError(f"--out={F.out!r} is a directory; give a file path")
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    records = run_solvers(insts, solvers, F.time_limit, F.workers, F.seed)
+    print_table(summarise(records))
+    if F.out:
+        out = pathlib.Path(F.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        common.write_json_atomic(out, records)
+
+
+def tour_step(workdir: pathlib.Path) -> dict:
+    """Small-scale tour: every baseline and CP-SAT (2 s) on the first 6 shipped held-out instances."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    insts = instance.load_dir(DEFAULT_INSTANCES)[:6]
+    records = run_solvers(insts, ("heuristic", "firstfit", "random", "cpsat"), time_limit=2.0, workers=1)
+    common.write_json_atomic(workdir / "malloc_eval.json", records)
+    summary = summarise(records)
+    out = {f"{s}_mean_normalised_benefit": round(row["mean_normalised_benefit"], 4) for s, row in summary.items()}
+    out.update({f"{s}_gap_to_optimum_pct": round(row["mean_gap_to_optimum_pct"], 2)
+                for s, row in summary.items() if "mean_gap_to_optimum_pct" in row})
+    out["instances"] = len(insts)
+    return out
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
