@@ -28,14 +28,12 @@ Logs have upstream's layout: ``EXPERIMENT/study_K/WORKLOAD_jax/trial_N/`` with
 """
 from __future__ import annotations
 
-import collections
 import csv
 import dataclasses
 import hashlib
 import importlib.util
 import inspect
 import json
-import math
 import os
 import pathlib
 import sys

@@ -39,7 +39,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 # Megatron-style tensor parallelism over `tensor`, experts over `expert`; the rest replicated.
 DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (

@@ -12,17 +12,16 @@ median of ``--repeats``; overhead = runner / hand - 1.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import statistics
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
 from algoperf import halton, runner
 from algoperf import workloads as workloads_lib
+from scripts import common
 
 flags.DEFINE_string("workload", "mnist1d", "Workload to run.")
 flags.DEFINE_integer("steps", 300, "Timed steps per run.")
@@ -97,7 +96,7 @@ def main(argv):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"config": {"workload": FLAGS.workload, "steps": FLAGS.steps,
                                               "repeats": FLAGS.repeats, "submission": str(BASELINE), "hparams": HPARAMS},
-                                   "machine": {"devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()},
+                                   "machine": common.machine_info(),
                                    **result}, indent=2))
 
 

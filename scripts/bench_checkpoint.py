@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import platform
 import shutil
 import statistics
 import tempfile
@@ -29,7 +28,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags, logging
 
 from parallel import checkpoint as ckpt_lib
@@ -188,8 +186,7 @@ def main(argv):
         report = {"benchmark": "checkpoint", "config": {k: FLAGS[k].value for k in
                                                         ("sizes_mb", "modes", "repeats", "loop_steps", "every",
                                                          "loop_modes")},
-                  "machine": {"devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
-                              "platform": platform.platform(), "jax": jax.__version__},
+                  "machine": common.machine_info(),
                   "saves": saves, "training_loop": loop}
         pathlib.Path(FLAGS.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {FLAGS.out}")

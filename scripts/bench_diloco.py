@@ -10,7 +10,6 @@ excluded, medians; the ratio is measured side by side in this process. Outer ste
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
@@ -130,7 +129,7 @@ def main(argv):
               f"payload {o['payload_bytes']} B")
     record = {"config": {k: FLAGS[k].value for k in ("workers", "num_layers", "d_model", "mlp_dim", "batch_size",
                                                       "seq_len", "steps", "repeats")},
-              "machine": {"devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()},
+              "machine": common.machine_info(),
               "inner": inner}
     if FLAGS.table4:
         t4 = run_table4(FLAGS.sim_step_time, FLAGS.sim_fragments, FLAGS.sim_tau)

@@ -11,12 +11,10 @@ two environments' makespans are checked to be identical.
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -98,7 +96,7 @@ def main(argv):
         common.write_json_atomic(__import__("pathlib").Path(FLAGS.out), {
             "config": {"sizes": FLAGS.sizes, "batches": FLAGS.batches, "python_instances": FLAGS.python_instances,
                        "repeats": FLAGS.repeats, "seed": FLAGS.seed, "policy": "spt"},
-            "machine": {"devices": [str(x) for x in jax.devices()], "cpu_count": os.cpu_count()},
+            "machine": common.machine_info(),
             "rows": rows})
 
 

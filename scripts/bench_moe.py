@@ -15,9 +15,7 @@ multi-device accelerators; on CPU it says so. On a GPU it also times ragged_dot 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import platform
 import statistics
 import time
 
@@ -26,6 +24,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from parallel import moe
+from scripts import common
 
 # (experts, top-k, d_model, expert hidden): the real models' ratios hidden/d (Mixtral 14336/4096,
 # Qwen2-MoE 1408/2048, Phi-3.5-MoE 6400/4096) at d_model 256.
@@ -133,8 +132,7 @@ def main(argv):
     if FLAGS.out:
         report = {"benchmark": "moe", "config": {k: FLAGS[k].value for k in ("models", "tokens", "repeats",
                                                                               "capacity_factor")},
-                  "machine": {"devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
-                              "platform": platform.platform(), "jax": jax.__version__},
+                  "machine": common.machine_info(),
                   "rows": rows, "overlap": overlap}
         pathlib.Path(FLAGS.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {FLAGS.out}")

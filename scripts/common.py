@@ -132,6 +132,16 @@ def quiet_library_logs() -> None:
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
 
+def machine_info() -> dict:
+    """What every benchmark JSON records about the machine it ran on."""
+    import platform
+
+    import jax
+
+    return {"devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "jax": jax.__version__}
+
+
 def maybe_initialize_distributed(multihost: bool) -> None:
     if multihost:
         import jax
