@@ -92,6 +92,9 @@ class TrainDiLoCoConfig(common.RunConfig):
                                 allow_zero=("stop_after",))
         if self.backend not in diloco.BACKENDS:
             raise ValueError(f"--backend={self.backend!r}; allowed: {', '.join(diloco.BACKENDS)}")
+        if self.algo == "streaming" and self.fragments > self.num_layers:
+            raise ValueError(f"--fragments={self.fragments} exceeds --num_layers={self.num_layers} "
+                             "(each fragment holds at least one transformer block)")
         if self.batch_size % self.workers:
             raise ValueError(f"--batch_size={self.batch_size} must be a multiple of --workers={self.workers}")
 
@@ -283,24 +286,7 @@ def tour_step(workdir: pathlib.Path) -> dict:
 def define_flags() -> None:
     common.define_common_flags()
     d = TrainDiLoCoConfig()
-    flags.DEFINE_string("data_dir", d.data_dir, "Folder of text files; empty: embedded Tiny Shakespeare.")
-    flags.DEFINE_integer("batch_size", d.batch_size, "Global batch (sequences) per inner step, over all workers.")
-    flags.DEFINE_integer("seq_len", d.seq_len, "Context length in bytes.")
-    flags.DEFINE_integer("steps", d.steps, "Total inner steps (equal tokens for every method).")
-    flags.DEFINE_float("lr", d.lr, "Inner AdamW peak learning rate.")
-    flags.DEFINE_float("min_lr", d.min_lr, "Final inner learning rate of the cosine decay.")
-    flags.DEFINE_integer("warmup_steps", d.warmup_steps, "Inner linear warm-up steps.")
-    flags.DEFINE_float("weight_decay", d.weight_decay, "Inner AdamW weight decay.")
-    flags.DEFINE_float("beta2", d.beta2, "Inner AdamW beta2.")
-    flags.DEFINE_float("grad_clip", d.grad_clip, "Global gradient-norm clip (per worker).")
-    flags.DEFINE_integer("num_layers", d.num_layers, "Transformer blocks.")
-    flags.DEFINE_integer("num_heads", d.num_heads, "Attention heads.")
-    flags.DEFINE_integer("d_model", d.d_model, "Model width.")
-    flags.DEFINE_integer("mlp_dim", d.mlp_dim, "SwiGLU hidden width.")
-    flags.DEFINE_bool("tie_embeddings", d.tie_embeddings, "Share input and output embeddings.")
-    flags.DEFINE_integer("eval_every", d.eval_every, "Validation loss of the global parameters every N steps.")
-    flags.DEFINE_integer("eval_batches", d.eval_batches, "Validation batches per evaluation.")
-    flags.DEFINE_integer("log_every", d.log_every, "Log train loss and bytes every N steps.")
+    train_lm.define_lm_flags(d)  # steps = total inner steps, equal tokens for every method
     flags.DEFINE_enum("algo", d.algo, list(diloco.ALGOS), "dp: data-parallel; diloco; streaming: Streaming DiLoCo.")
     flags.DEFINE_integer("workers", d.workers, "M workers (a `workers` mesh axis; must divide the devices).")
     flags.DEFINE_integer("inner_steps", d.inner_steps, "H inner steps between syncs of a fragment.")

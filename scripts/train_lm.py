@@ -298,12 +298,12 @@ def train(cfg: TrainLMConfig) -> dict:
     return summary
 
 
-def define_flags() -> None:
-    common.define_common_flags()
-    defaults = TrainLMConfig()
-    flags.DEFINE_string("mesh", defaults.mesh, "Mesh axes, e.g. data:8 or data:4,tensor:2 (-1: the rest).")
+def define_lm_flags(defaults) -> None:
+    """The data, model, optimiser and logging flags of the byte-level LM, with ``defaults``' values
+    (any config with these field names: TrainLMConfig, train_diloco's config)."""
     flags.DEFINE_string("data_dir", defaults.data_dir, "Folder of text files; empty: embedded Tiny Shakespeare.")
-    flags.DEFINE_integer("batch_size", defaults.batch_size, "Global batch size (sequences).")
+    flags.DEFINE_integer("batch_size", defaults.batch_size,
+                         "Global batch size (sequences per step, over all devices and workers).")
     flags.DEFINE_integer("seq_len", defaults.seq_len, "Context length in bytes.")
     flags.DEFINE_integer("steps", defaults.steps, "Training steps.")
     flags.DEFINE_float("lr", defaults.lr, "Peak learning rate.")
@@ -320,6 +320,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("eval_every", defaults.eval_every, "Evaluate validation loss every N steps.")
     flags.DEFINE_integer("eval_batches", defaults.eval_batches, "Validation batches per evaluation.")
     flags.DEFINE_integer("log_every", defaults.log_every, "Log the train loss every N steps.")
+
+
+def define_flags() -> None:
+    common.define_common_flags()
+    defaults = TrainLMConfig()
+    define_lm_flags(defaults)
+    flags.DEFINE_string("mesh", defaults.mesh, "Mesh axes, e.g. data:8 or data:4,tensor:2 (-1: the rest).")
     flags.DEFINE_integer("moe_experts", defaults.moe_experts, "MoE experts per FFN (0: dense SwiGLU FFN).")
     flags.DEFINE_integer("moe_topk", defaults.moe_topk, "Experts per token.")
     flags.DEFINE_float("moe_capacity_factor", defaults.moe_capacity_factor,
