@@ -261,8 +261,10 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
         config = dict(config or {})
         state = checkpoint_state(model_params, model_state, optimizer_state)
         if save_checkpoints:
+            # "async", not the default "lazy": the submission's update_params may donate its inputs, and
+            # only async mode has finished the device-to-host copy when save() returns.
             checkpointer, restored = ckpt_lib.open_for_run(
-                log_dir / "checkpoints", config, ckpt_lib.abstract_like(state), keep=1, mode="sync",
+                log_dir / "checkpoints", config, ckpt_lib.abstract_like(state), keep=1, mode="async",
                 overwrite=False)
             if restored is not None:
                 meta = restored.meta

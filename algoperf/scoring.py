@@ -5,7 +5,10 @@ upstream ``scoring/performance_profile.py``:
 
 1. A trial's time to target is the ``score`` column (the accumulated submission time) of the first
    evaluation whose validation target metric meets the workload's validation target (``inf`` if none).
-2. A study's time is its fastest trial's; a workload's time is the median over studies.
+2. A study's time is that of the trial which reaches the target at the earliest *evaluation index*
+   (upstream's ``get_index_that_reaches_target``; ties go to the first trial), or, with
+   ``study_rule='min_time'``, the fastest trial (the wording of upstream's rules document); a workload's
+   time is the median over studies.
 3. Per workload, a time more than ``max_ratio`` (4) times the best submission's becomes ``inf``.
 4. Held-out variants: if a submission misses a variant's target (``inf``), its time on the variant's
    base workload becomes ``inf``. Only base workloads enter the profile.
@@ -13,8 +16,7 @@ upstream ``scoring/performance_profile.py``:
    on 100 points of tau in [1, 4] (Dolan & More 2002, eq. 1).
 6. The benchmark score is the area under rho_s normalised by the tau range: trapz(rho_s, tau) / 3.
 
-One difference from upstream is documented in :func:`study_time_to_target`. The readers accept our
-logs and upstream's (``D[/SUBMISSION]/study_K/WORKLOAD_jax/trial_N/eval_measurements.csv``).
+The readers accept our logs and upstream's (``D[/SUBMISSION]/study_K/WORKLOAD_jax/trial_N/eval_measurements.csv``).
 """
 from __future__ import annotations
 
@@ -59,25 +61,44 @@ def meets_target(value: float, target: float, minimize: bool) -> bool:
 
 
 # ------------------------------------------------------------------ time to target (pure functions)
+def trial_first_reach(rows: Iterable[Mapping[str, float]], metric: str, target: float,
+                      minimize: bool | None = None, time_column: str = TIME_COLUMN) -> tuple[float, float]:
+    """(evaluation index, time) of the first row meeting ``target`` on ``metric``; (inf, inf) when none does."""
+    minimize = is_minimized(metric) if minimize is None else minimize
+    for index, row in enumerate(rows):
+        if meets_target(_as_float(row.get(metric)), target, minimize):
+            return float(index), _as_float(row.get(time_column))
+    return math.inf, math.inf
+
+
 def trial_time_to_target(rows: Iterable[Mapping[str, float]], metric: str, target: float,
                          minimize: bool | None = None, time_column: str = TIME_COLUMN) -> float:
     """Time of the first evaluation row meeting ``target`` on ``metric``; inf when none does."""
-    minimize = is_minimized(metric) if minimize is None else minimize
-    for row in rows:
-        if meets_target(_as_float(row.get(metric)), target, minimize):
-            return _as_float(row.get(time_column))
-    return math.inf
+    return trial_first_reach(rows, metric, target, minimize, time_column)[1]
 
 
-def study_time_to_target(trial_times: Iterable[float]) -> float:
-    """The fastest trial of a study (inf when no trial reaches the target).
+STUDY_RULES = ("upstream", "min_time")
 
-    Upstream picks the trial whose *first target-reaching evaluation index* is smallest and takes its
-    time; with evaluations at a fixed time period that is the fastest trial up to one eval period. We
-    take the minimum time itself, which is what the rules describe.
+
+def study_time_to_target(trials: Iterable[float | tuple[float, float]], rule: str = "upstream") -> float:
+    """A study's time to target from its trials, in trial order (inf when no trial reaches the target).
+
+    Each trial is ``(first evaluation index reaching the target, time)`` as from :func:`trial_first_reach`
+    (a bare time counts as its own index). ``rule='upstream'`` is upstream's scoring code
+    (``performance_profile.get_index_that_reaches_target``): the trial with the smallest evaluation index
+    wins, the first such trial on ties, and its time is the study's. With evaluations at a fixed time
+    period this is the fastest trial up to one period. ``rule='min_time'`` takes the fastest trial, as
+    upstream's rules document words it.
     """
-    times = [t for t in trial_times]
-    return min(times) if times else math.inf
+    if rule not in STUDY_RULES:
+        raise ValueError(f"study rule {rule!r}; allowed: {STUDY_RULES}")
+    pairs = [t if isinstance(t, tuple) else (t, t) for t in trials]
+    if not pairs:
+        return math.inf
+    if rule == "min_time":
+        return min(time for _, time in pairs)
+    best_index = min(index for index, _ in pairs)
+    return next(time for index, time in pairs if index == best_index)
 
 
 def workload_time_to_target(study_times: Iterable[float]) -> float:
@@ -261,19 +282,25 @@ def target_for(log: TrialLog, targets: Mapping[str, Target]) -> Target:
 
 def score_experiment(logs: Mapping[str, list[TrialLog]], targets: Mapping[str, Target],
                      variants: Mapping[str, str], base_workloads: Iterable[str] | None = None,
-                     max_ratio: float = DEFAULT_MAX_RATIO, num_points: int = DEFAULT_NUM_POINTS) -> ScoreReport:
+                     max_ratio: float = DEFAULT_MAX_RATIO, num_points: int = DEFAULT_NUM_POINTS,
+                     study_rule: str = "upstream") -> ScoreReport:
     """Scores every submission of ``logs`` (see the module doc for the steps)."""
-    trial_times: dict = {}
+    if study_rule not in STUDY_RULES:
+        raise ValueError(f"study_rule={study_rule!r}; allowed: {STUDY_RULES}")
+    first_reach: dict = {}
     for submission, trials in logs.items():
         for log in trials:
             target = target_for(log, targets)
-            t = trial_time_to_target(log.rows, target.metric, target.value, target.minimize)
-            (trial_times.setdefault(submission, {}).setdefault(log.workload, {})
-             .setdefault(log.study, {}))[log.trial] = t
+            reach = trial_first_reach(log.rows, target.metric, target.value, target.minimize)
+            (first_reach.setdefault(submission, {}).setdefault(log.workload, {})
+             .setdefault(log.study, {}))[log.trial] = reach
+    trial_times = {s: {w: {k: {n: r[1] for n, r in tr.items()} for k, tr in studies.items()}
+                       for w, studies in per.items()} for s, per in first_reach.items()}
     workload_times = {
-        s: {w: workload_time_to_target([study_time_to_target(tr.values()) for tr in studies.values()])
+        s: {w: workload_time_to_target([study_time_to_target([tr[n] for n in sorted(tr)], study_rule)
+                                        for tr in studies.values()])
             for w, studies in per.items()}
-        for s, per in trial_times.items()}
+        for s, per in first_reach.items()}
     all_workloads = sorted({w for per in workload_times.values() for w in per})
     if base_workloads is None:
         base_workloads = [w for w in all_workloads if w not in variants]

@@ -5,9 +5,11 @@ r"""Runner overhead: per-step time of the AlgoPerf runner vs a hand-written loop
 Both run the NAdamW baseline's ``data_selection`` + ``update_params`` (jitted, donating) on the same
 workload, batches and optimizer (compiled once before timing: the optimizer's update function is
 shared, so no run recompiles). The runner's figure is its accumulated submission time (evaluations
-excluded; it synchronises and reads the clock after every step, as its timing rules require); the
-hand loop calls the same functions back to back and synchronises once at the end. Runs alternate,
-median of ``--repeats``; overhead = runner / hand - 1.
+excluded; it reads the clock after every step, derives the step's keys, keeps its train state and
+synchronises before each evaluation, as its timing rules require); the hand loop calls the same
+functions back to back with one key and synchronises once at the end. Runs alternate, median of
+``--repeats``; overhead = runner / hand - 1. On a shared machine pin it to one idle core
+(``taskset -c 0``): the per-step times are a few milliseconds, so other processes dominate the noise.
 """
 from __future__ import annotations
 

@@ -18,9 +18,6 @@ from algoperf import scoring
 from algoperf import workloads as workloads_lib
 from scripts import common
 
-flags.DEFINE_string("experiment_dir", None, "Logs to score.")
-flags.DEFINE_string("out_dir", None, "Where to write scores.md, scores.json and the PNG (default: experiment_dir).")
-flags.DEFINE_list("base_workloads", None, "Base workloads of the profile (default: every non-variant workload found).")
 FLAGS = flags.FLAGS
 
 
@@ -28,16 +25,17 @@ def _finite(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def score(experiment_dir: str, out_dir: str | None = None, base_workloads=None) -> scoring.ScoreReport:
+def score(experiment_dir: str, out_dir: str | None = None, base_workloads=None,
+          study_rule: str = "upstream") -> scoring.ScoreReport:
     logs = scoring.read_experiment(experiment_dir)
     report = scoring.score_experiment(logs, workloads_lib.validation_targets(), workloads_lib.VARIANTS,
-                                      base_workloads=base_workloads)
+                                      base_workloads=base_workloads, study_rule=study_rule)
     out = pathlib.Path(out_dir or experiment_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = scoring.format_table(report)
     (out / "scores.md").write_text(table + "\n")
     common.write_json_atomic(out / "scores.json", {
-        "scores": report.scores, "base_workloads": report.base_workloads, "variants": report.variants,
+        "study_rule": study_rule, "scores": report.scores, "base_workloads": report.base_workloads, "variants": report.variants,
         "workload_times_s": {s: {w: _finite(t) for w, t in per.items()} for s, per in report.workload_times.items()},
         "scored_times_s": {s: {w: _finite(t) for w, t in per.items()} for s, per in report.scored_times.items()},
         "trial_times_s": json.loads(json.dumps(report.trial_times, default=str).replace("Infinity", "null")),
@@ -47,13 +45,28 @@ def score(experiment_dir: str, out_dir: str | None = None, base_workloads=None) 
     return report
 
 
+def define_flags() -> None:
+    """The scorer's flags; defined only when run as a script (so other scripts can import score())."""
+    flags.DEFINE_string("experiment_dir", None, "Logs to score.")
+    flags.DEFINE_string("out_dir", None, "Where to write scores.md, scores.json and the PNG (default: experiment_dir).")
+    flags.DEFINE_list("base_workloads", None, "Base workloads of the profile (default: every non-variant workload found).")
+    flags.DEFINE_enum("study_rule", "upstream", list(scoring.STUDY_RULES),
+                      "How a study's trials make its time: upstream's scoring code (earliest evaluation index "
+                      "reaching the target) or the fastest trial (the rules document's wording).")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.experiment_dir:
-        raise ValueError("--experiment_dir is required")
-    score(FLAGS.experiment_dir, FLAGS.out_dir, FLAGS.base_workloads)
+        raise SystemExit("error: --experiment_dir is required")
+    try:
+        scoring.read_experiment(FLAGS.experiment_dir)  # a wrong directory fails before anything is written
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    score(FLAGS.experiment_dir, FLAGS.out_dir, FLAGS.base_workloads, FLAGS.study_rule)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

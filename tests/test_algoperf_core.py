@@ -131,6 +131,20 @@ def test_trial_study_workload_time_to_target():
     assert scoring.trial_time_to_target(loss, "validation/loss", 2.0) == 2  # minimised metric, <= target
     assert scoring.study_time_to_target([5.0, math.inf, 3.0]) == 3.0
     assert scoring.study_time_to_target([math.inf, math.inf]) == math.inf
+
+
+def test_study_rule_upstream_earliest_eval_index_first_trial_on_ties():
+    # (first evaluation index reaching the target, time) per trial, in trial order
+    trials = [(2.0, 10.0), (2.0, 9.0), (math.inf, math.inf)]
+    assert scoring.study_time_to_target(trials, "upstream") == 10.0  # tie on index: the first trial
+    assert scoring.study_time_to_target(trials, "min_time") == 9.0
+    slow_but_early = [(3.0, 8.0), (1.0, 12.0)]
+    assert scoring.study_time_to_target(slow_but_early, "upstream") == 12.0
+    assert scoring.study_time_to_target(slow_but_early, "min_time") == 8.0
+    with pytest.raises(ValueError, match="allowed"):
+        scoring.study_time_to_target(trials, "fastest")
+    rows = [{"validation/accuracy": 0.5, "score": 1.0}, {"validation/accuracy": 0.95, "score": 2.5}]
+    assert scoring.trial_first_reach(rows, "validation/accuracy", 0.9) == (1.0, 2.5)
     assert scoring.workload_time_to_target([1.0, 2.0, math.inf]) == 2.0
     assert scoring.workload_time_to_target([1.0, math.inf, math.inf]) == math.inf
     assert scoring.workload_time_to_target([1.0, 3.0]) == 2.0
