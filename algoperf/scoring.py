@@ -352,3 +352,19 @@ def format_table(report: ScoreReport) -> str:
             cells.append(cell)
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {report.scores.get(s, 0):.3f} |")
     return "\n".join(lines)
+
+
+def format_reach_table(report: ScoreReport) -> str:
+    """A markdown table: trials that reached the target / trials run, and studies that did, per workload."""
+    workloads = sorted({w for per in report.trial_times.values() for w in per})
+    lines = ["| submission | " + " | ".join(workloads) + " |", "|" + "---|" * (len(workloads) + 1)]
+    for s in sorted(report.trial_times):
+        cells = []
+        for w in workloads:
+            studies = report.trial_times[s].get(w, {})
+            times = [t for tr in studies.values() for t in tr.values()]
+            hit_studies = sum(any(math.isfinite(t) for t in tr.values()) for tr in studies.values())
+            cells.append(f"{sum(math.isfinite(t) for t in times)}/{len(times)} trials, "
+                         f"{hit_studies}/{len(studies)} studies" if times else "–")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -33,7 +33,8 @@ def score(experiment_dir: str, out_dir: str | None = None, base_workloads=None,
     out = pathlib.Path(out_dir or experiment_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = scoring.format_table(report)
-    (out / "scores.md").write_text(table + "\n")
+    reach = scoring.format_reach_table(report)
+    (out / "scores.md").write_text(f"{table}\n\nTrials and studies that reached the validation target:\n\n{reach}\n")
     common.write_json_atomic(out / "scores.json", {
         "study_rule": study_rule, "scores": report.scores, "base_workloads": report.base_workloads, "variants": report.variants,
         "workload_times_s": {s: {w: _finite(t) for w, t in per.items()} for s, per in report.workload_times.items()},
@@ -41,7 +42,7 @@ def score(experiment_dir: str, out_dir: str | None = None, base_workloads=None,
         "trial_times_s": json.loads(json.dumps(report.trial_times, default=str).replace("Infinity", "null")),
     })
     scoring.plot_profiles(report, out / "performance_profiles.png")
-    print(table)
+    print(table + "\n\n" + reach)
     return report
 
 

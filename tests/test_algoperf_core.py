@@ -1,6 +1,5 @@
 """AlgoPerf core: spec, sharding utilities, Halton tuning and scoring (hand-computed references)."""
 import ast
-import collections
 import json
 import math
 import pathlib

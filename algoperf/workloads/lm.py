@@ -44,10 +44,10 @@ class LMWorkload(BaseWorkload):
     default_batch_size = 32
     _eval_batch_size = 64
     _target_metric_name = "bits_per_byte"
-    _validation_target = 3.0
-    _test_target = 3.0
-    _max_runtime = 60
-    _eval_period = 5
+    _validation_target = 2.7639  # set by scripts/set_algoperf_targets.py: results/algoperf/targets.json
+    _test_target = 2.7244
+    _max_runtime = 75
+    _eval_period = 3
     _step_hint = 1200
     _loss_type = spec.LossType.SOFTMAX_CROSS_ENTROPY
     output_param_key = "embed"
@@ -107,8 +107,9 @@ class LMWorkload(BaseWorkload):
 
 class LMGeluWorkload(LMWorkload):
     workload_name = "lm_gelu"
-    _validation_target = 3.1
-    _test_target = 3.1
+    _max_runtime = 60
+    _validation_target = 2.8022  # set by scripts/set_algoperf_targets.py: results/algoperf/targets.json
+    _test_target = 2.7622
 
     def build_model(self) -> nn.Module:
         return DecoderLM(self.model_config, ffn_factory=gelu_factory)

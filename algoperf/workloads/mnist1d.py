@@ -1,9 +1,12 @@
 """MNIST-1D (Greydanus & Kobak 2024): 1-D signals of length 40, 10 classes, generated locally.
 
 Model: a small 1-D CNN (three convolutions of 32 channels, ReLU, global average pooling, linear
-head), the kind of model for which the MNIST-1D paper reports ~94% test accuracy. The 4,000
-generated training signals are split 3,500 train / 500 validation; the 1,000 test signals are the
-test split. Held-out variant ``mnist1d_tanh``: the same network with tanh activations.
+head), the kind of model for which the MNIST-1D paper reports ~94% test accuracy. The dataset is
+MNIST-1D's procedure with 10,000 samples instead of the standard 5,000, so that the validation accuracy
+that decides time to target is measured on 2,000 signals (with the standard 500 its noise, about
++-1 %, made the upstream-style target -- a median of best-of-run values -- a coin toss): 8,000
+training signals split 6,000 train / 2,000 validation, and 2,000 test signals. Held-out variant
+``mnist1d_tanh``: the same network with tanh activations.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import numpy as np
 from algoperf.data.mnist1d import load_mnist1d
 from algoperf.workloads.base import BaseWorkload
 
-NUM_VALIDATION = 500
+NUM_VALIDATION = 2000
+NUM_SAMPLES = 10_000
 
 
 class Mnist1dCNN(nn.Module):
@@ -35,7 +39,7 @@ class Mnist1dCNN(nn.Module):
 
 
 def mnist1d_splits(seed: int = 42) -> dict:
-    data = load_mnist1d(seed)
+    data = load_mnist1d(seed, NUM_SAMPLES)
     x, y = data["x_train"], data["y_train"]
     return {"train": {"inputs": x[NUM_VALIDATION:], "targets": y[NUM_VALIDATION:]},
             "validation": {"inputs": x[:NUM_VALIDATION], "targets": y[:NUM_VALIDATION]},
@@ -47,11 +51,11 @@ class Mnist1dWorkload(BaseWorkload):
     default_batch_size = 128
     _eval_batch_size = 256
     _target_metric_name = "accuracy"
-    _validation_target = 0.88
-    _test_target = 0.86
-    _max_runtime = 30
-    _eval_period = 2
-    _step_hint = 1500
+    _validation_target = 0.972  # set by scripts/set_algoperf_targets.py: results/algoperf/targets.json
+    _test_target = 0.968
+    _max_runtime = 20
+    _eval_period = 1
+    _step_hint = 3000
 
     def build_model(self) -> nn.Module:
         return Mnist1dCNN()
@@ -63,8 +67,9 @@ class Mnist1dWorkload(BaseWorkload):
 
 class Mnist1dTanhWorkload(Mnist1dWorkload):
     workload_name = "mnist1d_tanh"
-    _validation_target = 0.80
-    _test_target = 0.78
+    _max_runtime = 25
+    _validation_target = 0.9765  # set by scripts/set_algoperf_targets.py: results/algoperf/targets.json
+    _test_target = 0.9645
 
     def build_model(self) -> nn.Module:
         return Mnist1dCNN(activation=nn.tanh)

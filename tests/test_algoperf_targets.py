@@ -1,0 +1,61 @@
+"""Target setting (scripts/set_algoperf_targets.py) with scripted runs in place of training."""
+import math
+
+import pytest
+
+from scripts import algoperf_suite
+from scripts import set_algoperf_targets as st
+
+
+def test_target_is_median_of_reruns_of_the_best_configuration(monkeypatch):
+    calls = []
+
+    def fake_run_trial(workload, submission, hparams, seed, steps):
+        lr = hparams.learning_rate
+        calls.append((submission.path, lr, seed, steps))
+        rerun = seed in reruns_seeds
+        # accuracy grows with lr inside each baseline; reruns of the chosen point give scripted values
+        best = rerun_values[reruns_seeds.index(seed)] if rerun else min(0.5 + lr, 0.99)
+        curve = [{"step": 1, "time": 1.0, "validation": 0.1, "test": 0.1},
+                 {"step": 9, "time": 4.0, "validation": best, "test": best - 0.01}]
+        return {"seed": seed, "best_validation": best, "test_at_best": best - 0.01, "curve": curve,
+                "steps": steps, "submission_time": 4.0}
+
+    reruns_seeds = [st.runner.trial_seed(1000, 0, r) for r in (1, 2, 3)]
+    rerun_values = [0.90, 0.80, 0.85]
+    monkeypatch.setattr(st, "run_trial", fake_run_trial)
+    res = st.set_targets("mnist1d", ["nadamw", "sgd_nesterov"], trials_per_baseline=2, reruns=3,
+                         budget_factor=3.0, rng_seed=0)
+    tuning = [t for t in res["trials"]]
+    assert len(tuning) == 4 and len(res["reruns"]) == 3
+    best = max(tuning, key=lambda t: t["best_validation"])
+    assert res["best"]["hyperparameters"] == best["hyperparameters"]
+    assert res["best"]["baseline"] == best["baseline"]
+    assert res["validation_target"] == pytest.approx(0.85)  # median of the reruns, not of the tuning trials
+    assert res["test_target"] == pytest.approx(0.84)
+    assert res["rerun_times_to_target_s"] == [4.0, math.inf, 4.0]
+    assert res["max_runtime_s"] == 15  # 3 x 4 s, rounded up to 5 s
+    assert all(steps == res["step_hint"] for *_, steps in calls)
+
+
+def test_first_time_reaching_respects_direction():
+    curve = [{"time": 1.0, "validation": 3.0}, {"time": 2.0, "validation": 2.0}]
+    assert st.first_time_reaching(curve, 2.5, minimize=True) == 2.0
+    assert st.first_time_reaching(curve, 2.5, minimize=False) == 1.0
+    assert st.first_time_reaching(curve, 1.0, minimize=True) == math.inf
+
+
+def test_untargeted_workload_never_reaches_and_has_no_budget():
+    w = st.untargeted("lm")
+    assert w.validation_target_value == math.inf * -1 and w.max_allowed_runtime_sec >= 10 ** 9
+    assert not w.has_reached_validation_target({"validation/bits_per_byte": 0.0})
+
+
+def test_suite_validates_before_running(tmp_path):
+    with pytest.raises(ValueError, match="no search space"):
+        algoperf_suite.suite_configs(str(tmp_path), ["nadamw", "nope"], ["mnist1d"], 2, 3, 0, False)
+    with pytest.raises(ValueError, match="unknown"):
+        algoperf_suite.suite_configs(str(tmp_path), ["nadamw"], ["imagenet"], 2, 3, 0, False)
+    configs = algoperf_suite.suite_configs(str(tmp_path), ["nadamw", "adamw"], ["mnist1d", "ctr"], 2, 3, 0, True)
+    assert len(configs) == 6 and {c.tuning_ruleset for c in configs} == {"external", "self"}
+    assert not any(tmp_path.iterdir())  # nothing written
