@@ -3,12 +3,15 @@ r"""Evaluates a mallocGame solver on a directory of instances (default: the ship
     python -m scripts.eval_malloc --solver=heuristic --out=/tmp/heuristic.json
     python -m scripts.eval_malloc --solver=cpsat --time_limit=10 --instances=rl/malloc/instances/test
     python -m scripts.eval_malloc --solver=all --out=/tmp/all.json     # every solver + a comparison table
+    python -m scripts.eval_malloc --solver=muzero --simulations=64      # the shipped mallocMuZero network
+    python -m scripts.eval_malloc --solver=alphazero --simulations=64   # ablation: search over the true game
 
 Solvers (rl/malloc/): heuristic (XLA memory-space-assignment order benefit/sqrt(size), best fit), firstfit
 (first-fit decreasing size), random (uniform legal mallocGame moves, --seed), cpsat (OR-Tools, --time_limit s
-per instance, --workers; reports optimal or its bound). ``muzero`` is reserved for the mallocMuZero agent
-(issue 7, second part) and is not available yet. Every placement is checked by the independent validator
-(rl/malloc/validate.py) before it is reported.
+per instance, --workers; reports optimal or its bound), muzero (rl/malloc/muzero.py: Gumbel MuZero search,
+--simulations per move, over the learned model of the network in --weights, default the shipped one in
+rl/malloc/trained/) and alphazero (the same network and search, but the true game as recurrent function).
+Every placement is checked by the independent validator (rl/malloc/validate.py) before it is reported.
 
 ``--out`` is a JSON list, one record per (instance, solver): instance, solver, benefit, total_benefit,
 normalised_benefit, wall_time_s, placement ({buffer name: offset or "slow"}), and for cpsat optimal, bound.
@@ -24,17 +27,30 @@ from absl import app, flags
 from rl.malloc import baselines, cpsat, instance, validate
 from scripts import common
 
-SOLVERS = ("heuristic", "firstfit", "random", "cpsat", "muzero")
+SOLVERS = ("heuristic", "firstfit", "random", "cpsat", "muzero", "alphazero")
+LEARNED = ("muzero", "alphazero")
 DEFAULT_INSTANCES = pathlib.Path(instance.__file__).parent / "instances" / "test"
 
 
-def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: int = 0):
+def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: int = 0, simulations: int = 64,
+                weights: str = ""):
     """``run(instance) -> (offsets int64 [n] with -1 slow, extra record fields)``."""
     if solver not in SOLVERS:
         raise ValueError(f"--solver={solver!r}; allowed: {', '.join(SOLVERS)}, all")
-    if solver == "muzero":
-        raise ValueError("--solver=muzero: the mallocMuZero agent is not available yet (issue 7, second part); "
-                         "use heuristic, firstfit, random or cpsat")
+    if solver in LEARNED:
+        from rl.malloc import muzero  # local import: the baselines need neither Flax nor mctx
+
+        if not isinstance(simulations, int) or simulations < 1:
+            raise ValueError(f"--simulations={simulations!r} must be an integer >= 1")
+        model, params, info = muzero.load_network(pathlib.Path(weights).expanduser() if weights else None)
+        search_cfg = info.get("search_config", {})
+        max_considered, q_scale = int(search_cfg.get("max_considered", 16)), float(search_cfg.get("q_scale", 1.0))
+
+        def run_learned(inst):
+            offsets = muzero.solve_batch([inst], model, params, solver, simulations, max_considered, seed,
+                                         q_scale=q_scale)[0]
+            return offsets, {"simulations": simulations}
+        return run_learned
     if solver == "cpsat":
         if not time_limit > 0:
             raise ValueError(f"--time_limit={time_limit} must be > 0 seconds")
@@ -53,6 +69,8 @@ def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: i
 
 def evaluate(insts: list[instance.Instance], run, solver: str) -> list[dict]:
     records = []
+    if solver in LEARNED and insts:  # compile outside the timed loop (one shape per padded size)
+        run(insts[0])
     for inst in insts:
         t0 = time.perf_counter()
         offsets, extra = run(inst)
@@ -95,8 +113,9 @@ def print_table(summary: dict) -> None:
               f"{row['mean_wall_time_s']:>8.3f}")
 
 
-def run_solvers(insts, solvers, time_limit=10.0, workers=1, seed=0) -> list[dict]:
-    runners = [(s, make_runner(s, time_limit, workers, seed)) for s in solvers]  # all flags checked first
+def run_solvers(insts, solvers, time_limit=10.0, workers=1, seed=0, simulations=64, weights="") -> list[dict]:
+    runners = [(s, make_runner(s, time_limit, workers, seed, simulations, weights))
+               for s in solvers]  # all flags checked first
     return [r for s, run in runners for r in evaluate(insts, run, s)]
 
 
@@ -105,7 +124,10 @@ def define_flags():
     flags.DEFINE_string("instances", str(DEFAULT_INSTANCES), "Directory of instance JSON files.")
     flags.DEFINE_float("time_limit", 10.0, "CP-SAT seconds per instance.")
     flags.DEFINE_integer("workers", 1, "CP-SAT search workers.")
-    flags.DEFINE_integer("seed", 0, "Seed of the random solver.")
+    flags.DEFINE_integer("seed", 0, "Seed of the random solver (and of the muzero/alphazero search).")
+    flags.DEFINE_integer("simulations", 64, "muzero/alphazero: search simulations per move.")
+    flags.DEFINE_string("weights", "", "muzero/alphazero: network directory (muzero.msgpack + muzero.json); "
+                        "default the shipped rl/malloc/trained.")
     flags.DEFINE_string("out", "", "Write the per-instance records here (JSON list).")
 
 
@@ -114,16 +136,20 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     F = flags.FLAGS
     common.quiet_library_logs()
-    solvers = [s for s in SOLVERS if s != "muzero"] if F.solver == "all" else [F.solver]
+    solvers = list(SOLVERS) if F.solver == "all" else [F.solver]
     try:  # bad flags or inputs: the message alone, before any work
         for s in solvers:
-            make_runner(s, F.time_limit, F.workers, F.seed)
+            if s in LEARNED:  # checked without loading the network twice
+                if F.simulations < 1:
+                    raise ValueError(f"--simulations={F.simulations} must be an integer >= 1")
+            else:
+                make_runner(s, F.time_limit, F.workers, F.seed)
         insts = instance.load_dir(pathlib.Path(F.instances).expanduser())
         if F.out and pathlib.Path(F.out).is_dir():
             raise ValueError(f"--out={F.out!r} is a directory; give a file path")
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    records = run_solvers(insts, solvers, F.time_limit, F.workers, F.seed)
+    records = run_solvers(insts, solvers, F.time_limit, F.workers, F.seed, F.simulations, F.weights)
     print_table(summarise(records))
     if F.out:
         out = pathlib.Path(F.out)

@@ -1,0 +1,185 @@
+"""mallocMuZero (rl/malloc/muzero.py, models/malloc_muzero.py, scripts/train_malloc.py): fast tests on tiny
+instances (N = 8 padded slots, width 16, a handful of simulations)."""
+import dataclasses
+import shutil
+import json
+import pathlib
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models.malloc_muzero import MuZeroNetConfig
+from rl.malloc import game, instance, muzero, pygame_ref, validate
+
+N = 8
+TINY_NET = MuZeroNetConfig(width=16, num_heads=2, mlp_dim=32, repr_layers=1, dyn_layers=1)
+PLAY = jax.jit(muzero.play, static_argnums=(0, 4, 5, 6))  # (model, params, key, inst, kind, sims, considered)
+
+
+def _instances(k, seed=0, max_n=N):
+    rng = np.random.default_rng(seed)
+    return [instance.random_instance(rng, num_buffers=int(rng.integers(3, max_n + 1)), horizon=12, max_size=16)
+            for _ in range(k)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = muzero.make_model(TINY_NET)
+    params = muzero.init_params(model, jax.random.PRNGKey(0), N)
+    return model, params
+
+
+@pytest.fixture(scope="module")
+def insts16():
+    return _instances(16, seed=2)
+
+
+def test_network_shapes_and_padding(tiny):
+    model, params = tiny
+    batch = game.pad(_instances(3), N)
+    state = jax.vmap(game.init)(batch)
+    slots, glob, valid = jax.vmap(muzero.observation)(batch, state)
+    assert slots.shape == (3, N, muzero.SLOT_FEATURES) and glob.shape == (3, muzero.GLOBAL_FEATURES)
+    apply = jax.jit(model.apply, static_argnames="method")
+    latent = apply(params, slots, glob, valid, method=model.represent)
+    assert latent.tokens.shape == (3, N + 1, TINY_NET.width)
+    pred = apply(params, latent, method=model.predict)
+    assert pred.logits.shape == pred.legal_logits.shape == (3, game.num_actions(N)) and pred.value.shape == (3,)
+    assert bool(jnp.all((pred.logits[:, 2:] <= -1e8) == ~valid))  # padding slots are never proposed
+    nxt, reward = apply(params, latent, jnp.array([0, 1, 2]), method=model.dynamics)
+    assert nxt.tokens.shape == latent.tokens.shape and reward.shape == (3,)
+    # the same parameters serve another padded size (pointer-style slot scoring)
+    big = game.pad(_instances(2), 2 * N)
+    s2, g2, v2 = jax.vmap(muzero.observation)(big, jax.vmap(game.init)(big))
+    assert apply(params, apply(params, s2, g2, v2, method=model.represent),
+                 method=model.predict).logits.shape == (2, game.num_actions(2 * N))
+
+
+def test_python_game_agrees_with_jax_game():
+    step = jax.jit(game.step)
+    legal_fn = jax.jit(game.legal_actions)
+    for k, inst in enumerate(_instances(6, seed=1)):
+        n = inst.num_buffers
+        padded = jax.tree.map(lambda x: x[0], game.pad([inst], N))
+        ref = pygame_ref.PyMallocGame(inst)
+        state = game.init(padded)
+        rng = random.Random(k)
+        while not ref.done:
+            legal = np.asarray(legal_fn(padded, state))
+            assert list(legal[:n + 2]) == ref.legal_actions() and not legal[n + 2:].any()
+            action = rng.choice([a for a in range(n + 2) if legal[a]] + [rng.randrange(n + 2)])  # some illegal
+            r_ref, _ = ref.step(action)
+            state, r, _ = step(padded, state, action)
+            assert float(r) == pytest.approx(r_ref, rel=1e-6, abs=1e-7)
+        offsets = game.offsets_in_instance_order(padded, state)
+        assert list(offsets) == ref.offsets_in_instance_order()
+        assert validate.normalised_benefit(inst, offsets) == pytest.approx(ref.ret, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["muzero", "alphazero", "policy"])
+def test_search_masks_the_root_and_placements_pass_the_validator(tiny, insts16, kind):
+    model, params = tiny
+    batch = game.pad(insts16, N)
+    final, ep = PLAY(model, params, jax.random.PRNGKey(3), batch, kind, 4, 4)
+    taken = jnp.take_along_axis(ep.legal, ep.action[..., None], -1)[..., 0]
+    assert bool(jnp.all(taken))  # every chosen move was legal at its root
+    assert float(jnp.abs(jnp.where(ep.legal, 0.0, ep.policy)).max()) == 0.0  # no target mass on illegal moves
+    assert bool(jnp.all(jnp.abs(ep.policy.sum(-1) - 1) < 1e-5))
+    played = int(((ep.action != game.SLOW) & ep.active).sum())
+    assert int((final.offset >= 0).sum()) == played  # illegal moves would have been played slow
+    for j, inst in enumerate(insts16):
+        one = lambda tree: jax.tree.map(lambda x: x[j], tree)
+        offsets = game.offsets_in_instance_order(one(batch), one(final))
+        assert offsets.dtype == np.int64 and validate.violations(inst, offsets) == []
+        assert validate.normalised_benefit(inst, offsets) == pytest.approx(float(final.ret[j]), rel=1e-5, abs=1e-6)
+
+
+def test_value_targets_match_a_loop():
+    rng = np.random.default_rng(0)
+    reward, value = rng.uniform(size=(3, 7)).astype(np.float32), rng.uniform(size=(3, 7)).astype(np.float32)
+    for n in (1, 3, 7, 20):
+        got = np.asarray(muzero.value_targets(jnp.asarray(reward), jnp.asarray(value), n))
+        want = np.zeros_like(reward)
+        for b in range(3):
+            for t in range(7):
+                want[b, t] = reward[b, t:t + n].sum() + (value[b, t + n] if t + n < 7 else 0.0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_replay_is_fifo_and_batches_mask_past_the_end(tiny, insts16):
+    model, params = tiny
+    replay = muzero.replay_init(24, N)
+    _, ep = PLAY(model, params, jax.random.PRNGKey(3), game.pad(insts16, N), "policy", 4, 4)
+    add = jax.jit(muzero.replay_add, static_argnums=2)
+    replay = add(add(replay, ep, 32), ep, 32)
+    assert int(replay.size) == 24 and int(replay.ptr) == 8  # wrapped around
+    np.testing.assert_array_equal(np.asarray(replay.action[:8]), np.asarray(ep.action[8:]))
+    b = jax.jit(muzero.replay_sample, static_argnums=(2, 3))(replay, jax.random.PRNGKey(1), 64, 3)
+    steps = np.asarray(b.state.t)[:, None] + np.arange(4)
+    np.testing.assert_array_equal(np.asarray(b.mask), steps < np.asarray(b.inst.num)[:, None])
+    assert float(jnp.abs(jnp.where(b.mask, 0.0, b.value)).max()) == 0.0
+
+
+def test_one_training_iteration_lowers_the_loss_on_a_fixed_batch(tiny, insts16):
+    model, params = tiny
+    cfg = muzero.MuZeroConfig(max_buffers=N, batch=16, num_simulations=4, max_considered=4, replay_episodes=16,
+                              train_batch=32, unroll=3, lr=3e-3, weight_decay=0.0)
+    opt = muzero.make_optimizer(cfg)
+    _, ep = PLAY(model, params, jax.random.PRNGKey(3), game.pad(insts16, N), "alphazero", 4, 4)
+    replay = muzero.replay_add(muzero.replay_init(16, N), ep, cfg.n_step)
+    fixed = jax.jit(muzero.replay_sample, static_argnums=(2, 3))(replay, jax.random.PRNGKey(2), cfg.train_batch,
+                                                                 cfg.unroll)
+    update = jax.jit(muzero.make_update(model, opt, cfg))
+    loss_jit = jax.jit(lambda p: muzero.loss_fn(model, p, fixed, cfg)[0])
+    loss = lambda p: float(loss_jit(p))
+    before = loss(params)
+    new_params, _, metrics = update(params, opt.init(params), fixed)
+    assert float(metrics["loss"]) == pytest.approx(before, rel=1e-4)
+    assert np.isfinite(before) and loss(new_params) < before
+
+
+def test_solve_batch_returns_valid_offsets_in_instance_order(tiny):
+    model, params = tiny
+    insts = _instances(5, seed=6)
+    offsets = muzero.solve_batch(insts, model, params, "policy", num_simulations=1, max_buffers=N)
+    for inst, off in zip(insts, offsets):  # (the searches' placements: test_search_masks_the_root_...)
+        assert off.dtype == np.int64 and off.shape == (inst.num_buffers,)
+        assert validate.violations(inst, off) == []
+    with pytest.raises(ValueError, match="solver kind='greedy'"):
+        muzero.solve_batch(insts, model, params, "greedy")
+
+
+def test_shipped_network_loads_and_is_small():
+    model, params, info = muzero.load_network()
+    assert (muzero.TRAINED_DIR / "muzero.msgpack").stat().st_size < 2 * 2 ** 20
+    assert info["trained_by"].startswith("python -m scripts.train_malloc")
+    assert sum(x.size for x in jax.tree.leaves(params)) > 0 and model.cfg.width == info["net_config"]["width"]
+
+
+@pytest.mark.slow  # compiles the train step twice: minutes on 2 cores
+def test_train_malloc_tiny_run_resumes_bit_for_bit(tmp_path):
+    from scripts import train_malloc
+
+    cfg = train_malloc.TrainMallocConfig(
+        workdir=str(tmp_path / "a"), steps=3, max_buffers=N, batch=4, simulations=2, max_considered=2,
+        unroll=2, replay_episodes=8, train_batch=8, updates_per_iter=1, width=16, num_heads=2, mlp_dim=32,
+        repr_layers=1, eval_every=0, log_every=1, checkpoint_every=1, checkpoint_mode="sync")
+    full = train_malloc.train(cfg)
+    assert full["step"] == 3 and (tmp_path / "a" / "curves.png").is_file()
+    first = (tmp_path / "a" / "metrics.jsonl").read_text()
+    shutil.rmtree(tmp_path / "a" / "checkpoints" / "3")  # as if killed between the saves of steps 2 and 3
+    resumed = train_malloc.train(dataclasses.replace(cfg, export_dir=str(tmp_path / "net")))
+    assert resumed["resumed_from"] == 2 and resumed["step"] == 3
+    rows = lambda text: [{k: v for k, v in r.items() if k != "steps_per_sec"}
+                         for r in map(json.loads, text.splitlines())]
+    again = (tmp_path / "a" / "metrics.jsonl").read_text()
+    assert rows(first) == rows(again) and len(rows(first)) == 3  # the same trajectory, bit for bit
+    model, params, info = muzero.load_network(tmp_path / "net")
+    assert "--steps=3" in info["trained_by"] and "--max_buffers=8" in info["trained_by"]
+    with pytest.raises(ValueError, match="--search='dqn'"):
+        train_malloc.TrainMallocConfig(workdir=str(tmp_path / "c"), search="dqn")
+    with pytest.raises(ValueError, match="lacks muzero.msgpack"):
+        muzero.load_network(pathlib.Path(tmp_path / "nothing"))
