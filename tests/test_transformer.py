@@ -156,8 +156,10 @@ def test_data_parallel_matches_single_device(devices, spec):
     one_losses, one_params = run(mesh_lib.make_mesh("data:1", devices[:1]))
     many_losses, many_params = run(mesh_lib.make_mesh(spec, devices))
     np.testing.assert_allclose(many_losses, one_losses, rtol=1e-5)
+    # float32 gradient sums over 8 shards run in another order than on one device; after several Adam
+    # steps single elements near zero differ by ~2e-6 (CI saw 2.3e-6), hence atol 1e-5 on O(0.1) params.
     for a, b in zip(jax.tree.leaves(many_params), jax.tree.leaves(one_params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     if "tensor" in spec:  # the FFN really is split over the tensor axis
         mesh = mesh_lib.make_mesh(spec, devices)
         boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
