@@ -8,7 +8,8 @@ r"""Evaluates a job-shop solver on Taillard (shipped) or a directory of instance
 Solvers: the dispatching rules spt, mwkr, mopnr, fdd_mwkr (rl/jssp/rules.py, in the JAX environment),
 cpsat (OR-Tools, ``--time_limit`` s per instance, or each instance's ``wall_time_s`` from
 ``--time_limit_from``, e.g. the agent's) and agent (the policy in ``--policy_dir``, default the shipped
-one; ``--samples=0`` greedy, ``B > 0``: B sampled schedules in parallel, the best kept).
+one; ``--samples=0`` greedy, with the policy's ``greedy_noop_threshold`` from its policy.json,
+``B > 0``: B sampled schedules in parallel, the best kept).
 Every schedule is checked by the independent validator (rl/jssp/validate.py) before it is reported.
 
 ``--out`` is a JSON list, one record per instance: instance (file stem), size, solver, makespan,
@@ -72,8 +73,8 @@ def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits:
             state = rules.solve_batch(m[None], d[None], solver)
             return jax.tree.map(lambda x: x[0][None], state)
     else:
-        model, params, _ = agent.load_policy(policy_dir or agent.TRAINED_DIR)
-        solve = agent.make_solver(model)
+        model, params, info = agent.load_policy(policy_dir or agent.TRAINED_DIR)
+        solve = agent.make_solver(model, info.get("greedy_noop_threshold"))
         key = jax.random.PRNGKey(seed)
         fn = lambda m, d: solve(params, m, d, key, samples)  # noqa: E731
 

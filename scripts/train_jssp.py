@@ -2,12 +2,18 @@ r"""Trains the job-shop dispatching policy (rl/jssp/agent.py, models/jssp_policy
 improved demonstrations on random Taillard-like instances.
 
     python -m scripts.train_jssp --workdir=/tmp/jssp --steps=300
-    python -m scripts.train_jssp --workdir=/tmp/jssp --steps=300 --export_dir=rl/jssp/trained   # the shipped policy
+    python -m scripts.train_jssp --workdir=/tmp/jssp --steps=300 --curriculum=10x10:0,15x15:100
 
-Each step is one PPO iteration (``--batch`` fresh instances of ``--num_jobs`` x ``--num_machines``, one
-rollout, ``--epochs`` x ``--minibatches`` updates). Every ``--cpsat_every`` steps the greedy agent
-schedules ``--cpsat_instances`` new instances, CP-SAT (``--cpsat_time_limit`` s, hinted with the agent's
-schedule) improves them, and a behaviour-cloning term on the improved schedules joins the loss.
+Each step is one PPO iteration (``--batch`` fresh instances of ``--num_jobs`` x ``--num_machines``, or of
+the size ``--curriculum`` gives that step, one rollout, ``--epochs`` x ``--minibatches`` updates).
+Every ``--cpsat_every`` steps of a size (every step during the first ``--bc_boost_steps``) the greedy
+agent schedules ``--cpsat_instances`` new instances of that size, CP-SAT (``--cpsat_time_limit`` s,
+hinted with the agent's schedule) improves them, and a behaviour-cloning term on the improved schedules
+joins the loss, with weight ``--bc_coef`` times a boost that decays from ``--bc_boost`` to 1 over the
+first ``--bc_boost_steps``. The learning rate decays (cosine) to ``--lr_end_frac`` of ``--lr`` at
+``--steps`` when ``--lr_decay``. On export, the greedy No-Op threshold (rl/jssp/agent.py, greedy_action)
+of the best validation makespan is stored in policy.json. The shipped policy's exact command is in
+rl/jssp/trained/policy.json.
 Every ``--eval_every`` steps the greedy policy is evaluated on fixed validation instances against SPT.
 Writes config.json, metrics.jsonl, curves.png, summary.json, Orbax checkpoints (the training state and
 the current demonstrations; re-running resumes, SIGTERM checkpoints and exits 0) and, with
@@ -49,6 +55,12 @@ class TrainJSSPConfig(common.RunConfig):
     cpsat_every: int = 5
     cpsat_instances: int = 4
     cpsat_time_limit: float = 0.5
+    bc_boost: float = 1.0
+    bc_boost_steps: int = 0
+    curriculum: str = ""
+    lr_decay: bool = False
+    lr_end_frac: float = 0.1
+    normalise_reward: bool = False
     window: int = 4
     d_model: int = 32
     num_heads: int = 4
@@ -64,14 +76,25 @@ class TrainJSSPConfig(common.RunConfig):
                                 "window", "d_model", "num_heads", "job_layers", "mlp_dim")
         if not self.cpsat_time_limit > 0:
             raise ValueError(f"--cpsat_time_limit={self.cpsat_time_limit} must be > 0 seconds")
+        if not self.bc_boost >= 1:
+            raise ValueError(f"--bc_boost={self.bc_boost} must be >= 1 (a multiplier of --bc_coef)")
+        common.require_positive(self, "bc_boost_steps", allow_zero=("bc_boost_steps",))
+        self.stages()
         self.ppo_config()
         self.policy_config()
 
-    def ppo_config(self) -> agent.PPOConfig:
-        return agent.PPOConfig(num_jobs=self.num_jobs, num_machines=self.num_machines, batch=self.batch,
+    def stages(self) -> tuple[tuple[int, int, int], ...]:
+        """The curriculum: (jobs, machines, first step) per size; by default one size from step 0."""
+        return agent.parse_curriculum(self.curriculum or f"{self.num_jobs}x{self.num_machines}:0")
+
+    def ppo_config(self, size: tuple[int, int] | None = None) -> agent.PPOConfig:
+        J, M = size or self.stages()[0][:2]
+        return agent.PPOConfig(num_jobs=J, num_machines=M, batch=self.batch,
                                rollout_factor=self.rollout_factor, epochs=self.epochs, minibatches=self.minibatches,
                                lr=self.lr, ent_coef=self.ent_coef, bc_coef=self.bc_coef,
-                               cpsat_instances=self.cpsat_instances)
+                               cpsat_instances=self.cpsat_instances,
+                               lr_decay_steps=self.steps if self.lr_decay else 0, lr_end_frac=self.lr_end_frac,
+                               normalise_reward=self.normalise_reward)
 
     def policy_config(self) -> PolicyConfig:
         try:
@@ -81,9 +104,28 @@ class TrainJSSPConfig(common.RunConfig):
             raise ValueError(f"model flags: {e}") from None
 
 
+def size_key(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def refreshes_demos(step: int, cfg: TrainJSSPConfig) -> bool:
+    """Whether iteration ``step`` (1-based) first replaces its size's CP-SAT demonstrations: on the size's
+    first iteration, then every ``--cpsat_every`` iterations of that size, and on every iteration of the
+    boost phase (more demonstrations early, when imitation helps most)."""
+    if not cfg.cpsat_instances:
+        return False
+    stages = cfg.stages()
+    size = agent.curriculum_size(step, stages)
+    if step <= cfg.bc_boost_steps:
+        return True
+    uses = sum(agent.curriculum_size(s, stages) == size for s in range(1, step))
+    return uses % cfg.cpsat_every == 0
+
+
 def validation_set(cfg: TrainJSSPConfig):
     rng = np.random.default_rng([cfg.seed, 12345])
-    insts = [instances.random_instance(rng, cfg.num_jobs, cfg.num_machines) for _ in range(cfg.eval_instances)]
+    J, M = cfg.stages()[-1][:2]  # the largest (last) size of the curriculum
+    insts = [instances.random_instance(rng, J, M) for _ in range(cfg.eval_instances)]
     machines = jnp.asarray(np.stack([i.machines for i in insts]))
     durations = jnp.asarray(np.stack([i.durations for i in insts]))
     spt = np.asarray(rules.solve_batch(machines, durations, "spt").job_ready).max(-1)
@@ -94,24 +136,33 @@ def train(cfg: TrainJSSPConfig) -> dict:
     """Runs (or resumes) training; returns the summary written to summary.json."""
     common.maybe_initialize_distributed(cfg.multihost)
     workdir = common.require_workdir(cfg.workdir)
-    ppo, pcfg = cfg.ppo_config(), cfg.policy_config()
+    pcfg = cfg.policy_config()
+    sizes = [s[:2] for s in cfg.stages()]
+    ppos = {size_key(z): cfg.ppo_config(z) for z in sizes}
     model = agent.make_model(pcfg)
-    optimizer = agent.make_optimizer(ppo)
+    optimizer = agent.make_optimizer(ppos[size_key(sizes[0])])
     state = {"train": agent.init_state(model, optimizer, cfg.seed),
-             "demos": jax.tree.map(jnp.asarray, agent.empty_demos(ppo))}
+             "demos": {k: jax.tree.map(jnp.asarray, agent.empty_demos(p)) for k, p in ppos.items()}}
     config_dict = dataclasses.asdict(cfg)
     checkpointer, restored = ckpt_lib.open_for_run(
         workdir / "checkpoints", config_dict, ckpt_lib.abstract_like(state), keep=cfg.keep_checkpoints,
-        mode=cfg.checkpoint_mode, overwrite=cfg.overwrite, resume_ignore=RESUME_IGNORE)
+        mode=cfg.checkpoint_mode, overwrite=cfg.overwrite,
+        resume_ignore=tuple(k for k in RESUME_IGNORE if not (cfg.lr_decay and k == "steps")))
     start_step = 0
     if restored is not None:
         state, start_step = restored.state, restored.step
     common.write_json_atomic(workdir / "config.json", config_dict)
     metrics = common.MetricsWriter(workdir / "metrics.jsonl", resume_step=start_step if restored else None)
 
-    step_fn = agent.make_train_step(model, optimizer, ppo)
-    train_step = ckpt_lib.DonationSafeStep(lambda s: _full_step(s, step_fn), checkpointer,
-                                           (ckpt_lib.abstract_like(state),))
+    train_steps = {}  # one compiled step per size, built when the size first trains
+
+    def train_step_for(key):
+        if key not in train_steps:
+            step_fn = agent.make_train_step(model, optimizer, ppos[key])
+            train_steps[key] = ckpt_lib.DonationSafeStep(
+                lambda s, fn=step_fn: _full_step(s, fn, key), checkpointer, (ckpt_lib.abstract_like(state),))
+        return train_steps[key]
+
     solver = agent.make_solver(model)
     greedy = agent.make_batch_greedy(model)
     val_m, val_d, val_spt = validation_set(cfg)
@@ -130,15 +181,21 @@ def train(cfg: TrainJSSPConfig) -> dict:
     preempted, last_saved, step, last_eval, cp_gain = False, start_step, start_step, {}, None
     with ckpt_lib.PreemptionGuard() as guard:
         for step in range(start_step + 1, cfg.steps + 1):
-            if cfg.cpsat_instances and (step - 1) % cfg.cpsat_every == 0:
-                demos, cp_gain = agent.cpsat_demonstrations(
-                    solver, state["train"].params, ppo, np.random.default_rng([cfg.seed, step]),
+            key = size_key(agent.curriculum_size(step, cfg.stages()))
+            demos = dict(state["demos"])
+            if refreshes_demos(step, cfg):
+                new, cp_gain = agent.cpsat_demonstrations(
+                    solver, state["train"].params, ppos[key], np.random.default_rng([cfg.seed, step]),
                     cfg.cpsat_time_limit)
-                state = dict(state, demos=jax.tree.map(jnp.asarray, demos))
-            state, step_metrics = train_step(state)
+                demos[key] = jax.tree.map(jnp.asarray, new)
+            if cfg.cpsat_instances:
+                demos[key] = dict(demos[key], weight=jnp.asarray(
+                    agent.bc_weight(step, cfg.bc_boost, cfg.bc_boost_steps), jnp.float32))
+            state = dict(state, demos=demos)
+            state, step_metrics = train_step_for(key)(state)
             row = {}
             if step % cfg.log_every == 0 or step == cfg.steps:
-                row.update({k: float(v) for k, v in step_metrics.items()})
+                row.update({k: float(v) for k, v in step_metrics.items()}, size=key)
                 if cp_gain is not None:
                     row["cpsat_gain_pct"] = 100 * cp_gain
             if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -161,10 +218,15 @@ def train(cfg: TrainJSSPConfig) -> dict:
                "resumed_from": start_step if restored else None, **last_eval}
     common.write_json_atomic(workdir / "summary.json", summary)
     common.plot_curves(workdir / "curves.png", metrics.rows, ("train_makespan", "val_makespan"),
-                       f"JSSP policy, {cfg.num_jobs}x{cfg.num_machines} random instances", ylabel="makespan")
+                       f"JSSP policy, random instances ({', '.join(size_key(z) for z in sizes)}; validation "
+                       f"{size_key(sizes[-1])})", ylabel="makespan")
     if cfg.export_dir and not preempted:
+        threshold, by_threshold = agent.select_noop_threshold(model, state["train"].params, val_m, val_d)
+        logging.info("greedy No-Op threshold %s (validation mean makespan per threshold: %s)", threshold,
+                     by_threshold)
         agent.save_policy(cfg.export_dir, state["train"].params, pcfg,
-                          {"trained_by": "python -m scripts.train_jssp " + " ".join(
+                          {"greedy_noop_threshold": threshold, "validation_makespan_by_noop_threshold": by_threshold,
+                           "trained_by": "python -m scripts.train_jssp " + " ".join(
                               f"--{k}={v}" for k, v in config_dict.items()
                               if k not in ("workdir", "export_dir", "overwrite") and v != getattr(
                                   TrainJSSPConfig(), k)),
@@ -174,8 +236,8 @@ def train(cfg: TrainJSSPConfig) -> dict:
     return summary
 
 
-def _full_step(state, step_fn):
-    new_train, metrics = step_fn(state["train"], state["demos"])
+def _full_step(state, step_fn, key):
+    new_train, metrics = step_fn(state["train"], state["demos"][key])
     return dict(state, train=new_train), metrics
 
 
@@ -196,6 +258,15 @@ def define_flags() -> None:
     flags.DEFINE_integer("cpsat_every", d.cpsat_every, "Refresh the CP-SAT demonstrations every N steps.")
     flags.DEFINE_integer("cpsat_instances", d.cpsat_instances, "Demonstrations per refresh (0: no CP-SAT signal).")
     flags.DEFINE_float("cpsat_time_limit", d.cpsat_time_limit, "CP-SAT seconds per demonstration.")
+    flags.DEFINE_float("bc_boost", d.bc_boost, "Initial multiplier of --bc_coef, decaying to 1 over --bc_boost_steps.")
+    flags.DEFINE_integer("bc_boost_steps", d.bc_boost_steps,
+                         "Boost phase: fresh CP-SAT demonstrations every step and a boosted imitation weight.")
+    flags.DEFINE_string("curriculum", d.curriculum, "Sizes and the step each joins the round-robin mix, e.g. "
+                        "10x10:0,15x15:200,20x15:400 (empty: --num_jobs x --num_machines only).")
+    flags.DEFINE_bool("lr_decay", d.lr_decay, "Cosine-decay the learning rate to --lr_end_frac * --lr at --steps.")
+    flags.DEFINE_float("lr_end_frac", d.lr_end_frac, "Final learning rate as a fraction of --lr (with --lr_decay).")
+    flags.DEFINE_bool("normalise_reward", d.normalise_reward,
+                      "Rescale rewards so that a return is the relative gap (LB_0 - C_max) / LB_0.")
     flags.DEFINE_integer("window", d.window, "Operations per job in the observation.")
     flags.DEFINE_integer("d_model", d.d_model, "Transformer width.")
     flags.DEFINE_integer("num_heads", d.num_heads, "Attention heads.")

@@ -103,3 +103,85 @@ def test_shipped_policy_loads_and_solves():
     inst = instances.random_instance(np.random.default_rng(5), 6, 6)
     c, s = agent.best_of(agent.make_solver(model)(params, inst.machines, inst.durations, jax.random.PRNGKey(0), 0))
     assert validate.check_schedule(inst.machines, inst.durations, s) == c
+
+
+def test_curriculum_parsing_and_round_robin_mix():
+    stages = agent.parse_curriculum("10x10:0, 15x15:3,20x15:5")
+    assert stages == ((10, 10, 0), (15, 15, 3), (20, 15, 5))
+    sizes = [agent.curriculum_size(s, stages) for s in range(1, 10)]
+    # steps 1-3: 10x10 only; from 4 the 15x15 joins (trained on its first step), from 6 the 20x15
+    assert sizes[:3] == [(10, 10)] * 3
+    assert sizes[3] == (15, 15) and set(sizes[3:5]) == {(10, 10), (15, 15)}
+    assert sizes[5] == (20, 15) and set(sizes[5:8]) == {(10, 10), (15, 15), (20, 15)}
+    assert agent.curriculum_size(7, ((6, 6, 0),)) == (6, 6)
+    for bad, match in (("10by10:0", "JOBSxMACHINES"), ("10x10:5", "start at 0"), ("10x10:0,15x15:0", "increase"),
+                       ("10x10:0,10x10:4", "repeats"), ("", "names no size"), ("10x10", "JOBSxMACHINES")):
+        with pytest.raises(ValueError, match=match):
+            agent.parse_curriculum(bad)
+
+
+def test_bc_weight_and_lr_schedules():
+    assert agent.bc_weight(1, 4.0, 10) == 4.0
+    assert agent.bc_weight(6, 4.0, 10) == pytest.approx(4.0 - 3.0 * 5 / 10)
+    assert agent.bc_weight(11, 4.0, 10) == agent.bc_weight(500, 4.0, 10) == 1.0
+    assert agent.bc_weight(1, 4.0, 0) == 1.0
+    cfg = agent.PPOConfig(lr=1e-3, lr_decay_steps=10, lr_end_frac=0.1, epochs=2, minibatches=3)
+    sched = agent.lr_schedule(cfg)
+    assert float(sched(0)) == pytest.approx(1e-3)
+    assert float(sched(10 * 2 * 3)) == pytest.approx(1e-4)
+    assert float(agent.lr_schedule(agent.PPOConfig(lr=2e-4))(1000)) == pytest.approx(2e-4)
+    with pytest.raises(ValueError, match="--lr_end_frac"):
+        agent.PPOConfig(lr_end_frac=0.0)
+
+
+def test_normalised_return_is_the_relative_gap_to_the_initial_lower_bound():
+    rng = np.random.default_rng(3)
+    insts = [instances.random_instance(rng, 4, 3) for _ in range(2)]
+    problems = env.Problem(jnp.asarray(np.stack([i.machines for i in insts])),
+                           jnp.asarray(np.stack([i.durations for i in insts])))
+
+    def run(p, key):
+        def body(s, k):
+            s2, r, _ = env.step(p, s, env.random_legal_action(p, s, k))
+            return s2, r
+        return jax.lax.scan(body, env.reset(p), jax.random.split(key, 4 * 3 * 5))
+
+    final, rewards = jax.vmap(run)(problems, jax.random.split(jax.random.PRNGKey(0), 2))
+    assert bool(env.batch_is_done(problems, final).all())
+    ret = agent.normalise_rewards(problems, rewards.T).sum(0)
+    lb0 = np.array([int(env.lower_bound(env.Problem(problems.machines[b], problems.durations[b]),
+                                        env.reset(env.Problem(problems.machines[b], problems.durations[b]))))
+                    for b in range(2)])
+    cmax = np.asarray(env.batch_makespan(problems, final))
+    np.testing.assert_allclose(np.asarray(ret), (lb0 - cmax) / lb0, rtol=1e-5)
+
+
+def test_train_script_refreshes_each_sizes_demonstrations():
+    from scripts.train_jssp import TrainJSSPConfig, refreshes_demos
+
+    cfg = TrainJSSPConfig(curriculum="4x3:0,5x4:4", cpsat_every=2, bc_boost_steps=2)
+    got = [s for s in range(1, 12) if refreshes_demos(s, cfg)]
+    # boost: steps 1-2; 4x3 uses 1,2,3,4,6,8,10 -> refresh on its 0th, 2nd, 4th, 6th use (1, 3, 6, 10);
+    # 5x4 uses 5,7,9,11 -> refresh on its first and third (5, 9)
+    assert got == [1, 2, 3, 5, 6, 9, 10]
+    assert not any(refreshes_demos(s, TrainJSSPConfig(cpsat_instances=0)) for s in range(1, 5))
+    with pytest.raises(ValueError, match="--curriculum"):
+        TrainJSSPConfig(curriculum="4x3:1")
+    with pytest.raises(ValueError, match="--bc_boost"):
+        TrainJSSPConfig(bc_boost=0.5)
+
+
+def test_greedy_action_noop_threshold_and_its_selection():
+    logits = jnp.log(jnp.array([0.25, 0.25, 0.2, 0.3]))  # 3 jobs, No-Op last and the single most likely
+    assert int(agent.greedy_action(logits)) == 3
+    assert int(agent.greedy_action(logits, 0.5)) in (0, 1)  # wait only if P(No-Op) > 0.5
+    assert int(agent.greedy_action(logits, 0.2)) == 3
+    sure = jnp.log(jnp.array([0.005, 0.005, 0.99]))
+    assert int(agent.greedy_action(sure, 0.9)) == 2 and int(agent.greedy_action(sure, 1.0)) == 0
+    model = JobShopPolicy(TINY)
+    params = agent.init_params(model, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(4)
+    insts = [instances.random_instance(rng, 4, 3) for _ in range(3)]
+    m, d = (jnp.asarray(np.stack([getattr(i, f) for i in insts])) for f in ("machines", "durations"))
+    best, means = agent.select_noop_threshold(model, params, m, d, candidates=(None, 1.0))
+    assert set(means) == {"None", "1.0"} and means[str(best)] == min(means.values())

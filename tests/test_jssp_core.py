@@ -177,8 +177,10 @@ def test_observation_shapes_and_masks():
     problem = env.make_problem(inst.machines, inst.durations)
     state = env.reset(problem)
     obs = env.observe(problem, state, window=4)
-    assert obs["ops"].shape == (6, 4, 5) and obs["jobs"].shape == (6, 4) and obs["conflict"].shape == (6, 6)
+    assert obs["ops"].shape == (6, 4, 5) and obs["jobs"].shape == (6, 5) and obs["conflict"].shape == (6, 6)
     np.testing.assert_array_equal(np.asarray(obs["legal"]), [True] * 6 + [False])
+    work = inst.durations.sum(1)  # at reset: remaining work = the whole job; relative to the largest
+    np.testing.assert_allclose(np.asarray(obs["jobs"][:, 4]), work / work.max(), rtol=1e-6)
     first = inst.machines[:, 0]
     np.testing.assert_array_equal(np.asarray(obs["conflict"]), first[:, None] == first[None, :])
     est = np.asarray(env.propagate(problem, state))  # at reset: job-chain earliest starts

@@ -12,7 +12,16 @@ and the best is kept.
 * CP-SAT signal: every ``cpsat_every`` iterations the greedy agent schedules ``cpsat_instances`` fresh
   random instances, CP-SAT improves them (hint = the agent's schedule, ``cpsat_time_limit`` s), and the
   improved schedules become action sequences (``cpsat.schedule_to_actions``) on which a behaviour-
-  cloning cross-entropy (weight ``bc_coef``) is added to the PPO loss.
+  cloning cross-entropy (weight ``bc_coef``) is added to the PPO loss; like the rollout's states, the
+  demonstrations' states are shuffled into the minibatches, each seen once per epoch. Early in training the policy is
+  far from the solver's schedules and imitation is the cheapest signal, so the weight starts at
+  ``bc_boost * bc_coef`` and decays linearly to ``bc_coef`` (:func:`bc_weight`).
+* Reward normalisation: the environment's reward (decrease of the makespan lower bound / largest
+  duration) is rescaled by ``largest duration / LB_0`` (:func:`normalise_rewards`), so an episode's
+  return is ``-(C_max - LB_0) / LB_0``, a relative gap whose scale does not grow with the instance.
+* Curriculum (Tassel et al. train one size-agnostic network; L2D trains per size): the instance size of
+  each iteration comes from :func:`curriculum_size`, a mix that grows from small to larger sizes.
+* The learning rate follows a cosine decay to ``lr_end_frac * lr`` over ``lr_decay_steps`` iterations.
 
 One training iteration (sample instances, roll out, GAE, epochs x minibatches of PPO updates) is a pure
 function ``train_step(state, demos) -> (state, metrics)``, jitted once.
@@ -46,8 +55,11 @@ class PPOConfig:
     ent_coef: float = 0.005
     bc_coef: float = 1.0
     lr: float = 3e-4
+    lr_decay_steps: int = 0  # cosine decay over this many iterations (0: constant learning rate)
+    lr_end_frac: float = 0.1  # final learning rate / lr
     max_grad_norm: float = 1.0
     cpsat_instances: int = 4  # demonstrations per refresh (0: no CP-SAT signal)
+    normalise_reward: bool = False  # returns as relative gaps to LB_0 (see normalise_rewards)
 
     def __post_init__(self):
         for name in ("num_jobs", "num_machines", "batch", "epochs", "minibatches"):
@@ -62,6 +74,10 @@ class PPOConfig:
             raise ValueError(f"--clip_eps={self.clip_eps} must be in (0, 1)")
         if not self.lr > 0:
             raise ValueError(f"--lr={self.lr} must be > 0")
+        if not isinstance(self.lr_decay_steps, int) or self.lr_decay_steps < 0:
+            raise ValueError(f"--lr_decay_steps={self.lr_decay_steps!r} must be an integer >= 0")
+        if not 0 < self.lr_end_frac <= 1:
+            raise ValueError(f"--lr_end_frac={self.lr_end_frac} must be in (0, 1]")
 
     @property
     def rollout_len(self) -> int:
@@ -87,8 +103,54 @@ def init_params(model: JobShopPolicy, key: jax.Array, num_jobs: int = 3, num_mac
     return model.init(key, obs)["params"]
 
 
+def lr_schedule(cfg: PPOConfig) -> optax.Schedule:
+    """Learning rate per optimiser update: cosine from ``lr`` to ``lr_end_frac * lr`` over
+    ``lr_decay_steps`` iterations (``epochs * minibatches`` updates each), constant when 0."""
+    if not cfg.lr_decay_steps:
+        return optax.constant_schedule(cfg.lr)
+    return optax.cosine_decay_schedule(cfg.lr, cfg.lr_decay_steps * cfg.epochs * cfg.minibatches,
+                                       alpha=cfg.lr_end_frac)
+
+
 def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(lr_schedule(cfg)))
+
+
+def bc_weight(step: int, bc_boost: float, boost_steps: int) -> float:
+    """Multiplier of ``bc_coef`` at iteration ``step`` (1-based): ``bc_boost`` at the start, decaying
+    linearly to 1 at ``boost_steps`` (1 throughout when ``boost_steps`` is 0)."""
+    if boost_steps <= 0:
+        return 1.0
+    frac = min(max(step - 1, 0) / boost_steps, 1.0)
+    return float(bc_boost + (1.0 - bc_boost) * frac)
+
+
+def parse_curriculum(spec: str) -> tuple[tuple[int, int, int], ...]:
+    """``"10x10:0,15x15:200"`` -> ((10, 10, 0), (15, 15, 200)): each size joins the training mix after
+    the given number of iterations; the first must start at 0 and the starts must increase."""
+    stages = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        size, _, start = part.partition(":")
+        dims = size.split("x")
+        if len(dims) != 2 or not all(d.isdigit() and int(d) >= 1 for d in dims) or not start.isdigit():
+            raise ValueError(f"--curriculum={spec!r}: {part!r} is not JOBSxMACHINES:START_STEP (e.g. 15x15:200)")
+        stages.append((int(dims[0]), int(dims[1]), int(start)))
+    if not stages:
+        raise ValueError(f"--curriculum={spec!r} names no size")
+    if stages[0][2] != 0 or any(b[2] <= a[2] for a, b in zip(stages, stages[1:])):
+        raise ValueError(f"--curriculum={spec!r}: the first size must start at 0 and the starts must increase")
+    if len({s[:2] for s in stages}) != len(stages):
+        raise ValueError(f"--curriculum={spec!r} repeats a size")
+    return tuple(stages)
+
+
+def curriculum_size(step: int, stages: tuple[tuple[int, int, int], ...]) -> tuple[int, int]:
+    """(jobs, machines) of iteration ``step`` (1-based): round robin over the sizes that have joined by
+    then (a size with start ``s`` joins at iteration ``s + 1``), newest first from the latest join, so
+    that each newly joined size trains on its first iteration."""
+    active = [s for s in stages if s[2] < step]
+    newest_first = active[::-1]
+    return newest_first[(step - 1 - active[-1][2]) % len(active)][:2]
 
 
 def init_state(model, optimizer, seed: int) -> TrainState:
@@ -121,6 +183,14 @@ def replay_observations(problems: env.Problem, actions: jax.Array, window: int) 
 
     _, (obs, mask) = jax.lax.scan(body, env.batch_reset(problems), actions.T)
     return obs, mask
+
+
+def normalise_rewards(problems: env.Problem, rewards: jax.Array) -> jax.Array:
+    """Rewards [T, B] (lower-bound decrease / largest duration) rescaled by largest duration / LB_0, so
+    that an episode's return is ``(LB_0 - C_max) / LB_0``, independent of the instance's size."""
+    lb0 = jax.vmap(lambda p: env.lower_bound(p, env.reset(p)))(problems).astype(jnp.float32)
+    scale = jnp.max(problems.durations, (1, 2)).astype(jnp.float32)
+    return rewards * scale / jnp.maximum(lb0, 1.0)
 
 
 def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformation, cfg: PPOConfig):
@@ -181,6 +251,8 @@ def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformatio
         machines, durations = instances.random_batch_jax(k_inst, B, cfg.num_jobs, cfg.num_machines)
         problems = env.Problem(machines, durations)
         final, traj, last_value = rollout(state.params, problems, k_roll)
+        if cfg.normalise_reward:
+            traj = dict(traj, r=normalise_rewards(problems, traj["r"]))
         adv, ret = gae(traj, last_value)
         alive = traj["alive"]
         mean = (adv * alive).sum() / jnp.maximum(alive.sum(), 1)
@@ -189,21 +261,28 @@ def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformatio
         data = jax.tree.map(lambda x: x.reshape((T * B,) + x.shape[2:]), data)
         demo_problems = env.Problem(demos["machines"], demos["durations"])
         demo_obs, demo_mask = replay_observations(demo_problems, demos["actions"], W)
-        demo_actions = demos["actions"].T
+        demo = {"obs": demo_obs, "a": demos["actions"].T, "mask": demo_mask}
+        demo = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), demo)
+        n_demo = demo["a"].shape[0] // cfg.minibatches * cfg.minibatches
 
         def epoch(carry, key):
             params, opt_state = carry
-            perm = jax.random.permutation(key, T * B).reshape(cfg.minibatches, -1)
+            k_data, k_demo = jax.random.split(key)
+            perm = jax.random.permutation(k_data, T * B).reshape(cfg.minibatches, -1)
+            # each demonstration state joins one minibatch per epoch, like the rollout's states
+            demo_perm = jax.random.permutation(k_demo, demo["a"].shape[0])[:n_demo].reshape(cfg.minibatches, -1)
 
             def minibatch(carry, idx):
                 params, opt_state = carry
-                mb = jax.tree.map(lambda x: x[idx], data)
+                (i, j) = idx
+                mb = jax.tree.map(lambda x: x[i], data)
+                dmb = jax.tree.map(lambda x: x[j], demo)
                 (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                    params, mb, demo_obs, demo_actions, demo_mask, demos["weight"])
+                    params, mb, dmb["obs"], dmb["a"], dmb["mask"], demos["weight"])
                 updates, opt_state = optimizer.update(grads, opt_state, params)
                 return (optax.apply_updates(params, updates), opt_state), dict(aux, grad_norm=optax.tree.norm(grads))
 
-            return jax.lax.scan(minibatch, (params, opt_state), perm)
+            return jax.lax.scan(minibatch, (params, opt_state), (perm, demo_perm))
 
         (params, opt_state), aux = jax.lax.scan(epoch, (state.params, state.opt_state),
                                                 jax.random.split(k_perm, cfg.epochs))
@@ -213,31 +292,49 @@ def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformatio
         metrics.update(train_makespan=jnp.sum(jnp.where(finished, cmax, 0)) / jnp.maximum(finished.sum(), 1),
                        finished_frac=finished.mean(), noop_frac=(
                            (traj["a"] == cfg.num_jobs) * alive).sum() / jnp.maximum(alive.sum(), 1),
-                       episode_return=traj["r"].sum(0).mean())
+                       episode_return=traj["r"].sum(0).mean(), lr=lr_schedule(cfg)(
+                           state.step * cfg.epochs * cfg.minibatches))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
     return train_step
 
 
 # ---------------------------------------------------------------------------------------------- inference
-def _policy_rollout(model: JobShopPolicy, params, problem: env.Problem, key, greedy: bool) -> env.State:
+def greedy_action(logits: jax.Array, noop_threshold: float | None = None) -> jax.Array:
+    """The greedy decision. ``noop_threshold=None``: the argmax over jobs and the No-Op. Otherwise the
+    decision is read as two levels, wait or dispatch, then which job: wait only if the No-Op's
+    probability exceeds ``noop_threshold`` (1.0: never wait), else the most likely job. With a flat
+    argmax the No-Op, whose probability is not split among jobs, wins too often: imitating CP-SAT's
+    schedules gives it ~15-20 % mass in every state (they delay operations often), and a greedy
+    schedule that waits whenever no single job is more likely than that is poor."""
+    if noop_threshold is None:
+        return jnp.argmax(logits)
+    J = logits.shape[-1] - 1
+    wait = jax.nn.softmax(logits)[J] > noop_threshold
+    return jnp.where(wait, J, jnp.argmax(logits[:J]))
+
+
+def _policy_rollout(model: JobShopPolicy, params, problem: env.Problem, key, greedy: bool,
+                    noop_threshold: float | None = None) -> env.State:
     def choose(p, s, k):
         logits, _ = model.apply({"params": params}, env.observe(p, s, model.cfg.window))
-        return jnp.argmax(logits) if greedy else jax.random.categorical(k, logits)
+        return greedy_action(logits, noop_threshold) if greedy else jax.random.categorical(k, logits)
 
     return env.rollout(problem, choose, key)
 
 
-def make_solver(model: JobShopPolicy):
+def make_solver(model: JobShopPolicy, noop_threshold: float | None = None):
     """``solve(params, machines, durations, key, samples) -> final states [samples]`` (jitted).
 
-    ``samples == 0`` is the greedy policy (one schedule); otherwise ``samples`` schedules are sampled in
-    parallel (vmap) and all are returned; pick the best with :func:`best_of`.
+    ``samples == 0`` is the greedy policy (one schedule, :func:`greedy_action` with ``noop_threshold``);
+    otherwise ``samples`` schedules are sampled in parallel (vmap) and all are returned; pick the best
+    with :func:`best_of`.
     """
     def solve(params, machines, durations, key, samples: int):
         problem = env.Problem(machines, durations)
         if samples == 0:
-            return jax.tree.map(lambda x: x[None], _policy_rollout(model, params, problem, key, True))
+            return jax.tree.map(lambda x: x[None], _policy_rollout(model, params, problem, key, True,
+                                                                   noop_threshold))
         keys = jax.random.split(key, samples)
         return jax.vmap(lambda k: _policy_rollout(model, params, problem, k, False))(keys)
 
@@ -270,13 +367,27 @@ def cpsat_demonstrations(solver, params, cfg: PPOConfig, rng: np.random.Generato
     return out, float(np.mean(gains))
 
 
-def make_batch_greedy(model: JobShopPolicy):
+def make_batch_greedy(model: JobShopPolicy, noop_threshold: float | None = None):
     """``greedy(params, machines [B,J,M], durations [B,J,M]) -> final states [B]`` (jitted)."""
     def greedy(params, machines, durations):
         return jax.vmap(lambda m, d: _policy_rollout(model, params, env.Problem(m, d), jax.random.PRNGKey(0),
-                                                     True))(machines, durations)
+                                                     True, noop_threshold))(machines, durations)
 
     return jax.jit(greedy)
+
+
+NOOP_THRESHOLDS = (None, 0.5, 0.7, 0.9, 1.0)
+
+
+def select_noop_threshold(model: JobShopPolicy, params, machines, durations,
+                          candidates=NOOP_THRESHOLDS) -> tuple[float | None, dict]:
+    """The greedy No-Op threshold (:func:`greedy_action`) of smallest mean makespan on validation
+    instances ([B, J, M]; ties: the earlier candidate), and the mean makespan of each candidate."""
+    means = {}
+    for c in candidates:
+        means[c] = float(np.asarray(make_batch_greedy(model, c)(params, machines, durations).job_ready).max(-1).mean())
+    best = min(candidates, key=lambda c: means[c])
+    return best, {str(c): v for c, v in means.items()}
 
 
 def save_policy(directory, params, policy_cfg: PolicyConfig, info: dict) -> None:

@@ -144,8 +144,9 @@ def observe(problem: Problem, state: State, window: int) -> dict:
 
     ``ops`` [J, window, 5]: duration, earliest start - t, machine ready - t (all / max duration, clipped
     to [0, 10]), remaining work of the operation's machine (fraction), 1 for a real operation.
-    ``ops_valid`` [J, window]; ``jobs`` [J, 4]: remaining work, remaining operations (fractions), legal,
-    idle time of the job; ``conflict`` [J, J]: unfinished jobs whose next operations share a machine;
+    ``ops_valid`` [J, window]; ``jobs`` [J, 5]: remaining work, remaining operations (fractions), legal,
+    idle time of the job, remaining work / the largest remaining work of any job (what the MWKR and
+    FDD/MWKR rules rank by, which the job's own fraction does not give); ``conflict`` [J, J]: unfinished jobs whose next operations share a machine;
     ``legal`` [J + 1] (the No-Op last).
     """
     J, M = problem.machines.shape
@@ -168,8 +169,10 @@ def observe(problem: Problem, state: State, window: int) -> dict:
     legal = legal_mask(problem, state)
     done_j = job_done(problem, state)
     total = jnp.maximum(jnp.sum(problem.durations, 1).astype(jnp.float32), 1.0)
-    jobs = jnp.stack([remaining.sum(1) / total, (M - state.next_op) / M, legal[:J].astype(jnp.float32),
-                      rel(jnp.where(done_j, 0, state.t - state.job_ready))], -1)
+    work_left = remaining.sum(1)
+    jobs = jnp.stack([work_left / total, (M - state.next_op) / M, legal[:J].astype(jnp.float32),
+                      rel(jnp.where(done_j, 0, state.t - state.job_ready)),
+                      work_left / jnp.maximum(jnp.max(work_left), 1.0)], -1)
     m_next = w_mach[:, 0]
     conflict = (m_next[:, None] == m_next[None, :]) & ~done_j[:, None] & ~done_j[None, :]
     return {"ops": ops, "ops_valid": valid, "jobs": jobs, "conflict": conflict, "legal": legal}
