@@ -8,7 +8,8 @@ r"""Evaluates a mallocGame solver on a directory of instances (default: the ship
 
 Solvers (rl/malloc/): heuristic (XLA memory-space-assignment order benefit/sqrt(size), best fit), firstfit
 (first-fit decreasing size), random (uniform legal mallocGame moves, --seed), cpsat (OR-Tools, --time_limit s
-per instance, --workers; reports optimal or its bound), muzero (rl/malloc/muzero.py: Gumbel MuZero search,
+per instance, --workers; reports optimal or its bound), cpsat_game (the same, restricted to the mallocGame's
+moves: the best return any game-playing agent can reach), muzero (rl/malloc/muzero.py: Gumbel MuZero search,
 --simulations per move, over the learned model of the network in --weights, default the shipped one in
 rl/malloc/trained/) and alphazero (the same network and search, but the true game as recurrent function).
 Every placement is checked by the independent validator (rl/malloc/validate.py) before it is reported.
@@ -27,7 +28,7 @@ from absl import app, flags
 from rl.malloc import baselines, cpsat, instance, validate
 from scripts import common
 
-SOLVERS = ("heuristic", "firstfit", "random", "cpsat", "muzero", "alphazero")
+SOLVERS = ("heuristic", "firstfit", "random", "cpsat", "cpsat_game", "muzero", "alphazero")
 LEARNED = ("muzero", "alphazero")
 DEFAULT_INSTANCES = pathlib.Path(instance.__file__).parent / "instances" / "test"
 
@@ -51,14 +52,17 @@ def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: i
                                          q_scale=q_scale)[0]
             return offsets, {"simulations": simulations}
         return run_learned
-    if solver == "cpsat":
+    if solver in ("cpsat", "cpsat_game"):
         if not time_limit > 0:
             raise ValueError(f"--time_limit={time_limit} must be > 0 seconds")
         if workers < 1:
             raise ValueError(f"--workers={workers} must be >= 1")
 
         def run(inst):
-            sol = cpsat.solve(inst, time_limit, workers, hint=baselines.xla_heuristic(inst))
+            if solver == "cpsat_game":
+                sol = cpsat.solve(inst, time_limit, workers, game_moves=True)
+            else:
+                sol = cpsat.solve(inst, time_limit, workers, hint=baselines.xla_heuristic(inst))
             return sol.offsets, {"optimal": sol.optimal, "bound": sol.bound, "status": sol.status}
         return run
     if solver == "random":
@@ -100,16 +104,24 @@ def summarise(records: list[dict]) -> dict:
             gaps = [1 - recs[k]["benefit"] / opt[k]["benefit"] for k in common_opt]
             row.update(cpsat_optimal_instances=len(common_opt), mean_gap_to_optimum_pct=100 * float(np.mean(gaps)),
                        share_at_optimum=float(np.mean([g <= 1e-9 for g in gaps])))
+        heur = by.get("heuristic", {})
+        both = [k for k in recs if k in heur]
+        if both and solver != "heuristic":
+            diff = np.array([recs[k]["benefit"] - heur[k]["benefit"] for k in both])
+            tol = 1e-9 * max(1.0, max(abs(heur[k]["benefit"]) for k in both))
+            row.update(share_ge_heuristic=float(np.mean(diff >= -tol)), share_gt_heuristic=float(np.mean(diff > tol)))
         out[solver] = row
     return out
 
 
 def print_table(summary: dict) -> None:
-    print(f"{'solver':<10} {'n':>4} {'mean norm. benefit':>19} {'gap to opt %':>13} {'at opt':>7} {'mean s':>8}")
+    print(f"{'solver':<10} {'n':>4} {'mean norm. benefit':>19} {'gap to opt %':>13} {'at opt':>7} "
+          f"{'>= heur':>8} {'> heur':>7} {'mean s':>8}")
+    fmt = lambda row, key, spec: format(row[key], spec) if key in row else "-"
     for solver, row in summary.items():
-        gap = f"{row['mean_gap_to_optimum_pct']:.2f}" if "mean_gap_to_optimum_pct" in row else "-"
-        share = f"{row['share_at_optimum']:.2f}" if "share_at_optimum" in row else "-"
-        print(f"{solver:<10} {row['instances']:>4} {row['mean_normalised_benefit']:>19.4f} {gap:>13} {share:>7} "
+        print(f"{solver:<10} {row['instances']:>4} {row['mean_normalised_benefit']:>19.4f} "
+              f"{fmt(row, 'mean_gap_to_optimum_pct', '.2f'):>13} {fmt(row, 'share_at_optimum', '.2f'):>7} "
+              f"{fmt(row, 'share_ge_heuristic', '.2f'):>8} {fmt(row, 'share_gt_heuristic', '.2f'):>7} "
               f"{row['mean_wall_time_s']:>8.3f}")
 
 
@@ -158,11 +170,13 @@ def main(argv):
 
 
 def tour_step(workdir: pathlib.Path) -> dict:
-    """Small-scale tour: every baseline and CP-SAT (2 s) on the first 6 shipped held-out instances."""
+    """Small-scale tour: every baseline, CP-SAT (2 s; unrestricted and under the game's moves) and the shipped
+    mallocMuZero network (32 simulations) on the first 6 shipped held-out instances."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     insts = instance.load_dir(DEFAULT_INSTANCES)[:6]
-    records = run_solvers(insts, ("heuristic", "firstfit", "random", "cpsat"), time_limit=2.0, workers=1)
+    records = run_solvers(insts, ("heuristic", "firstfit", "random", "cpsat", "cpsat_game", "muzero"),
+                          time_limit=2.0, workers=1, simulations=32)
     common.write_json_atomic(workdir / "malloc_eval.json", records)
     summary = summarise(records)
     out = {f"{s}_mean_normalised_benefit": round(row["mean_normalised_benefit"], 4) for s, row in summary.items()}

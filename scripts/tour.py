@@ -100,7 +100,7 @@ def main(argv):
          lambda: _imported("scripts.bench_moe").tour_step(root / "moe")),
         ("Streaming DiLoCo vs DP (M=2, fp4)",
          lambda: _in_subprocess("scripts.train_diloco", root / "diloco", host_devices=8)),
-        ("mallocGame baselines vs CP-SAT (6 held-out instances)",
+        ("mallocGame baselines, CP-SAT and mallocMuZero (6 held-out instances)",
          lambda: _imported("scripts.eval_malloc").tour_step(root / "malloc")),
         ("job-shop (rules, agent, CP-SAT on ta01-ta02)", lambda: _imported("scripts.eval_jssp").tour_step(root / "jssp")),
     ]

@@ -7,7 +7,12 @@ Each step is one iteration: ``--batch`` instances (half drawn from the shipped t
 rl/malloc/instances/train, half fresh ``instance.random_instance`` ones with 5..N buffers), all padded to
 ``--max_buffers``, are played to the end with ``mctx.gumbel_muzero_policy`` (``--simulations`` per move over
 the learned model, or the true game with ``--search=alphazero``); the episodes enter a FIFO replay, then
-``--updates_per_iter`` MuZero gradient steps on K-step unrolls follow. Pure RL: no demonstrations.
+``--updates_per_iter`` MuZero gradient steps on K-step unrolls follow. By default pure RL: no demonstrations.
+
+``--demos=M`` (not in the paper; rl/malloc/demos.py) first solves the shipped training instances and M
+random ones with CP-SAT restricted to the game's moves (``--demo_time_limit`` s each) and keeps these expert
+episodes beside the replay (in the checkpoint): the first ``--pretrain_steps`` iterations learn from them
+alone, later ones draw ``--demo_fraction`` of every batch from them.
 
 Every ``--eval_every`` steps the search (deterministic, ``--eval_simulations``) plays the held-out test
 instances (rl/malloc/instances/test), reported against the XLA heuristic (rl/malloc/baselines.py). These
@@ -31,7 +36,7 @@ from absl import app, flags, logging
 
 from models.malloc_muzero import MuZeroNetConfig
 from parallel import checkpoint as ckpt_lib
-from rl.malloc import baselines, game, instance, muzero, validate
+from rl.malloc import baselines, demos, game, instance, muzero, validate
 from scripts import common
 
 # --steps is NOT ignored: the learning-rate schedule spans the whole run, so resume with the same --steps.
@@ -64,6 +69,10 @@ class TrainMallocConfig(common.RunConfig):
     repr_layers: int = 2
     dyn_layers: int = 1
     pred_layers: int = 0
+    demos: int = 0
+    demo_time_limit: float = 1.0
+    demo_fraction: float = 0.0
+    pretrain_steps: int = 0
     eval_every: int = 100
     eval_simulations: int = 32
     log_every: int = 10
@@ -74,6 +83,13 @@ class TrainMallocConfig(common.RunConfig):
                                 allow_zero=("eval_every",))
         if not 0.0 <= self.shipped_fraction <= 1.0:
             raise ValueError(f"--shipped_fraction={self.shipped_fraction} must be in [0, 1]")
+        if self.demos < 0 or not self.demo_time_limit > 0:
+            raise ValueError(f"--demos={self.demos} must be >= 0 and --demo_time_limit={self.demo_time_limit} > 0")
+        if (self.pretrain_steps or self.demo_fraction) and not self.demos:
+            raise ValueError(f"--pretrain_steps={self.pretrain_steps} / --demo_fraction={self.demo_fraction} "
+                             "need demonstrations: set --demos >= 1")
+        if self.pretrain_steps > self.steps:
+            raise ValueError(f"--pretrain_steps={self.pretrain_steps} must be <= --steps={self.steps}")
         if self.max_buffers < 5:
             raise ValueError(f"--max_buffers={self.max_buffers} must be >= 5 (training instances have 5.."
                              "max_buffers buffers; shipped ones with more are left out)")
@@ -85,7 +101,8 @@ class TrainMallocConfig(common.RunConfig):
             max_buffers=self.max_buffers, batch=self.batch, num_simulations=self.simulations,
             max_considered=self.max_considered, search=self.search, q_scale=self.q_scale, unroll=self.unroll,
             n_step=self.n_step, replay_episodes=self.replay_episodes, train_batch=self.train_batch,
-            updates_per_iter=self.updates_per_iter, lr=self.lr, weight_decay=self.weight_decay)
+            updates_per_iter=self.updates_per_iter, lr=self.lr, weight_decay=self.weight_decay,
+            demo_fraction=self.demo_fraction, pretrain_iters=self.pretrain_steps)
 
     def net_config(self) -> MuZeroNetConfig:
         try:
@@ -101,12 +118,27 @@ def training_batch(cfg: TrainMallocConfig, shipped: list[instance.Instance], ste
     rng = np.random.default_rng([cfg.seed, step, 7])
     n_shipped = int(round(cfg.shipped_fraction * cfg.batch)) if shipped else 0
     insts = [shipped[i] for i in rng.integers(0, len(shipped), n_shipped)] if n_shipped else []
-    for _ in range(cfg.batch - n_shipped):
-        n = int(rng.integers(5, cfg.max_buffers + 1))
-        insts.append(instance.random_instance(
-            rng, num_buffers=n, horizon=int(rng.integers(n, 8 * n + 1)), max_size=int(rng.choice([16, 64, 256])),
-            capacity_fraction=float(rng.uniform(0.2, 0.5))))
+    insts += [random_training_instance(rng, cfg.max_buffers) for _ in range(cfg.batch - n_shipped)]
     return game.pad(insts, cfg.max_buffers)
+
+
+def random_training_instance(rng: np.random.Generator, max_buffers: int) -> instance.Instance:
+    """5..max_buffers buffers, horizon 1..8x the buffer count, sizes up to 16/64/256, capacity 20-50% of peak."""
+    n = int(rng.integers(5, max_buffers + 1))
+    return instance.random_instance(rng, num_buffers=n, horizon=int(rng.integers(n, 8 * n + 1)),
+                                    max_size=int(rng.choice([16, 64, 256])),
+                                    capacity_fraction=float(rng.uniform(0.2, 0.5)))
+
+
+def make_demonstrations(cfg: TrainMallocConfig, shipped: list[instance.Instance]) -> muzero.Replay:
+    """Expert episodes (rl/malloc/demos.py) on the shipped training instances and ``cfg.demos`` random ones."""
+    rng = np.random.default_rng([cfg.seed, 11])
+    insts = shipped + [random_training_instance(rng, cfg.max_buffers) for _ in range(cfg.demos)]
+    t0 = time.perf_counter()
+    episodes, returns = demos.demonstration_episodes(insts, cfg.max_buffers, cfg.demo_time_limit)
+    logging.info("%d demonstrations (CP-SAT, game moves) in %.0f s, mean return %.4f", len(insts),
+                 time.perf_counter() - t0, float(returns.mean()))
+    return muzero.demo_replay(episodes)
 
 
 def evaluate(insts, heur, model, params, cfg: TrainMallocConfig, kind: str = "muzero") -> dict:
@@ -132,7 +164,9 @@ def train(cfg: TrainMallocConfig) -> dict:
     workdir = common.require_workdir(cfg.workdir)
     mcfg, ncfg = cfg.muzero_config(), cfg.net_config()
     model, optimizer, iteration = _components(mcfg, ncfg, cfg.steps * cfg.updates_per_iter)
-    state = muzero.init_train_state(model, optimizer, mcfg, cfg.seed)
+    shipped = [i for i in instance.load_dir(INSTANCE_DIR / "train") if i.num_buffers <= cfg.max_buffers]
+    num_demos = len(shipped) + cfg.demos if cfg.demos else None
+    state = muzero.init_train_state(model, optimizer, mcfg, cfg.seed, num_demos=num_demos)  # restore template
     config_dict = dataclasses.asdict(cfg)
     checkpointer, restored = ckpt_lib.open_for_run(
         workdir / "checkpoints", config_dict, ckpt_lib.abstract_like(state), keep=cfg.keep_checkpoints,
@@ -140,10 +174,11 @@ def train(cfg: TrainMallocConfig) -> dict:
     start_step = 0
     if restored is not None:
         state, start_step = restored.state, restored.step
+    elif cfg.demos:
+        state = state._replace(demos=make_demonstrations(cfg, shipped))
     common.write_json_atomic(workdir / "config.json", config_dict)
     metrics = common.MetricsWriter(workdir / "metrics.jsonl", resume_step=start_step if restored else None)
 
-    shipped = [i for i in instance.load_dir(INSTANCE_DIR / "train") if i.num_buffers <= cfg.max_buffers]
     test = instance.load_dir(INSTANCE_DIR / "test")
     heur = np.array([validate.normalised_benefit(i, baselines.xla_heuristic(i)) for i in test])
     example_batch = training_batch(cfg, shipped, 1)
@@ -228,6 +263,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("repr_layers", d.repr_layers, "Representation transformer blocks.")
     flags.DEFINE_integer("dyn_layers", d.dyn_layers, "Dynamics transformer blocks.")
     flags.DEFINE_integer("pred_layers", d.pred_layers, "Prediction transformer blocks (0: heads only).")
+    flags.DEFINE_integer("demos", d.demos, "Random instances solved by CP-SAT (game moves) as demonstrations, "
+                         "besides the shipped training ones (0: pure self-play RL).")
+    flags.DEFINE_float("demo_time_limit", d.demo_time_limit, "CP-SAT seconds per demonstration.")
+    flags.DEFINE_float("demo_fraction", d.demo_fraction, "Share of each batch drawn from the demonstrations "
+                       "after pre-training.")
+    flags.DEFINE_integer("pretrain_steps", d.pretrain_steps, "First iterations that learn from the "
+                         "demonstrations only (no self-play).")
     flags.DEFINE_integer("eval_every", d.eval_every, "Evaluate on the held-out instances every N steps and "
                          "at the end (0: never).")
     flags.DEFINE_integer("eval_simulations", d.eval_simulations, "Search simulations per move in evaluation.")

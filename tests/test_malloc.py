@@ -225,7 +225,11 @@ def test_cpsat_equals_brute_force_optimum_and_bounds_heuristics():
         assert sol.optimal and validate.violations(inst, sol.offsets) == []
         opt = _brute_force_optimum(inst)
         assert sol.benefit == pytest.approx(opt) == pytest.approx(sol.bound)
-        assert _game_optimum(inst) <= opt + 1e-9   # the game's move set can only lose optimality
+        game_opt = _game_optimum(inst)
+        assert game_opt <= opt + 1e-9   # the game's move set can only lose optimality
+        restricted = cpsat.solve(inst, time_limit_s=10, game_moves=True)
+        assert restricted.optimal and validate.violations(inst, restricted.offsets) == []
+        assert restricted.benefit == pytest.approx(game_opt)
         for solver in (baselines.xla_heuristic, baselines.first_fit_decreasing, baselines.random_legal):
             off = solver(inst)
             assert validate.violations(inst, off) == []
@@ -295,7 +299,7 @@ def test_candidate_move_set_can_miss_the_optimum():
                              benefits=np.array([1.0, 1.0, 1.0]), capacity=3)
     assert validate.benefit(inst, [1, 0, 1]) == 3.0
     assert _brute_force_optimum(inst) == cpsat.solve(inst, 5).benefit == 3.0
-    assert _game_optimum(inst) == 2.0
+    assert _game_optimum(inst) == 2.0 == cpsat.solve(inst, 5, game_moves=True).benefit
 
 
 def test_shipped_instances_and_eval_script():
@@ -308,10 +312,15 @@ def test_shipped_instances_and_eval_script():
         eval_malloc.make_runner("muzero", simulations=0)
     with pytest.raises(ValueError, match="--time_limit=0"):
         eval_malloc.make_runner("cpsat", time_limit=0)
-    records = eval_malloc.run_solvers(test[:2], ("heuristic", "cpsat"), time_limit=2)
+    records = eval_malloc.run_solvers(test[:2], ("heuristic", "cpsat", "cpsat_game"), time_limit=2)
     for r in records:
         inst = next(i for i in test if i.name == r["instance"])
         offsets = [None if v == "slow" else v for v in r["placement"].values()]
         assert validate.benefit(inst, offsets) == pytest.approx(r["benefit"])
     summary = eval_malloc.summarise(records)
     assert summary["heuristic"]["mean_normalised_benefit"] <= summary["cpsat"]["mean_normalised_benefit"] + 1e-9
+    assert summary["cpsat_game"]["mean_normalised_benefit"] <= summary["cpsat"]["mean_normalised_benefit"] + 1e-9
+    by = {(r["solver"], r["instance"]): r["benefit"] for r in records}
+    ge = np.mean([by["cpsat_game", i.name] >= by["heuristic", i.name] - 1e-9 for i in test[:2]])
+    assert summary["cpsat_game"]["share_ge_heuristic"] == pytest.approx(ge)
+    assert "share_ge_heuristic" not in summary["heuristic"]

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from models.jssp_policy import JobShopPolicy, PolicyConfig
+from rl import export
 from rl.jssp import cpsat, env, instances
 
 
@@ -392,34 +393,15 @@ def select_noop_threshold(model: JobShopPolicy, params, machines, durations,
 
 def save_policy(directory, params, policy_cfg: PolicyConfig, info: dict) -> None:
     """Writes ``policy.msgpack`` (Flax serialization) and ``policy.json`` (config + provenance)."""
-    import json
-    import pathlib
-
-    from flax import serialization
-
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "policy.msgpack").write_bytes(serialization.to_bytes(jax.device_get(params)))
-    (directory / "policy.json").write_text(json.dumps({"policy_config": dataclasses.asdict(policy_cfg), **info},
-                                                      indent=2, sort_keys=True, default=str) + "\n")
+    export.save(directory, "policy", params, "policy_config", policy_cfg, info)
 
 
 def load_policy(directory) -> tuple[JobShopPolicy, dict, dict]:
     """(model, params, info) from a directory written by :func:`save_policy`."""
-    import json
-    import pathlib
-
-    from flax import serialization
-
-    directory = pathlib.Path(directory)
-    if not (directory / "policy.msgpack").is_file() or not (directory / "policy.json").is_file():
-        raise ValueError(f"policy directory {str(directory)!r} lacks policy.msgpack / policy.json "
-                         "(train one with scripts/train_jssp.py --export_dir=...)")
-    info = json.loads((directory / "policy.json").read_text())
-    model = make_model(PolicyConfig(**info["policy_config"]))
-    template = init_params(model, jax.random.PRNGKey(0))
-    params = serialization.from_bytes(template, (directory / "policy.msgpack").read_bytes())
-    return model, params, info
+    def build(config: dict):
+        model = make_model(PolicyConfig(**config))
+        return model, init_params(model, jax.random.PRNGKey(0))
+    return export.load(directory, "policy", "policy_config", build, "scripts/train_jssp.py")
 
 
 TRAINED_DIR = __import__("pathlib").Path(__file__).resolve().parent / "trained"

@@ -5,6 +5,12 @@ Model (2D packing with fixed x): buffer i is an optional rectangle; its time int
 address interval starts at an integer variable ``y_i in [0, capacity - size_i]`` with length ``size_i``; both
 are present iff ``x_i``. ``AddNoOverlap2D`` forbids two present rectangles from overlapping; the objective
 maximises ``sum_i benefit_i * x_i``. Buffers larger than the capacity are fixed to slow memory.
+
+``game_moves=True`` adds the mallocGame's move set (``rl/malloc/game.py``): visiting buffers in schedule
+order, a buffer in fast memory must sit at offset 0 or exactly on top of an earlier-visited, time-overlapping
+buffer in fast memory (one Boolean per candidate, exactly one true iff ``x_i``). Its optimum is the best
+return the game can reach (at most the unrestricted optimum), and its solutions replay as game moves: the
+demonstrations of ``rl/malloc/demos.py``.
 Benefits are scaled to integers (``scale``); the reported objective is recomputed from the float benefits.
 """
 from __future__ import annotations
@@ -40,8 +46,31 @@ def integer_benefits(benefits: np.ndarray, resolution: int = 10 ** 6) -> tuple[n
     return np.round(b / top * resolution).astype(np.int64), top / resolution
 
 
-def solve(instance: Instance, time_limit_s: float = 10.0, workers: int = 1, hint: np.ndarray | None = None) -> Solution:
-    """Maximise the fast-memory benefit; ``hint`` (offsets, -1 slow) seeds the search, e.g. the heuristic."""
+def _restrict_to_game_moves(m: cp_model.CpModel, instance: Instance, present: list, ys: list) -> None:
+    """x_i => (y_i = 0) or (y_i = y_j + size_j for exactly one earlier-visited, time-overlapping j in fast memory)."""
+    order = [int(i) for i in instance.schedule_order()]
+    a, b, s = instance.starts, instance.ends, instance.sizes
+    for k, i in enumerate(order):
+        if present[i] is None:
+            continue
+        on_zero = m.NewBoolVar(f"on_zero_{i}")
+        m.Add(ys[i] == 0).OnlyEnforceIf(on_zero)
+        choices = [on_zero]
+        for j in order[:k]:
+            if present[j] is None or not (a[j] <= b[i] and a[i] <= b[j]):
+                continue
+            on_j = m.NewBoolVar(f"on_{i}_{j}")
+            m.Add(ys[i] == ys[j] + int(s[j])).OnlyEnforceIf(on_j)
+            m.AddImplication(on_j, present[j])
+            choices.append(on_j)
+        m.Add(sum(choices) == 1).OnlyEnforceIf(present[i])
+        m.Add(sum(choices) == 0).OnlyEnforceIf(present[i].Not())
+
+
+def solve(instance: Instance, time_limit_s: float = 10.0, workers: int = 1, hint: np.ndarray | None = None,
+          game_moves: bool = False) -> Solution:
+    """Maximise the fast-memory benefit; ``hint`` (offsets, -1 slow) seeds the search, e.g. the heuristic;
+    ``game_moves`` restricts offsets to the mallocGame's candidates (module docstring)."""
     if not time_limit_s > 0:
         raise ValueError(f"time_limit_s={time_limit_s!r} must be > 0")
     if workers < 1:
@@ -69,6 +98,8 @@ def solve(instance: Instance, time_limit_s: float = 10.0, workers: int = 1, hint
             m.AddHint(p, 0)
     if x_iv:
         m.AddNoOverlap2D(x_iv, y_iv)
+    if game_moves:
+        _restrict_to_game_moves(m, instance, present, ys)
     m.Maximize(sum(int(ib[i]) * present[i] for i in range(n) if present[i] is not None))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(time_limit_s)

@@ -34,14 +34,16 @@ Two searches share one network (``models/malloc_muzero.py``):
   node, terminal states have discount 0 (``make_alphazero_recurrent_fn``).
 - ``"policy"`` (no search): the arg-max of the masked prior, for reference.
 
-Training is pure RL from self-play (no demonstrations, no warm start). Reanalysis is not implemented:
-the replay keeps the search policies and values of the self-play that produced them.
+By default training is pure RL from self-play. Optionally (not in the paper; ``rl/malloc/demos.py``) a fixed
+set of expert episodes (CP-SAT under the game's moves) is kept beside the replay: the first
+``pretrain_iters`` iterations learn from it alone (no self-play), later ones draw ``demo_fraction`` of every
+batch from it. Reanalysis is not implemented: the replay keeps the search policies and values of the
+self-play that produced them.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 from typing import NamedTuple
 
@@ -52,6 +54,7 @@ import numpy as np
 import optax
 
 from models.malloc_muzero import NEG, Latent, MallocMuZeroNet, MuZeroNetConfig
+from rl import export
 from rl.malloc import game
 from rl.malloc.instance import Instance
 
@@ -81,6 +84,8 @@ class MuZeroConfig:
     value_coef: float = 1.0
     reward_coef: float = 1.0
     legal_coef: float = 0.5
+    demo_fraction: float = 0.0     # share of each batch drawn from the demonstrations (after pre-training)
+    pretrain_iters: int = 0        # first iterations: demonstrations only, no self-play
 
     def __post_init__(self):
         for name in ("max_buffers", "batch", "num_simulations", "max_considered", "unroll", "n_step",
@@ -95,6 +100,10 @@ class MuZeroConfig:
         for name in ("lr", "grad_clip", "q_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name}={getattr(self, name)!r} must be > 0")
+        if not 0.0 <= self.demo_fraction < 1.0:
+            raise ValueError(f"--demo_fraction={self.demo_fraction!r} must be in [0, 1)")
+        if not isinstance(self.pretrain_iters, int) or self.pretrain_iters < 0:
+            raise ValueError(f"--pretrain_iters={self.pretrain_iters!r} must be an integer >= 0")
         for name in ("weight_decay", "value_coef", "reward_coef", "legal_coef"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{name}={getattr(self, name)!r} must be >= 0")
@@ -360,13 +369,30 @@ class TrainState(NamedTuple):
     replay: Replay
     key: jax.Array
     step: jax.Array
+    demos: Replay            # fixed expert episodes (capacity 1 and empty without demonstrations)
 
 
-def init_train_state(model, optimizer, cfg: MuZeroConfig, seed: int) -> TrainState:
+def uses_demos(cfg: MuZeroConfig) -> bool:
+    return cfg.pretrain_iters > 0 or cfg.demo_fraction > 0
+
+
+def demo_replay(episodes: Episodes) -> Replay:
+    """A full Replay holding ``episodes``, value targets = the Monte-Carlo returns of the episodes."""
+    b, n = episodes.action.shape
+    return replay_add(replay_init(b, n), episodes, n_step=n)
+
+
+def init_train_state(model, optimizer, cfg: MuZeroConfig, seed: int, demos: Replay | None = None,
+                     num_demos: int | None = None) -> TrainState:
+    """A fresh state; ``demos`` (a :func:`demo_replay`) or, for a restore template, ``num_demos`` empty slots."""
     k_init, k_run = jax.random.split(jax.random.PRNGKey(seed))
     params = init_params(model, k_init, cfg.max_buffers)
+    if demos is None:
+        demos = replay_init(num_demos or 1, cfg.max_buffers)
+    if uses_demos(cfg) and demos.action.shape[1] != cfg.max_buffers:
+        raise ValueError(f"demonstrations are padded to {demos.action.shape[1]} buffers, not {cfg.max_buffers}")
     return TrainState(params, optimizer.init(params), replay_init(cfg.replay_episodes, cfg.max_buffers),
-                      k_run, jnp.zeros((), jnp.int32))
+                      k_run, jnp.zeros((), jnp.int32), demos)
 
 
 def make_update(model, optimizer, cfg: MuZeroConfig):
@@ -378,29 +404,58 @@ def make_update(model, optimizer, cfg: MuZeroConfig):
     return update
 
 
+def _concat_batches(a: Batch, b: Batch) -> Batch:
+    return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
+
+
 def make_train_iteration(model, optimizer, cfg: MuZeroConfig):
     """``iteration(state, inst_batch) -> (state, metrics)``: one self-play batch (``cfg.search``), added
-    to the replay, then ``updates_per_iter`` gradient steps on replayed K-step unrolls."""
+    to the replay, then ``updates_per_iter`` gradient steps on replayed K-step unrolls (``demo_fraction`` of
+    each batch from the demonstrations). During the first ``pretrain_iters`` iterations there is no
+    self-play and every batch comes from the demonstrations."""
     update = make_update(model, optimizer, cfg)
+    n_demo = int(round(cfg.demo_fraction * cfg.train_batch))
 
-    def iteration(state: TrainState, inst: game.Padded):
+    def learn(params, opt_state, replay, demos, key, pretraining: bool):
+        def one(carry, k):
+            params, opt_state = carry
+            if pretraining:
+                batch = replay_sample(demos, k, cfg.train_batch, cfg.unroll)
+            elif n_demo:
+                k1, k2 = jax.random.split(k)
+                batch = _concat_batches(replay_sample(replay, k1, cfg.train_batch - n_demo, cfg.unroll),
+                                        replay_sample(demos, k2, n_demo, cfg.unroll))
+            else:
+                batch = replay_sample(replay, k, cfg.train_batch, cfg.unroll)
+            params, opt_state, m = update(params, opt_state, batch)
+            return (params, opt_state), m
+
+        (params, opt_state), ms = jax.lax.scan(one, (params, opt_state), jax.random.split(key, cfg.updates_per_iter))
+        return params, opt_state, {k: v.mean() for k, v in ms.items()}
+
+    def selfplay_iteration(state: TrainState, inst: game.Padded):
         key, k_play, k_upd = jax.random.split(state.key, 3)
         final, ep = play(model, state.params, k_play, inst, cfg.search, cfg.num_simulations, cfg.max_considered,
                           q_scale=cfg.q_scale)
         replay = replay_add(state.replay, ep, cfg.n_step)
-
-        def one(carry, k):
-            params, opt_state = carry
-            batch = replay_sample(replay, k, cfg.train_batch, cfg.unroll)
-            params, opt_state, m = update(params, opt_state, batch)
-            return (params, opt_state), m
-
-        (params, opt_state), ms = jax.lax.scan(one, (state.params, state.opt_state),
-                                               jax.random.split(k_upd, cfg.updates_per_iter))
-        metrics = {k: v.mean() for k, v in ms.items()}
+        params, opt_state, metrics = learn(state.params, state.opt_state, replay, state.demos, k_upd, False)
         metrics["selfplay_return"] = final.ret.mean()
         metrics["root_value"] = ep.root_value[:, 0].mean()
-        return TrainState(params, opt_state, replay, key, state.step + 1), metrics
+        return TrainState(params, opt_state, replay, key, state.step + 1, state.demos), metrics
+
+    def pretrain_iteration(state: TrainState, inst: game.Padded):
+        del inst
+        key, k_upd = jax.random.split(state.key)
+        params, opt_state, metrics = learn(state.params, state.opt_state, state.replay, state.demos, k_upd, True)
+        metrics["selfplay_return"] = jnp.zeros((), jnp.float32)
+        metrics["root_value"] = jnp.zeros((), jnp.float32)
+        return TrainState(params, opt_state, state.replay, key, state.step + 1, state.demos), metrics
+
+    if cfg.pretrain_iters == 0:
+        return selfplay_iteration
+
+    def iteration(state: TrainState, inst: game.Padded):
+        return jax.lax.cond(state.step < cfg.pretrain_iters, pretrain_iteration, selfplay_iteration, state, inst)
     return iteration
 
 
@@ -453,25 +508,13 @@ def solve(instance: Instance, params=None, model=None, kind: str = "muzero", num
 
 def save_network(directory, params, net_cfg: MuZeroNetConfig, info: dict) -> None:
     """Writes ``muzero.msgpack`` (flax.serialization) and ``muzero.json`` (net config + provenance)."""
-    from flax import serialization
-
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "muzero.msgpack").write_bytes(serialization.to_bytes(jax.device_get(params)))
-    (directory / "muzero.json").write_text(json.dumps({"net_config": dataclasses.asdict(net_cfg), **info},
-                                                      indent=2, sort_keys=True, default=str) + "\n")
+    export.save(directory, "muzero", params, "net_config", net_cfg, info)
 
 
 def load_network(directory=None):
     """(model, params, info) from a directory written by :func:`save_network` (default: the shipped one)."""
-    from flax import serialization
-
-    directory = pathlib.Path(directory or TRAINED_DIR)
-    if not (directory / "muzero.msgpack").is_file() or not (directory / "muzero.json").is_file():
-        raise ValueError(f"network directory {str(directory)!r} lacks muzero.msgpack / muzero.json "
-                         "(train one with scripts/train_malloc.py --export_dir=...)")
-    info = json.loads((directory / "muzero.json").read_text())
-    model = make_model(MuZeroNetConfig(**info["net_config"]))
-    template = init_params(model, jax.random.PRNGKey(0))
-    params = serialization.from_bytes(template, (directory / "muzero.msgpack").read_bytes())
-    return model, params, info
+    def build(config: dict):
+        model = make_model(MuZeroNetConfig(**config))
+        return model, init_params(model, jax.random.PRNGKey(0))
+    return export.load(pathlib.Path(directory or TRAINED_DIR), "muzero", "net_config", build,
+                       "scripts/train_malloc.py")

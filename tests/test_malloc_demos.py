@@ -1,0 +1,99 @@
+"""Demonstrations for mallocMuZero (rl/malloc/demos.py) and learning from them (rl/malloc/muzero.py)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models.malloc_muzero import MuZeroNetConfig
+from rl.malloc import cpsat, demos, game, instance, muzero, pygame_ref, validate
+
+N = 8
+TINY_NET = MuZeroNetConfig(width=16, num_heads=2, mlp_dim=32, repr_layers=1, dyn_layers=1)
+
+
+def _instances(k, seed=0):
+    rng = np.random.default_rng(seed)
+    return [instance.random_instance(rng, num_buffers=int(rng.integers(3, N + 1)), horizon=12, max_size=16)
+            for _ in range(k)]
+
+
+@pytest.fixture(scope="module")
+def expert():
+    insts = _instances(12, seed=5)
+    episodes, returns = demos.demonstration_episodes(insts, N, time_limit_s=5.0)
+    return insts, episodes, returns
+
+
+def test_demonstrations_replay_the_cpsat_game_optimum_move_by_move(expert):
+    insts, ep, returns = expert
+    for b, inst in enumerate(insts):
+        sol = cpsat.solve(inst, 5.0, game_moves=True)
+        assert sol.optimal
+        assert float(returns[b]) == pytest.approx(sol.benefit / inst.total_benefit, rel=1e-5)
+        py = pygame_ref.PyMallocGame(inst)  # the independent Python game accepts every move as legal
+        for t in range(inst.num_buffers):
+            a = int(ep.action[b, t])
+            assert py.legal_actions()[a] and bool(ep.legal[b, t, a])
+            py.step(a)
+        assert validate.violations(inst, py.offsets_in_instance_order()) == []
+        assert validate.benefit(inst, py.offsets_in_instance_order()) == pytest.approx(sol.benefit)
+        assert np.asarray(ep.active[b]).tolist() == [t < inst.num_buffers for t in range(N)]
+    np.testing.assert_array_equal(np.asarray(ep.policy.argmax(-1)), np.asarray(ep.action))
+    np.testing.assert_allclose(np.asarray(ep.policy.sum(-1)), 1.0)
+
+
+def test_move_for_offset_plays_slow_when_no_legal_move_reaches_the_target():
+    inst = game.pad([instance.Instance("t", sizes=np.array([2, 2]), starts=np.array([0, 0]), ends=np.array([1, 1]),
+                                       benefits=np.array([1.0, 1.0]), capacity=4)], 2)
+    one = jax.tree.map(lambda x: x[0], inst)
+    s0 = game.init(one)
+    assert int(demos.move_for_offset(one, s0, 0)) == 1 and int(demos.move_for_offset(one, s0, -1)) == game.SLOW
+    assert int(demos.move_for_offset(one, s0, 1)) == game.SLOW   # offset 1 is not a game move
+    s1, _, _ = game.step(one, s0, jnp.int32(1))
+    assert int(demos.move_for_offset(one, s1, 2)) == 2            # on top of slot 0
+    assert int(demos.move_for_offset(one, s1, 0)) == game.SLOW   # taken
+
+
+def test_demo_replay_value_targets_are_the_expert_returns_to_go(expert):
+    insts, ep, returns = expert
+    rep = muzero.demo_replay(ep)
+    assert int(rep.size) == len(insts)
+    np.testing.assert_allclose(np.asarray(rep.value_target[:, 0]), np.asarray(returns), rtol=1e-5)
+    r = np.asarray(ep.reward)
+    np.testing.assert_allclose(np.asarray(rep.value_target), np.cumsum(r[:, ::-1], 1)[:, ::-1], atol=1e-6)
+
+
+def test_pretraining_learns_from_demonstrations_only_then_mixes(expert):
+    insts, ep, _ = expert
+    model = muzero.make_model(TINY_NET)
+    cfg = muzero.MuZeroConfig(max_buffers=N, batch=4, num_simulations=2, max_considered=2, replay_episodes=8,
+                              train_batch=16, unroll=2, updates_per_iter=8, lr=3e-3, weight_decay=0.0,
+                              pretrain_iters=2, demo_fraction=0.5)
+    opt = muzero.make_optimizer(cfg)
+    state = muzero.init_train_state(model, opt, cfg, seed=0, demos=muzero.demo_replay(ep))
+    it = jax.jit(muzero.make_train_iteration(model, opt, cfg))
+    batch = game.pad(_instances(4, seed=9), N)
+    fixed = muzero.replay_sample(state.demos, jax.random.PRNGKey(4), 64, cfg.unroll)
+    loss = lambda p: float(muzero.loss_fn(model, p, fixed, cfg)[0])
+    before = loss(state.params)
+    s1, m1 = it(state, batch)
+    s2, _ = it(s1, batch)
+    assert int(s2.replay.size) == 0 and float(m1["selfplay_return"]) == 0.0   # no self-play yet
+    assert loss(s2.params) < before
+    s3, m3 = it(s2, batch)                                                    # now self-play, mixed batches
+    assert int(s3.replay.size) == 4 and float(m3["selfplay_return"]) > 0.0
+    np.testing.assert_array_equal(np.asarray(s3.demos.action), np.asarray(state.demos.action))
+    with pytest.raises(ValueError, match="--demo_fraction=1.0"):
+        muzero.MuZeroConfig(demo_fraction=1.0)
+
+
+def test_train_malloc_demo_flags_fail_before_any_work(tmp_path):
+    from scripts import train_malloc
+
+    with pytest.raises(ValueError, match="need demonstrations"):
+        train_malloc.TrainMallocConfig(workdir=str(tmp_path), pretrain_steps=5)
+    with pytest.raises(ValueError, match="--pretrain_steps=50 must be <= --steps=10"):
+        train_malloc.TrainMallocConfig(workdir=str(tmp_path), steps=10, pretrain_steps=50, demos=3)
+    with pytest.raises(ValueError, match="--demos=-1"):
+        train_malloc.TrainMallocConfig(workdir=str(tmp_path), demos=-1)
+    assert not (tmp_path / "checkpoints").exists()
