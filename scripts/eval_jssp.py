@@ -9,7 +9,8 @@ Solvers: the dispatching rules spt, mwkr, mopnr, fdd_mwkr (rl/jssp/rules.py, in 
 cpsat (OR-Tools, ``--time_limit`` s per instance, or each instance's ``wall_time_s`` from
 ``--time_limit_from``, e.g. the agent's) and agent (the policy in ``--policy_dir``, default the shipped
 one; ``--samples=0`` greedy, with the policy's ``greedy_noop_threshold`` from its policy.json,
-``B > 0``: B sampled schedules in parallel, the best kept).
+``B > 0``: B sampled schedules in parallel at the policy's ``sampling_temperature`` (set by
+scripts/tune_jssp_sampling.py; 1 if absent) or ``--temperature``, the best kept).
 Every schedule is checked by the independent validator (rl/jssp/validate.py) before it is reported.
 
 ``--out`` is a JSON list, one record per instance: instance (file stem), size, solver, makespan,
@@ -52,7 +53,7 @@ def load_instances(spec: str, sizes: str = "") -> list[instances.Instance]:
 
 
 def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits: dict | None = None,
-                workers: int = 1, policy_dir: str | None = None, seed: int = 0):
+                workers: int = 1, policy_dir: str | None = None, seed: int = 0, temperature: float | None = None):
     """``run(instance) -> (makespan, start_times, wall_time_s)`` for ``solver`` (compilation excluded)."""
     if solver not in SOLVERS:
         raise ValueError(f"--solver={solver!r}; allowed: {', '.join(SOLVERS)}")
@@ -74,7 +75,9 @@ def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits:
             return jax.tree.map(lambda x: x[0][None], state)
     else:
         model, params, info = agent.load_policy(policy_dir or agent.TRAINED_DIR)
-        solve = agent.make_solver(model, info.get("greedy_noop_threshold"))
+        if temperature is None:
+            temperature = float(info.get("sampling_temperature", 1.0))
+        solve = agent.make_solver(model, info.get("greedy_noop_threshold"), temperature)
         key = jax.random.PRNGKey(seed)
         fn = lambda m, d: solve(params, m, d, key, samples)  # noqa: E731
 
@@ -138,6 +141,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("workers", 1, "CP-SAT search workers.", lower_bound=1)
     flags.DEFINE_string("policy_dir", str(agent.TRAINED_DIR), "Agent: directory with policy.msgpack + policy.json.")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
+    flags.DEFINE_float("temperature", None, "Agent sampling temperature (default: the policy's "
+                       "sampling_temperature, else 1).")
     flags.DEFINE_string("out", "", "Write the per-instance records here (JSON list).")
 
 
@@ -156,12 +161,13 @@ def main(argv):
             missing = [i.name for i in insts if i.name not in limits]
             if missing:
                 raise ValueError(f"--time_limit_from={FLAGS.time_limit_from!r} has no wall_time_s for {missing[:5]}")
-        if FLAGS.solver != "agent" and FLAGS.samples:
-            raise ValueError(f"--samples={FLAGS.samples} applies only to --solver=agent")
+        if FLAGS.solver != "agent" and (FLAGS.samples or FLAGS.temperature is not None):
+            raise ValueError(f"--samples={FLAGS.samples} / --temperature={FLAGS.temperature} apply only to "
+                             "--solver=agent")
         if FLAGS.out:
             pathlib.Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
         run = make_runner(FLAGS.solver, FLAGS.samples, FLAGS.time_limit, limits, FLAGS.workers, FLAGS.policy_dir,
-                          FLAGS.seed)
+                          FLAGS.seed, FLAGS.temperature)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     bounds = instances.load_bounds() if FLAGS.instances == "taillard" else {}

@@ -185,3 +185,33 @@ def test_greedy_action_noop_threshold_and_its_selection():
     m, d = (jnp.asarray(np.stack([getattr(i, f) for i in insts])) for f in ("machines", "durations"))
     best, means = agent.select_noop_threshold(model, params, m, d, candidates=(None, 1.0))
     assert set(means) == {"None", "1.0"} and means[str(best)] == min(means.values())
+
+
+def test_sampling_temperature_limits_and_its_selection(tmp_path):
+    import shutil
+
+    from scripts import tune_jssp_sampling
+
+    model = agent.make_model(TINY)
+    params = agent.init_params(model, jax.random.PRNGKey(3))
+    inst = instances.random_instance(np.random.default_rng(4), 4, 3)
+    m, d = jnp.asarray(inst.machines), jnp.asarray(inst.durations)
+    greedy_cmax, _ = agent.best_of(agent.make_solver(model)(params, m, d, jax.random.PRNGKey(0), 0))
+    cold = agent.make_solver(model, temperature=1e-6)(params, m, d, jax.random.PRNGKey(0), 16)
+    np.testing.assert_array_equal(np.asarray(cold.job_ready).max(-1), greedy_cmax)  # T -> 0: the argmax
+    with pytest.raises(ValueError, match="--temperature=0"):
+        agent.make_solver(model, temperature=0)
+    insts = [instances.random_instance(np.random.default_rng(s), 4, 3) for s in range(3)]
+    ms = jnp.asarray(np.stack([i.machines for i in insts]))
+    ds = jnp.asarray(np.stack([i.durations for i in insts]))
+    choice, means = agent.select_sampling_temperature(model, params, ms, ds, 8, candidates=(0.5, 2.0))
+    assert set(means) == {"0.5", "2.0"} and means[str(choice)] == min(means.values())
+    policy_dir = tmp_path / "policy"
+    shutil.copytree(agent.TRAINED_DIR, policy_dir)
+    out = tune_jssp_sampling.tune(str(policy_dir), "4x3", 2, 4, seed=0, candidates=(1.0, 2.0))
+    info = json.loads((policy_dir / "policy.json").read_text())
+    assert info["sampling_temperature"] == out["sampling_temperature"] in (1.0, 2.0)
+    assert info["greedy_noop_threshold"] == json.loads((agent.TRAINED_DIR / "policy.json").read_text())[
+        "greedy_noop_threshold"]   # the rest of policy.json is kept
+    with pytest.raises(ValueError, match="--size='15'"):
+        tune_jssp_sampling.parse_size("15")
