@@ -1,6 +1,5 @@
 """parallel/checkpoint.py: round trips, re-sharding, damage, config checks, background errors."""
 import logging
-import os
 import pathlib
 
 import jax

@@ -2,7 +2,6 @@
 in gradients w.r.t. the inputs and every parameter (tolerances of tests/test_moe.py), plus the structure
 of the Comet chunked schedule. The default run covers every variant once; ``-m slow`` the full grid."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

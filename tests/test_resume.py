@@ -3,7 +3,6 @@
 An interrupted-and-resumed run must end with params, optimiser state and logged metrics identical,
 bit for bit, to an uninterrupted run of the same command.
 """
-import os
 import pathlib
 import random
 import signal
