@@ -20,7 +20,8 @@ numbers are only logged; nothing is selected on them (the exported network is th
 
 Writes config.json, metrics.jsonl, curves.png, summary.json, Orbax checkpoints of the whole training
 state (parameters, optimiser, replay, key: re-running resumes bit-for-bit; SIGTERM checkpoints and exits 0)
-and, with ``--export_dir``, the final network as muzero.msgpack + muzero.json (with this command line).
+and, with ``--export_dir``, the final network as muzero.msgpack + muzero.json (with this command line and the
+search's ``q_scale``, chosen by ``muzero.select_q_scale`` on the shipped training instances).
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class TrainMallocConfig(common.RunConfig):
     repr_layers: int = 2
     dyn_layers: int = 1
     pred_layers: int = 0
+    init_from: str = ""
     demos: int = 0
     demo_time_limit: float = 1.0
     demo_fraction: float = 0.0
@@ -88,6 +90,9 @@ class TrainMallocConfig(common.RunConfig):
         if (self.pretrain_steps or self.demo_fraction) and not self.demos:
             raise ValueError(f"--pretrain_steps={self.pretrain_steps} / --demo_fraction={self.demo_fraction} "
                              "need demonstrations: set --demos >= 1")
+        if self.init_from and not all((pathlib.Path(self.init_from).expanduser() / f).is_file()
+                                      for f in ("muzero.msgpack", "muzero.json")):
+            raise ValueError(f"--init_from={self.init_from!r} lacks muzero.msgpack / muzero.json")
         if self.pretrain_steps > self.steps:
             raise ValueError(f"--pretrain_steps={self.pretrain_steps} must be <= --steps={self.steps}")
         if self.max_buffers < 5:
@@ -128,6 +133,17 @@ def random_training_instance(rng: np.random.Generator, max_buffers: int) -> inst
     return instance.random_instance(rng, num_buffers=n, horizon=int(rng.integers(n, 8 * n + 1)),
                                     max_size=int(rng.choice([16, 64, 256])),
                                     capacity_fraction=float(rng.uniform(0.2, 0.5)))
+
+
+def initial_params(cfg: TrainMallocConfig, ncfg: MuZeroNetConfig, optimizer) -> dict:
+    """Parameters of the exported network in ``cfg.init_from`` (same architecture), fresh optimiser state."""
+    _, params, info = muzero.load_network(pathlib.Path(cfg.init_from).expanduser())
+    if MuZeroNetConfig(**info["net_config"]) != ncfg:
+        raise ValueError(f"--init_from={cfg.init_from!r} has network {info['net_config']}, not the model flags' "
+                         f"{dataclasses.asdict(ncfg)}")
+    logging.info("initialised from %s (%s)", cfg.init_from, info.get("trained_by", "?"))
+    params = jax.device_put(params)  # flax.serialization returns NumPy arrays; the train state holds jax.Arrays
+    return {"params": params, "opt_state": optimizer.init(params)}
 
 
 def make_demonstrations(cfg: TrainMallocConfig, shipped: list[instance.Instance]) -> muzero.Replay:
@@ -174,8 +190,11 @@ def train(cfg: TrainMallocConfig) -> dict:
     start_step = 0
     if restored is not None:
         state, start_step = restored.state, restored.step
-    elif cfg.demos:
-        state = state._replace(demos=make_demonstrations(cfg, shipped))
+    else:
+        if cfg.init_from:
+            state = state._replace(**initial_params(cfg, ncfg, optimizer))
+        if cfg.demos:
+            state = state._replace(demos=make_demonstrations(cfg, shipped))
     common.write_json_atomic(workdir / "config.json", config_dict)
     metrics = common.MetricsWriter(workdir / "metrics.jsonl", resume_step=start_step if restored else None)
 
@@ -188,8 +207,9 @@ def train(cfg: TrainMallocConfig) -> dict:
     def save(step):
         return checkpointer.save(step, state, {"config": config_dict})
 
-    logging.info("training %s, %d parameters", "resumed at step %d" % start_step if restored else "from scratch",
-                 sum(x.size for x in jax.tree.leaves(state.params)))
+    origin = f"resumed at step {start_step}" if restored else (f"from {cfg.init_from}" if cfg.init_from else
+                                                                 "from scratch")
+    logging.info("training %s, %d parameters", origin, sum(x.size for x in jax.tree.leaves(state.params)))
     progress = common.Progress(cfg.steps, start_step)
     wall_start = time.perf_counter()
     preempted, last_saved, step, last_eval = False, start_step, start_step, {}
@@ -223,13 +243,18 @@ def train(cfg: TrainMallocConfig) -> dict:
                        ("selfplay_return", "eval_muzero", "eval_heuristic", "loss"),
                        "mallocMuZero: self-play return, held-out benefit, loss", ylabel="value")
     if cfg.export_dir and not preempted:
+        q_scale, by_q = cfg.q_scale, {}
+        if shipped:  # the search's Q weight, chosen on the training instances (the held-out ones stay unseen)
+            q_scale, by_q = muzero.select_q_scale(shipped, model, state.params, cfg.eval_simulations,
+                                                  cfg.max_considered)
+        logging.info("search q_scale %s (mean benefit on the training instances per q_scale: %s)", q_scale, by_q)
         defaults = TrainMallocConfig()
         muzero.save_network(cfg.export_dir, state.params, ncfg, {
             "trained_by": "python -m scripts.train_malloc " + " ".join(
                 f"--{k}={v}" for k, v in config_dict.items()
                 if k not in ("workdir", "overwrite") and v != getattr(defaults, k)),
-            "search_config": {"max_considered": cfg.max_considered, "q_scale": cfg.q_scale,
-                              "simulations": cfg.eval_simulations},
+            "search_config": {"max_considered": cfg.max_considered, "q_scale": q_scale,
+                              "simulations": cfg.eval_simulations, "train_benefit_by_q_scale": by_q},
             "train_config": config_dict, "summary": summary})
         logging.info("exported the network to %s", cfg.export_dir)
     logging.info("%s at step %d: %s", "preempted" if preempted else "done", step, json.dumps(summary))
@@ -263,6 +288,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("repr_layers", d.repr_layers, "Representation transformer blocks.")
     flags.DEFINE_integer("dyn_layers", d.dyn_layers, "Dynamics transformer blocks.")
     flags.DEFINE_integer("pred_layers", d.pred_layers, "Prediction transformer blocks (0: heads only).")
+    flags.DEFINE_string("init_from", d.init_from, "Start from this exported network (muzero.msgpack + "
+                        "muzero.json, same model flags) instead of random parameters; fresh optimiser.")
     flags.DEFINE_integer("demos", d.demos, "Random instances solved by CP-SAT (game moves) as demonstrations, "
                          "besides the shipped training ones (0: pure self-play RL).")
     flags.DEFINE_float("demo_time_limit", d.demo_time_limit, "CP-SAT seconds per demonstration.")

@@ -1,5 +1,4 @@
 """mallocGame: extraction checked by hand, JAX game vs the NumPy validator, exact mask, CP-SAT vs brute force."""
-import itertools
 import json
 
 import jax

@@ -96,4 +96,24 @@ def test_train_malloc_demo_flags_fail_before_any_work(tmp_path):
         train_malloc.TrainMallocConfig(workdir=str(tmp_path), steps=10, pretrain_steps=50, demos=3)
     with pytest.raises(ValueError, match="--demos=-1"):
         train_malloc.TrainMallocConfig(workdir=str(tmp_path), demos=-1)
+    with pytest.raises(ValueError, match="--init_from='.*nothing' lacks muzero.msgpack"):
+        train_malloc.TrainMallocConfig(workdir=str(tmp_path), init_from=str(tmp_path / "nothing"))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_init_from_loads_an_exported_network_and_checks_its_architecture(tmp_path):
+    from scripts import train_malloc
+
+    model = muzero.make_model(TINY_NET)
+    params = muzero.init_params(model, jax.random.PRNGKey(7), N)
+    muzero.save_network(tmp_path / "net", params, TINY_NET, {"trained_by": "test"})
+    cfg = train_malloc.TrainMallocConfig(workdir=str(tmp_path / "w"), init_from=str(tmp_path / "net"), width=16,
+                                         num_heads=2, mlp_dim=32, repr_layers=1, dyn_layers=1)
+    opt = muzero.make_optimizer(cfg.muzero_config())
+    got = train_malloc.initial_params(cfg, cfg.net_config(), opt)
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(got))   # a checkpointable train state
+    for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    wider = train_malloc.TrainMallocConfig(workdir=str(tmp_path / "w"), init_from=str(tmp_path / "net"))
+    with pytest.raises(ValueError, match="has network"):
+        train_malloc.initial_params(wider, wider.net_config(), opt)

@@ -183,3 +183,14 @@ def test_train_malloc_tiny_run_resumes_bit_for_bit(tmp_path):
         train_malloc.TrainMallocConfig(workdir=str(tmp_path / "c"), search="dqn")
     with pytest.raises(ValueError, match="lacks muzero.msgpack"):
         muzero.load_network(pathlib.Path(tmp_path / "nothing"))
+
+
+def test_select_q_scale_picks_the_best_mean_benefit(tiny):
+    model, params = tiny
+    insts = _instances(4, seed=8)
+    best, means = muzero.select_q_scale(insts, model, params, num_simulations=4, max_considered=4,
+                                        candidates=(0.01, 1.0))
+    assert set(means) == {"0.01", "1.0"} and means[str(best)] == max(means.values())
+    offsets = muzero.solve_batch(insts, model, params, "muzero", 4, 4, q_scale=best)
+    assert np.mean([validate.normalised_benefit(i, o) for i, o in zip(insts, offsets)]) == pytest.approx(
+        means[str(best)])
