@@ -106,6 +106,15 @@ def require_workdir(workdir: str | None) -> pathlib.Path:
     return path
 
 
+def command_line(module: str, config, skip: Iterable[str] = ("workdir", "overwrite")) -> str:
+    """``python -m MODULE --flag=value ...`` with the flags of ``config`` (a frozen config dataclass) that
+    differ from their defaults, leaving out ``skip``: the provenance line of an exported artifact."""
+    defaults = type(config)()
+    return " ".join([f"python -m {module}"] + [
+        f"--{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
+        if f.name not in skip and getattr(config, f.name) != getattr(defaults, f.name)])
+
+
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

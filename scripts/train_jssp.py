@@ -226,10 +226,8 @@ def train(cfg: TrainJSSPConfig) -> dict:
                      by_threshold)
         agent.save_policy(cfg.export_dir, state["train"].params, pcfg,
                           {"greedy_noop_threshold": threshold, "validation_makespan_by_noop_threshold": by_threshold,
-                           "trained_by": "python -m scripts.train_jssp " + " ".join(
-                              f"--{k}={v}" for k, v in config_dict.items()
-                              if k not in ("workdir", "export_dir", "overwrite") and v != getattr(
-                                  TrainJSSPConfig(), k)),
+                           "trained_by": common.command_line("scripts.train_jssp", cfg,
+                                                             skip=("workdir", "export_dir", "overwrite")),
                            "train_config": config_dict, "summary": summary})
         logging.info("exported the policy to %s", cfg.export_dir)
     logging.info("%s at step %d: %s", "preempted" if preempted else "done", step, json.dumps(summary))

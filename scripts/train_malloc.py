@@ -248,11 +248,8 @@ def train(cfg: TrainMallocConfig) -> dict:
             q_scale, by_q = muzero.select_q_scale(shipped, model, state.params, cfg.eval_simulations,
                                                   cfg.max_considered)
         logging.info("search q_scale %s (mean benefit on the training instances per q_scale: %s)", q_scale, by_q)
-        defaults = TrainMallocConfig()
         muzero.save_network(cfg.export_dir, state.params, ncfg, {
-            "trained_by": "python -m scripts.train_malloc " + " ".join(
-                f"--{k}={v}" for k, v in config_dict.items()
-                if k not in ("workdir", "overwrite") and v != getattr(defaults, k)),
+            "trained_by": common.command_line("scripts.train_malloc", cfg),
             "search_config": {"max_considered": cfg.max_considered, "q_scale": q_scale,
                               "simulations": cfg.eval_simulations, "train_benefit_by_q_scale": by_q},
             "train_config": config_dict, "summary": summary})
