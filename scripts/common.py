@@ -141,6 +141,18 @@ def quiet_library_logs() -> None:
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
 
+def use_async_collectives() -> dict[str, str]:
+    """Sets the XLA options that run collectives beside compute on the detected GPU/TPU
+    (parallel/xla_flags.py; nothing on CPU) and logs them. Call first in ``main``, before anything
+    initialises a JAX backend."""
+    from parallel import xla_flags
+
+    changed = xla_flags.apply_async_collective_flags()
+    for var, value in changed.items():
+        logging.info("async collectives: %s=%s", var, value)
+    return changed
+
+
 def machine_info() -> dict:
     """What every benchmark JSON records about the machine it ran on."""
     import platform

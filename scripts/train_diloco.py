@@ -310,6 +310,7 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    common.use_async_collectives()
     cfg = common.config_from_flags(TrainDiLoCoConfig)
     common.quiet_library_logs()
     if cfg.compare:

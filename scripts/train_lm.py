@@ -66,6 +66,7 @@ class TrainLMConfig(common.RunConfig):
     moe_topk: int = 2
     moe_capacity_factor: float = 0.0  # 0: dropless
     moe_chunks: int = 0             # Comet chunks; 0: cost model
+    moe_impl: str = "auto"          # grouped GEMM: auto (blocked on CPU, bucketed on GPU, ragged on TPU)
     moe_mlp_dim: int = 0            # expert width; 0: mlp_dim // moe_topk (same active FFN parameters)
     moe_aux_weight: float = 0.01    # load-balancing loss weight
     moe_z_weight: float = 0.001     # router z-loss weight
@@ -92,7 +93,8 @@ class TrainLMConfig(common.RunConfig):
         try:
             return moe_lib.MoEConfig(num_experts=self.moe_experts, top_k=self.moe_topk,
                                      capacity_factor=self.moe_capacity_factor, num_chunks=self.moe_chunks,
-                                     load_balance_weight=self.moe_aux_weight, z_loss_weight=self.moe_z_weight)
+                                     impl=self.moe_impl, load_balance_weight=self.moe_aux_weight,
+                                     z_loss_weight=self.moe_z_weight)
         except ValueError as e:
             raise ValueError(f"MoE flags (--moe_*): {e}") from None
 
@@ -332,6 +334,8 @@ def define_flags() -> None:
     flags.DEFINE_float("moe_capacity_factor", defaults.moe_capacity_factor,
                        "Per-destination capacity factor for expert-parallel dispatch (0: dropless).")
     flags.DEFINE_integer("moe_chunks", defaults.moe_chunks, "Comet overlap chunks (0: chosen by the cost model).")
+    flags.DEFINE_enum("moe_impl", defaults.moe_impl, list(moe_lib.IMPLS),
+                      "Grouped expert GEMM (auto: blocked on CPU, bucketed on GPU, ragged_dot on TPU).")
     flags.DEFINE_integer("moe_mlp_dim", defaults.moe_mlp_dim,
                          "Expert SwiGLU width (0: mlp_dim // moe_topk, the dense model's active FFN size).")
     flags.DEFINE_float("moe_aux_weight", defaults.moe_aux_weight, "Weight of the load-balancing loss.")
@@ -341,6 +345,7 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    common.use_async_collectives()
     cfg = common.config_from_flags(TrainLMConfig, preflight=check_devices)
     common.quiet_library_logs()
     train(cfg)

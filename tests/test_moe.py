@@ -57,6 +57,19 @@ def test_dropless_matches_numpy_reference_outputs_and_gradients(impl, gating, re
     check_against_reference(params, x, cot, cfg)
 
 
+@pytest.mark.parametrize("factor", [0.3, 1.0, 4.0])
+def test_bucketed_matches_numpy_reference_with_and_without_overflow(factor):
+    """Bulk capacity below, at and above the loads: rows past it take the blocked overflow path."""
+    params, x, cot = make_problem(seed=3, tokens=64, d=8, h=12, experts=4)
+    cfg = moe.MoEConfig(num_experts=4, top_k=2, impl="bucketed", bucket_factor=factor)
+    plan = moe.plan_grouped_gemm(cfg, 128, 4)
+    loads = np.bincount(np.asarray(moe.route(jnp.asarray(x, jnp.float32), jnp.asarray(params["router"],
+                                                                                     jnp.float32), 2).experts).ravel(),
+                        minlength=4)
+    assert (loads.max() > plan.capacity) == (factor < 4.0)  # overflow exercised except with the big bulk
+    check_against_reference(params, x, cot, cfg)
+
+
 def test_router_weights_and_aux_losses_against_numpy():
     params, x, _ = make_problem(seed=2, tokens=32, experts=8)
     for gating in moe.GATINGS:
@@ -94,6 +107,26 @@ def test_block_layout_invariants():
             assert row_of_slot[slot[r]] == r and g.block_expert[slot[r] // 4] == e
     assert np.sum(row_of_slot < 50) == np.sum(ids >= 0)  # every valid row has exactly one slot
     np.testing.assert_array_equal(g.group_sizes, -(-counts // 4) * 4)
+
+
+def test_bucketed_layout_invariants():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(-1, 5, size=80)
+    cap, block = 8, 4
+    g = moe.make_groups(jnp.asarray(ids, jnp.int32), 5, block, cap)
+    slot, row_of_slot = np.asarray(g.slot_of_row), np.asarray(g.row_of_slot)
+    n_pad, bulk = row_of_slot.shape[0], 5 * cap
+    counts = np.bincount(ids[ids >= 0], minlength=5)
+    over = np.maximum(counts - cap, 0)
+    assert int(g.num_blocks) == int(np.sum(-(-over // block)))
+    for e in range(5):
+        rows_e = np.flatnonzero(ids == e)  # in row order: the first cap fill the bulk, in order
+        np.testing.assert_array_equal(slot[rows_e[:cap]], e * cap + np.arange(min(cap, len(rows_e))))
+        for r in rows_e[cap:]:
+            assert slot[r] >= bulk and g.block_expert[(slot[r] - bulk) // block] == e
+    assert np.all(slot[ids < 0] == n_pad)
+    assert np.all(row_of_slot[slot[ids >= 0]] == np.flatnonzero(ids >= 0))
+    assert np.sum(row_of_slot < 80) == np.sum(ids >= 0)
 
 
 def test_capacity_variant_drops_exactly_the_right_tokens():

@@ -15,16 +15,23 @@ GRID = [(spec, c) for spec in ("expert:8", "tensor:8", "expert:4,tensor:2", "exp
                                "data:2,expert:2,tensor:2") for c in (1, 2, 4, 8) if (spec, c) not in DEFAULT]
 
 
-def run_case(devices, spec, chunks, gating="softmax", renormalize=True, top_k=2):
+def run_case(devices, spec, chunks, gating="softmax", renormalize=True, top_k=2, impl="blocked"):
     params, x, cot = make_problem(seed=7, tokens=64, d=8, h=16, experts=8)
     cfg = moe.MoEConfig(num_experts=8, top_k=top_k, gating=gating, renormalize=renormalize, num_chunks=chunks,
-                        impl="blocked", block_rows=4)
+                        impl=impl, block_rows=4, bucket_factor=0.5)
     check_against_reference(params, x, cot, cfg, mesh_lib.make_mesh(spec, devices))
 
 
 @pytest.mark.parametrize("spec,chunks", DEFAULT)
 def test_sharded_matches_reference(devices, spec, chunks):
     run_case(devices, spec, chunks)
+
+
+@pytest.mark.parametrize("spec", ["expert:4,tensor:2", "tensor:8"])
+def test_sharded_bucketed_matches_reference(devices, spec):
+    """The bucketed layout (bulk batched GEMM + blocked overflow; bucket_factor 0.5 forces overflow)
+    through the expert all_to_all and the tensor collective-matmul rings."""
+    run_case(devices, spec, 2, impl="bucketed")
 
 
 @pytest.mark.slow

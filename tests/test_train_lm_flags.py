@@ -13,6 +13,7 @@ from scripts import train_lm
     ({"num_heads": 3}, "d_model=128 must be divisible by num_heads=3"),
     ({"steps": 0}, "--steps=0 must be an integer >= 1"),
     ({"min_lr": 0.1}, "--min_lr=0.1 must not exceed --lr=0.001"),
+    ({"moe_experts": 4, "moe_impl": "fast"}, "MoEConfig.impl='fast'; allowed"),
 ])
 def test_config_validation(devices, overrides, match):
     with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
