@@ -245,6 +245,52 @@ class Progress:
         return (step - self._start) / max(time.perf_counter() - self._t0, 1e-9)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopEnd:
+    """How :func:`run_checkpointed_steps` ended."""
+    step: int                      # the last step run (the start step when none ran)
+    preempted: bool                # ended early by SIGTERM/SIGINT or the checkpointer's preemption notice
+    wall_s: float                  # the loop, its final save and the checkpointer's close included
+    checkpoint_blocking_s: float   # seconds the loop was blocked by saves
+
+
+def run_checkpointed_steps(start_step: int, last_step: int, one_step, *, save, checkpointer,
+                           checkpoint_every: int, total_steps: int, metrics: "MetricsWriter",
+                           progress: Progress, progress_keys: Iterable[str] | None = None,
+                           rate_column: bool = True) -> LoopEnd:
+    """The step loop every training script shares.
+
+    ``one_step(step) -> row`` runs steps ``start_step + 1 .. last_step``; a non-empty row is written to
+    ``metrics`` (with ``steps_per_sec`` unless ``rate_column`` is off) and to the progress log (only the
+    ``progress_keys`` columns when given). ``save(step) -> seconds blocked`` runs every ``checkpoint_every``
+    steps (not at ``total_steps``) and then for the last step run unless it was just saved. SIGTERM/SIGINT
+    (:class:`parallel.checkpoint.PreemptionGuard`) or the checkpointer's preemption notice end the loop
+    early, checkpointed; the checkpointer is closed (its background writes finished) before returning.
+    """
+    from parallel import checkpoint as ckpt_lib
+
+    keys = None if progress_keys is None else set(progress_keys)
+    wall_start = time.perf_counter()
+    preempted, last_saved, step, blocked = False, start_step, start_step, 0.0
+    with ckpt_lib.PreemptionGuard() as guard:
+        for step in range(start_step + 1, last_step + 1):
+            row = one_step(step)
+            if row:
+                rate = {"steps_per_sec": progress.steps_per_sec(step)} if rate_column else {}
+                metrics.write({"step": step, **row, **rate})
+                progress.update(step, **{k: v for k, v in row.items() if keys is None or k in keys})
+            if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
+                blocked += save(step)
+                last_saved = step
+            if guard.requested or checkpointer.reached_preemption(step):
+                preempted = True
+                break
+        if step != last_saved:
+            blocked += save(step)
+        checkpointer.close()
+    return LoopEnd(step, preempted, time.perf_counter() - wall_start, blocked)
+
+
 def plot_curves(path: pathlib.Path, rows: list[dict], keys: Iterable[str], title: str,
                 ylabel: str = "loss") -> None:
     """A PNG of the named metric columns against ``step`` (rows lacking a key are skipped)."""

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import pathlib
-import time
 
 import flax.linen as nn
 import jax
@@ -153,39 +152,32 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
                  "resumed at step %d:" % start_step if restored else "from scratch:", cfg.algo, cfg.workers,
                  cfg.inner_steps, dcfg.num_fragments, dcfg.tau, cfg.outer_precision, dict(mesh.shape), n_params,
                  [len(f) for f in trainer.fragments])
+    last_eval: dict = {}
+
+    def one_step(step: int) -> dict:
+        nonlocal state, last_eval
+        batch = mesh_lib.shard_batch(
+            text.train_batch(corpus.train, cfg.seed, step - 1, cfg.batch_size, cfg.seq_len), mesh,
+            ("workers", "data"))
+        donate = not checkpointer.take_donation_barrier()
+        state, losses = trainer.step(state, batch, step, donate=donate)
+        payload, wire = trainer.step_bytes(step, shapes)
+        counter.add_step(payload, wire, syncs=len(trainer.events(step)[0]))
+        row = {}
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row.update(loss=float(np.mean(np.asarray(losses))), **_byte_row(counter))
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            last_eval = train_lm.evaluate(eval_loss, trainer.eval_params(state), eval_data, mesh_for_eval(mesh))
+            row.update(last_eval)
+        return row
+
     last_step = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
-    progress = common.Progress(cfg.steps, start_step)
-    wall_start = time.perf_counter()
-    preempted, last_saved, step, last_eval = False, start_step, start_step, {}
-    with ckpt_lib.PreemptionGuard() as guard:
-        for step in range(start_step + 1, last_step + 1):
-            batch = mesh_lib.shard_batch(
-                text.train_batch(corpus.train, cfg.seed, step - 1, cfg.batch_size, cfg.seq_len), mesh,
-                ("workers", "data"))
-            donate = not checkpointer.take_donation_barrier()
-            state, losses = trainer.step(state, batch, step, donate=donate)
-            payload, wire = trainer.step_bytes(step, shapes)
-            counter.add_step(payload, wire, syncs=len(trainer.events(step)[0]))
-            row = {}
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                row.update(loss=float(np.mean(np.asarray(losses))), **_byte_row(counter))
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                last_eval = train_lm.evaluate(eval_loss, trainer.eval_params(state), eval_data, mesh_for_eval(mesh))
-                row.update(last_eval)
-            if row:
-                metrics.write({"step": step, **row})
-                progress.update(step, **{k: v for k, v in row.items() if k in ("loss", "val_loss")})
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                save(step)
-                last_saved = step
-            if guard.requested or checkpointer.reached_preemption(step):
-                preempted = True
-                break
-        preempted = preempted or step < cfg.steps
-        if step != last_saved:
-            save(step)
-        checkpointer.close()
-    wall_s = time.perf_counter() - wall_start
+    end = common.run_checkpointed_steps(
+        start_step, last_step, one_step, save=save, checkpointer=checkpointer,
+        checkpoint_every=cfg.checkpoint_every, total_steps=cfg.steps, metrics=metrics,
+        progress=common.Progress(cfg.steps, start_step), progress_keys=("loss", "val_loss"),
+        rate_column=False)  # metrics rows stay identical between a straight and a resumed run
+    step, preempted, wall_s = end.step, end.preempted or end.step < cfg.steps, end.wall_s
     summary = {"step": step, "preempted": preempted, "wall_time_s": wall_s, "algo": cfg.algo,
                "workers": cfg.workers, "inner_steps": cfg.inner_steps if cfg.algo != "dp" else 1,
                "fragments": dcfg.num_fragments,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -176,44 +175,37 @@ def train(cfg: TrainJSSPConfig) -> dict:
 
     logging.info("training %s, %d parameters", "resumed at step %d" % start_step if restored else "from scratch",
                  sum(x.size for x in jax.tree.leaves(state["train"].params)))
-    progress = common.Progress(cfg.steps, start_step)
-    wall_start = time.perf_counter()
-    preempted, last_saved, step, last_eval, cp_gain = False, start_step, start_step, {}, None
-    with ckpt_lib.PreemptionGuard() as guard:
-        for step in range(start_step + 1, cfg.steps + 1):
-            key = size_key(agent.curriculum_size(step, cfg.stages()))
-            demos = dict(state["demos"])
-            if refreshes_demos(step, cfg):
-                new, cp_gain = agent.cpsat_demonstrations(
-                    solver, state["train"].params, ppos[key], np.random.default_rng([cfg.seed, step]),
-                    cfg.cpsat_time_limit)
-                demos[key] = jax.tree.map(jnp.asarray, new)
-            if cfg.cpsat_instances:
-                demos[key] = dict(demos[key], weight=jnp.asarray(
-                    agent.bc_weight(step, cfg.bc_boost, cfg.bc_boost_steps), jnp.float32))
-            state = dict(state, demos=demos)
-            state, step_metrics = train_step_for(key)(state)
-            row = {}
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                row.update({k: float(v) for k, v in step_metrics.items()}, size=key)
-                if cp_gain is not None:
-                    row["cpsat_gain_pct"] = 100 * cp_gain
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                last_eval = evaluate(state["train"].params)
-                row.update(last_eval)
-            if row:
-                metrics.write({"step": step, **row, "steps_per_sec": progress.steps_per_sec(step)})
-                progress.update(step, **{k: row[k] for k in ("train_makespan", "val_vs_spt_pct") if k in row})
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                save(step)
-                last_saved = step
-            if guard.requested or checkpointer.reached_preemption(step):
-                preempted = True
-                break
-        if step != last_saved:
-            save(step)
-        checkpointer.close()
-    wall_s = time.perf_counter() - wall_start
+    last_eval, cp_gain = {}, None
+
+    def one_step(step: int) -> dict:
+        nonlocal state, last_eval, cp_gain
+        key = size_key(agent.curriculum_size(step, cfg.stages()))
+        demos = dict(state["demos"])
+        if refreshes_demos(step, cfg):
+            new, cp_gain = agent.cpsat_demonstrations(
+                solver, state["train"].params, ppos[key], np.random.default_rng([cfg.seed, step]),
+                cfg.cpsat_time_limit)
+            demos[key] = jax.tree.map(jnp.asarray, new)
+        if cfg.cpsat_instances:
+            demos[key] = dict(demos[key], weight=jnp.asarray(
+                agent.bc_weight(step, cfg.bc_boost, cfg.bc_boost_steps), jnp.float32))
+        state = dict(state, demos=demos)
+        state, step_metrics = train_step_for(key)(state)
+        row = {}
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row.update({k: float(v) for k, v in step_metrics.items()}, size=key)
+            if cp_gain is not None:
+                row["cpsat_gain_pct"] = 100 * cp_gain
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            last_eval = evaluate(state["train"].params)
+            row.update(last_eval)
+        return row
+
+    end = common.run_checkpointed_steps(
+        start_step, cfg.steps, one_step, save=save, checkpointer=checkpointer,
+        checkpoint_every=cfg.checkpoint_every, total_steps=cfg.steps, metrics=metrics,
+        progress=common.Progress(cfg.steps, start_step), progress_keys=("train_makespan", "val_vs_spt_pct"))
+    step, preempted, wall_s = end.step, end.preempted, end.wall_s
     summary = {"step": step, "preempted": preempted, "wall_time_s": wall_s,
                "resumed_from": start_step if restored else None, **last_eval}
     common.write_json_atomic(workdir / "summary.json", summary)

@@ -250,41 +250,33 @@ def train(cfg: TrainLMConfig) -> dict:
                  "resumed at step %d" % start_step if restored else "from scratch", corpus.name,
                  len(corpus.train), len(corpus.validation), dict(mesh.shape),
                  sum(x.size for x in jax.tree.leaves(state.params)))
-    progress = common.Progress(cfg.steps, start_step)
-    wall_start = time.perf_counter()
-    blocked_s, preempted, last_saved, step = 0.0, False, start_step, start_step
     last_eval: dict = {}
-    with ckpt_lib.PreemptionGuard() as guard:
-        for step in range(start_step + 1, cfg.steps + 1):
-            host_batch = local_rows(text.train_batch(corpus.train, cfg.seed, step - 1, cfg.batch_size, cfg.seq_len),
-                                    cfg.batch_size)
-            batch = mesh_lib.shard_batch(host_batch, mesh)
-            state, step_metrics = train_step(state, batch)
-            if step == start_step + 1:  # the loop's clock starts after the first (compiling) step
-                jax.block_until_ready(state)
-                loop_start = time.perf_counter()
-            row = {}
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                row.update(loss=float(step_metrics["loss"]), grad_norm=float(step_metrics["grad_norm"]))
-                if cfg.moe_experts:
-                    row.update(moe_aux_loss=float(step_metrics["moe_aux_loss"]))
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                last_eval = evaluate(eval_loss, state.params, eval_data, mesh)
-                row.update(last_eval)
-            if row:
-                metrics.write({"step": step, **row, "steps_per_sec": progress.steps_per_sec(step)})
-                progress.update(step, **row)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                blocked_s += save(step)
-                last_saved = step
-            if guard.requested or checkpointer.reached_preemption(step):
-                preempted = True
-                break
-        loop_s = time.perf_counter() - loop_start if step > start_step else 0.0
-        if step != last_saved:
-            blocked_s += save(step)
-        checkpointer.close()
-    wall_s = time.perf_counter() - wall_start
+    loop_clock: list[float] = []  # [end of the first (compiling) step, end of the latest]: the loop's own rate
+
+    def one_step(step: int) -> dict:
+        nonlocal state, last_eval
+        host_batch = local_rows(text.train_batch(corpus.train, cfg.seed, step - 1, cfg.batch_size, cfg.seq_len),
+                                cfg.batch_size)
+        state, step_metrics = train_step(state, mesh_lib.shard_batch(host_batch, mesh))
+        row = {}
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row.update(loss=float(step_metrics["loss"]), grad_norm=float(step_metrics["grad_norm"]))
+            if cfg.moe_experts:
+                row.update(moe_aux_loss=float(step_metrics["moe_aux_loss"]))
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            last_eval = evaluate(eval_loss, state.params, eval_data, mesh)
+            row.update(last_eval)
+        if step == start_step + 1 or step == cfg.steps:
+            jax.block_until_ready(state)
+        loop_clock[min(len(loop_clock), 1):] = [time.perf_counter()]
+        return row
+
+    end = common.run_checkpointed_steps(
+        start_step, cfg.steps, one_step, save=save, checkpointer=checkpointer,
+        checkpoint_every=cfg.checkpoint_every, total_steps=cfg.steps, metrics=metrics,
+        progress=common.Progress(cfg.steps, start_step))
+    step, preempted, wall_s, blocked_s = end.step, end.preempted, end.wall_s, end.checkpoint_blocking_s
+    loop_s = loop_clock[-1] - loop_clock[0] if len(loop_clock) == 2 else 0.0
 
     summary = {"step": step, "preempted": preempted, "wall_time_s": wall_s,
                "steps_per_sec": (step - start_step) / max(wall_s, 1e-9),

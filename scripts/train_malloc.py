@@ -210,32 +210,25 @@ def train(cfg: TrainMallocConfig) -> dict:
     origin = f"resumed at step {start_step}" if restored else (f"from {cfg.init_from}" if cfg.init_from else
                                                                  "from scratch")
     logging.info("training %s, %d parameters", origin, sum(x.size for x in jax.tree.leaves(state.params)))
-    progress = common.Progress(cfg.steps, start_step)
-    wall_start = time.perf_counter()
-    preempted, last_saved, step, last_eval = False, start_step, start_step, {}
-    with ckpt_lib.PreemptionGuard() as guard:
-        for step in range(start_step + 1, cfg.steps + 1):
-            state, step_metrics = train_step(state, training_batch(cfg, shipped, step))
-            row = {}
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                row.update({k: float(v) for k, v in step_metrics.items()})
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                last_eval = evaluate(test, heur, model, state.params, cfg)
-                last_eval["eval_heuristic"] = float(heur.mean())
-                row.update(last_eval)
-            if row:
-                metrics.write({"step": step, **row, "steps_per_sec": progress.steps_per_sec(step)})
-                progress.update(step, **{k: row[k] for k in ("loss", "selfplay_return", "eval_muzero") if k in row})
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                save(step)
-                last_saved = step
-            if guard.requested or checkpointer.reached_preemption(step):
-                preempted = True
-                break
-        if step != last_saved:
-            save(step)
-        checkpointer.close()
-    wall_s = time.perf_counter() - wall_start
+    last_eval: dict = {}
+
+    def one_step(step: int) -> dict:
+        nonlocal state, last_eval
+        state, step_metrics = train_step(state, training_batch(cfg, shipped, step))
+        row = {}
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row.update({k: float(v) for k, v in step_metrics.items()})
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            last_eval = evaluate(test, heur, model, state.params, cfg)
+            last_eval["eval_heuristic"] = float(heur.mean())
+            row.update(last_eval)
+        return row
+
+    end = common.run_checkpointed_steps(
+        start_step, cfg.steps, one_step, save=save, checkpointer=checkpointer,
+        checkpoint_every=cfg.checkpoint_every, total_steps=cfg.steps, metrics=metrics,
+        progress=common.Progress(cfg.steps, start_step), progress_keys=("loss", "selfplay_return", "eval_muzero"))
+    step, preempted, wall_s = end.step, end.preempted, end.wall_s
     summary = {"step": step, "preempted": preempted, "wall_time_s": wall_s,
                "resumed_from": start_step if restored else None, **last_eval}
     common.write_json_atomic(workdir / "summary.json", summary)
