@@ -34,7 +34,7 @@ DEFAULT_INSTANCES = pathlib.Path(instance.__file__).parent / "instances" / "test
 
 
 def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: int = 0, simulations: int = 64,
-                weights: str = ""):
+                weights: str = "", samples: int = 1):
     """``run(instance) -> (offsets int64 [n] with -1 slow, extra record fields)``."""
     if solver not in SOLVERS:
         raise ValueError(f"--solver={solver!r}; allowed: {', '.join(SOLVERS)}, all")
@@ -43,14 +43,16 @@ def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: i
 
         if not isinstance(simulations, int) or simulations < 1:
             raise ValueError(f"--simulations={simulations!r} must be an integer >= 1")
+        if not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"--samples={samples!r} must be an integer >= 1")
         model, params, info = muzero.load_network(pathlib.Path(weights).expanduser() if weights else None)
         search_cfg = info.get("search_config", {})
         max_considered, q_scale = int(search_cfg.get("max_considered", 16)), float(search_cfg.get("q_scale", 1.0))
 
         def run_learned(inst):
             offsets = muzero.solve_batch([inst], model, params, solver, simulations, max_considered, seed,
-                                         q_scale=q_scale)[0]
-            return offsets, {"simulations": simulations}
+                                         q_scale=q_scale, samples=samples)[0]
+            return offsets, {"simulations": simulations, "samples": samples}
         return run_learned
     if solver in ("cpsat", "cpsat_game"):
         if not time_limit > 0:
@@ -125,8 +127,9 @@ def print_table(summary: dict) -> None:
               f"{row['mean_wall_time_s']:>8.3f}")
 
 
-def run_solvers(insts, solvers, time_limit=10.0, workers=1, seed=0, simulations=64, weights="") -> list[dict]:
-    runners = [(s, make_runner(s, time_limit, workers, seed, simulations, weights))
+def run_solvers(insts, solvers, time_limit=10.0, workers=1, seed=0, simulations=64, weights="",
+                samples=1) -> list[dict]:
+    runners = [(s, make_runner(s, time_limit, workers, seed, simulations, weights, samples))
                for s in solvers]  # all flags checked first
     return [r for s, run in runners for r in evaluate(insts, run, s)]
 
@@ -138,6 +141,8 @@ def define_flags():
     flags.DEFINE_integer("workers", 1, "CP-SAT search workers.")
     flags.DEFINE_integer("seed", 0, "Seed of the random solver (and of the muzero/alphazero search).")
     flags.DEFINE_integer("simulations", 64, "muzero/alphazero: search simulations per move.")
+    flags.DEFINE_integer("samples", 1, "muzero/alphazero: keep the best (true game return) of the deterministic "
+                         "episode and samples-1 episodes with Gumbel noise at the root.")
     flags.DEFINE_string("weights", "", "muzero/alphazero: network directory (muzero.msgpack + muzero.json); "
                         "default the shipped rl/malloc/trained.")
     flags.DEFINE_string("out", "", "Write the per-instance records here (JSON list).")
@@ -154,6 +159,8 @@ def main(argv):
             if s in LEARNED:  # checked without loading the network twice
                 if F.simulations < 1:
                     raise ValueError(f"--simulations={F.simulations} must be an integer >= 1")
+                if F.samples < 1:
+                    raise ValueError(f"--samples={F.samples} must be an integer >= 1")
             else:
                 make_runner(s, F.time_limit, F.workers, F.seed)
         insts = instance.load_dir(pathlib.Path(F.instances).expanduser())
@@ -161,7 +168,7 @@ def main(argv):
             raise ValueError(f"--out={F.out!r} is a directory; give a file path")
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    records = run_solvers(insts, solvers, F.time_limit, F.workers, F.seed, F.simulations, F.weights)
+    records = run_solvers(insts, solvers, F.time_limit, F.workers, F.seed, F.simulations, F.weights, F.samples)
     print_table(summarise(records))
     if F.out:
         out = pathlib.Path(F.out)

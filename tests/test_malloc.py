@@ -309,6 +309,8 @@ def test_shipped_instances_and_eval_script():
     assert train and test and not {program(i) for i in train} & {program(i) for i in test}  # held-out programs
     with pytest.raises(ValueError, match="--simulations=0"):
         eval_malloc.make_runner("muzero", simulations=0)
+    with pytest.raises(ValueError, match="--samples=0"):
+        eval_malloc.make_runner("alphazero", samples=0)
     with pytest.raises(ValueError, match="--time_limit=0"):
         eval_malloc.make_runner("cpsat", time_limit=0)
     records = eval_malloc.run_solvers(test[:2], ("heuristic", "cpsat", "cpsat_game"), time_limit=2)

@@ -152,6 +152,20 @@ def test_solve_batch_returns_valid_offsets_in_instance_order(tiny):
         muzero.solve_batch(insts, model, params, "greedy")
 
 
+def test_best_of_samples_is_valid_and_never_worse_than_the_deterministic_search(tiny):
+    model, params = tiny
+    insts = _instances(12, seed=9)
+    det = muzero.solve_batch(insts, model, params, "muzero", 4, 4, max_buffers=N)
+    best = muzero.solve_batch(insts, model, params, "muzero", 4, 4, max_buffers=N, samples=8)
+    gains = []
+    for inst, d, b in zip(insts, det, best):
+        assert validate.violations(inst, b) == []
+        gains.append(validate.benefit(inst, b) - validate.benefit(inst, d))
+    assert min(gains) >= -1e-9 and max(gains) > 0  # the noisy episodes are really played and kept when better
+    with pytest.raises(ValueError, match="--samples=0"):
+        muzero.solve_batch(insts, model, params, "muzero", 4, samples=0)
+
+
 def test_shipped_network_loads_and_is_small():
     model, params, info = muzero.load_network()
     assert (muzero.TRAINED_DIR / "muzero.msgpack").stat().st_size < 2 * 2 ** 20
