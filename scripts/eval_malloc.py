@@ -5,13 +5,15 @@ r"""Evaluates a mallocGame solver on a directory of instances (default: the ship
     python -m scripts.eval_malloc --solver=all --out=/tmp/all.json     # every solver + a comparison table
     python -m scripts.eval_malloc --solver=muzero --simulations=64      # the shipped mallocMuZero network
     python -m scripts.eval_malloc --solver=alphazero --simulations=64   # ablation: search over the true game
+    python -m scripts.eval_malloc --solver=muzero --simulations=32 --samples=128   # best of 128 episodes
 
 Solvers (rl/malloc/): heuristic (XLA memory-space-assignment order benefit/sqrt(size), best fit), firstfit
 (first-fit decreasing size), random (uniform legal mallocGame moves, --seed), cpsat (OR-Tools, --time_limit s
 per instance, --workers; reports optimal or its bound), cpsat_game (the same, restricted to the mallocGame's
 moves: the best return any game-playing agent can reach), muzero (rl/malloc/muzero.py: Gumbel MuZero search,
 --simulations per move, over the learned model of the network in --weights, default the shipped one in
-rl/malloc/trained/) and alphazero (the same network and search, but the true game as recurrent function).
+rl/malloc/trained/) and alphazero (the same network and search, but the true game as recurrent function);
+both keep the best (true return) of the deterministic episode and --samples - 1 Gumbel-noised ones.
 Every placement is checked by the independent validator (rl/malloc/validate.py) before it is reported.
 
 ``--out`` is a JSON list, one record per (instance, solver): instance, solver, benefit, total_benefit,
