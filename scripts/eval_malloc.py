@@ -180,12 +180,14 @@ def main(argv):
 
 def tour_step(workdir: pathlib.Path) -> dict:
     """Small-scale tour: every baseline, CP-SAT (2 s; unrestricted and under the game's moves) and the shipped
-    mallocMuZero network (32 simulations) on the first 6 shipped held-out instances."""
+    mallocMuZero network (32 simulations; one episode and best of 16) on the first 6 held-out instances."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     insts = instance.load_dir(DEFAULT_INSTANCES)[:6]
     records = run_solvers(insts, ("heuristic", "firstfit", "random", "cpsat", "cpsat_game", "muzero"),
                           time_limit=2.0, workers=1, simulations=32)
+    best = evaluate(insts, make_runner("muzero", simulations=32, samples=16), "muzero")
+    records += [dict(r, solver="muzero_best16") for r in best]
     common.write_json_atomic(workdir / "malloc_eval.json", records)
     summary = summarise(records)
     out = {f"{s}_mean_normalised_benefit": round(row["mean_normalised_benefit"], 4) for s, row in summary.items()}
