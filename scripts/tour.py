@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def step_preempt_and_resume(workdir: pathlib.Path) -> dict:
     cmd = [sys.executable, "-m", "scripts.train_lm", f"--workdir={workdir}", "--steps=200", "--num_layers=2",
            "--d_model=64", "--mlp_dim=176", "--checkpoint_every=50", "--eval_every=100", "--log_every=10",
            "--overwrite"]
+    shutil.rmtree(workdir, ignore_errors=True)  # a previous tour's metrics would fire the SIGTERM too early
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while _logged_step(workdir / "metrics.jsonl") < 70 and proc.poll() is None and time.time() < deadline:
