@@ -255,8 +255,8 @@ def print_table(rows) -> None:
 
 
 def tour_step(workdir: pathlib.Path) -> dict:
-    """Small-scale run for scripts/tour.py (< 60 s): Mixtral- and Phi-shaped layers at 256 tokens."""
-    rows = bench(["mixtral", "phi35_moe"], 256, 2, 1.25)
+    """Run for scripts/tour.py (< 60 s): Mixtral- and Phi-shaped layers at the CPU benchmark's 2,048 tokens."""
+    rows = bench(["mixtral", "phi35_moe"], 2048, 3, 1.25)
     out = {"benchmark": "moe", "rows": rows, "overlap": OVERLAP_NOTE}
     pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
     (pathlib.Path(workdir) / "bench_moe.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -98,7 +98,7 @@ def main(argv):
         ("LM (train_lm)", lambda: step_train_lm(root / "train_lm", FLAGS.lm_steps)),
         ("checkpoint (SIGTERM + resume)", lambda: step_preempt_and_resume(root / "preempt")),
         ("AlgoPerf (NAdamW on mnist1d)", lambda: _imported("scripts.run_algoperf").tour_step(root / "algoperf")),
-        ("MoE layer vs dense and one-hot (256 tokens)",
+        ("MoE layer vs dense and one-hot (2,048 tokens)",
          lambda: _imported("scripts.bench_moe").tour_step(root / "moe")),
         ("Streaming DiLoCo vs DP (M=2, fp4)",
          lambda: _in_subprocess("scripts.train_diloco", root / "diloco", host_devices=8)),
