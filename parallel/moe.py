@@ -70,8 +70,9 @@ class MoEConfig:
       destination device (expert parallel) accepts ``ceil(cf * tokens * k / E)`` assignments per chunk
       (times experts per device), later ones are dropped (GShard priority: all first choices, then second ...).
     num_chunks: Comet chunks C; 0 = chosen by the cost model :func:`choose_num_chunks`.
-    impl: grouped-GEMM implementation: ``ragged`` (lax.ragged_dot), ``blocked`` (padded row blocks), or
-      ``auto`` (ragged on GPU/TPU, blocked on CPU).
+    impl: grouped-GEMM implementation: ``bucketed`` (per-expert bulk batched GEMM + blocked overflow),
+      ``blocked`` (padded row blocks), ``ragged`` (lax.ragged_dot) or ``auto`` (:func:`resolve_impl`:
+      blocked on CPU, bucketed on GPU, ragged on TPU).
     block_rows: rows per block of the blocked layout (bucketed: of its overflow region); 0 = automatic
       (:func:`auto_block_rows`, :func:`overflow_block_rows`).
     bucket_factor: bucketed bulk capacity per expert as a multiple of its mean load; 0 = per-backend
@@ -552,6 +553,20 @@ def validate(cfg: MoEConfig, params: dict, x_shape: tuple, mesh: Mesh | None) ->
 
 
 # ------------------------------------------------------------------------------ expert parallel
+def mesh_token_axes(mesh: Mesh | None) -> tuple[str, ...]:
+    """The axes of ``mesh`` (of size > 1) that split the tokens."""
+    return tuple(a for a in TOKEN_AXES if _axis(mesh, a) > 1)
+
+
+def shard_specs(mesh: Mesh) -> tuple[dict, P]:
+    """How the sharded layer lays out its inputs on ``mesh``: the parameters' PartitionSpecs (experts over
+    ``expert``, the hidden dimension over ``tensor``) and the tokens' (over every token axis)."""
+    ea = "expert" if _axis(mesh, "expert") > 1 else None
+    ta = "tensor" if _axis(mesh, "tensor") > 1 else None
+    params = {"router": P(), "w_gate": P(ea, None, ta), "w_up": P(ea, None, ta), "w_down": P(ea, ta, None)}
+    return params, P(mesh_token_axes(mesh) or None)
+
+
 def _sharded_body(params, x, *, cfg: MoEConfig, ep: int, tp: int, chunks: int, plan: GemmPlan,
                   token_axes: tuple, total_tokens: int):
     """Inside shard_map: local tokens x [T_loc, d]; local experts [E/ep, d, h/tp]."""
@@ -613,7 +628,7 @@ def moe_ffn(params: dict, x: jax.Array, cfg: MoEConfig, mesh: Mesh | None = None
     x2 = x.reshape(-1, shape[-1])
     validate(cfg, params, x2.shape, mesh)
     ep, tp = _axis(mesh, "expert"), _axis(mesh, "tensor")
-    token_axes = tuple(a for a in TOKEN_AXES if _axis(mesh, a) > 1)
+    token_axes = mesh_token_axes(mesh)
     if mesh is None or (ep == 1 and tp == 1 and not token_axes):
         fn = moe_capacity_onehot if cfg.capacity_factor else moe_dropless_local
         y, aux = fn(params, x2, cfg)
@@ -627,10 +642,7 @@ def moe_ffn(params: dict, x: jax.Array, cfg: MoEConfig, mesh: Mesh | None = None
                      chunks, t_loc, ep, tp, {c: f"{s:.3g}" for c, s in info["modelled_s"].items()})
     # every device receives, on average, its own chunk's tokens x k assignments (for its E/ep experts)
     plan = plan_grouped_gemm(cfg, (t_loc // chunks) * cfg.top_k, cfg.num_experts // ep)
-    ea = "expert" if ep > 1 else None
-    ta = "tensor" if tp > 1 else None
-    param_specs = {"router": P(), "w_gate": P(ea, None, ta), "w_up": P(ea, None, ta), "w_down": P(ea, ta, None)}
-    tok = P(token_axes if token_axes else None)
+    param_specs, tok = shard_specs(mesh)
     aux_specs = {"load_balance_loss": P(), "router_z_loss": P(), "aux_loss": P(), "expert_fraction": P()}
     body = functools.partial(_sharded_body, cfg=cfg, ep=ep, tp=tp, chunks=chunks, plan=plan,
                              token_axes=token_axes, total_tokens=x2.shape[0])

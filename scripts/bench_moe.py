@@ -26,7 +26,6 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from parallel import mesh as mesh_lib
 from parallel import moe
@@ -85,16 +84,17 @@ def make_variants(name: str, tokens: int, capacity_factor: float, d_model: int =
     def dense_loss(p, xx):  # T*k rows through one SwiGLU: the MoE's active FLOPs as plain GEMMs
         return _sum_sq((jax.nn.silu(xx @ p["wg"]) * (xx @ p["wu"])) @ p["wd"])
 
+    dropless = moe.MoEConfig(num_experts=e, top_k=k, impl=impl)
     variants = {
         "dense_equivalent": (jax.jit(jax.value_and_grad(dense_loss, argnums=(0, 1))),
                              (_dense_params(jax.random.PRNGKey(2), d, h, dtype), jnp.tile(x, (k, 1)))),
-        "moe_dropless": (grad_of(moe.MoEConfig(num_experts=e, top_k=k, impl=impl)), (params, x)),
+        "moe_dropless": (grad_of(dropless), (params, x)),
         "onehot_capacity": (grad_of(moe.MoEConfig(num_experts=e, top_k=k, capacity_factor=capacity_factor)),
                             (params, x)),
     }
     info = {"experts": e, "top_k": k, "d_model": d, "hidden": h, "tokens": tokens,
             "dtype": jnp.dtype(dtype).name,
-            "plan": moe.plan_grouped_gemm(moe.MoEConfig(num_experts=e, top_k=k, impl=impl), tokens * k, e)._asdict(),
+            "plan": moe.plan_grouped_gemm(dropless, tokens * k, e)._asdict(),
             "active_gflop_fwd_bwd": 3 * 6 * tokens * k * d * h / 1e9}
     return variants, info
 
@@ -114,7 +114,7 @@ def make_grouped_variants(name: str, tokens: int, variants: list[str], d_model: 
     """Fwd+bwd of the expert SwiGLU alone on rows already sorted by expert (the router's real top-k
     assignment), one grouped-GEMM implementation per variant: ``ragged_dot`` (lax.ragged_dot),
     ``per_expert_loop`` (E GEMMs on static slices), ``blocked`` (rows padded to blocks, one GEMM per
-    block), ``bucketed`` (parallel/moe.py's default on CPU/GPU: one batched GEMM over a per-expert bulk
+    block), ``bucketed`` (parallel/moe.py's default on GPU: one batched GEMM over a per-expert bulk
     capacity plus blocked overflow) and ``dense_equivalent`` (the same rows through one expert's weights: the limit)."""
     e, k, d, h = model_shape(name, d_model)
     params = moe.init_params(jax.random.PRNGKey(0), d, h, e, dtype)
@@ -124,6 +124,7 @@ def make_grouped_variants(name: str, tokens: int, variants: list[str], d_model: 
     rows = jnp.repeat(x, k, axis=0)[order]
     sorted_experts = experts[order]
     sizes = tuple(int(n) for n in np.bincount(np.asarray(experts), minlength=e))
+
     def layout(impl):  # the rows in parallel/moe.py's padded layout for ``impl`` and its grouped matmul
         plan = moe.plan_grouped_gemm(moe.MoEConfig(num_experts=e, top_k=k, impl=impl), tokens * k, e)
         groups = moe.make_groups(sorted_experts, e, plan.block, plan.capacity)
@@ -199,17 +200,14 @@ def bench_overlap(models, tokens, repeats, mesh, d_model=256, dtype=jnp.float32)
     sequence) against the cost model's C chunks (chunk i's all_to_all beside chunk i-1's GEMM), fwd+bwd,
     parameters and tokens already laid out on ``mesh``."""
     rows = []
-    token_axes = tuple(a for a in moe.TOKEN_AXES if a in mesh.shape and mesh.shape[a] > 1)
+    param_specs, token_spec = moe.shard_specs(mesh)
+    local = tokens // math.prod(mesh.shape[a] for a in moe.mesh_token_axes(mesh))
     for name in models:
         e, k, d, h = model_shape(name, d_model)
         params = moe.init_params(jax.random.PRNGKey(0), d, h, e, dtype)
-        ea = "expert" if mesh.shape.get("expert", 1) > 1 else None
-        ta = "tensor" if mesh.shape.get("tensor", 1) > 1 else None
-        specs = {"router": P(), "w_gate": P(ea, None, ta), "w_up": P(ea, None, ta), "w_down": P(ea, ta, None)}
-        params = {n: jax.device_put(v, NamedSharding(mesh, specs[n])) for n, v in params.items()}
+        params = {n: jax.device_put(v, NamedSharding(mesh, param_specs[n])) for n, v in params.items()}
         x = jax.device_put(jax.random.normal(jax.random.PRNGKey(1), (tokens, d), dtype),
-                           NamedSharding(mesh, P(token_axes or None)))
-        local = tokens // math.prod(mesh.shape[a] for a in token_axes)
+                           NamedSharding(mesh, token_spec))
         chosen, model = moe.choose_num_chunks(moe.MoEConfig(num_experts=e, top_k=k), local, d, h,
                                               mesh.shape.get("expert", 1), mesh.shape.get("tensor", 1),
                                               jnp.dtype(dtype).itemsize)

@@ -43,10 +43,7 @@ def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: i
     if solver in LEARNED:
         from rl.malloc import muzero  # local import: the baselines need neither Flax nor mctx
 
-        if not isinstance(simulations, int) or simulations < 1:
-            raise ValueError(f"--simulations={simulations!r} must be an integer >= 1")
-        if not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"--samples={samples!r} must be an integer >= 1")
+        muzero.check_search_args(simulations, samples)
         model, params, info = muzero.load_network(pathlib.Path(weights).expanduser() if weights else None)
         search_cfg = info.get("search_config", {})
         max_considered, q_scale = int(search_cfg.get("max_considered", 16)), float(search_cfg.get("q_scale", 1.0))
@@ -159,10 +156,9 @@ def main(argv):
     try:  # bad flags or inputs: the message alone, before any work
         for s in solvers:
             if s in LEARNED:  # checked without loading the network twice
-                if F.simulations < 1:
-                    raise ValueError(f"--simulations={F.simulations} must be an integer >= 1")
-                if F.samples < 1:
-                    raise ValueError(f"--samples={F.samples} must be an integer >= 1")
+                from rl.malloc import muzero
+
+                muzero.check_search_args(F.simulations, F.samples)
             else:
                 make_runner(s, F.time_limit, F.workers, F.seed)
         insts = instance.load_dir(pathlib.Path(F.instances).expanduser())

@@ -251,10 +251,10 @@ def train(cfg: TrainLMConfig) -> dict:
                  len(corpus.train), len(corpus.validation), dict(mesh.shape),
                  sum(x.size for x in jax.tree.leaves(state.params)))
     last_eval: dict = {}
-    loop_clock: list[float] = []  # [end of the first (compiling) step, end of the latest]: the loop's own rate
+    first_step_done = last_step_done = 0.0  # the loop's own rate leaves out the first (compiling) step
 
     def one_step(step: int) -> dict:
-        nonlocal state, last_eval
+        nonlocal state, last_eval, first_step_done, last_step_done
         host_batch = local_rows(text.train_batch(corpus.train, cfg.seed, step - 1, cfg.batch_size, cfg.seq_len),
                                 cfg.batch_size)
         state, step_metrics = train_step(state, mesh_lib.shard_batch(host_batch, mesh))
@@ -268,7 +268,8 @@ def train(cfg: TrainLMConfig) -> dict:
             row.update(last_eval)
         if step == start_step + 1 or step == cfg.steps:
             jax.block_until_ready(state)
-        loop_clock[min(len(loop_clock), 1):] = [time.perf_counter()]
+        last_step_done = time.perf_counter()
+        first_step_done = first_step_done or last_step_done
         return row
 
     end = common.run_checkpointed_steps(
@@ -276,7 +277,7 @@ def train(cfg: TrainLMConfig) -> dict:
         checkpoint_every=cfg.checkpoint_every, total_steps=cfg.steps, metrics=metrics,
         progress=common.Progress(cfg.steps, start_step))
     step, preempted, wall_s, blocked_s = end.step, end.preempted, end.wall_s, end.checkpoint_blocking_s
-    loop_s = loop_clock[-1] - loop_clock[0] if len(loop_clock) == 2 else 0.0
+    loop_s = last_step_done - first_step_done
 
     summary = {"step": step, "preempted": preempted, "wall_time_s": wall_s,
                "steps_per_sec": (step - start_step) / max(wall_s, 1e-9),

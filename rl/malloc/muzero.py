@@ -483,6 +483,13 @@ def padded_size(num_buffers: int, multiple: int = 32) -> int:
     return multiple * max(1, -(-num_buffers // multiple))
 
 
+def check_search_args(num_simulations, samples) -> None:
+    """ValueError (named after eval_malloc's flags) unless both are integers >= 1."""
+    for name, value in (("simulations", num_simulations), ("samples", samples)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name}={value!r} must be an integer >= 1")
+
+
 def solve_batch(instances: list[Instance], model, params, kind: str = "muzero", num_simulations: int = 64,
                 max_considered: int = 16, seed: int = 0, max_buffers: int | None = None,
                 q_scale: float = 1.0, samples: int = 1) -> list[np.ndarray]:
@@ -491,10 +498,7 @@ def solve_batch(instances: list[Instance], model, params, kind: str = "muzero", 
     offsets in each instance's buffer order (-1 slow)."""
     if kind not in SEARCHES:
         raise ValueError(f"solver kind={kind!r}; allowed: {', '.join(SEARCHES)}")
-    if not isinstance(num_simulations, int) or num_simulations < 1:
-        raise ValueError(f"--simulations={num_simulations!r} must be an integer >= 1")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"--samples={samples!r} must be an integer >= 1")
+    check_search_args(num_simulations, samples)
     groups: dict[int, list[int]] = {}
     for i, inst in enumerate(instances):
         groups.setdefault(max_buffers or padded_size(inst.num_buffers), []).append(i)
