@@ -1,6 +1,6 @@
 """XLA options that let collectives run asynchronously beside compute on GPU/TPU.
 
-The collective matmuls and Comet chunks of parallel/collective_matmul.py and parallel/moe.py only expose
+The collective matmuls and Comet chunks of parallel/collective_matmul.py and parallel/moe/ only expose
 *independence* (a transfer that does not wait for the GEMM beside it); the latency-hiding scheduler is
 what places them side by side in time. These are the flags MaxText sets for the same purpose
 (MaxText ``docs`` / ``benchmarks`` xla flag sets). They must be in the environment before JAX initialises

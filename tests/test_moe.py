@@ -1,4 +1,4 @@
-"""Single-device MoE (parallel/moe.py) against the NumPy loop reference of tests/test_moe_reference.py.
+"""Single-device MoE (parallel/moe/) against the NumPy loop reference of tests/test_moe_reference.py.
 
 Tolerances (float32 against a float64 reference, values of order 1): outputs and aux losses rtol 1e-5,
 atol 2e-5; gradients rtol 1e-4, atol 5e-5.
