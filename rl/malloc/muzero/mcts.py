@@ -1,0 +1,117 @@
+"""One move's search on mctx for a batch of positions: the network's observation, the learned-model
+(MuZero) and true-game (AlphaZero ablation) recurrent functions, and the Gumbel MuZero root search."""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import mctx
+
+from models.malloc_muzero import NEG, Latent, MallocMuZeroNet
+from rl.malloc import game
+
+SEARCHES = ("muzero", "alphazero", "policy")
+SLOT_FEATURES = 11
+GLOBAL_FEATURES = 10 + game.OCCUPANCY_BINS + 1
+
+
+# --------------------------------------------------------------------------- observation and network
+
+def observation(inst: game.Padded, state: game.State):
+    """(slots [N, 11], glob [27], slot_valid [N]) for ONE padded instance: ``game.buffer_features`` plus
+    the slot's root legality and time overlap with the current buffer; ``game.observe`` plus the
+    legality of offset 0."""
+    n = inst.size.shape[-1]
+    legal = game.legal_actions(inst, state)
+    cur = jnp.minimum(state.t, n - 1)
+    overlap = (inst.start <= inst.end[cur]) & (inst.start[cur] <= inst.end) & inst.valid
+    slots = jnp.concatenate([game.buffer_features(inst, state), legal[2:, None].astype(jnp.float32),
+                             overlap[:, None].astype(jnp.float32)], axis=-1)
+    glob = jnp.concatenate([game.observe(inst, state), legal[1:2].astype(jnp.float32)])
+    return slots, glob, inst.valid
+
+
+def _represent(model, params, inst, state) -> Latent:
+    slots, glob, valid = jax.vmap(observation)(inst, state)
+    return model.apply(params, slots, glob, valid, method=model.represent)
+
+
+def _predict(model, params, latent):
+    return model.apply(params, latent, method=model.predict)
+
+
+# --------------------------------------------------------------------------- search
+
+def make_muzero_recurrent_fn(model: MallocMuZeroNet):
+    """mctx recurrent function over the learned model: (latent, a) -> g -> f. Discount 1 (absorbing
+    states are learned); slot padding and moves the legality head calls illegal get NEG logits."""
+    def recurrent_fn(params, key, action, latent):
+        del key
+        nxt, reward = model.apply(params, latent, action, method=model.dynamics)
+        pred = _predict(model, params, nxt)
+        believed_legal = (pred.legal_logits >= 0.0).at[..., game.SLOW].set(True)
+        logits = jnp.where(believed_legal, pred.logits, NEG)
+        out = mctx.RecurrentFnOutput(reward=reward, discount=jnp.ones_like(reward), prior_logits=logits,
+                                     value=pred.value)
+        return out, nxt
+    return recurrent_fn
+
+
+def make_alphazero_recurrent_fn(model: MallocMuZeroNet):
+    """The ablation: the true game as recurrent function; embedding = (Padded batch, State batch)."""
+    def recurrent_fn(params, key, action, embedding):
+        del key
+        inst, state = embedding
+        nxt, reward, done = jax.vmap(game.step)(inst, state, action)
+        pred = _predict(model, params, _represent(model, params, inst, nxt))
+        legal = jax.vmap(game.legal_actions)(inst, nxt)
+        out = mctx.RecurrentFnOutput(reward=reward, discount=jnp.where(done, 0.0, 1.0),
+                                     prior_logits=jnp.where(legal, pred.logits, NEG),
+                                     value=jnp.where(done, 0.0, pred.value))
+        return out, (inst, nxt)
+    return recurrent_fn
+
+
+class SearchOut(NamedTuple):
+    action: jax.Array        # int32 [B]
+    policy: jax.Array        # float32 [B, A]: improved policy (training target)
+    value: jax.Array         # float32 [B]: root search value
+    legal: jax.Array         # bool [B, A]
+
+
+def search(model, params, key, inst: game.Padded, state: game.State, kind: str, num_simulations: int,
+           max_considered: int = 16, gumbel_scale: float = 1.0, q_scale: float = 1.0) -> SearchOut:
+    """One move's search for a batch of positions; illegal moves are masked at the root (``invalid_actions``
+    of ``mctx.gumbel_muzero_policy`` and NEG prior logits), so the returned action is always legal.
+
+    Q-values are NOT min-max rescaled (``rescale_values=False``): returns are already normalised benefits in
+    [0, 1], and rescaling would blow value-net noise of 1e-3 up to full-scale preferences. The completed Q
+    enters the improved policy as σ(q) = (50 + max visits) · ``q_scale`` · q (Danihelka et al., Eq. 8)."""
+    if kind not in SEARCHES:
+        raise ValueError(f"search kind={kind!r}; allowed: {', '.join(SEARCHES)}")
+    legal = jax.vmap(game.legal_actions)(inst, state)
+    latent = _represent(model, params, inst, state)
+    pred = _predict(model, params, latent)
+    logits = jnp.where(legal, pred.logits, NEG)
+    if kind == "policy":
+        return SearchOut(jnp.argmax(logits, -1).astype(jnp.int32), jax.nn.softmax(logits), pred.value, legal)
+    if kind == "muzero":
+        recurrent_fn, embedding = make_muzero_recurrent_fn(model), latent
+    else:
+        recurrent_fn, embedding = make_alphazero_recurrent_fn(model), (inst, state)
+    root = mctx.RootFnOutput(prior_logits=logits, value=pred.value, embedding=embedding)
+    out = mctx.gumbel_muzero_policy(params, key, root, recurrent_fn, num_simulations, invalid_actions=~legal,
+                                    max_depth=inst.size.shape[-1], max_num_considered_actions=max_considered,
+                                    gumbel_scale=gumbel_scale, qtransform=functools.partial(
+                                        mctx.qtransform_completed_by_mix_value, value_scale=q_scale,
+                                        rescale_values=False))
+    return SearchOut(out.action.astype(jnp.int32), out.action_weights, out.search_tree.summary().value, legal)
+
+
+def check_search_args(num_simulations, samples) -> None:
+    """ValueError (named after eval_malloc's flags) unless both are integers >= 1."""
+    for name, value in (("simulations", num_simulations), ("samples", samples)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name}={value!r} must be an integer >= 1")

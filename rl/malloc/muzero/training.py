@@ -1,0 +1,218 @@
+"""Learning: the hyper-parameters, network construction, self-play of whole episodes, the MuZero loss and
+the jit-able training iteration (self-play, replay, optax updates; optional demonstrations)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from models.malloc_muzero import Latent, MallocMuZeroNet, MuZeroNetConfig
+from rl.malloc import game
+from rl.malloc.muzero.mcts import GLOBAL_FEATURES, SLOT_FEATURES, _predict, _represent, search
+from rl.malloc.muzero.replay import Batch, Episodes, Replay, replay_add, replay_init, replay_sample
+
+
+# --------------------------------------------------------------------------- configuration and network
+
+@dataclasses.dataclass(frozen=True)
+class MuZeroConfig:
+    """Self-play, search and learning hyper-parameters (the network has ``MuZeroNetConfig``)."""
+    max_buffers: int = 32          # padded N of the training batches (actions: N + 2)
+    batch: int = 32                # self-play episodes per iteration
+    num_simulations: int = 32      # search simulations per move in self-play
+    max_considered: int = 16       # Gumbel-top-k actions considered at the root
+    q_scale: float = 1.0           # value_scale of mctx.qtransform_completed_by_mix_value (no rescaling)
+    search: str = "muzero"         # recurrent function of self-play: muzero | alphazero
+    unroll: int = 5                # K
+    n_step: int = 32               # n of the value target (>= max_buffers: Monte-Carlo return)
+    replay_episodes: int = 2048    # FIFO capacity, in episodes
+    train_batch: int = 128         # positions per gradient step
+    updates_per_iter: int = 4      # gradient steps per self-play iteration
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    value_coef: float = 1.0
+    reward_coef: float = 1.0
+    legal_coef: float = 0.5
+    demo_fraction: float = 0.0     # share of each batch drawn from the demonstrations (after pre-training)
+    pretrain_iters: int = 0        # first iterations: demonstrations only, no self-play
+
+    def __post_init__(self):
+        for name in ("max_buffers", "batch", "num_simulations", "max_considered", "unroll", "n_step",
+                     "replay_episodes", "train_batch", "updates_per_iter"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"--{name}={v!r} must be an integer >= 1")
+        if self.search not in ("muzero", "alphazero"):
+            raise ValueError(f"--search={self.search!r}; allowed: muzero, alphazero")
+        if self.replay_episodes < self.batch:
+            raise ValueError(f"--replay_episodes={self.replay_episodes} must be >= --batch={self.batch}")
+        for name in ("lr", "grad_clip", "q_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name}={getattr(self, name)!r} must be > 0")
+        if not 0.0 <= self.demo_fraction < 1.0:
+            raise ValueError(f"--demo_fraction={self.demo_fraction!r} must be in [0, 1)")
+        if not isinstance(self.pretrain_iters, int) or self.pretrain_iters < 0:
+            raise ValueError(f"--pretrain_iters={self.pretrain_iters!r} must be an integer >= 0")
+        for name in ("weight_decay", "value_coef", "reward_coef", "legal_coef"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name}={getattr(self, name)!r} must be >= 0")
+
+
+def make_model(net_cfg: MuZeroNetConfig) -> MallocMuZeroNet:
+    return MallocMuZeroNet(net_cfg)
+
+
+def init_params(model: MallocMuZeroNet, key: jax.Array, max_buffers: int = 8):
+    slots = jnp.zeros((1, max_buffers, SLOT_FEATURES))
+    glob = jnp.zeros((1, GLOBAL_FEATURES))
+    return jax.jit(model.init)(key, slots, glob, jnp.ones((1, max_buffers), bool), jnp.zeros((1,), jnp.int32))
+
+
+# --------------------------------------------------------------------------- self-play
+
+def play(model, params, key, inst: game.Padded, kind: str, num_simulations: int, max_considered: int = 16,
+         gumbel_scale: float = 1.0, q_scale: float = 1.0) -> tuple[game.State, Episodes]:
+    """Plays a batch of whole episodes with search at every move (vmap over instances, lax.scan over N
+    moves). Returns (final states, the recorded episodes)."""
+    b, n = inst.size.shape
+
+    def body(state, k):
+        out = search(model, params, k, inst, state, kind, num_simulations, max_considered, gumbel_scale, q_scale)
+        active = ~jax.vmap(game.done)(inst, state)
+        nxt, reward, _ = jax.vmap(game.step)(inst, state, out.action)
+        rec = (state.offset, state.ret, out.action, out.policy, jnp.where(active, out.value, 0.0), reward,
+               out.legal, active)
+        return nxt, rec
+
+    state0 = jax.vmap(game.init)(inst)
+    final, recs = jax.lax.scan(body, state0, jax.random.split(key, n))
+    recs = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), recs)
+    return final, Episodes(inst, *recs)
+
+
+# --------------------------------------------------------------------------- learning
+
+def make_optimizer(cfg: MuZeroConfig, total_updates: int | None = None) -> optax.GradientTransformation:
+    lr = cfg.lr
+    if total_updates:
+        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(200, max(1, total_updates // 10)),
+                                                max(total_updates, 2), end_value=cfg.lr * 0.1)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(lr, weight_decay=cfg.weight_decay))
+
+
+def loss_fn(model, params, batch: Batch, cfg: MuZeroConfig):
+    """MuZero loss (Schrittwieser et al. 2020, Eq. 1) over K unroll steps; returns (loss, metrics)."""
+    latent = _represent(model, params, batch.inst, batch.state)
+    k_steps = batch.actions.shape[1]
+    action_ok = jnp.concatenate([jnp.ones((batch.mask.shape[0], 2), bool), batch.inst.valid], -1)
+    pol = val = rew = leg = 0.0
+    for k in range(k_steps + 1):
+        pred = _predict(model, params, latent)
+        m = batch.mask[:, k].astype(jnp.float32)
+        ce = -(batch.policy[:, k] * jax.nn.log_softmax(pred.logits)).sum(-1)
+        pol += (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
+        val += jnp.mean((pred.value - batch.value[:, k]) ** 2)
+        bce = optax.sigmoid_binary_cross_entropy(pred.legal_logits, batch.legal[:, k].astype(jnp.float32))
+        leg += jnp.mean((bce * action_ok).sum(-1) / action_ok.sum(-1))
+        if k < k_steps:
+            latent, r = model.apply(params, latent, batch.actions[:, k], method=model.dynamics)
+            rew += jnp.mean((r - batch.reward[:, k]) ** 2)
+            latent = Latent(0.5 * latent.tokens + 0.5 * jax.lax.stop_gradient(latent.tokens), latent.mask)
+    scale = 1.0 / (k_steps + 1)
+    loss = scale * (pol + cfg.value_coef * val + cfg.legal_coef * leg) + cfg.reward_coef * rew / max(k_steps, 1)
+    return loss, {"loss": loss, "policy_loss": pol * scale, "value_loss": val * scale,
+                  "reward_loss": rew / max(k_steps, 1), "legal_loss": leg * scale}
+
+
+class TrainState(NamedTuple):
+    params: dict
+    opt_state: optax.OptState
+    replay: Replay
+    key: jax.Array
+    step: jax.Array
+    demos: Replay            # fixed expert episodes (capacity 1 and empty without demonstrations)
+
+
+def uses_demos(cfg: MuZeroConfig) -> bool:
+    return cfg.pretrain_iters > 0 or cfg.demo_fraction > 0
+
+
+def init_train_state(model, optimizer, cfg: MuZeroConfig, seed: int, demos: Replay | None = None,
+                     num_demos: int | None = None) -> TrainState:
+    """A fresh state; ``demos`` (a :func:`demo_replay`) or, for a restore template, ``num_demos`` empty slots."""
+    k_init, k_run = jax.random.split(jax.random.PRNGKey(seed))
+    params = init_params(model, k_init, cfg.max_buffers)
+    if demos is None:
+        demos = replay_init(num_demos or 1, cfg.max_buffers)
+    if uses_demos(cfg) and demos.action.shape[1] != cfg.max_buffers:
+        raise ValueError(f"demonstrations are padded to {demos.action.shape[1]} buffers, not {cfg.max_buffers}")
+    return TrainState(params, optimizer.init(params), replay_init(cfg.replay_episodes, cfg.max_buffers),
+                      k_run, jnp.zeros((), jnp.int32), demos)
+
+
+def make_update(model, optimizer, cfg: MuZeroConfig):
+    """``update(params, opt_state, batch) -> (params, opt_state, metrics)``: one optax step on the loss."""
+    def update(params, opt_state, batch):
+        (_, metrics), grads = jax.value_and_grad(lambda p: loss_fn(model, p, batch, cfg), has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+    return update
+
+
+def _concat_batches(a: Batch, b: Batch) -> Batch:
+    return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
+
+
+def make_train_iteration(model, optimizer, cfg: MuZeroConfig):
+    """``iteration(state, inst_batch) -> (state, metrics)``: one self-play batch (``cfg.search``), added
+    to the replay, then ``updates_per_iter`` gradient steps on replayed K-step unrolls (``demo_fraction`` of
+    each batch from the demonstrations). During the first ``pretrain_iters`` iterations there is no
+    self-play and every batch comes from the demonstrations."""
+    update = make_update(model, optimizer, cfg)
+    n_demo = int(round(cfg.demo_fraction * cfg.train_batch))
+
+    def learn(params, opt_state, replay, demos, key, pretraining: bool):
+        def one(carry, k):
+            params, opt_state = carry
+            if pretraining:
+                batch = replay_sample(demos, k, cfg.train_batch, cfg.unroll)
+            elif n_demo:
+                k1, k2 = jax.random.split(k)
+                batch = _concat_batches(replay_sample(replay, k1, cfg.train_batch - n_demo, cfg.unroll),
+                                        replay_sample(demos, k2, n_demo, cfg.unroll))
+            else:
+                batch = replay_sample(replay, k, cfg.train_batch, cfg.unroll)
+            params, opt_state, m = update(params, opt_state, batch)
+            return (params, opt_state), m
+
+        (params, opt_state), ms = jax.lax.scan(one, (params, opt_state), jax.random.split(key, cfg.updates_per_iter))
+        return params, opt_state, {k: v.mean() for k, v in ms.items()}
+
+    def selfplay_iteration(state: TrainState, inst: game.Padded):
+        key, k_play, k_upd = jax.random.split(state.key, 3)
+        final, ep = play(model, state.params, k_play, inst, cfg.search, cfg.num_simulations, cfg.max_considered,
+                          q_scale=cfg.q_scale)
+        replay = replay_add(state.replay, ep, cfg.n_step)
+        params, opt_state, metrics = learn(state.params, state.opt_state, replay, state.demos, k_upd, False)
+        metrics["selfplay_return"] = final.ret.mean()
+        metrics["root_value"] = ep.root_value[:, 0].mean()
+        return TrainState(params, opt_state, replay, key, state.step + 1, state.demos), metrics
+
+    def pretrain_iteration(state: TrainState, inst: game.Padded):
+        del inst
+        key, k_upd = jax.random.split(state.key)
+        params, opt_state, metrics = learn(state.params, state.opt_state, state.replay, state.demos, k_upd, True)
+        metrics["selfplay_return"] = jnp.zeros((), jnp.float32)
+        metrics["root_value"] = jnp.zeros((), jnp.float32)
+        return TrainState(params, opt_state, state.replay, key, state.step + 1, state.demos), metrics
+
+    if cfg.pretrain_iters == 0:
+        return selfplay_iteration
+
+    def iteration(state: TrainState, inst: game.Padded):
+        return jax.lax.cond(state.step < cfg.pretrain_iters, pretrain_iteration, selfplay_iteration, state, inst)
+    return iteration
