@@ -18,45 +18,38 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-NEG = -1e9
+from models.attention import NEG, Block
+
 
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
-    window: int = 4  # operations per job in the observation
+    """The policy/value network's shape.
+
+    window: Operations per job in the observation.
+    d_model: Transformer width.
+    num_heads: Attention heads.
+    op_layers: Operation-level transformer blocks.
+    job_layers: Job-level transformer blocks.
+    mlp_dim: Feed-forward width.
+    noop_bias_init: Initial bias of the No-Op logit (negative: start near the non-delay policies; waiting
+      must be learned).
+    """
+    window: int = 4
     d_model: int = 32
     num_heads: int = 4
     op_layers: int = 1
     job_layers: int = 2
     mlp_dim: int = 64
-    noop_bias_init: float = -3.0  # start near the non-delay policies: waiting must be learned
+    noop_bias_init: float = -3.0
 
     def __post_init__(self):
         for name in ("window", "d_model", "num_heads", "op_layers", "job_layers", "mlp_dim"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"PolicyConfig.{name}={v!r} must be a positive integer")
+                raise ValueError(f"{name}={v!r} must be a positive integer")
         if self.d_model % self.num_heads:
-            raise ValueError(f"PolicyConfig.d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block; ``bias`` [..., heads, q, k] is added to the attention logits."""
-    cfg: PolicyConfig
-
-    @nn.compact
-    def __call__(self, x, bias):
-        c = self.cfg
-        hd = c.d_model // c.num_heads
-        h = nn.LayerNorm()(x)
-        qkv = nn.DenseGeneral((3, c.num_heads, hd))(h)
-        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(hd) + bias
-        attn = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("...hqk,...khd->...qhd", attn, v)
-        x = x + nn.DenseGeneral(c.d_model, axis=(-2, -1))(out)
-        h = nn.LayerNorm()(x)
-        return x + nn.Dense(c.d_model)(nn.gelu(nn.Dense(c.mlp_dim)(h)))
+            raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
 
 
 class JobShopPolicy(nn.Module):
@@ -72,7 +65,7 @@ class JobShopPolicy(nn.Module):
         x = nn.Dense(c.d_model)(ops) + pos
         key_mask = jnp.where(valid, 0.0, NEG)[..., None, None, :]  # [..., J, 1, 1, W]
         for _ in range(c.op_layers):
-            x = Block(c)(x, key_mask)
+            x = Block(c.d_model, c.num_heads, c.mlp_dim)(x, bias=key_mask)
         w = valid.astype(x.dtype)[..., None]
         pooled = jnp.concatenate([x[..., 0, :], (x * w).sum(-2) / jnp.maximum(w.sum(-2), 1.0)], -1)
         y = nn.Dense(c.d_model)(jnp.concatenate([pooled, jobs], -1))  # [..., J, D]
@@ -80,7 +73,7 @@ class JobShopPolicy(nn.Module):
         conflict_w = self.param("conflict_bias", nn.initializers.zeros, (c.num_heads,))
         bias = conflict.astype(y.dtype)[..., None, :, :] * conflict_w[:, None, None]
         for _ in range(c.job_layers):
-            y = Block(c)(y, bias)
+            y = Block(c.d_model, c.num_heads, c.mlp_dim)(y, bias=bias)
         y = nn.LayerNorm()(y)
         job_logits = nn.Dense(1)(y)[..., 0]
         g = y.mean(-2)

@@ -20,7 +20,7 @@ token and a learned "chosen" vector to the token of slot ``j``, then runs its bl
 emits a legality logit per move (an auxiliary head, trained on the true legal masks) that the search
 uses inside the tree to push down the prior of moves the model believes illegal.
 
-This file knows nothing about training (see ``rl/malloc/muzero.py``).
+This file knows nothing about training (see ``rl/malloc/muzero/`` and ``rl/malloc/train.py``).
 """
 from __future__ import annotations
 
@@ -31,11 +31,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-NEG = -1e9
+from models.attention import NEG, Block
+
 
 
 @dataclasses.dataclass(frozen=True)
 class MuZeroNetConfig:
+    """The network's architecture: three pre-norm transformers over the buffer tokens.
+
+    width: Transformer width (token dimension; a multiple of num_heads).
+    num_heads: Attention heads.
+    mlp_dim: Feed-forward width.
+    repr_layers: Representation transformer blocks.
+    dyn_layers: Dynamics transformer blocks.
+    pred_layers: Prediction transformer blocks (0: heads only).
+    slow_bias_init: Initial prior logit of the slow-memory move (negative: start preferring placements).
+    """
     width: int = 64
     num_heads: int = 4
     mlp_dim: int = 128
@@ -73,25 +84,6 @@ class Prediction(NamedTuple):
     legal_logits: jax.Array  # float32 [..., N + 2]: auxiliary legality head
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block with a key-padding mask."""
-    cfg: MuZeroNetConfig
-
-    @nn.compact
-    def __call__(self, x, mask):
-        c = self.cfg
-        hd = c.width // c.num_heads
-        h = nn.LayerNorm()(x)
-        qkv = nn.DenseGeneral((3, c.num_heads, hd))(h)
-        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(hd)
-        logits = jnp.where(mask[..., None, None, :], logits, NEG)
-        out = jnp.einsum("...hqk,...khd->...qhd", jax.nn.softmax(logits, axis=-1), v)
-        x = x + nn.DenseGeneral(c.width, axis=(-2, -1))(out)
-        h = nn.LayerNorm()(x)
-        return x + nn.Dense(c.width)(nn.gelu(nn.Dense(c.mlp_dim)(h)))
-
-
 class Stack(nn.Module):
     cfg: MuZeroNetConfig
     layers: int
@@ -99,7 +91,7 @@ class Stack(nn.Module):
     @nn.compact
     def __call__(self, x, mask):
         for _ in range(self.layers):
-            x = Block(self.cfg)(x, mask)
+            x = Block(self.cfg.width, self.cfg.num_heads, self.cfg.mlp_dim)(x, key_mask=mask)
         return nn.LayerNorm()(x)  # a normalised latent (MuZero scales hidden states; Appendix G)
 
 

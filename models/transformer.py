@@ -24,6 +24,19 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
+    """The decoder's shape and numerics; validates itself (ValueError naming the field).
+
+    vocab_size: Vocabulary size (256 for bytes).
+    num_layers: Transformer blocks.
+    num_heads: Attention heads (must divide d_model; the head dimension must be even for RoPE).
+    d_model: Model width.
+    mlp_dim: SwiGLU hidden width of the dense FFN.
+    max_seq_len: Longest context.
+    tie_embeddings: Share input and output embeddings.
+    rope_base: Rotary-embedding base frequency.
+    norm_eps: RMSNorm epsilon.
+    dtype: Compute dtype (float32, bfloat16 or float16); parameters stay float32.
+    """
     vocab_size: int = 256
     num_layers: int = 4
     num_heads: int = 4

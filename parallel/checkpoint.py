@@ -260,11 +260,25 @@ class Checkpointer:
                 continue
             if failures:
                 logging.warning("restored step %d after skipping %d damaged step(s)", step, len(failures))
+                self._set_aside([s for s in steps if s > step])
             return Restored(step=step, state=state, meta=dict(restored[META_ITEM]))
         if failures:
             raise CheckpointError("no checkpoint under {} could be restored:\n  {}".format(
                 self.directory, "\n  ".join(failures)))
         return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames damaged ``steps`` to ``N.damaged-TIME`` (kept for inspection, no longer a step), so that
+        the resumed run can save those step numbers again instead of failing on every rerun."""
+        if jax.process_index() == 0:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step in steps:
+                path = self.step_path(step)
+                if path.exists():
+                    aside = path.with_name(f"{step}.damaged-{stamp}")
+                    os.replace(path, aside)
+                    logging.warning("moved the damaged checkpoint %s aside to %s", path, aside)
+        self._manager.reload()
 
     def delete_all(self) -> None:
         """Removes every step (``--overwrite``)."""
@@ -303,6 +317,18 @@ def _check_restored_matches(abstract_state, state, path) -> None:
             raise CheckpointError(f"{path}: leaf {b.shape}/{b.dtype} differs from target {a.shape}/{a.dtype}")
 
 
+def read_latest_raw(directory) -> tuple[int, Any]:
+    """(step, state as NumPy arrays) of the newest checkpoint under ``directory``, restored without a target
+    (the saved tree as Orbax stored it): for inspecting a run and comparing two runs bit for bit."""
+    ck = Checkpointer(directory, keep=2, mode="sync")
+    try:
+        step = ck.latest_step()
+        tree = ck._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(None)))["state"]
+    finally:
+        ck.close()
+    return step, jax.tree.map(np.asarray, tree)
+
+
 def abstract_like(state, shardings=None):
     """ShapeDtypeStructs of ``state`` carrying ``shardings`` (default: each leaf's own sharding)."""
     if shardings is None:
@@ -327,16 +353,17 @@ def check_resume_config(saved: dict, given: dict, directory, ignore: Iterable[st
     """ValueError naming every differing field when a workdir's checkpoints came from another config."""
     diffs = config_differences(saved, given, ignore)
     if diffs:
-        lines = "\n".join(f"  --{k}: checkpoint has {a!r}, flags give {b!r}" for k, a, b in diffs)
+        listed = "; ".join(f"--{k}: checkpoint has {a!r}, flags give {b!r}" for k, a, b in diffs)
         raise ValueError(
-            f"the checkpoints under {directory} were made with a different configuration:\n{lines}\n"
-            "Use the same flags to resume, another --workdir, or --overwrite to start afresh.")
+            f"the checkpoints under {directory} were made with a different configuration ({listed}): "
+            "use the same flags to resume, another --workdir, or --overwrite to start afresh")
 
 
 class PreemptionGuard:
-    """Context manager turning SIGTERM into a flag (``requested``) that the training loop polls."""
+    """Context manager turning SIGTERM and SIGINT (Ctrl-C) into a flag (``requested``) that the training
+    loop polls: the loop checkpoints and ends cleanly instead of losing the steps since the last save."""
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
         self.signals = signals
         self.requested = False
         self._previous: dict[int, Any] = {}
@@ -359,12 +386,15 @@ class PreemptionGuard:
 
 
 def open_for_run(directory, config: dict, abstract_state, *, keep: int, mode: str, overwrite: bool,
-                 resume_ignore: Iterable[str] = ()) -> tuple[Checkpointer, Restored | None]:
+                 resume_ignore: Iterable[str] = (),
+                 read_saved_config=None) -> tuple[Checkpointer, Restored | None]:
     """The start of every training script: open ``directory``, then resume or start afresh.
 
     Refuses (ValueError naming the fields) to resume checkpoints made with another config unless
     ``overwrite``, which deletes them. Checks the disk can hold the checkpoints before training.
-    Returns the Checkpointer and the restored step (None when starting afresh).
+    ``read_saved_config(saved) -> dict`` brings a config recorded by an earlier release to the current
+    names and defaults before the comparison. Returns the Checkpointer and the restored step (None when
+    starting afresh).
     """
     checkpointer = Checkpointer(directory, keep=keep, mode=mode)
     restored = None
@@ -375,6 +405,8 @@ def open_for_run(directory, config: dict, abstract_state, *, keep: int, mode: st
             checkpointer.delete_all()
         else:
             saved_config = checkpointer.latest_readable_meta().get("config", {})
+            if read_saved_config is not None:
+                saved_config = read_saved_config(saved_config)
             check_resume_config(saved_config, config, checkpointer.directory, resume_ignore)
             restored = checkpointer.restore(abstract_state)
             logging.info("resuming from checkpoint step %d under %s", restored.step, checkpointer.directory)

@@ -44,7 +44,22 @@ _BLOCK = re.compile(r"^block_(\d+)$")
 
 @dataclasses.dataclass(frozen=True)
 class DiLoCoConfig:
-    """The outer-optimiser family's knobs; validates itself (ValueError naming the flag)."""
+    """The outer-optimiser family's knobs; validates itself (ValueError naming the field).
+
+    algo: dp (data-parallel), diloco or streaming (Streaming DiLoCo).
+    workers: M workers (a ``workers`` mesh axis; must divide the devices).
+    inner_steps: H inner steps between syncs of a fragment.
+    fragments: P fragments (streaming); H must be a multiple of P.
+    fragment_pattern: strided (block l in fragment l mod P) or sequential (contiguous blocks).
+    overlap_tau: τ, merge a fragment's outer update τ steps after its sync (< H/P).
+    alpha: α in [0, 1], θ_m ← α θ_m + (1-α) θ_outer at the merge (streaming).
+    outer_lr: Outer SGD learning rate.
+    outer_momentum: Outer SGD momentum.
+    nesterov: Nesterov outer momentum.
+    outer_precision: Outer-gradient precision on the wire, fp32, bf16, fp8 or fp4 (accumulated in FP32).
+    fp4_format: 4-bit float format for outer_precision=fp4, e3m0 or e2m1.
+    quant_scale: fp4/fp8 scale, per tensor or per row.
+    """
     algo: str = "streaming"
     workers: int = 2
     inner_steps: int = 100          # H
@@ -61,30 +76,30 @@ class DiLoCoConfig:
 
     def __post_init__(self):
         if self.algo not in ALGOS:
-            raise ValueError(f"--algo={self.algo!r}; allowed: {', '.join(ALGOS)}")
+            raise ValueError(f"algo={self.algo!r}; allowed: {', '.join(ALGOS)}")
         for name in ("workers", "inner_steps", "fragments"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"--{name}={value!r} must be an integer >= 1")
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
         if not isinstance(self.overlap_tau, int) or self.overlap_tau < 0:
-            raise ValueError(f"--overlap_tau={self.overlap_tau!r} must be an integer >= 0")
+            raise ValueError(f"overlap_tau={self.overlap_tau!r} must be an integer >= 0")
         if self.fragment_pattern not in FRAGMENT_PATTERNS:
-            raise ValueError(f"--fragment_pattern={self.fragment_pattern!r}; allowed: {', '.join(FRAGMENT_PATTERNS)}")
+            raise ValueError(f"fragment_pattern={self.fragment_pattern!r}; allowed: {', '.join(FRAGMENT_PATTERNS)}")
         if self.algo == "diloco" and (self.fragments != 1 or self.overlap_tau != 0):
-            raise ValueError(f"--algo=diloco syncs all parameters at once: it needs --fragments=1 and "
-                             f"--overlap_tau=0 (got {self.fragments}, {self.overlap_tau}); use --algo=streaming")
+            raise ValueError(f"algo=diloco syncs all parameters at once: it needs fragments=1 and "
+                             f"overlap_tau=0 (got {self.fragments}, {self.overlap_tau}); use algo=streaming")
         if self.inner_steps % self.fragments:
-            raise ValueError(f"--inner_steps={self.inner_steps} must be a multiple of --fragments={self.fragments} "
+            raise ValueError(f"inner_steps={self.inner_steps} must be a multiple of fragments={self.fragments} "
                              "(fragments are synced every H/P steps)")
         if self.algo == "streaming" and self.overlap_tau >= self.inner_steps // self.fragments:
-            raise ValueError(f"--overlap_tau={self.overlap_tau} must be < --inner_steps/--fragments = "
+            raise ValueError(f"overlap_tau={self.overlap_tau} must be < inner_steps/fragments = "
                              f"{self.inner_steps}/{self.fragments} = {self.inner_steps // self.fragments}")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"--alpha={self.alpha} must be in [0, 1]")
+            raise ValueError(f"alpha={self.alpha} must be in [0, 1]")
         if not self.outer_lr > 0:
-            raise ValueError(f"--outer_lr={self.outer_lr} must be > 0")
+            raise ValueError(f"outer_lr={self.outer_lr} must be > 0")
         if not 0.0 <= self.outer_momentum < 1.0:
-            raise ValueError(f"--outer_momentum={self.outer_momentum} must be in [0, 1)")
+            raise ValueError(f"outer_momentum={self.outer_momentum} must be in [0, 1)")
         quantize.validate_codec(self.codec)
 
     @property
@@ -107,7 +122,7 @@ class DiLoCoConfig:
 def check_workers(workers: int, num_devices: int) -> int:
     """Devices per worker; ValueError unless ``workers`` divides ``num_devices``."""
     if workers < 1 or num_devices % workers:
-        raise ValueError(f"--workers={workers} must divide the number of devices {num_devices}")
+        raise ValueError(f"workers={workers} must divide the number of devices {num_devices}")
     return num_devices // workers
 
 
@@ -152,7 +167,7 @@ def assign_fragments(param_keys, fragments: int, pattern: str = "strided") -> tu
     keys = list(param_keys)
     blocks = sorted((block_index(k), k) for k in keys if block_index(k) is not None)
     if fragments > max(len(blocks), 1):
-        raise ValueError(f"--fragments={fragments} exceeds the model's {len(blocks)} transformer blocks")
+        raise ValueError(f"fragments={fragments} exceeds the model's {len(blocks)} transformer blocks")
     members = [[blocks[r][1] for r in ranks] for ranks in comm_sim.fragment_layers(len(blocks), fragments, pattern)]
     members[0] = [k for k in keys if block_index(k) is None] + members[0]
     return tuple(tuple(m) for m in members)
@@ -259,7 +274,7 @@ class DiLoCo:
         if tuple(mesh.axis_names) != (WORKERS, DATA):
             raise ValueError(f"mesh axes {mesh.axis_names} must be ('workers', 'data'); use make_worker_mesh")
         if mesh.shape[WORKERS] != cfg.workers:
-            raise ValueError(f"--workers={cfg.workers} but the mesh has {mesh.shape[WORKERS]} workers")
+            raise ValueError(f"workers={cfg.workers} but the mesh has {mesh.shape[WORKERS]} workers")
         if backend == "pmap" and mesh.shape[DATA] != 1:
             raise ValueError(f"backend='pmap' runs one device per worker; mesh has data={mesh.shape[DATA]}")
         self.cfg, self.mesh, self.backend = cfg, mesh, backend

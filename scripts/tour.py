@@ -3,8 +3,9 @@ r"""A short tour of every component on the embedded default data, with a summary
     python -m scripts.tour                      # writes under ./runs/tour
     python -m scripts.tour --workdir=/tmp/tour --lm_steps=300
 
-Each step is a small run of a component's own script or library entry point; the summary prints one
-line per component and is also written to WORKDIR/tour_summary.json.
+Each step is one library call (the LM experiment, a component's ``tour_step``) or, for the preemption
+step, the ``train_lm`` command line in a subprocess; the summary prints one line per component and is
+also written to WORKDIR/tour_summary.json.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ import time
 from absl import app, flags, logging
 
 from scripts import common
+from training import config as config_lib
+from training import lm
+from training import run as run_lib
 
 flags.DEFINE_string("workdir", "runs/tour", "Where the tour's runs are written (emptied first).")
 flags.DEFINE_integer("lm_steps", 500, "Training steps of the language-model step.", lower_bound=1)
@@ -26,13 +30,11 @@ FLAGS = flags.FLAGS
 
 
 def step_train_lm(workdir: pathlib.Path, steps: int) -> dict:
-    """Data-parallel byte-level LM on Tiny Shakespeare (scripts/train_lm.py)."""
-    from scripts import train_lm
-
-    cfg = train_lm.TrainLMConfig(workdir=str(workdir), steps=steps, eval_every=max(steps // 4, 1),
-                                 warmup_steps=min(100, steps // 10), checkpoint_every=max(steps // 2, 1),
-                                 overwrite=True)
-    summary = train_lm.train(cfg)
+    """Data-parallel byte-level LM on Tiny Shakespeare (training/lm.py)."""
+    cfg = config_lib.from_flat(lm.TrainLMConfig, dict(
+        workdir=str(workdir), steps=steps, eval_every=max(steps // 4, 1), warmup_steps=min(100, steps // 10),
+        checkpoint_every=max(steps // 2, 1), overwrite=True))
+    summary = lm.train(cfg)
     return {"val_loss_nats_per_byte": round(summary["val_loss"], 4), "val_bits_per_byte": round(summary["val_bpb"], 4),
             "steps_per_sec": round(summary["steps_per_sec"], 2), "wall_time_s": round(summary["wall_time_s"], 1)}
 
@@ -40,11 +42,12 @@ def step_train_lm(workdir: pathlib.Path, steps: int) -> dict:
 def _logged_step(metrics_path: pathlib.Path) -> int:
     if not metrics_path.exists():
         return 0
-    return max((r.get("step", 0) for r in common.MetricsWriter.read(metrics_path)), default=0)
+    return max((r.get("step", 0) for r in run_lib.MetricsWriter.read(metrics_path)), default=0)
 
 
 def step_preempt_and_resume(workdir: pathlib.Path) -> dict:
-    """Orbax async checkpointing: SIGTERM mid-run, exit 0 with a checkpoint, restart, finish."""
+    """Orbax async checkpointing through the command line: SIGTERM mid-run, exit 0 with a checkpoint,
+    restart, finish."""
     cmd = [sys.executable, "-m", "scripts.train_lm", f"--workdir={workdir}", "--steps=200", "--num_layers=2",
            "--d_model=64", "--mlp_dim=176", "--checkpoint_every=50", "--eval_every=100", "--log_every=10",
            "--overwrite"]
@@ -91,27 +94,27 @@ def _imported(module: str):
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        common.fail(f"unexpected arguments {argv[1:]}: every setting is a --flag (see --help)")
     common.quiet_library_logs()
-    root = common.require_workdir(FLAGS.workdir)
+    root = common.run_cli(lambda: run_lib.require_workdir(FLAGS.workdir))
     steps = [
         ("LM (train_lm)", lambda: step_train_lm(root / "train_lm", FLAGS.lm_steps)),
         ("checkpoint (SIGTERM + resume)", lambda: step_preempt_and_resume(root / "preempt")),
-        ("AlgoPerf (NAdamW on mnist1d)", lambda: _imported("scripts.run_algoperf").tour_step(root / "algoperf")),
+        ("AlgoPerf (NAdamW on mnist1d)", lambda: _imported("algoperf.suite").tour_step(root / "algoperf")),
         ("MoE layer vs dense and one-hot (2,048 tokens)",
-         lambda: _imported("scripts.bench_moe").tour_step(root / "moe")),
+         lambda: _imported("training.benchmarks.moe").tour_step(root / "moe")),
         ("Streaming DiLoCo vs DP (M=2, fp4)",
-         lambda: _in_subprocess("scripts.train_diloco", root / "diloco", host_devices=8)),
+         lambda: _in_subprocess("training.diloco", root / "diloco", host_devices=8)),
         ("mallocGame baselines, CP-SAT and mallocMuZero (6 held-out instances)",
-         lambda: _imported("scripts.eval_malloc").tour_step(root / "malloc")),
-        ("job-shop (rules, agent, CP-SAT on ta01-ta02)", lambda: _imported("scripts.eval_jssp").tour_step(root / "jssp")),
+         lambda: _imported("rl.malloc.evaluate").tour_step(root / "malloc")),
+        ("job-shop (rules, agent, CP-SAT on ta01-ta02)", lambda: _imported("rl.jssp.evaluate").tour_step(root / "jssp")),
     ]
     results = {}
     for name, run in steps:
         logging.info("tour: %s", name)
         start = time.perf_counter()
         results[name] = {**run(), "tour_step_s": round(time.perf_counter() - start, 1)}
-    common.write_json_atomic(root / "tour_summary.json", results)
+    run_lib.write_json_atomic(root / "tour_summary.json", results)
     width = max(len(n) for n in results)
     print("\njaxsys tour summary")
     for name, figures in results.items():

@@ -251,12 +251,12 @@ def test_bad_config_raises_value_error_naming_the_values(kwargs, needle):
 
 
 def test_workers_not_dividing_devices_raises(devices):
-    with pytest.raises(ValueError, match="--workers=3 must divide the number of devices 8"):
+    with pytest.raises(ValueError, match="workers=3 must divide the number of devices 8"):
         diloco.make_worker_mesh(3)
 
 
 def test_too_many_fragments_for_the_model():
-    with pytest.raises(ValueError, match="--fragments=8 exceeds the model's 4 transformer blocks"):
+    with pytest.raises(ValueError, match="fragments=8 exceeds the model's 4 transformer blocks"):
         diloco.assign_fragments(SHAPES.keys(), 8)
 
 

@@ -1,4 +1,4 @@
-"""scripts/train_diloco.py: a run stopped in the middle of an outer step (a fragment's τ-delayed merge
+"""training/diloco.py: a run stopped in the middle of an outer step (a fragment's τ-delayed merge
 still pending) and resumed through parallel/checkpoint.py ends bit for bit like an uninterrupted run,
 metrics rows and byte counters included; bad flags fail before any training."""
 import pathlib
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from parallel import checkpoint as ckpt_lib
-from scripts import common, train_diloco
+from training import diloco as train_diloco
+from training import run as common
+from training.config import from_flat
 
 TINY = dict(num_layers=2, num_heads=2, d_model=32, mlp_dim=64, seq_len=16, batch_size=8, steps=12, warmup_steps=2,
             eval_every=6, eval_batches=2, log_every=2, checkpoint_every=5, algo="streaming", workers=2,
@@ -16,20 +18,17 @@ TINY = dict(num_layers=2, num_heads=2, d_model=32, mlp_dim=64, seq_len=16, batch
 
 
 def final_arrays(workdir):
-    ck = ckpt_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=2, mode="sync")
-    step = ck.latest_step()
-    tree = ck._manager.restore(step, args=ckpt_lib.ocp.args.Composite(
-        state=ckpt_lib.ocp.args.StandardRestore(None)))["state"]
-    ck.close()
-    return step, [np.asarray(x) for x in jax.tree.leaves(tree)]
+    step, tree = ckpt_lib.read_latest_raw(pathlib.Path(workdir) / "checkpoints")
+    return step, jax.tree.leaves(tree)
 
 
 def test_resume_mid_outer_step_is_bit_identical(devices, tmp_path):
-    straight = train_diloco.train(train_diloco.TrainDiLoCoConfig(workdir=str(tmp_path / "a"), **TINY))
+    straight = train_diloco.train(from_flat(train_diloco.TrainDiLoCoConfig, dict(workdir=str(tmp_path / "a"), **TINY)))
     # step 6: fragment 1 synced at 6, its merge (τ = 1) is due at 7; fragment 0 is half-way (syncs at 8)
-    first = train_diloco.train(train_diloco.TrainDiLoCoConfig(workdir=str(tmp_path / "b"), stop_after=6, **TINY))
+    first = train_diloco.train(from_flat(train_diloco.TrainDiLoCoConfig,
+                                         dict(workdir=str(tmp_path / "b"), stop_after=6, **TINY)))
     assert first["step"] == 6 and first["preempted"]
-    resumed = train_diloco.train(train_diloco.TrainDiLoCoConfig(workdir=str(tmp_path / "b"), **TINY))
+    resumed = train_diloco.train(from_flat(train_diloco.TrainDiLoCoConfig, dict(workdir=str(tmp_path / "b"), **TINY)))
     assert resumed["resumed_from"] == 6 and resumed["step"] == 12
     step_a, leaves_a = final_arrays(tmp_path / "a")
     step_b, leaves_b = final_arrays(tmp_path / "b")
@@ -45,20 +44,21 @@ def test_resume_mid_outer_step_is_bit_identical(devices, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (dict(inner_steps=30, fragments=4), "--inner_steps=30 must be a multiple of --fragments=4"),
-    (dict(inner_steps=4, fragments=2, overlap_tau=2), "--overlap_tau=2 must be < --inner_steps/--fragments"),
-    (dict(alpha=2.0), "--alpha=2.0 must be in [0, 1]"),
-    (dict(batch_size=9), "--batch_size=9 must be a multiple of"),
+    (dict(inner_steps=30, fragments=4), "inner_steps=30 must be a multiple of fragments=4"),
+    (dict(inner_steps=4, fragments=2, overlap_tau=2), "overlap_tau=2 must be < inner_steps/fragments"),
+    (dict(alpha=2.0), "alpha=2.0 must be in [0, 1]"),
+    (dict(batch_size=9), "batch_size=9 must be a multiple of"),
 ])
 def test_bad_flags_raise_before_training(tmp_path, overrides, needle):
     with pytest.raises(ValueError) as e:
-        train_diloco.TrainDiLoCoConfig(workdir=str(tmp_path), **{**TINY, **overrides})
+        from_flat(train_diloco.TrainDiLoCoConfig, dict(workdir=str(tmp_path), **{**TINY, **overrides}))
     assert needle in str(e.value)
     assert not any(tmp_path.iterdir())
 
 
 def test_workers_not_dividing_the_devices_fails_before_training(devices, tmp_path):
-    cfg = train_diloco.TrainDiLoCoConfig(workdir=str(tmp_path / "w3"), **{**TINY, "workers": 3, "batch_size": 9})
-    with pytest.raises(ValueError, match="--workers=3 must divide the number of devices 8"):
+    cfg = from_flat(train_diloco.TrainDiLoCoConfig,
+                    dict(workdir=str(tmp_path / "w3"), **{**TINY, "workers": 3, "batch_size": 9}))
+    with pytest.raises(ValueError, match="workers=3 must divide the number of devices 8"):
         train_diloco.train(cfg)
     assert not (tmp_path / "w3").exists()

@@ -5,7 +5,7 @@ import sys
 def test_packages_import_without_parsing_or_defining_flags():
     code = (
         "import algoperf, models, parallel, rl, scripts\n"
-        "import algoperf.data.text, algoperf.data.mnist1d, models.transformer\n"
+        "import training.data.text, algoperf.data.mnist1d, models.transformer\n"
         "import parallel.mesh, parallel.sharding, parallel.checkpoint, scripts.common, scripts.train_lm\n"
         "from absl import flags\n"
         "assert not flags.FLAGS.is_parsed()\n"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from algoperf.data import text
+from training.data import text
 
 
 def test_embedded_corpus_split_is_deterministic_and_disjoint():

@@ -9,7 +9,8 @@ import pytest
 from models.transformer import DecoderLM, TransformerConfig, rotary_embedding
 from parallel import mesh as mesh_lib
 from parallel import sharding as sharding_lib
-from scripts import train_lm
+from training import lm as train_lm
+from training.config import from_flat
 
 TINY = TransformerConfig(vocab_size=32, num_layers=2, num_heads=2, d_model=16, mlp_dim=24, max_seq_len=12)
 
@@ -120,11 +121,11 @@ def test_bad_config_is_a_clear_error():
 
 
 def test_loss_drops_when_overfitting_one_batch():
-    cfg = train_lm.TrainLMConfig(steps=60, lr=3e-3, warmup_steps=5, num_layers=2, num_heads=2, d_model=32,
-                                 mlp_dim=64, seq_len=16, batch_size=4, weight_decay=0.0)
+    cfg = from_flat(train_lm.TrainLMConfig, dict(steps=60, lr=3e-3, warmup_steps=5, num_layers=2, num_heads=2,
+                                                 d_model=32, mlp_dim=64, seq_len=16, batch_size=4, weight_decay=0.0))
     mesh = mesh_lib.make_mesh("data:1", jax.devices()[:1])
-    model, opt = DecoderLM(cfg.model_config()), train_lm.make_optimizer(cfg)
-    state, _ = train_lm.init_state(model, opt, cfg, mesh)
+    model, opt = DecoderLM(cfg.model), train_lm.make_optimizer(cfg.optim, cfg.steps)
+    state, _ = train_lm.init_state(model, opt, cfg, cfg.seed, mesh)
     step = jax.jit(train_lm.make_train_step(model, opt))
     batch = jax.tree.map(jnp.asarray, train_lm.text.train_batch(
         train_lm.text.load_corpus().train, 0, 0, cfg.batch_size, cfg.seq_len))
@@ -138,12 +139,13 @@ def test_loss_drops_when_overfitting_one_batch():
 
 @pytest.mark.parametrize("spec", ["data:8", "data:4,tensor:2"])
 def test_data_parallel_matches_single_device(devices, spec):
-    cfg = train_lm.TrainLMConfig(num_layers=2, num_heads=2, d_model=32, mlp_dim=64, seq_len=16, batch_size=16)
-    model, opt = DecoderLM(cfg.model_config()), train_lm.make_optimizer(cfg)
+    cfg = from_flat(train_lm.TrainLMConfig, dict(num_layers=2, num_heads=2, d_model=32, mlp_dim=64, seq_len=16,
+                                                 batch_size=16))
+    model, opt = DecoderLM(cfg.model), train_lm.make_optimizer(cfg.optim, cfg.steps)
     batch = train_lm.text.train_batch(train_lm.text.load_corpus().train, 0, 0, cfg.batch_size, cfg.seq_len)
 
     def run(mesh, steps=3):
-        state, shardings = train_lm.init_state(model, opt, cfg, mesh)
+        state, shardings = train_lm.init_state(model, opt, cfg, cfg.seed, mesh)
         step = jax.jit(train_lm.make_train_step(model, opt),
                        in_shardings=(shardings, mesh_lib.batch_sharding(mesh)), out_shardings=(shardings, None))
         losses = []

@@ -31,7 +31,7 @@ class TextCorpus:
 
 
 def embedded_shakespeare_bytes() -> bytes:
-    return importlib.resources.files("algoperf.data").joinpath("tinyshakespeare.txt").read_bytes()
+    return importlib.resources.files("training.data").joinpath("tinyshakespeare.txt").read_bytes()
 
 
 def read_text_dir(data_dir: str | pathlib.Path) -> bytes:

@@ -1,0 +1,318 @@
+r"""Benchmark of the MoE layer (:mod:`parallel.moe`): forward+backward time of the dropless layer against
+(a) dense SwiGLU matmuls doing the same active FLOPs (the physical limit here) and (b) the GShard one-hot
+capacity dispatch baseline, side by side in one process, at configurations scaled down from Mixtral
+(8 experts, top-2), Qwen2-MoE (64 experts, top-4) and Phi-3.5-MoE (16 experts, top-2).
+
+Each repeat runs every variant once (interleaved, so drift of a shared machine hits all alike); figures are
+medians over repeats of jitted value-and-grad calls, compilation and one warm-up call excluded.
+Overlap (Comet chunks, collective matmuls) CANNOT be timed on CPU: XLA:CPU runs collectives in program
+order without a latency-hiding scheduler, so the C = 1 vs chosen-C comparison runs only on multi-device
+accelerators by default; on CPU the record says so. On a GPU it also times ragged_dot against a per-expert loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding
+
+from parallel import mesh as mesh_lib
+from parallel import moe as moe_lib
+from training import run as run_lib
+from training.benchmarks import parse_list
+from training.benchmarks.timing import time_variants
+
+# (experts, top-k, expert hidden / d_model) of the real models: Mixtral 14336/4096, Qwen2-MoE 1408/2048,
+# Phi-3.5-MoE 6400/4096; scaled down to d_model (256 on CPU: hidden 896, 176, 400).
+MODELS = {"mixtral": (8, 2, 3.5), "qwen2_moe": (64, 4, 0.6875), "phi35_moe": (16, 2, 1.5625)}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+GROUPED = ("ragged_dot", "per_expert_loop", "blocked", "bucketed", "dense_equivalent")
+OVERLAP_CHOICES = ("auto", "on", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchMoEConfig:
+    """MoE benchmark settings.
+
+    models: Configurations to run (comma-separated: mixtral, qwen2_moe, phi35_moe).
+    tokens: Tokens per call.
+    d_model: Model width; the expert width keeps the real model's ratio.
+    dtype: Activations and weights: float32 or bfloat16.
+    impl: Grouped GEMM of the dropless layer (MoEConfig.impl): auto, bucketed, blocked or ragged.
+    repeats: Timed repeats per variant (medians).
+    capacity_factor: Capacity factor of the one-hot baseline.
+    grouped: Grouped-GEMM-only comparison (the expert SwiGLU on expert-sorted rows), comma-separated from
+      ragged_dot, per_expert_loop, blocked, bucketed, dense_equivalent; 'auto': all on GPU/TPU, all but
+      ragged_dot on CPU (a dense masked product there); 'none': skip.
+    overlap: Time the sharded layer with C = 1 against the cost model's C on overlap_mesh (auto, on or off);
+      auto: on multi-device GPU/TPU only (on CPU the figure means nothing: XLA:CPU does not overlap
+      collectives with compute).
+    overlap_mesh: Mesh of the overlap comparison.
+    """
+    models: str = ",".join(MODELS)
+    tokens: int = 2048
+    d_model: int = 256
+    dtype: str = "float32"
+    impl: str = "auto"
+    repeats: int = 5
+    capacity_factor: float = 1.25
+    grouped: str = "auto"
+    overlap: str = "auto"
+    overlap_mesh: str = "expert:-1"
+
+    def __post_init__(self):
+        run_lib.require_positive(self, "tokens", "repeats")
+        if not isinstance(self.d_model, int) or self.d_model < 8:
+            raise ValueError(f"d_model={self.d_model!r} must be an integer >= 8")
+        for name, allowed in (("dtype", tuple(DTYPES)), ("impl", moe_lib.IMPLS), ("overlap", OVERLAP_CHOICES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+        if not self.capacity_factor > 0:
+            raise ValueError(f"capacity_factor={self.capacity_factor} must be > 0")
+        parse_list("models", self.models, str, tuple(MODELS))
+        grouped_variants(self.grouped, "cpu")
+
+    @property
+    def models_list(self) -> list[str]:
+        return parse_list("models", self.models, str, tuple(MODELS))
+
+
+def model_shape(name: str, d_model: int) -> tuple[int, int, int, int]:
+    e, k, ratio = MODELS[name]
+    return e, k, d_model, max(8, int(round(ratio * d_model / 8)) * 8)
+
+
+def _dense_params(key, d, h, dtype):
+    kg, ku, kd = jax.random.split(key, 3)
+    return {"wg": (jax.random.normal(kg, (d, h)) / d ** 0.5).astype(dtype),
+            "wu": (jax.random.normal(ku, (d, h)) / d ** 0.5).astype(dtype),
+            "wd": (jax.random.normal(kd, (h, d)) / h ** 0.5).astype(dtype)}
+
+
+def _sum_sq(y):
+    return jnp.sum(jnp.square(y.astype(jnp.float32)))
+
+
+def make_variants(name: str, tokens: int, capacity_factor: float, d_model: int = 256,
+                  dtype=jnp.float32, impl: str = "auto") -> tuple[dict, dict]:
+    """Jitted fwd+bwd callables (with their arguments) for one configuration."""
+    e, k, d, h = model_shape(name, d_model)
+    params = moe_lib.init_params(jax.random.PRNGKey(0), d, h, e, dtype)
+    x = jax.random.normal(jax.random.PRNGKey(1), (tokens, d), dtype)
+
+    def grad_of(cfg):
+        return jax.jit(jax.value_and_grad(lambda p, xx: _sum_sq(moe_lib.moe_ffn(p, xx, cfg)[0]), argnums=(0, 1)))
+
+    def dense_loss(p, xx):  # T*k rows through one SwiGLU: the MoE's active FLOPs as plain GEMMs
+        return _sum_sq((jax.nn.silu(xx @ p["wg"]) * (xx @ p["wu"])) @ p["wd"])
+
+    dropless = moe_lib.MoEConfig(num_experts=e, top_k=k, impl=impl)
+    variants = {
+        "dense_equivalent": (jax.jit(jax.value_and_grad(dense_loss, argnums=(0, 1))),
+                             (_dense_params(jax.random.PRNGKey(2), d, h, dtype), jnp.tile(x, (k, 1)))),
+        "moe_dropless": (grad_of(dropless), (params, x)),
+        "onehot_capacity": (grad_of(moe_lib.MoEConfig(num_experts=e, top_k=k, capacity_factor=capacity_factor)),
+                            (params, x)),
+    }
+    info = {"experts": e, "top_k": k, "d_model": d, "hidden": h, "tokens": tokens,
+            "dtype": jnp.dtype(dtype).name,
+            "plan": moe_lib.plan_grouped_gemm(dropless, tokens * k, e)._asdict(),
+            "active_gflop_fwd_bwd": 3 * 6 * tokens * k * d * h / 1e9}
+    return variants, info
+
+
+def per_expert_matmul(x: jax.Array, w: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
+    """The per-expert loop baseline: one GEMM per expert on its (static) slice of the sorted rows."""
+    outs, start = [], 0
+    for e, n in enumerate(sizes):
+        if n:
+            outs.append(x[start:start + n] @ w[e])
+        start += n
+    return jnp.concatenate(outs)
+
+
+def make_grouped_variants(name: str, tokens: int, variants: list[str], d_model: int = 256,
+                          dtype=jnp.float32) -> tuple[dict, dict]:
+    """Fwd+bwd of the expert SwiGLU alone on rows already sorted by expert (the router's real top-k
+    assignment), one grouped-GEMM implementation per variant: ``ragged_dot`` (lax.ragged_dot),
+    ``per_expert_loop`` (E GEMMs on static slices), ``blocked`` (rows padded to blocks, one GEMM per
+    block), ``bucketed`` (parallel/moe's default on GPU: one batched GEMM over a per-expert bulk
+    capacity plus blocked overflow) and ``dense_equivalent`` (the same rows through one expert's weights: the limit)."""
+    e, k, d, h = model_shape(name, d_model)
+    params = moe_lib.init_params(jax.random.PRNGKey(0), d, h, e, dtype)
+    x = jax.random.normal(jax.random.PRNGKey(1), (tokens, d), dtype)
+    experts = moe_lib.route(x, params["router"], k).experts.reshape(-1)
+    order = jnp.argsort(experts, stable=True)
+    rows = jnp.repeat(x, k, axis=0)[order]
+    sorted_experts = experts[order]
+    sizes = tuple(int(n) for n in np.bincount(np.asarray(experts), minlength=e))
+
+    def layout(impl):  # the rows in parallel/moe's padded layout for ``impl`` and its grouped matmul
+        plan = moe_lib.plan_grouped_gemm(moe_lib.MoEConfig(num_experts=e, top_k=k, impl=impl), tokens * k, e)
+        groups = moe_lib.make_groups(sorted_experts, e, plan.block, plan.capacity)
+        padded = jnp.concatenate([rows, jnp.zeros((1, d), dtype)])[groups.row_of_slot]
+        return padded, plan, lambda a, w: moe_lib.grouped_matmul(a, w, groups, impl, plan.block, plan.capacity)
+
+    layouts = {impl: layout(impl) for impl in ("blocked", "bucketed")}
+    gmm = {"ragged_dot": lambda a, w: lax.ragged_dot(a, w, jnp.asarray(sizes, jnp.int32)),
+           "per_expert_loop": lambda a, w: per_expert_matmul(a, w, sizes),
+           "blocked": layouts["blocked"][2], "bucketed": layouts["bucketed"][2],
+           "dense_equivalent": lambda a, w: a @ w[0]}
+
+    def grad_of(matmul):
+        def loss(a, w_gu, w_down):
+            hidden = matmul(a, w_gu)
+            gate, up = jnp.split(hidden, 2, axis=-1)
+            return _sum_sq(matmul(jax.nn.silu(gate) * up, w_down))
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+
+    w_gu = jnp.concatenate([params["w_gate"], params["w_up"]], axis=-1)
+    out = {v: (grad_of(gmm[v]), (layouts[v][0] if v in layouts else rows, w_gu, params["w_down"]))
+           for v in variants}
+    info = {"experts": e, "top_k": k, "d_model": d, "hidden": h, "tokens": tokens, "rows": tokens * k,
+            "dtype": jnp.dtype(dtype).name, "max_group": max(sizes), "min_group": min(sizes),
+            **{f"{impl}_plan": layouts[impl][1]._asdict() | {"padded_rows": int(layouts[impl][0].shape[0])}
+               for impl in layouts}}
+    return out, info
+
+
+def bench(models, tokens, repeats, capacity_factor, d_model=256, dtype=jnp.float32, impl="auto") -> list[dict]:
+    rows = []
+    for name in models:
+        variants, info = make_variants(name, tokens, capacity_factor, d_model, dtype, impl)
+        med, times = time_variants(variants, repeats)
+        rows.append({"model": name, **info, "median_s": med, "all_s": times,
+                     "moe_over_dense": med["moe_dropless"] / med["dense_equivalent"],
+                     "onehot_over_moe": med["onehot_capacity"] / med["moe_dropless"],
+                     "goal_moe_over_dense_le_1.3": med["moe_dropless"] / med["dense_equivalent"] <= 1.3,
+                     "goal_2x_over_onehot_at_16plus": (None if info["experts"] < 16 else
+                                                       med["onehot_capacity"] / med["moe_dropless"] >= 2.0)})
+    return rows
+
+
+def bench_grouped(models, tokens, repeats, variants, d_model=256, dtype=jnp.float32) -> list[dict]:
+    rows = []
+    for name in models:
+        fns, info = make_grouped_variants(name, tokens, variants, d_model, dtype)
+        med, times = time_variants(fns, repeats)
+        ratios = {f"{v}_over_dense": med[v] / med["dense_equivalent"] for v in med
+                  if v != "dense_equivalent" and "dense_equivalent" in med}
+        if "ragged_dot" in med and "per_expert_loop" in med:
+            ratios["per_expert_loop_over_ragged_dot"] = med["per_expert_loop"] / med["ragged_dot"]
+        rows.append({"model": name, **info, "median_s": med, "all_s": times, **ratios})
+    return rows
+
+
+def bench_overlap(models, tokens, repeats, mesh, d_model=256, dtype=jnp.float32) -> list[dict]:
+    """Comet's overlap gain: the expert-parallel layer with one chunk (dispatch, GEMM, combine in
+    sequence) against the cost model's C chunks (chunk i's all_to_all beside chunk i-1's GEMM), fwd+bwd,
+    parameters and tokens already laid out on ``mesh``."""
+    rows = []
+    param_specs, token_spec = moe_lib.shard_specs(mesh)
+    local = tokens // math.prod(mesh.shape[a] for a in moe_lib.mesh_token_axes(mesh))
+    for name in models:
+        e, k, d, h = model_shape(name, d_model)
+        params = moe_lib.init_params(jax.random.PRNGKey(0), d, h, e, dtype)
+        params = {n: jax.device_put(v, NamedSharding(mesh, param_specs[n])) for n, v in params.items()}
+        x = jax.device_put(jax.random.normal(jax.random.PRNGKey(1), (tokens, d), dtype),
+                           NamedSharding(mesh, token_spec))
+        chosen, model = moe_lib.choose_num_chunks(moe_lib.MoEConfig(num_experts=e, top_k=k), local, d, h,
+                                              mesh.shape.get("expert", 1), mesh.shape.get("tensor", 1),
+                                              jnp.dtype(dtype).itemsize)
+        fns = {}
+        for label, c in (("chunks_1", 1), (f"chunks_{chosen}", chosen)):
+            cfg = moe_lib.MoEConfig(num_experts=e, top_k=k, num_chunks=c)
+            fns[label] = (jax.jit(jax.value_and_grad(
+                lambda p, xx, cfg=cfg: _sum_sq(moe_lib.moe_ffn(p, xx, cfg, mesh)[0]), argnums=(0, 1))), (params, x))
+        med, times = time_variants(fns, repeats)
+        rows.append({"model": name, "experts": e, "top_k": k, "d_model": d, "hidden": h, "tokens": tokens,
+                     "mesh": dict(mesh.shape), "chosen_chunks": chosen,
+                     "modelled_s": {str(c): t for c, t in model["modelled_s"].items()},
+                     "median_s": med, "all_s": times,
+                     "overlap_gain": med["chunks_1"] / med[f"chunks_{chosen}"]})
+    return rows
+
+
+def grouped_variants(value: str, backend: str | None = None) -> list[str]:
+    """The grouped-GEMM variants of the setting ``grouped`` on ``backend`` (default: JAX's)."""
+    if value == "none":
+        return []
+    if value == "auto":
+        accel = (backend or jax.default_backend()) in ("gpu", "tpu")
+        return [v for v in GROUPED if accel or v != "ragged_dot"]
+    return parse_list("grouped", value, str, GROUPED)
+
+
+OVERLAP_NOTE = ("overlap not timed: XLA:CPU runs collectives in program order (no latency-hiding scheduler), "
+                "so C=1 vs the chosen C and the collective matmuls can only be timed on multi-device GPU/TPU")
+
+
+def overlap_enabled(choice: str) -> bool:
+    if choice == "auto":
+        return jax.default_backend() in ("gpu", "tpu") and jax.device_count() > 1
+    return choice == "on"
+
+
+def run(cfg: BenchMoEConfig) -> dict:
+    """The record: config, ``rows`` (layer vs dense and one-hot), ``grouped_gemm`` rows and ``overlap``
+    (rows, or a note saying why it was not timed)."""
+    models = cfg.models_list
+    grouped = grouped_variants(cfg.grouped)
+    try:
+        mesh = mesh_lib.make_mesh(cfg.overlap_mesh) if overlap_enabled(cfg.overlap) else None
+    except ValueError as e:
+        raise ValueError(f"overlap_mesh={cfg.overlap_mesh!r}: {e}") from None
+    dtype = DTYPES[cfg.dtype]
+    rows = bench(models, cfg.tokens, cfg.repeats, cfg.capacity_factor, cfg.d_model, dtype, cfg.impl)
+    grouped_rows = bench_grouped(models, cfg.tokens, cfg.repeats, grouped, cfg.d_model, dtype) if grouped else []
+    if mesh is not None:
+        overlap = bench_overlap(models, cfg.tokens, cfg.repeats, mesh, cfg.d_model, dtype)
+        if jax.default_backend() == "cpu":
+            overlap = {"note": OVERLAP_NOTE + " (timed anyway with overlap=on: not an overlap figure)",
+                       "rows": overlap}
+    else:
+        overlap = OVERLAP_NOTE if jax.default_backend() == "cpu" else (
+            "overlap not timed: one accelerator device (C = 1 vs chosen C needs an expert axis over several)")
+    return {"benchmark": "moe", "config": dataclasses.asdict(cfg), "rows": rows, "grouped_gemm": grouped_rows,
+            "overlap": overlap}
+
+
+def format_table(record: dict) -> str:
+    lines = [f"\n{'model':<10} {'E':>3} {'k':>2} {'tokens':>6} {'dense s':>8} {'moe s':>8} {'onehot s':>9} "
+             f"{'moe/dense':>9} {'onehot/moe':>10}"]
+    for r in record["rows"]:
+        m = r["median_s"]
+        lines.append(f"{r['model']:<10} {r['experts']:>3} {r['top_k']:>2} {r['tokens']:>6} "
+                     f"{m['dense_equivalent']:>8.4f} {m['moe_dropless']:>8.4f} {m['onehot_capacity']:>9.4f} "
+                     f"{r['moe_over_dense']:>9.2f} {r['onehot_over_moe']:>10.2f}")
+    if record["grouped_gemm"]:
+        lines.append("\ngrouped GEMM only (expert SwiGLU on sorted rows), fwd+bwd median s:")
+        for r in record["grouped_gemm"]:
+            cells = "  ".join(f"{v} {t:.4g}" for v, t in r["median_s"].items())
+            ratios = "  ".join(f"{n} {r[n]:.2f}" for n in r
+                               if n.endswith("_over_dense") or n.endswith("_over_ragged_dot"))
+            lines.append(f"{r['model']:<10} {cells}  |  {ratios}")
+    overlap = record["overlap"]
+    if isinstance(overlap, str):
+        lines.append(f"\n{overlap}")
+    else:
+        for r in overlap["rows"] if isinstance(overlap, dict) else overlap:
+            c = r["chosen_chunks"]
+            lines.append(f"overlap {r['model']}: C=1 {r['median_s']['chunks_1']:.4g} s, C={c} "
+                         f"{r['median_s'][f'chunks_{c}']:.4g} s, gain {r['overlap_gain']:.2f}x")
+    return "\n".join(lines)
+
+
+def tour_step(workdir: pathlib.Path) -> dict:
+    """Run for the tour (< 60 s): Mixtral- and Phi-shaped layers at the CPU benchmark's 2,048 tokens."""
+    rows = bench(["mixtral", "phi35_moe"], 2048, 3, 1.25)
+    out = {"benchmark": "moe", "rows": rows, "overlap": OVERLAP_NOTE}
+    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    run_lib.write_json_atomic(pathlib.Path(workdir) / "bench_moe.json", out)
+    return {f"{r['model']}_moe_over_dense": round(r["moe_over_dense"], 2) for r in rows} | {
+        f"{r['model']}_onehot_over_moe": round(r["onehot_over_moe"], 2) for r in rows}

@@ -1,0 +1,285 @@
+"""The byte-level decoder LM experiment: config, state, optimiser, step, evaluation and ``train``.
+
+``train(TrainLMConfig(...))`` trains ``models.transformer.DecoderLM`` on a byte-level corpus
+(:mod:`training.data.text`: the embedded Tiny Shakespeare by default), data-parallel over a named mesh,
+and with ``moe`` set every FFN is a Mixture-of-Experts layer (:mod:`parallel.moe`; experts on an ``expert``
+mesh axis, their hidden dimension on ``tensor``). Its aux losses (load balancing, router z-loss) are added
+to the loss and logged as ``moe_aux_loss``; ``loss`` and ``val_loss`` stay the plain cross-entropy.
+
+The default configuration is nanoGPT's Tiny Shakespeare CPU setting (4 layers, 4 heads, width 128,
+context 64, batch 12, 2,000 steps, AdamW lr 1e-3, 100 warm-up steps, cosine to 1e-4, beta2 0.99).
+The pieces (:func:`make_optimizer`, :func:`make_train_step`, :func:`next_token_loss`, :func:`evaluate`)
+are shared with Streaming DiLoCo (:mod:`training.diloco`) and the AlgoPerf LM workload.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+
+from models.transformer import DecoderLM, TransformerConfig
+from parallel import checkpoint as ckpt_lib
+from parallel import mesh as mesh_lib
+from parallel import moe as moe_lib
+from parallel import sharding as sharding_lib
+from training import run as run_lib
+from training.run import TrainState
+from training.config import group
+from training.data import text
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay, after global-norm clipping (nanoGPT's recipe).
+
+    lr: Peak learning rate.
+    min_lr: Final learning rate of the cosine decay.
+    warmup_steps: Linear warm-up steps.
+    weight_decay: AdamW weight decay (decoupled).
+    beta2: AdamW beta2.
+    grad_clip: Global gradient-norm clip.
+    """
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        for name in ("lr", "min_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr={self.min_lr} must not exceed lr={self.lr}")
+        if not 0 <= self.beta2 < 1:
+            raise ValueError(f"beta2={self.beta2} must be in [0, 1)")
+        run_lib.require_positive(self, "warmup_steps", allow_zero=("warmup_steps",))
+
+
+def _lm_model(**overrides) -> TransformerConfig:
+    base = dict(vocab_size=text.VOCAB_SIZE, num_layers=4, num_heads=4, d_model=128, mlp_dim=352, max_seq_len=64)
+    return TransformerConfig(**{**base, **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class LMSetup:
+    """What every byte-level LM experiment sets: data, length, evaluation, model and optimiser.
+
+    data_dir: Folder of text files; empty: the embedded Tiny Shakespeare.
+    batch_size: Global batch size (sequences per step, over all devices and workers).
+    seq_len: Context length in bytes.
+    steps: Training steps.
+    eval_every: Evaluate the validation loss every N steps.
+    eval_batches: Validation batches per evaluation.
+    log_every: Log the train loss every N steps.
+    """
+    data_dir: str = ""
+    batch_size: int = 12
+    seq_len: int = 64
+    steps: int = 2000
+    eval_every: int = 250
+    eval_batches: int = 20
+    log_every: int = 50
+    model: TransformerConfig = group(_lm_model, exclude=("vocab_size", "max_seq_len"))
+    optim: OptimConfig = group(OptimConfig)
+
+    def __post_init__(self):
+        run_lib.require_positive(self, "batch_size", "seq_len", "steps", "eval_every", "eval_batches", "log_every")
+        # The model's vocabulary and length follow from the data and the context length (not settings).
+        model = dataclasses.replace(self.model, vocab_size=text.VOCAB_SIZE, max_seq_len=self.seq_len)
+        object.__setattr__(self, "model", model)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLMConfig(run_lib.RunConfig, LMSetup):
+    """The LM experiment: an :class:`LMSetup` on a device mesh, optionally with MoE FFNs.
+
+    mesh: Mesh axes and sizes, e.g. data:8 or data:2,expert:2,tensor:2 (-1: the remaining devices).
+    moe_mlp_dim: Expert SwiGLU width (0: mlp_dim // moe_top_k, the dense model's active FFN size).
+    """
+    RENAMED = {"moe_experts": "moe_num_experts", "moe_topk": "moe_top_k", "moe_chunks": "moe_num_chunks",
+               "moe_aux_weight": "moe_load_balance_weight", "moe_z_weight": "moe_z_loss_weight"}
+    mesh: str = "data:-1"
+    moe: moe_lib.MoEConfig | None = group(moe_lib.MoEConfig, prefix="moe_", optional_by="num_experts",
+                                          optional=True)
+    moe_mlp_dim: int = 0
+
+    def __post_init__(self):
+        run_lib.RunConfig.__post_init__(self)
+        LMSetup.__post_init__(self)
+        run_lib.require_positive(self, "moe_mlp_dim", allow_zero=("moe_mlp_dim",))
+
+    @property
+    def expert_mlp_dim(self) -> int:
+        return self.moe_mlp_dim or max(1, self.model.mlp_dim // self.moe.top_k)
+
+
+# Settings that may change on resumption (besides RunConfig's): the mesh and the logging rate.
+RESUME_IGNORE = ("mesh", "log_every")
+
+
+def check_devices(cfg: TrainLMConfig) -> None:
+    """The mesh fits the devices, the global batch splits along its data axis and the experts and
+    their width split along the expert and tensor axes (ValueError naming the values if not)."""
+    sizes = mesh_lib.parse_mesh_spec(cfg.mesh, jax.device_count())
+    data_size = sizes.get("data", 1)
+    if cfg.batch_size % data_size:
+        raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of the data axis size "
+                         f"{data_size} of mesh={cfg.mesh!r}")
+    if cfg.moe is not None:
+        ep, tp = sizes.get("expert", 1), sizes.get("tensor", 1)
+        if cfg.moe.num_experts % ep:
+            raise ValueError(f"moe_num_experts={cfg.moe.num_experts} must be divisible by the 'expert' mesh "
+                             f"axis size {ep}")
+        if cfg.expert_mlp_dim % tp:
+            raise ValueError(f"moe_mlp_dim={cfg.expert_mlp_dim} (or mlp_dim/moe_top_k) must be divisible by the "
+                             f"'tensor' mesh axis size {tp}")
+
+
+def make_optimizer(optim: OptimConfig, steps: int) -> optax.GradientTransformation:
+    """Clip, then AdamW on a warm-up + cosine schedule that reaches ``min_lr`` at ``steps``."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=optim.lr, warmup_steps=optim.warmup_steps,
+        decay_steps=max(steps, optim.warmup_steps + 1), end_value=optim.min_lr)
+    return optax.chain(optax.clip_by_global_norm(optim.grad_clip),
+                       optax.adamw(schedule, b1=0.9, b2=optim.beta2, weight_decay=optim.weight_decay))
+
+
+def losses(model: DecoderLM, params, batch) -> tuple[jax.Array, jax.Array]:
+    """(mean next-token cross-entropy in nats per byte, sum of the aux losses sown by MoE FFNs or 0)."""
+    logits, state = model.apply({"params": params}, batch["inputs"], mutable=["intermediates"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+    return ce, moe_lib.sown_aux_loss(state.get("intermediates", {}))
+
+
+def next_token_loss(model: DecoderLM, params, batch) -> jax.Array:
+    """Mean next-token cross-entropy in nats per byte."""
+    return losses(model, params, batch)[0]
+
+
+def make_train_step(model: DecoderLM, optimizer: optax.GradientTransformation):
+    def train_step(state: TrainState, batch):
+        def total(p):
+            ce, aux = losses(model, p, batch)
+            return ce + aux, (ce, aux)
+        (_, (loss, aux)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        rng, _ = jax.random.split(state.rng)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+        return new_state, {"loss": loss, "moe_aux_loss": aux, "grad_norm": optax.tree.norm(grads)}
+    return train_step
+
+
+def build_model(cfg: TrainLMConfig, mesh) -> DecoderLM:
+    """The dense LM, or with ``moe`` set the LM whose FFNs are MoE layers sharded over ``mesh``."""
+    if cfg.moe is None:
+        return DecoderLM(cfg.model)
+    factory = moe_lib.moe_ffn_factory(cfg.moe, mesh, hidden=cfg.expert_mlp_dim)
+    return DecoderLM(cfg.model, ffn_factory=factory)
+
+
+def init_state(model: DecoderLM, optimizer, cfg: LMSetup, seed: int, mesh) -> tuple[TrainState, TrainState]:
+    """The initial TrainState, born sharded, and the tree of its shardings."""
+    tokens = jnp.zeros((1, cfg.seq_len), jnp.int32)
+    init_params = lambda key: model.init(key, tokens)["params"]  # noqa: E731
+    key = jax.random.PRNGKey(seed)
+    params_key, rng = jax.random.split(key)
+    params, param_shardings = sharding_lib.init_sharded(init_params, mesh, params_key)
+    replicated = mesh_lib.replicated(mesh)
+    opt_shardings = sharding_lib.like_params(jax.eval_shape(optimizer.init, params), params, param_shardings,
+                                             replicated)
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
+                       opt_state=opt_state, rng=jax.device_put(rng, replicated))
+    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated)
+    return state, shardings
+
+
+def evaluate(eval_loss_fn, params, batches, mesh) -> dict[str, float]:
+    """Mean validation loss over ``batches`` (nats per byte) and the same in bits per byte."""
+    losses_ = [eval_loss_fn(params, mesh_lib.shard_batch(b, mesh)) for b in batches]
+    loss = float(jnp.mean(jnp.stack(losses_)))
+    return {"val_loss": loss, "val_bpb": loss / math.log(2)}
+
+
+def local_rows(batch: dict, batch_size: int) -> dict:
+    """This process's rows of a global batch (every process draws the same global batch)."""
+    n, i = jax.process_count(), jax.process_index()
+    per = batch_size // n
+    return {k: v[i * per:(i + 1) * per] for k, v in batch.items()}
+
+
+def load_data(cfg: LMSetup, seed: int):
+    """(corpus, fixed validation batches) of an LM experiment."""
+    corpus = text.load_corpus(cfg.data_dir or None, min_split_len=cfg.seq_len + 1)
+    return corpus, text.eval_batches(corpus.validation, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=seed)
+
+
+def train(cfg: TrainLMConfig) -> dict:
+    """Runs (or resumes) training; returns the summary written to summary.json."""
+    workdir = run_lib.begin(cfg, preflight=check_devices)
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    corpus, eval_data = load_data(cfg, cfg.seed)
+
+    model = build_model(cfg, mesh)
+    optimizer = make_optimizer(cfg.optim, cfg.steps)
+    state, shardings = init_state(model, optimizer, cfg, cfg.seed, mesh)
+    run = run_lib.open_run(cfg, workdir, ckpt_lib.abstract_like(state, shardings), resume_ignore=RESUME_IGNORE)
+    if run.restored is not None:
+        state = run.restored.state
+    start_step = run.start_step
+
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    jit_kwargs = dict(in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None))
+    example_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
+                                 text.train_batch(corpus.train, cfg.seed, 0, cfg.batch_size, cfg.seq_len))
+    train_step = ckpt_lib.DonationSafeStep(make_train_step(model, optimizer), run.checkpointer,
+                                           (ckpt_lib.abstract_like(state, shardings), example_batch), **jit_kwargs)
+    eval_loss = jax.jit(lambda p, b: next_token_loss(model, p, b))
+
+    def save(step):
+        return run.checkpointer.save(step, state, run.meta(data={"seed": cfg.seed, "position": step}))
+
+    logging.info("training %s on %s (%d train / %d validation bytes), mesh %s, %d parameters",
+                 "resumed at step %d" % start_step if run.restored else "from scratch", corpus.name,
+                 len(corpus.train), len(corpus.validation), dict(mesh.shape),
+                 sum(x.size for x in jax.tree.leaves(state.params)))
+    last_eval: dict = {}
+    first_step_done = last_step_done = 0.0  # the loop's own rate leaves out the first (compiling) step
+
+    def one_step(step: int) -> dict:
+        nonlocal state, last_eval, first_step_done, last_step_done
+        host_batch = local_rows(text.train_batch(corpus.train, cfg.seed, step - 1, cfg.batch_size, cfg.seq_len),
+                                cfg.batch_size)
+        state, step_metrics = train_step(state, mesh_lib.shard_batch(host_batch, mesh))
+        row = {}
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row.update(loss=float(step_metrics["loss"]), grad_norm=float(step_metrics["grad_norm"]))
+            if cfg.moe is not None:
+                row.update(moe_aux_loss=float(step_metrics["moe_aux_loss"]))
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            last_eval = evaluate(eval_loss, state.params, eval_data, mesh)
+            row.update(last_eval)
+        if step == start_step + 1 or step == cfg.steps:
+            jax.block_until_ready(state)
+        last_step_done = time.perf_counter()
+        first_step_done = first_step_done or last_step_done
+        return row
+
+    end = run.loop(one_step, save, last_step=cfg.steps, total_steps=cfg.steps)
+    loop_s = last_step_done - first_step_done
+    summary = {"step": end.step, "preempted": end.preempted, "wall_time_s": end.wall_s,
+               "steps_per_sec": (end.step - start_step) / max(end.wall_s, 1e-9),
+               "loop_steps_per_sec": (end.step - start_step - 1) / loop_s if loop_s > 0 else None,
+               "checkpoint_blocking_s": end.checkpoint_blocking_s, "resumed_from": run.resumed_from,
+               **last_eval}
+    return run.finish(summary, [("loss_curve.png", ("loss", "val_loss"), f"byte-level LM on {corpus.name}",
+                                 "nats / byte")],
+                      done="preempted, checkpointed" if end.preempted else "done")

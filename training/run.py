@@ -1,0 +1,351 @@
+"""The run skeleton every training experiment shares, from workdir to summary.
+
+An experiment is ``train(cfg) -> summary``. Its steps are always the same, and live here once:
+
+1. :func:`begin` -- ``jax.distributed`` (before any JAX computation), the workdir created and probed;
+2. the experiment builds its state (its own code);
+3. :func:`open_run` -- the Orbax checkpointer opened, the latest good checkpoint restored (or a refusal
+   naming the settings that differ from the checkpoint's), ``config.json`` and ``metrics.jsonl`` opened;
+4. :meth:`Run.loop` -- the checkpointed step loop: metrics rows, progress log, a save every
+   ``checkpoint_every`` steps, SIGTERM/SIGINT and preemption notices ending it checkpointed;
+5. :meth:`Run.finish` -- ``summary.json``, the PNG curves and the closing log line.
+
+Layout of a workdir: ``config.json`` (the config, nested as the dataclasses are), ``metrics.jsonl`` (one
+JSON object per logged step), ``summary.json``, ``checkpoints/`` and ``*.png``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterable
+
+import flax.struct
+import jax
+import optax
+from absl import logging
+
+from training import config as config_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The settings every training experiment shares.
+
+    workdir: Output directory (config.json, metrics.jsonl, checkpoints/, plots).
+    seed: Random seed; a run is reproducible from it.
+    multihost: Call jax.distributed.initialize() first (one process per host).
+    checkpoint_every: Save a checkpoint every this many steps (0: only at the end).
+    keep_checkpoints: How many most recent checkpoints to keep (>= 1).
+    checkpoint_mode: lazy (the save goes to a background thread; the device-to-host copy overlaps the next
+      step), async (plain Orbax async) or sync (blocking save).
+    overwrite: Start afresh in a workdir whose checkpoints were made with another config.
+    """
+    workdir: str = ""
+    seed: int = 0
+    multihost: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    checkpoint_mode: str = "lazy"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        from parallel.checkpoint import validate_options
+
+        require_positive(self, "checkpoint_every", allow_zero=("checkpoint_every",))
+        validate_options(self.keep_checkpoints, self.checkpoint_mode)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """The state of a gradient-trained model: step counter, parameters, optimiser state and RNG key."""
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+# Settings that may change between a run and its resumption without changing the trajectory.
+RUN_RESUME_IGNORE = ("workdir", "overwrite", "multihost", "checkpoint_every", "keep_checkpoints",
+                     "checkpoint_mode")
+
+
+def require_positive(config, *names: str, allow_zero: Iterable[str] = ()) -> None:
+    """ValueError naming the field unless each of ``names`` is an int > 0 (>= 0 for ``allow_zero``)."""
+    allow_zero = set(allow_zero)
+    for name in names:
+        value = getattr(config, name)
+        low = 0 if name in allow_zero else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+
+
+def require_workdir(workdir: str | None) -> pathlib.Path:
+    """Creates ``workdir`` and checks that it is writable, before any work starts."""
+    if not workdir:
+        raise ValueError("workdir='' is required (the directory that receives config, metrics and checkpoints)")
+    path = pathlib.Path(workdir).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"workdir={workdir!r} is not writable: {e}") from None
+    return path
+
+
+def command_line(module: str, config, skip: Iterable[str] = ("workdir", "overwrite")) -> str:
+    """``python -m MODULE --setting=value ...`` for the settings of ``config`` that differ from their
+    defaults, leaving out ``skip``: the provenance line of an exported artifact."""
+    given, defaults = config_lib.to_flat(config), config_lib.to_flat(type(config)())
+    return " ".join([f"python -m {module}"] + [
+        f"--{k}={v}" for k, v in given.items() if k not in skip and v != defaults[k]])
+
+
+def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON through a temporary file and an atomic rename."""
+    path = pathlib.Path(path)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def machine_info() -> dict:
+    """What every benchmark JSON records about the machine it ran on."""
+    import platform
+
+    import jax
+
+    return {"devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "jax": jax.__version__}
+
+
+def maybe_initialize_distributed(multihost: bool) -> None:
+    if multihost:
+        import jax
+
+        jax.distributed.initialize()
+        logging.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to ``metrics.jsonl``.
+
+    On resume from ``resume_step``, rows logged after that step by the interrupted run are dropped
+    first, so the file of a resumed run equals that of an uninterrupted one.
+    """
+
+    def __init__(self, path: pathlib.Path, resume_step: int | None = None, enabled: bool = True):
+        self.path = pathlib.Path(path)
+        self.enabled = enabled
+        self.rows: list[dict] = []
+        if self.path.exists():
+            if resume_step is None:
+                kept: list[dict] = []
+            else:
+                kept = [r for r in self.read(self.path) if r.get("step", 0) <= resume_step]
+            self.rows = kept
+            if enabled:
+                tmp = self.path.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                os.replace(tmp, self.path)
+
+    @staticmethod
+    def read(path: pathlib.Path) -> list[dict]:
+        rows = []
+        for line in pathlib.Path(path).read_text().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn last line from a killed run
+                logging.warning("ignoring a malformed line in %s: %r", path, line[:80])
+        return rows
+
+    def write(self, row: dict) -> None:
+        row = {k: _plain(v) for k, v in row.items()}
+        self.rows.append(row)
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+
+
+def _plain(value):
+    if hasattr(value, "item") and getattr(value, "size", 2) == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class Progress:
+    """Logs the step, steps/s and ETA at a steady rate (every ``every_s`` seconds of wall time)."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, every_s: float = 10.0, name: str = "train"):
+        self.total, self.name, self.every_s = total_steps, name, every_s
+        self._t0 = self._last_t = time.perf_counter()
+        self._start = self._last_step = start_step
+
+    def update(self, step: int, **extra) -> None:
+        now = time.perf_counter()
+        if now - self._last_t < self.every_s and step < self.total:
+            return
+        rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        details = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+        logging.info("%s step %d/%d  %.2f steps/s  eta %.0fs  %s", self.name, step, self.total, rate, eta, details)
+        self._last_t, self._last_step = now, step
+
+    def steps_per_sec(self, step: int) -> float:
+        return (step - self._start) / max(time.perf_counter() - self._t0, 1e-9)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopEnd:
+    """How :func:`run_checkpointed_steps` ended."""
+    step: int                      # the last step run (the start step when none ran)
+    preempted: bool                # ended early by SIGTERM/SIGINT or the checkpointer's preemption notice
+    wall_s: float                  # the loop, its final save and the checkpointer's close included
+    checkpoint_blocking_s: float   # seconds the loop was blocked by saves
+
+
+def run_checkpointed_steps(start_step: int, last_step: int, one_step, *, save, checkpointer,
+                           checkpoint_every: int, total_steps: int, metrics: MetricsWriter,
+                           progress: Progress, progress_keys: Iterable[str] | None = None,
+                           rate_column: bool = True) -> LoopEnd:
+    """The step loop every training experiment shares.
+
+    ``one_step(step) -> row`` runs steps ``start_step + 1 .. last_step``; a non-empty row is written to
+    ``metrics`` (with ``steps_per_sec`` unless ``rate_column`` is off) and to the progress log (only the
+    ``progress_keys`` columns when given). ``save(step) -> seconds blocked`` runs every ``checkpoint_every``
+    steps (not at ``total_steps``) and then for the last step run unless it was just saved. SIGTERM/SIGINT
+    (:class:`parallel.checkpoint.PreemptionGuard`) or the checkpointer's preemption notice end the loop
+    early, checkpointed; the checkpointer is closed (its background writes finished) before returning.
+    """
+    from parallel import checkpoint as ckpt_lib
+
+    keys = None if progress_keys is None else set(progress_keys)
+    wall_start = time.perf_counter()
+    preempted, last_saved, step, blocked = False, start_step, start_step, 0.0
+    with ckpt_lib.PreemptionGuard() as guard:
+        for step in range(start_step + 1, last_step + 1):
+            row = one_step(step)
+            if row:
+                rate = {"steps_per_sec": progress.steps_per_sec(step)} if rate_column else {}
+                metrics.write({"step": step, **row, **rate})
+                progress.update(step, **{k: v for k, v in row.items() if keys is None or k in keys})
+            if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
+                blocked += save(step)
+                last_saved = step
+            if guard.requested or checkpointer.reached_preemption(step):
+                preempted = True
+                break
+        if step != last_saved:
+            blocked += save(step)
+        checkpointer.close()
+    return LoopEnd(step, preempted, time.perf_counter() - wall_start, blocked)
+
+
+def plot_curves(path: pathlib.Path, rows: list[dict], keys: Iterable[str], title: str,
+                ylabel: str = "loss") -> None:
+    """A PNG of the named metric columns against ``step`` (rows lacking a key are skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in keys:
+        points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if points:
+            ax.plot(*zip(*points), label=key, marker="o" if len(points) < 30 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the skeleton
+def begin(cfg: RunConfig, preflight: Callable[[Any], None] | None = None) -> pathlib.Path:
+    """Step 1 of a run: ``jax.distributed`` when ``multihost`` (before any JAX computation), the checks
+    of ``preflight(cfg)`` against the environment (devices, ...), then the workdir, created and checked
+    writable -- so a refused run leaves nothing on disk."""
+    maybe_initialize_distributed(cfg.multihost)
+    if preflight is not None:
+        preflight(cfg)
+    return require_workdir(cfg.workdir)
+
+
+@dataclasses.dataclass
+class Run:
+    """An opened run (:func:`open_run`): its checkpointer, what was restored and its metrics file."""
+    cfg: RunConfig
+    workdir: pathlib.Path
+    checkpointer: Any
+    restored: Any                 # parallel.checkpoint.Restored, or None when starting afresh
+    metrics: MetricsWriter
+    is_main: bool                 # process 0 writes the run's files
+
+    @property
+    def start_step(self) -> int:
+        return self.restored.step if self.restored is not None else 0
+
+    @property
+    def resumed_from(self) -> int | None:
+        return self.start_step if self.restored is not None else None
+
+    def meta(self, **extra) -> dict:
+        """The JSON item saved beside the state: the flat config (what resuming compares) and ``extra``."""
+        return {"config": config_lib.to_flat(self.cfg), **extra}
+
+    def loop(self, one_step: Callable[[int], dict], save: Callable[[int], float], *, last_step: int,
+             total_steps: int, progress_keys: Iterable[str] | None = None, rate_column: bool = True) -> LoopEnd:
+        """Step 4: :func:`run_checkpointed_steps` from the restored step with this run's settings."""
+        return run_checkpointed_steps(
+            self.start_step, last_step, one_step, save=save, checkpointer=self.checkpointer,
+            checkpoint_every=self.cfg.checkpoint_every, total_steps=total_steps, metrics=self.metrics,
+            progress=Progress(total_steps, self.start_step), progress_keys=progress_keys, rate_column=rate_column)
+
+    def finish(self, summary: dict, curves: Iterable[tuple[str, tuple[str, ...], str, str]] = (),
+               done: str = "done") -> dict:
+        """Step 5: ``summary.json`` and the PNG curves ``(file, metric keys, title, y label)`` (process 0),
+        and the closing log line."""
+        if self.is_main:
+            write_json_atomic(self.workdir / "summary.json", summary)
+            for name, keys, title, ylabel in curves:
+                plot_curves(self.workdir / name, self.metrics.rows, keys, title, ylabel)
+        logging.info("%s at step %d: %s", done, summary.get("step", -1),
+                     json.dumps({k: v for k, v in summary.items() if k != "step"}, default=str))
+        return summary
+
+
+def open_run(cfg: RunConfig, workdir: pathlib.Path, abstract_state, *,
+             resume_ignore: Iterable[str] = ()) -> Run:
+    """Step 3 of a run: open ``workdir/checkpoints`` and restore the latest good step, unless the
+    checkpoints were made with other settings (a ValueError naming them; ``overwrite`` starts afresh);
+    write ``config.json``; open ``metrics.jsonl`` (rows after the restored step dropped)."""
+    import jax
+
+    from parallel import checkpoint as ckpt_lib
+
+    defaults = config_lib.to_flat(type(cfg)())
+    checkpointer, restored = ckpt_lib.open_for_run(
+        workdir / "checkpoints", config_lib.to_flat(cfg), abstract_state, keep=cfg.keep_checkpoints,
+        mode=cfg.checkpoint_mode, overwrite=cfg.overwrite, resume_ignore=RUN_RESUME_IGNORE + tuple(resume_ignore),
+        read_saved_config=lambda saved: {**defaults, **config_lib.upgrade_flat(type(cfg), saved)})
+    is_main = jax.process_index() == 0
+    if is_main:
+        write_json_atomic(workdir / "config.json", dataclasses.asdict(cfg))
+    metrics = MetricsWriter(workdir / "metrics.jsonl", resume_step=restored.step if restored else None,
+                            enabled=is_main)
+    return Run(cfg, workdir, checkpointer, restored, metrics, is_main)
