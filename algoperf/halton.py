@@ -119,18 +119,18 @@ def load_search_space(path: str | pathlib.Path) -> Any:
     """Reads and validates a search-space JSON file (ValueError naming the file on any problem)."""
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"--tuning_search_space={str(path)!r} is not a file")
+        raise ValueError(f"tuning_search_space={str(path)!r} is not a file")
     text = path.read_text()
     if not text.strip():
-        raise ValueError(f"--tuning_search_space={str(path)!r} is empty")
+        raise ValueError(f"tuning_search_space={str(path)!r} is empty")
     try:
         space = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--tuning_search_space={str(path)!r} is not valid JSON: {e}") from None
+        raise ValueError(f"tuning_search_space={str(path)!r} is not valid JSON: {e}") from None
     try:
         validate_search_space(space)
     except ValueError as e:
-        raise ValueError(f"--tuning_search_space={str(path)!r}: {e}") from None
+        raise ValueError(f"tuning_search_space={str(path)!r}: {e}") from None
     return space
 
 
@@ -148,12 +148,12 @@ def scale_point(space: dict, u: float) -> Any:
 def generate_search(search_space: Any, num_trials: int, seed: int = 0) -> list:
     """``num_trials`` ``Hyperparameters`` namedtuples from ``search_space`` (see the module doc)."""
     if not isinstance(num_trials, int) or isinstance(num_trials, bool) or num_trials < 1:
-        raise ValueError(f"--num_tuning_trials={num_trials!r} must be an integer >= 1")
+        raise ValueError(f"num_tuning_trials={num_trials!r} must be an integer >= 1")
     names = validate_search_space(search_space)
     hyperparameters = collections.namedtuple("Hyperparameters", names)
     if isinstance(search_space, list):
         if num_trials != len(search_space):
-            logging.info("--num_tuning_trials=%d but the search space lists %d point(s); running %d",
+            logging.info("num_tuning_trials=%d but the search space lists %d point(s); running %d",
                          num_trials, len(search_space), min(num_trials, len(search_space)))
         return [hyperparameters(**p) for p in search_space[:num_trials]]
     points = halton_points(num_trials, len(names), seed=seed)

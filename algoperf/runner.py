@@ -48,6 +48,7 @@ from absl import logging
 from algoperf import halton, spec
 from algoperf import workloads as workloads_lib
 from parallel import checkpoint as ckpt_lib
+from training.run import require_positive, write_json_atomic
 
 FRAMEWORK = "jax"
 RULESETS = ("external", "self")
@@ -72,7 +73,7 @@ def load_submission(path: str | os.PathLike) -> Submission:
     """Imports the submission file at ``path``; ValueError naming any missing function."""
     file = pathlib.Path(path).expanduser()
     if not file.is_file() or file.suffix != ".py":
-        raise ValueError(f"--submission_path={str(path)!r} is not a Python file")
+        raise ValueError(f"submission_path={str(path)!r} is not a Python file")
     digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]
     module_name = f"algoperf_submission_{file.stem}_{digest}"
     if module_name in sys.modules:
@@ -85,10 +86,10 @@ def load_submission(path: str | os.PathLike) -> Submission:
             module_spec.loader.exec_module(module)
         except Exception as e:
             del sys.modules[module_name]
-            raise ValueError(f"--submission_path={str(path)!r}: importing it failed: {type(e).__name__}: {e}") from e
+            raise ValueError(f"submission_path={str(path)!r}: importing it failed: {type(e).__name__}: {e}") from e
     missing = [name for name in spec.REQUIRED_SUBMISSION_FUNCTIONS if not callable(getattr(module, name, None))]
     if missing:
-        raise ValueError(f"--submission_path={str(path)!r} lacks the submission function(s) {missing}; a "
+        raise ValueError(f"submission_path={str(path)!r} lacks the submission function(s) {missing}; a "
                          f"submission must define {list(spec.REQUIRED_SUBMISSION_FUNCTIONS)} "
                          f"(and optionally {list(spec.OPTIONAL_SUBMISSION_FUNCTIONS)})")
     prepare = getattr(module, "prepare_for_eval", None)
@@ -168,18 +169,12 @@ def _plain(v):
     return v
 
 
-def write_json(path: pathlib.Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def write_hparams(hyperparameters, trial_dir: pathlib.Path):
     """Saves ``hparams.json``; if it exists already (a resumed trial), returns the saved values."""
     path = trial_dir / "hparams.json"
     if path.exists():
         return halton.hyperparameters_from_dict(json.loads(path.read_text()))
-    write_json(path, hyperparameters._asdict())
+    write_json_atomic(path, hyperparameters._asdict())
     return hyperparameters
 
 
@@ -281,8 +276,8 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
                     checkpointer.close()
                     return _result(train_state, global_step, eval_results, resumed_from)
                 logging.info("resuming trial %s at step %d (preemption %d)", log_dir, global_step, preemption_count)
-        write_json(log_dir / f"meta_data_{preemption_count}.json", workload_meta_data(workload, rng_seed))
-        write_json(log_dir / f"flags_{preemption_count}.json", config)
+        write_json_atomic(log_dir / f"meta_data_{preemption_count}.json", workload_meta_data(workload, rng_seed))
+        write_json_atomic(log_dir / f"flags_{preemption_count}.json", config)
         metrics_logger = MetricLogger(log_dir, resume_step=resumed_from)
         workload.attach_metrics_logger(metrics_logger)
 
@@ -390,10 +385,25 @@ def _result(train_state, global_step, eval_results, resumed_from) -> TrialResult
 # ----------------------------------------------------------------------------------- experiments
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything ``run_experiment`` needs; validated before any work starts (flag names in errors)."""
-    workload: str
-    submission_path: str
-    experiment_dir: str
+    """Everything ``run_experiment`` needs (upstream's submission_runner flags); a value given is checked
+    here, the settings a run cannot do without by :func:`check_run`, both before any work starts.
+
+    workload: One of mnist1d, mnist1d_tanh, lm, lm_gelu, ctr, ctr_layernorm, mnist, mnist_relu
+      (algoperf.workloads.WORKLOADS).
+    submission_path: Python file with the submission functions.
+    experiment_dir: Root directory of the logs.
+    tuning_search_space: Search-space JSON (external tuning only).
+    tuning_ruleset: external or self tuning.
+    num_tuning_trials: Hyperparameter points (trials) per study.
+    num_studies: Independent studies (each with its own Halton draw).
+    max_global_steps: Stop each trial after this many steps.
+    rng_seed: Seed of the Halton draws and of every trial.
+    data_dir: Dataset folder (mnist: idx files or mnist.npz; lm: text files).
+    save_checkpoints: Checkpoint each trial after every evaluation.
+    """
+    workload: str = ""
+    submission_path: str = ""
+    experiment_dir: str = ""
     tuning_search_space: Optional[str] = None
     tuning_ruleset: str = "external"
     num_tuning_trials: int = 1
@@ -404,24 +414,33 @@ class RunConfig:
     save_checkpoints: bool = True
 
     def __post_init__(self):
-        if self.workload not in workloads_lib.WORKLOADS:
-            raise ValueError(f"--workload={self.workload!r} is unknown; allowed: {', '.join(workloads_lib.WORKLOADS)}")
+        if self.tuning_search_space == "":  # the command line's "not given"
+            object.__setattr__(self, "tuning_search_space", None)
+        if self.workload and self.workload not in workloads_lib.WORKLOADS:
+            raise ValueError(f"workload={self.workload!r} is unknown; allowed: {', '.join(workloads_lib.WORKLOADS)}")
         if self.tuning_ruleset not in RULESETS:
-            raise ValueError(f"--tuning_ruleset={self.tuning_ruleset!r}; allowed: {', '.join(RULESETS)}")
-        if self.tuning_ruleset == "external" and not self.tuning_search_space:
-            raise ValueError("--tuning_search_space is required with --tuning_ruleset=external")
+            raise ValueError(f"tuning_ruleset={self.tuning_ruleset!r}; allowed: {', '.join(RULESETS)}")
         if self.tuning_ruleset == "self" and self.tuning_search_space:
-            raise ValueError("--tuning_search_space must not be given with --tuning_ruleset=self")
-        for name in ("num_tuning_trials", "num_studies"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"--{name}={value!r} must be an integer >= 1")
+            raise ValueError(f"tuning_search_space={self.tuning_search_space!r} must not be given with "
+                             "tuning_ruleset='self'")
+        require_positive(self, "num_tuning_trials", "num_studies")
         if self.max_global_steps is not None and self.max_global_steps < 1:
-            raise ValueError(f"--max_global_steps={self.max_global_steps!r} must be >= 1 (or unset)")
-        if not self.experiment_dir:
-            raise ValueError("--experiment_dir is required")
-        if not self.submission_path:
-            raise ValueError("--submission_path is required")
+            raise ValueError(f"max_global_steps={self.max_global_steps!r} must be >= 1 (or unset)")
+
+
+def check_run(cfg: RunConfig) -> Submission:
+    """The settings a run cannot do without, the submission and the search space, checked before any work
+    (ValueError naming the setting); returns the loaded submission."""
+    for name in ("workload", "submission_path", "experiment_dir"):
+        if not getattr(cfg, name):
+            raise ValueError(f"{name}='' is required")
+    if cfg.tuning_ruleset == "external" and not cfg.tuning_search_space:
+        raise ValueError(f"tuning_search_space={cfg.tuning_search_space!r}: a search-space JSON is required with "
+                         "tuning_ruleset='external'")
+    submission = load_submission(cfg.submission_path)
+    if cfg.tuning_search_space:
+        halton.load_search_space(cfg.tuning_search_space)
+    return submission
 
 
 def trial_seed(rng_seed: int, study: int, trial: int) -> int:
@@ -438,7 +457,7 @@ def study_hyperparameters(cfg: RunConfig, study: int) -> list:
 
 def run_experiment(cfg: RunConfig, clock: Clock = time.perf_counter, workload=None) -> dict:
     """Runs ``num_studies`` x trials of one submission on one workload; returns a summary dict."""
-    submission = load_submission(cfg.submission_path)  # fails fast on a bad submission
+    submission = check_run(cfg)  # fails fast on a missing setting, a bad submission or search space
     all_hparams = {study: study_hyperparameters(cfg, study) for study in range(cfg.num_studies)}
     workload = workload or workloads_lib.get_workload(cfg.workload, cfg.data_dir or None)
     batch_size = resolve_batch_size(submission, cfg.workload, workload)
@@ -467,4 +486,15 @@ def run_experiment(cfg: RunConfig, clock: Clock = time.perf_counter, workload=No
                                       "global_step": result.global_step,
                                       "reached_target": result.reached_validation_target,
                                       "final": result.eval_results[-1][1] if result.eval_results else {}})
+    return summary
+
+
+def run(cfg: RunConfig, clock: Clock = time.perf_counter) -> dict:
+    """``run_experiment``, then ``EXPERIMENT_DIR/summary_WORKLOAD.json`` and one log line per trial."""
+    summary = run_experiment(cfg, clock)
+    root = pathlib.Path(cfg.experiment_dir).expanduser()
+    write_json_atomic(root / f"summary_{cfg.workload}.json", summary)
+    for t in summary["trials"]:
+        logging.info("study %d trial %d: score %.2fs steps %d reached %s", t["study"], t["trial"], t["score"],
+                     t["global_step"], t["reached_target"])
     return summary

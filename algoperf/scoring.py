@@ -80,6 +80,11 @@ def trial_time_to_target(rows: Iterable[Mapping[str, float]], metric: str, targe
 STUDY_RULES = ("upstream", "min_time")
 
 
+def check_study_rule(rule: str) -> None:
+    if rule not in STUDY_RULES:
+        raise ValueError(f"study_rule={rule!r}; allowed: {', '.join(STUDY_RULES)}")
+
+
 def study_time_to_target(trials: Iterable[float | tuple[float, float]], rule: str = "upstream") -> float:
     """A study's time to target from its trials, in trial order (inf when no trial reaches the target).
 
@@ -237,14 +242,14 @@ def read_experiment(experiment_dir: str | pathlib.Path) -> dict[str, list[TrialL
     """{submission: trials}: ``experiment_dir`` holds one submission (study_K/...) or one folder per submission."""
     root = pathlib.Path(experiment_dir).expanduser()
     if not root.is_dir():
-        raise ValueError(f"--experiment_dir={str(experiment_dir)!r} is not a directory")
+        raise ValueError(f"experiment_dir={str(experiment_dir)!r} is not a directory")
     if any(root.glob("study_*")):
         found = {root.name: read_submission_logs(root)}
     else:
         found = {p.name: read_submission_logs(p) for p in sorted(root.iterdir()) if p.is_dir()}
     found = {s: logs for s, logs in found.items() if logs}
     if not found:
-        raise ValueError(f"--experiment_dir={str(experiment_dir)!r} holds no "
+        raise ValueError(f"experiment_dir={str(experiment_dir)!r} holds no "
                          "study_K/WORKLOAD_jax/trial_N/eval_measurements.csv logs")
     return found
 
@@ -285,8 +290,7 @@ def score_experiment(logs: Mapping[str, list[TrialLog]], targets: Mapping[str, T
                      max_ratio: float = DEFAULT_MAX_RATIO, num_points: int = DEFAULT_NUM_POINTS,
                      study_rule: str = "upstream") -> ScoreReport:
     """Scores every submission of ``logs`` (see the module doc for the steps)."""
-    if study_rule not in STUDY_RULES:
-        raise ValueError(f"study_rule={study_rule!r}; allowed: {STUDY_RULES}")
+    check_study_rule(study_rule)
     first_reach: dict = {}
     for submission, trials in logs.items():
         for log in trials:
@@ -368,3 +372,58 @@ def format_reach_table(report: ScoreReport) -> str:
                          f"{hit_studies}/{len(studies)} studies" if times else "–")
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- the entry point
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """Which logs to score and where the report goes.
+
+    experiment_dir: Logs to score: one folder per submission (each with study_K/WORKLOAD_jax/trial_N) or a
+      single submission.
+    out_dir: Where to write scores.md, scores.json and the PNG (default: experiment_dir).
+    base_workloads: Base workloads of the profile, comma-separated (default: every non-variant workload found).
+    study_rule: How a study's trials make its time: upstream (upstream's scoring code: earliest evaluation
+      index reaching the target) or min_time (the fastest trial, the rules document's wording).
+    """
+    experiment_dir: str = ""
+    out_dir: str = ""
+    base_workloads: str = ""
+    study_rule: str = "upstream"
+
+    def __post_init__(self):
+        check_study_rule(self.study_rule)
+
+
+def _finite(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def score(cfg: ScoreConfig) -> ScoreReport:
+    """Scores ``cfg.experiment_dir`` against our workload registry's targets (else each trial's
+    meta_data_*.json); writes scores.md (table), scores.json and performance_profiles.png and prints the
+    tables. A wrong directory fails (ValueError) before anything is written."""
+    from algoperf import workloads as workloads_lib
+    from training.run import write_json_atomic
+
+    if not cfg.experiment_dir:
+        raise ValueError("experiment_dir='' is required (the logs to score)")
+    logs = read_experiment(cfg.experiment_dir)
+    report = score_experiment(logs, workloads_lib.validation_targets(), workloads_lib.VARIANTS,
+                              base_workloads=workloads_lib.split_names(cfg.base_workloads) or None,
+                              study_rule=cfg.study_rule)
+    out = pathlib.Path(cfg.out_dir or cfg.experiment_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table(report)
+    reach = format_reach_table(report)
+    (out / "scores.md").write_text(f"{table}\n\nTrials and studies that reached the validation target:\n\n{reach}\n")
+    write_json_atomic(out / "scores.json", {
+        "study_rule": cfg.study_rule, "scores": report.scores, "base_workloads": report.base_workloads,
+        "variants": report.variants,
+        "workload_times_s": {s: {w: _finite(t) for w, t in per.items()} for s, per in report.workload_times.items()},
+        "scored_times_s": {s: {w: _finite(t) for w, t in per.items()} for s, per in report.scored_times.items()},
+        "trial_times_s": json.loads(json.dumps(report.trial_times, default=str).replace("Infinity", "null")),
+    })
+    plot_profiles(report, out / "performance_profiles.png")
+    print(table + "\n\n" + reach)
+    return report

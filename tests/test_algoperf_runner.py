@@ -2,6 +2,8 @@
 import csv
 import json
 import pathlib
+import subprocess
+import sys
 
 import flax.linen as nn
 import numpy as np
@@ -184,11 +186,15 @@ def test_bad_submission_and_workload(tmp_path):
         runner.load_submission(broken)
     with pytest.raises(ValueError, match="not a Python file"):
         runner.load_submission(tmp_path / "nope.py")
-    with pytest.raises(ValueError, match="--workload='imagenet' is unknown"):
+    with pytest.raises(ValueError, match="^workload='imagenet' is unknown"):
         runner.RunConfig(workload="imagenet", submission_path="x.py", experiment_dir=str(tmp_path),
                          tuning_search_space="s.json")
-    with pytest.raises(ValueError, match="--tuning_search_space is required"):
-        runner.RunConfig(workload="mnist1d", submission_path="x.py", experiment_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="^tuning_search_space=None: a search-space JSON is required"):
+        runner.check_run(runner.RunConfig(workload="mnist1d", submission_path="x.py", experiment_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="^experiment_dir='' is required"):
+        runner.check_run(runner.RunConfig(workload="mnist1d", submission_path="x.py", tuning_search_space="s.json"))
+    with pytest.raises(ValueError, match="^num_studies=0 must be an integer >= 1"):
+        runner.RunConfig(num_studies=0)
     with pytest.raises(ValueError, match="tuning_ruleset"):
         runner.RunConfig(workload="mnist1d", submission_path="x.py", experiment_dir=str(tmp_path),
                          tuning_ruleset="internal")
@@ -199,6 +205,23 @@ def test_bad_submission_and_workload(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         runner.run_experiment(cfg)  # fails before any data is generated or model built
     assert not (tmp_path / "exp").exists()
+
+
+def test_cli_missing_or_malformed_search_space_is_one_line(tmp_path):
+    """scripts.run_algoperf: a bad --tuning_search_space ends with one line on stderr, exit 1, before any work."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{'lr': 1")
+    command = [sys.executable, "-m", "scripts.run_algoperf", "--workload=mnist1d",
+               f"--submission_path={BASELINES / 'nadamw.py'}", f"--experiment_dir={tmp_path / 'exp'}"]
+    for extra, expected in (
+            ([], "error: --tuning_search_space=None: a search-space JSON is required with --tuning_ruleset='external'"),
+            ([f"--tuning_search_space={bad}"], f"error: --tuning_search_space='{bad}' is not valid JSON"),
+            ([f"--tuning_search_space={tmp_path / 'nope.json'}"], f"error: --tuning_search_space='{tmp_path / 'nope.json'}' is not a file"),
+            (["--tuning_ruleset=self", f"--tuning_search_space={bad}"], "error: --tuning_search_space='")):
+        out = subprocess.run(command + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith(expected), out.stderr
+    assert not (tmp_path / "exp").exists()  # nothing was started
 
 
 def test_batch_size_fallback_to_workload_default():

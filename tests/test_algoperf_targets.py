@@ -1,10 +1,10 @@
-"""Target setting (scripts/set_algoperf_targets.py) with scripted runs in place of training."""
+"""Target setting (algoperf.targets) with scripted runs in place of training; the suite's validation."""
 import math
 
 import pytest
 
-from scripts import algoperf_suite
-from scripts import set_algoperf_targets as st
+from algoperf import suite
+from algoperf import targets as st
 
 
 def test_target_is_median_of_reruns_of_the_best_configuration(monkeypatch):
@@ -52,10 +52,24 @@ def test_untargeted_workload_never_reaches_and_has_no_budget():
 
 
 def test_suite_validates_before_running(tmp_path):
-    with pytest.raises(ValueError, match="no search space"):
-        algoperf_suite.suite_configs(str(tmp_path), ["nadamw", "nope"], ["mnist1d"], 2, 3, 0, False)
-    with pytest.raises(ValueError, match="unknown"):
-        algoperf_suite.suite_configs(str(tmp_path), ["nadamw"], ["imagenet"], 2, 3, 0, False)
-    configs = algoperf_suite.suite_configs(str(tmp_path), ["nadamw", "adamw"], ["mnist1d", "ctr"], 2, 3, 0, True)
+    with pytest.raises(ValueError, match="baselines='nadamw,nope': 'nope' has no search space"):
+        suite.SuiteConfig(experiment_dir=str(tmp_path), baselines="nadamw,nope", workloads="mnist1d")
+    with pytest.raises(ValueError, match=r"workloads='imagenet': \['imagenet'\] unknown"):
+        suite.SuiteConfig(experiment_dir=str(tmp_path), baselines="nadamw", workloads="imagenet")
+    with pytest.raises(ValueError, match="experiment_dir='' is required"):
+        suite.suite_configs(suite.SuiteConfig())
+    configs = suite.suite_configs(suite.SuiteConfig(experiment_dir=str(tmp_path), baselines="nadamw,adamw",
+                                                    workloads="mnist1d,ctr", self_tuning=True))
     assert len(configs) == 6 and {c.tuning_ruleset for c in configs} == {"external", "self"}
+    assert [(c.workload, c.submission_path.rsplit("/", 1)[1]) for c in configs[:2]] == [
+        ("mnist1d", "nadamw.py"), ("mnist1d", "adamw.py")]  # workload-major
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_targets_config_validates_before_running():
+    with pytest.raises(ValueError, match="unknown"):
+        st.TargetsConfig(workloads="mnist1d,imagenet")
+    with pytest.raises(ValueError, match="reruns=0 must be an integer >= 1"):
+        st.TargetsConfig(reruns=0)
+    with pytest.raises(ValueError, match="out='' is required"):
+        st.set_all_targets(st.TargetsConfig(workloads="mnist1d"))

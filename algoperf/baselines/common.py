@@ -42,6 +42,15 @@ def hparam(hyperparameters, name: str, default=None):
     return default if value is None else value
 
 
+def adam_state(adam, step_hint: int, hyperparameters, model_params):
+    """``make_state`` of ``adam`` (``optax.adamw`` or ``optax.nadamw``) with warm-up + cosine decay over
+    ``step_hint``, the hyperparameters' beta1 (as ``one_minus_beta1``), beta2 and weight decay, eps 1e-8."""
+    schedule = warmup_cosine(step_hint, hyperparameters.learning_rate, hyperparameters.warmup_factor)
+    optimizer = adam(schedule, b1=1.0 - hyperparameters.one_minus_beta1, b2=hyperparameters.beta2, eps=1e-8,
+                     weight_decay=hyperparameters.weight_decay)
+    return make_state(optimizer, model_params)
+
+
 def make_state(optimizer: optax.GradientTransformation, model_params):
     """``(optax state, update fn)``: upstream baselines keep the update function in the state."""
     replicated = jax_sharding_utils.get_replicate_sharding()

@@ -8,8 +8,4 @@ from algoperf.baselines.common import data_selection, get_batch_size, prepare_fo
 
 def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng):
     del model_state, rng
-    schedule = common.warmup_cosine(workload.step_hint, hyperparameters.learning_rate,
-                                    hyperparameters.warmup_factor)
-    optimizer = optax.nadamw(schedule, b1=1.0 - hyperparameters.one_minus_beta1, b2=hyperparameters.beta2,
-                             eps=1e-8, weight_decay=hyperparameters.weight_decay)
-    return common.make_state(optimizer, model_params)
+    return common.adam_state(optax.nadamw, workload.step_hint, hyperparameters, model_params)

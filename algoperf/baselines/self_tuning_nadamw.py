@@ -16,10 +16,7 @@ FIXED = collections.namedtuple("Hyperparameters", list(HPARAMS))(**HPARAMS)
 
 def init_optimizer_state(workload, model_params, model_state, hyperparameters, rng):
     del model_state, rng, hyperparameters  # self-tuning: ignores any given hyperparameters
-    schedule = common.warmup_cosine(workload.step_hint, FIXED.learning_rate, FIXED.warmup_factor)
-    optimizer = optax.nadamw(schedule, b1=1.0 - FIXED.one_minus_beta1, b2=FIXED.beta2, eps=1e-8,
-                             weight_decay=FIXED.weight_decay)
-    return common.make_state(optimizer, model_params)
+    return common.adam_state(optax.nadamw, workload.step_hint, FIXED, model_params)
 
 
 def update_params(workload, current_param_container, current_params_types, model_state, hyperparameters,

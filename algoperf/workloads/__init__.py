@@ -19,13 +19,29 @@ VARIANTS = {"mnist1d_tanh": "mnist1d", "lm_gelu": "lm", "ctr_layernorm": "ctr", 
 BASE_WORKLOADS = [w for w in WORKLOADS if w not in VARIANTS]
 
 
+def split_names(value) -> list[str]:
+    """A comma-separated setting (``"mnist1d,lm"``, as the command line gives it) or a sequence of names, as a
+    list (empty for ``""``)."""
+    items = value.split(",") if isinstance(value, str) else value
+    return [n.strip() for n in items if n.strip()]
+
+
+def check_workload_names(field: str, value) -> list[str]:
+    """``split_names(value)``; ValueError naming ``field`` if a name is not a registered workload."""
+    names = split_names(value)
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"{field}={','.join(names)!r}: {unknown} unknown; allowed: {', '.join(WORKLOADS)}")
+    return names
+
+
 def get_base_workload_name(name: str) -> str:
     return VARIANTS.get(name, name)
 
 
 def workload_class(name: str):
     if name not in WORKLOADS:
-        raise ValueError(f"--workload={name!r} is unknown; allowed: {', '.join(WORKLOADS)}")
+        raise ValueError(f"workload={name!r} is unknown; allowed: {', '.join(WORKLOADS)}")
     module, cls = WORKLOADS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

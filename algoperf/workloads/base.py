@@ -88,21 +88,27 @@ def pad_batch(batch: Dict[str, np.ndarray], size: int) -> Dict[str, np.ndarray]:
     return out
 
 
+def masked_loss(per_example, mask_batch=None) -> Dict[str, jax.Array]:
+    """Upstream's ``loss_fn`` result from per-example losses: their sum over the rows ``mask_batch`` keeps
+    (all rows when it is None), the number of those rows, and the (masked) per-example losses."""
+    if mask_batch is not None:
+        per_example = per_example * mask_batch
+        n_valid = jnp.sum(mask_batch)
+    else:
+        n_valid = jnp.asarray(per_example.size, per_example.dtype)
+    return {"summed": jnp.sum(per_example), "n_valid_examples": n_valid, "per_example": per_example}
+
+
 class BaseWorkload(spec.Workload):
     """An AlgoPerf workload over in-memory NumPy splits (see the module doc)."""
 
-    # Set by subclasses -------------------------------------------------------------------------
-    workload_name: str = ""
-    default_batch_size: int = 128
-    _eval_batch_size: int = 256
-    _target_metric_name: str = "accuracy"
-    _validation_target: float = 0.0
-    _test_target: float = 0.0
-    _max_runtime: int = 60
-    _eval_period: int = 5
-    _step_hint: int = 1000
+    # Set by subclasses (grouped as they do) ------------------------------------------------------
+    workload_name = ""
+    default_batch_size, _eval_batch_size = 128, 256
+    _target_metric_name, _eval_period, _step_hint = "accuracy", 5, 1000  # eval period in seconds
+    _validation_target, _test_target, _max_runtime = 0.0, 0.0, 60  # what target setting sets; budget in seconds
     _loss_type = spec.LossType.SOFTMAX_CROSS_ENTROPY
-    _num_eval_train: int = 1000
+    _num_eval_train = 1000  # examples of the eval_train split (the first ones of train)
 
     def __init__(self, data_dir: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -206,12 +212,7 @@ class BaseWorkload(spec.Workload):
         one_hot = jax.nn.one_hot(label_batch, num_classes)
         smoothed = one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
         per_example = -jnp.sum(smoothed * jax.nn.log_softmax(logits_batch), axis=-1)
-        if mask_batch is not None:
-            per_example = per_example * mask_batch
-            n_valid = jnp.sum(mask_batch)
-        else:
-            n_valid = jnp.asarray(per_example.size, per_example.dtype)
-        return {"summed": jnp.sum(per_example), "n_valid_examples": n_valid, "per_example": per_example}
+        return masked_loss(per_example, mask_batch)
 
     # -- evaluation ------------------------------------------------------------------------------
     def _eval_batch(self, params, model_state, batch):

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algoperf import spec
-from algoperf.workloads.base import BaseWorkload
+from algoperf.workloads.base import BaseWorkload, masked_loss
 
 NUM_DENSE, NUM_SPARSE, VOCAB, EMBED = 8, 6, 50, 16
 SIZES = {"train": 40_000, "validation": 5_000, "test": 5_000}
@@ -89,14 +89,11 @@ class DLRMSmall(nn.Module):
 
 class CTRWorkload(BaseWorkload):
     workload_name = "ctr"
-    default_batch_size = 256
-    _eval_batch_size = 1000
-    _target_metric_name = "loss"
-    _validation_target = 0.4143  # Bayes floor 0.361 (bayes_log_loss); set by scripts/set_algoperf_targets.py: results/algoperf/targets.json
-    _test_target = 0.4303
-    _max_runtime = 10
-    _eval_period = 1
-    _step_hint = 6000
+    default_batch_size, _eval_batch_size = 256, 1000
+    _target_metric_name, _eval_period, _step_hint = "loss", 1, 6000
+    # validation target, test target, runtime budget (s): set by scripts/set_algoperf_targets.py
+    # (algoperf.targets), recorded in results/algoperf/targets.json
+    _validation_target, _test_target, _max_runtime = 0.4143, 0.4303, 10  # Bayes floor 0.361 (bayes_log_loss)
     _loss_type = spec.LossType.SIGMOID_CROSS_ENTROPY
 
     def build_model(self) -> nn.Module:
@@ -110,12 +107,7 @@ class CTRWorkload(BaseWorkload):
         """Sigmoid cross-entropy with labels smoothed towards 1/2."""
         labels = label_batch * (1.0 - label_smoothing) + 0.5 * label_smoothing
         per_example = jnp.maximum(logits_batch, 0) - logits_batch * labels + jnp.log1p(jnp.exp(-jnp.abs(logits_batch)))
-        if mask_batch is not None:
-            per_example = per_example * mask_batch
-            n_valid = jnp.sum(mask_batch)
-        else:
-            n_valid = jnp.asarray(per_example.size, per_example.dtype)
-        return {"summed": jnp.sum(per_example), "n_valid_examples": n_valid, "per_example": per_example}
+        return masked_loss(per_example, mask_batch)
 
     def per_example_eval(self, logits, targets, weights) -> Dict[str, jax.Array]:
         losses = self.loss_fn(targets, logits, weights)["per_example"]
@@ -125,9 +117,7 @@ class CTRWorkload(BaseWorkload):
 
 class CTRLayerNormWorkload(CTRWorkload):
     workload_name = "ctr_layernorm"
-    _validation_target = 0.4073  # set by scripts/set_algoperf_targets.py: results/algoperf/targets.json
-    _test_target = 0.43
-    _max_runtime = 30
+    _validation_target, _test_target, _max_runtime = 0.4073, 0.43, 30  # (results/algoperf/targets.json)
 
     def build_model(self) -> nn.Module:
         return DLRMSmall(layernorm=True)

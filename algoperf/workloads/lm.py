@@ -2,7 +2,7 @@
 
 Model: ``models.transformer.DecoderLM`` at a CPU-sized configuration (2 layers, 2 heads, width 64,
 SwiGLU width 128, context 32). Training batches are random windows, a pure function of (seed, step)
-(``algoperf.data.text.train_batch``); evaluation uses fixed windows of the validation split (the last
+(``training.data.text.train_batch``); evaluation uses fixed windows of the validation split (the last
 10% of the corpus) and, as the test split, other fixed windows of it drawn with another seed.
 Held-out variant ``lm_gelu``: the same network with a plain GELU MLP instead of SwiGLU.
 """
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algoperf import jax_sharding_utils, spec
-from algoperf.data import text
+from training.data import text
 from algoperf.workloads.base import BaseWorkload, seed_from_rng
 from models.transformer import DecoderLM, TransformerConfig
 
@@ -41,14 +41,11 @@ def gelu_factory(config: TransformerConfig, name: str) -> nn.Module:
 
 class LMWorkload(BaseWorkload):
     workload_name = "lm"
-    default_batch_size = 32
-    _eval_batch_size = 64
-    _target_metric_name = "bits_per_byte"
-    _validation_target = 2.7639  # set by scripts/set_algoperf_targets.py: results/algoperf/targets.json
-    _test_target = 2.7244
-    _max_runtime = 75
-    _eval_period = 3
-    _step_hint = 1200
+    default_batch_size, _eval_batch_size = 32, 64
+    _target_metric_name, _eval_period, _step_hint = "bits_per_byte", 3, 1200
+    # validation target, test target, runtime budget (s): set by scripts/set_algoperf_targets.py
+    # (algoperf.targets), recorded in results/algoperf/targets.json
+    _validation_target, _test_target, _max_runtime = 2.7639, 2.7244, 75
     _loss_type = spec.LossType.SOFTMAX_CROSS_ENTROPY
     output_param_key = "embed"
     model_config = TransformerConfig(vocab_size=text.VOCAB_SIZE, num_layers=2, num_heads=2, d_model=64,
@@ -107,9 +104,7 @@ class LMWorkload(BaseWorkload):
 
 class LMGeluWorkload(LMWorkload):
     workload_name = "lm_gelu"
-    _max_runtime = 60
-    _validation_target = 2.8022  # set by scripts/set_algoperf_targets.py: results/algoperf/targets.json
-    _test_target = 2.7622
+    _validation_target, _test_target, _max_runtime = 2.8022, 2.7622, 60  # (results/algoperf/targets.json)
 
     def build_model(self) -> nn.Module:
         return DecoderLM(self.model_config, ffn_factory=gelu_factory)

@@ -48,10 +48,11 @@ def write_idx(path: pathlib.Path, array: np.ndarray) -> None:
 
 def load_mnist_arrays(data_dir: str | None) -> dict:
     if not data_dir:
-        raise ValueError("the mnist workload reads MNIST from --data_dir (idx files or mnist.npz); none given")
+        raise ValueError(f"data_dir={data_dir!r}: the mnist workload reads MNIST from a folder (idx files or "
+                         "mnist.npz); none given")
     root = pathlib.Path(data_dir).expanduser()
     if not root.is_dir():
-        raise ValueError(f"--data_dir={data_dir!r} is not a directory")
+        raise ValueError(f"data_dir={data_dir!r} is not a directory")
     if (root / "mnist.npz").is_file():
         with np.load(root / "mnist.npz") as f:
             return {k: f[k] for k in IDX_FILES}
@@ -59,7 +60,7 @@ def load_mnist_arrays(data_dir: str | None) -> dict:
     for key, name in IDX_FILES.items():
         path = next((root / n for n in (name, name + ".gz") if (root / n).is_file()), None)
         if path is None:
-            raise ValueError(f"--data_dir={data_dir!r} has neither mnist.npz nor {name}[.gz]")
+            raise ValueError(f"data_dir={data_dir!r} has neither mnist.npz nor {name}[.gz]")
         out[key] = read_idx(path)
     return out
 
@@ -75,17 +76,9 @@ class MnistMLP(nn.Module):
 
 class MnistWorkload(BaseWorkload):
     workload_name = "mnist"
-    default_batch_size = 128
-    _eval_batch_size = 1000
-    _target_metric_name = "accuracy"
-    _validation_target = 0.97  # upstream's MNIST target
-    _test_target = 0.97
-    _max_runtime = 60
-    _eval_period = 5
-    _step_hint = 7813
-
-    def build_model(self) -> nn.Module:
-        return MnistMLP()
+    default_batch_size, _eval_batch_size = 128, 1000
+    _target_metric_name, _eval_period, _step_hint = "accuracy", 5, 7813
+    _validation_target, _test_target, _max_runtime = 0.97, 0.97, 60  # upstream's MNIST target
 
     def load_splits(self, data_dir):
         arrays = load_mnist_arrays(data_dir)
@@ -96,6 +89,9 @@ class MnistWorkload(BaseWorkload):
         return {"train": {"inputs": x[:cut], "targets": y[:cut]},
                 "validation": {"inputs": x[cut:], "targets": y[cut:]},
                 "test": {"inputs": x_test, "targets": arrays["y_test"].astype(np.int32)}}
+
+    def build_model(self) -> nn.Module:
+        return MnistMLP()
 
 
 class MnistReluWorkload(MnistWorkload):
