@@ -1,104 +1,12 @@
-r"""Environment throughput: the pure-JAX job-shop env (jit + vmap over a batch) vs a plain-Python
-event-driven env with the same rules (rl/jssp/pyenv.py), both dispatching with SPT.
+r"""Environment throughput: the pure-JAX job-shop env vs a plain-Python one, both with SPT (rl/jssp/bench.py).
 
     python -m scripts.bench_jssp --out=results/bench_jssp.json
     python -m scripts.bench_jssp --sizes=10x10,15x15 --batches=1,64,512 --repeats=3
 
-For each size and batch, whole episodes (J*M dispatches each) are run on random instances; steps/s is
-batch * J * M / wall time. JAX is warmed up (compiled) first and timed with ``block_until_ready``;
-figures are medians of ``--repeats``, JAX and Python measured side by side in this one process. The
-two environments' makespans are checked to be identical.
+Every flag is a setting of ``rl.jssp.bench.BenchJSSPConfig``.
 """
-from __future__ import annotations
-
-import statistics
-import time
-
-import jax
-import numpy as np
-from absl import app, flags
-
-from rl.jssp import instances, pyenv, rules
+from rl.jssp import bench
 from scripts import common
 
-flags.DEFINE_string("sizes", "10x10,15x15,20x15", "Instance sizes JOBSxMACHINES.")
-flags.DEFINE_string("batches", "1,64,512", "Batch sizes of the JAX environment.")
-flags.DEFINE_integer("python_instances", 8, "Instances the Python environment runs per repeat.", lower_bound=1)
-flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Instance seed.")
-flags.DEFINE_string("out", "", "Write the JSON results here.")
-FLAGS = flags.FLAGS
-
-
-def _parse(sizes: str, batches: str):
-    try:
-        size_list = [tuple(int(x) for x in s.split("x")) for s in sizes.split(",") if s]
-        batch_list = [int(b) for b in batches.split(",") if b]
-    except ValueError:
-        raise ValueError(f"--sizes={sizes!r} must look like 10x10,15x15 and --batches={batches!r} like 1,64") from None
-    if not size_list or any(len(s) != 2 or min(s) < 1 for s in size_list):
-        raise ValueError(f"--sizes={sizes!r} must be JOBSxMACHINES with positive numbers")
-    if not batch_list or min(batch_list) < 1:
-        raise ValueError(f"--batches={batches!r} must be positive integers")
-    return size_list, batch_list
-
-
-def bench_jax(J, M, batch, repeats, seed):
-    m, d = instances.random_batch_jax(jax.random.PRNGKey(seed), batch, J, M)
-    jax.block_until_ready(rules.solve_batch(m, d, "spt"))  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state = jax.block_until_ready(rules.solve_batch(m, d, "spt"))
-        times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
-    return batch * J * M / t, t, np.asarray(state.job_ready).max(-1), (m, d)
-
-
-def bench_python(m, d, count, repeats):
-    m, d = np.asarray(m[:count]), np.asarray(d[:count])
-    times, cmax = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        res = [pyenv.run_spt(m[i], d[i]) for i in range(count)]
-        times.append(time.perf_counter() - t0)
-        cmax = [r[0] for r in res]
-    t = statistics.median(times)
-    steps = sum(r[2] for r in res)
-    return steps / t, t, np.asarray(cmax)
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    size_list, batch_list = _parse(FLAGS.sizes, FLAGS.batches)
-    rows = []
-    for J, M in size_list:
-        big = max(batch_list + [FLAGS.python_instances])
-        py_sps, py_t, py_cmax = None, None, None
-        for batch in batch_list:
-            sps, t, cmax, (m, d) = bench_jax(J, M, batch, FLAGS.repeats, FLAGS.seed)
-            if py_sps is None:
-                _, _, _, (mb, db) = bench_jax(J, M, big, 1, FLAGS.seed) if big != batch else (0, 0, 0, (m, d))
-                py_sps, py_t, py_cmax = bench_python(mb, db, FLAGS.python_instances, FLAGS.repeats)
-                jax_cmax = np.asarray(rules.solve_batch(mb[:FLAGS.python_instances], db[:FLAGS.python_instances],
-                                                        "spt").job_ready).max(-1)
-                if not np.array_equal(jax_cmax, py_cmax):
-                    raise RuntimeError(f"{J}x{M}: JAX and Python SPT makespans differ: {jax_cmax} vs {py_cmax}")
-            rows.append({"size": f"{J}x{M}", "batch": batch, "jax_steps_per_s": sps, "jax_wall_s": t,
-                         "python_steps_per_s": py_sps, "python_wall_s_per_instance": py_t / FLAGS.python_instances,
-                         "speedup": sps / py_sps})
-    print(f"{'size':>7} {'batch':>6} {'JAX steps/s':>13} {'Python steps/s':>15} {'ratio':>8}")
-    for r in rows:
-        print(f"{r['size']:>7} {r['batch']:>6} {r['jax_steps_per_s']:>13.0f} {r['python_steps_per_s']:>15.0f} "
-              f"{r['speedup']:>8.2f}")
-    if FLAGS.out:
-        common.write_json_atomic(__import__("pathlib").Path(FLAGS.out), {
-            "config": {"sizes": FLAGS.sizes, "batches": FLAGS.batches, "python_instances": FLAGS.python_instances,
-                       "repeats": FLAGS.repeats, "seed": FLAGS.seed, "policy": "spt"},
-            "machine": common.machine_info(),
-            "rows": rows})
-
-
 if __name__ == "__main__":
-    app.run(main)
+    common.main(bench.BenchJSSPConfig, bench.run)

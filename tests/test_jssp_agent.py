@@ -1,6 +1,8 @@
 """rl/jssp agent: a PPO update changes the policy, inference yields valid schedules, policy round trip,
-the evaluation script's records and table, the shipped policy."""
+the evaluation's records and table, the shipped policy, the training config and the command lines."""
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,10 @@ import numpy as np
 import pytest
 
 from models.jssp_policy import JobShopPolicy, PolicyConfig
-from rl.jssp import agent, env, instances, validate
+from rl.jssp import agent, env, evaluate, instances, validate
+from rl.jssp.train import TrainJSSPConfig, refreshes_demos
+from training import config as config_lib
+from training import run as run_lib
 
 TINY = PolicyConfig(window=2, d_model=8, num_heads=2, job_layers=1, mlp_dim=16)
 PPO = agent.PPOConfig(num_jobs=4, num_machines=3, batch=2, epochs=1, minibatches=1, cpsat_instances=1)
@@ -62,23 +67,21 @@ def test_inference_greedy_and_sampling_are_valid_and_best_of_is_min(tmp_path):
 def test_policy_config_and_ppo_config_reject_bad_values():
     with pytest.raises(ValueError, match="divisible"):
         PolicyConfig(d_model=10, num_heads=4)
-    with pytest.raises(ValueError, match="--batch"):
+    with pytest.raises(ValueError, match="batch=0"):
         agent.PPOConfig(batch=0)
-    with pytest.raises(ValueError, match="--rollout_factor"):
+    with pytest.raises(ValueError, match="rollout_factor=0.5"):
         agent.PPOConfig(rollout_factor=0.5)
 
 
 def test_eval_records_and_group_table(tmp_path):
-    from scripts import eval_jssp
-
     d = tmp_path / "insts"
     d.mkdir()
     rng = np.random.default_rng(0)
     for i, (J, M) in enumerate([(4, 3), (4, 3), (5, 4)]):
         (d / f"r{i}.txt").write_text(instances.format_instance(instances.random_instance(rng, J, M)))
-    insts = eval_jssp.load_instances(str(d))
+    insts = evaluate.load_instances(str(d))
     bounds = {"r0": {"upper_bound": 10_000}}
-    records = eval_jssp.evaluate(insts, eval_jssp.make_runner("mwkr"), "mwkr", bounds)
+    records = evaluate.evaluate(insts, evaluate.make_runner("mwkr"), "mwkr", bounds)
     assert [r["instance"] for r in records] == ["r0", "r1", "r2"]
     for r, inst in zip(records, insts):
         assert validate.check_schedule(inst.machines, inst.durations, r["start_times"]) == r["makespan"]
@@ -86,15 +89,15 @@ def test_eval_records_and_group_table(tmp_path):
     assert records[0]["gap"] == pytest.approx(100 * (records[0]["makespan"] - 10_000) / 10_000)
     assert records[1]["gap"] is None
     json.dumps(records)
-    rows, table = eval_jssp.group_table(records)
+    rows, table = evaluate.group_table(records)
     assert [(r["size"], r["n"]) for r in rows] == [("4x3", 2), ("5x4", 1)]
     assert "4x3" in table and "5x4" in table
-    with pytest.raises(ValueError, match="--sizes"):
-        eval_jssp.load_instances("taillard", "15by15")
-    with pytest.raises(ValueError, match="--instances"):
-        eval_jssp.load_instances(str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="--solver"):
-        eval_jssp.make_runner("edd")
+    with pytest.raises(ValueError, match="sizes="):
+        evaluate.load_instances("taillard", "15by15")
+    with pytest.raises(ValueError, match="instances="):
+        evaluate.load_instances(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="solver="):
+        evaluate.make_runner("edd")
 
 
 def test_shipped_policy_loads_and_solves():
@@ -103,6 +106,14 @@ def test_shipped_policy_loads_and_solves():
     inst = instances.random_instance(np.random.default_rng(5), 6, 6)
     c, s = agent.best_of(agent.make_solver(model)(params, inst.machines, inst.durations, jax.random.PRNGKey(0), 0))
     assert validate.check_schedule(inst.machines, inst.durations, s) == c
+    # its provenance line is still a valid command of scripts.train_jssp, the one the config writes
+    module, *args = info["trained_by"].removeprefix("python -m ").split()
+    types = {f.name: f.type for f in config_lib.flat_fields(TrainJSSPConfig)}
+    flat = dict(arg.removeprefix("--").split("=", 1) for arg in args)
+    cfg = config_lib.from_flat(TrainJSSPConfig, {k: v == "True" if types[k] is bool else types[k](v)
+                                                 for k, v in flat.items()})
+    assert module == "scripts.train_jssp" and cfg.policy == PolicyConfig(**info["policy_config"])
+    assert sorted(run_lib.command_line(module, cfg).split()) == sorted(info["trained_by"].split())
 
 
 def test_curriculum_parsing_and_round_robin_mix():
@@ -130,7 +141,7 @@ def test_bc_weight_and_lr_schedules():
     assert float(sched(0)) == pytest.approx(1e-3)
     assert float(sched(10 * 2 * 3)) == pytest.approx(1e-4)
     assert float(agent.lr_schedule(agent.PPOConfig(lr=2e-4))(1000)) == pytest.approx(2e-4)
-    with pytest.raises(ValueError, match="--lr_end_frac"):
+    with pytest.raises(ValueError, match="lr_end_frac=0.0"):
         agent.PPOConfig(lr_end_frac=0.0)
 
 
@@ -156,18 +167,17 @@ def test_normalised_return_is_the_relative_gap_to_the_initial_lower_bound():
     np.testing.assert_allclose(np.asarray(ret), (lb0 - cmax) / lb0, rtol=1e-5)
 
 
-def test_train_script_refreshes_each_sizes_demonstrations():
-    from scripts.train_jssp import TrainJSSPConfig, refreshes_demos
-
+def test_training_refreshes_each_sizes_demonstrations():
     cfg = TrainJSSPConfig(curriculum="4x3:0,5x4:4", cpsat_every=2, bc_boost_steps=2)
     got = [s for s in range(1, 12) if refreshes_demos(s, cfg)]
     # boost: steps 1-2; 4x3 uses 1,2,3,4,6,8,10 -> refresh on its 0th, 2nd, 4th, 6th use (1, 3, 6, 10);
     # 5x4 uses 5,7,9,11 -> refresh on its first and third (5, 9)
     assert got == [1, 2, 3, 5, 6, 9, 10]
-    assert not any(refreshes_demos(s, TrainJSSPConfig(cpsat_instances=0)) for s in range(1, 5))
-    with pytest.raises(ValueError, match="--curriculum"):
+    no_cpsat = config_lib.from_flat(TrainJSSPConfig, {"cpsat_instances": 0})
+    assert not any(refreshes_demos(s, no_cpsat) for s in range(1, 5))
+    with pytest.raises(ValueError, match="curriculum="):
         TrainJSSPConfig(curriculum="4x3:1")
-    with pytest.raises(ValueError, match="--bc_boost"):
+    with pytest.raises(ValueError, match="bc_boost=0.5"):
         TrainJSSPConfig(bc_boost=0.5)
 
 
@@ -190,8 +200,6 @@ def test_greedy_action_noop_threshold_and_its_selection():
 def test_sampling_temperature_limits_and_its_selection(tmp_path):
     import shutil
 
-    from scripts import tune_jssp_sampling
-
     model = agent.make_model(TINY)
     params = agent.init_params(model, jax.random.PRNGKey(3))
     inst = instances.random_instance(np.random.default_rng(4), 4, 3)
@@ -199,7 +207,7 @@ def test_sampling_temperature_limits_and_its_selection(tmp_path):
     greedy_cmax, _ = agent.best_of(agent.make_solver(model)(params, m, d, jax.random.PRNGKey(0), 0))
     cold = agent.make_solver(model, temperature=1e-6)(params, m, d, jax.random.PRNGKey(0), 16)
     np.testing.assert_array_equal(np.asarray(cold.job_ready).max(-1), greedy_cmax)  # T -> 0: the argmax
-    with pytest.raises(ValueError, match="--temperature=0"):
+    with pytest.raises(ValueError, match="temperature=0"):
         agent.make_solver(model, temperature=0)
     insts = [instances.random_instance(np.random.default_rng(s), 4, 3) for s in range(3)]
     ms = jnp.asarray(np.stack([i.machines for i in insts]))
@@ -208,10 +216,65 @@ def test_sampling_temperature_limits_and_its_selection(tmp_path):
     assert set(means) == {"0.5", "2.0"} and means[str(choice)] == min(means.values())
     policy_dir = tmp_path / "policy"
     shutil.copytree(agent.TRAINED_DIR, policy_dir)
-    out = tune_jssp_sampling.tune(str(policy_dir), "4x3", 2, 4, seed=0, candidates=(1.0, 2.0))
+    out = evaluate.tune(evaluate.TuneConfig(str(policy_dir), "4x3", 2, 4, seed=0), candidates=(1.0, 2.0))
     info = json.loads((policy_dir / "policy.json").read_text())
     assert info["sampling_temperature"] == out["sampling_temperature"] in (1.0, 2.0)
     assert info["greedy_noop_threshold"] == json.loads((agent.TRAINED_DIR / "policy.json").read_text())[
         "greedy_noop_threshold"]   # the rest of policy.json is kept
-    with pytest.raises(ValueError, match="--size='15'"):
-        tune_jssp_sampling.parse_size("15")
+    with pytest.raises(ValueError, match="size='15'"):
+        evaluate.TuneConfig(size="15")
+
+
+OLD_TRAIN_FLAGS = ("workdir", "seed", "multihost", "checkpoint_every", "keep_checkpoints", "checkpoint_mode",
+                   "overwrite", "export_dir", "steps", "num_jobs", "num_machines", "batch", "rollout_factor", "epochs",
+                   "minibatches", "lr", "ent_coef", "bc_coef", "cpsat_every", "cpsat_instances", "cpsat_time_limit",
+                   "bc_boost", "bc_boost_steps", "curriculum", "lr_decay", "lr_end_frac", "normalise_reward", "window",
+                   "d_model", "num_heads", "job_layers", "mlp_dim", "eval_every", "eval_instances", "log_every")
+
+
+def test_train_config_nests_ppo_and_policy_under_the_old_flat_names():
+    fields = {f.name: f for f in config_lib.flat_fields(TrainJSSPConfig)}
+    assert set(OLD_TRAIN_FLAGS) <= set(fields) and "lr_decay_steps" not in fields
+    assert fields["batch"].path == ("ppo", "batch") and fields["d_model"].path == ("policy", "d_model")
+    assert fields["bc_coef"].help == "Weight of the CP-SAT demonstration cross-entropy."
+    assert all(f.help != f.name.replace("_", " ") for f in fields.values())  # every setting documented
+    cfg = config_lib.from_flat(TrainJSSPConfig, {"batch": 2, "d_model": 8, "num_heads": 2, "curriculum": "4x3:0,5x4:2",
+                                                 "lr_decay": True, "steps": 7})
+    assert cfg.policy == PolicyConfig(d_model=8, num_heads=2) and cfg.ppo.lr_decay_steps == 7
+    assert cfg.ppo_config((5, 4)) == agent.PPOConfig(num_jobs=5, num_machines=4, batch=2, lr_decay_steps=7)
+    assert config_lib.from_flat(TrainJSSPConfig, config_lib.to_flat(cfg)) == cfg
+    for flat, match in (({"batch": 0}, "batch=0 must be"), ({"d_model": 10}, "d_model=10 must be divisible by "
+                                                                             "num_heads=4"),
+                        ({"cpsat_time_limit": 0.0}, "cpsat_time_limit=0.0 must be > 0")):
+        with pytest.raises(ValueError, match=match):
+            config_lib.from_flat(TrainJSSPConfig, flat)
+
+
+def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=180)
+
+
+def test_cli_bad_flags_are_one_line_before_work(tmp_path):
+    for module, args, expected in (
+            ("scripts.train_jssp", [f"--workdir={tmp_path}/w", "--cpsat_time_limit=0"],
+             "error: --cpsat_time_limit=0.0 must be > 0 seconds"),
+            ("scripts.train_jssp", [f"--workdir={tmp_path}/w", "--d_model=10"],
+             "error: --d_model=10 must be divisible by --num_heads=4"),
+            ("scripts.eval_jssp", ["--solver=edd"], "error: --solver='edd'; allowed:")):
+        out = _cli(module, *args)
+        assert out.returncode == 1, out.stderr
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "w" / "checkpoints").exists()  # nothing was started
+
+
+def test_eval_cli_writes_validated_records(tmp_path):
+    d = tmp_path / "insts"
+    d.mkdir()
+    (d / "a.txt").write_text(instances.format_instance(instances.random_instance(np.random.default_rng(0), 4, 3)))
+    out = _cli("scripts.eval_jssp", "--solver=spt", f"--instances={d}", f"--out={tmp_path}/r.json")
+    assert out.returncode == 0, out.stderr
+    (record,) = json.loads((tmp_path / "r.json").read_text())
+    inst = instances.read_instance(d / "a.txt")
+    assert validate.check_schedule(inst.machines, inst.durations, record["start_times"]) == record["makespan"]
+    assert "4x3" in out.stdout

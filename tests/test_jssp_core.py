@@ -1,5 +1,8 @@
-"""rl/jssp: reader, validator, JAX environment (vs the validator and the plain-Python env), rules, CP-SAT."""
+"""rl/jssp: reader, validator, JAX environment (vs the validator and the plain-Python env), rules, CP-SAT;
+importing the package starts no JAX backend."""
 import itertools
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -185,6 +188,18 @@ def test_observation_shapes_and_masks():
     np.testing.assert_array_equal(np.asarray(obs["conflict"]), first[:, None] == first[None, :])
     est = np.asarray(env.propagate(problem, state))  # at reset: job-chain earliest starts
     np.testing.assert_array_equal(est[:, 1:], np.cumsum(inst.durations, 1)[:, :-1])
+    assert env.next_est(problem, state).dtype == jnp.int32  # the NumPy constant BIG keeps int32
+
+
+def test_importing_the_jssp_modules_starts_no_jax_backend():
+    """jax.distributed.initialize() must be callable after import: no module-level JAX computation."""
+    code = ("import rl.jssp.env, rl.jssp.rules, rl.jssp.instances, rl.jssp.agent, rl.jssp.train, "
+            "rl.jssp.evaluate, rl.jssp.bench, models.jssp_policy\n"
+            "from jax._src import xla_bridge\n"
+            "assert not xla_bridge._backends, 'a backend was initialised at import'\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 # ----------------------------------------------------------------------------- rules

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,14 +38,37 @@ import optax
 from models.jssp_policy import JobShopPolicy, PolicyConfig
 from rl import export
 from rl.jssp import cpsat, env, instances
+from training.run import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
+    """One PPO training iteration's settings (one instance size).
+
+    num_jobs: Jobs of the random training instances.
+    num_machines: Machines of the random training instances.
+    batch: Instances (environments) per iteration.
+    rollout_factor: Rollout length in units of J*M steps (No-Ops included).
+    epochs: PPO epochs per iteration.
+    minibatches: PPO minibatches per epoch.
+    gamma: Discount factor.
+    gae_lambda: GAE lambda.
+    clip_eps: PPO clipping range of the probability ratio.
+    vf_coef: Weight of the value loss.
+    ent_coef: Entropy bonus.
+    bc_coef: Weight of the CP-SAT demonstration cross-entropy.
+    lr: Adam learning rate.
+    lr_decay_steps: Cosine-decay the learning rate over this many iterations (0: constant).
+    lr_end_frac: Final learning rate as a fraction of lr (with a decay).
+    max_grad_norm: Global gradient-norm clip.
+    cpsat_instances: Demonstrations per refresh (0: no CP-SAT signal).
+    normalise_reward: Rescale rewards so that a return is the relative gap (LB_0 - C_max) / LB_0
+      (see normalise_rewards).
+    """
     num_jobs: int = 10
     num_machines: int = 10
-    batch: int = 8  # environments per iteration
-    rollout_factor: float = 1.25  # rollout length = rollout_factor * J * M steps (No-Ops included)
+    batch: int = 8
+    rollout_factor: float = 1.25
     epochs: int = 2
     minibatches: int = 4
     gamma: float = 1.0
@@ -56,41 +78,33 @@ class PPOConfig:
     ent_coef: float = 0.005
     bc_coef: float = 1.0
     lr: float = 3e-4
-    lr_decay_steps: int = 0  # cosine decay over this many iterations (0: constant learning rate)
-    lr_end_frac: float = 0.1  # final learning rate / lr
+    lr_decay_steps: int = 0
+    lr_end_frac: float = 0.1
     max_grad_norm: float = 1.0
-    cpsat_instances: int = 4  # demonstrations per refresh (0: no CP-SAT signal)
-    normalise_reward: bool = False  # returns as relative gaps to LB_0 (see normalise_rewards)
+    cpsat_instances: int = 4
+    normalise_reward: bool = False
 
     def __post_init__(self):
         for name in ("num_jobs", "num_machines", "batch", "epochs", "minibatches"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"--{name}={v!r} must be an integer >= 1")
+                raise ValueError(f"{name}={v!r} must be an integer >= 1")
         if not isinstance(self.cpsat_instances, int) or self.cpsat_instances < 0:
-            raise ValueError(f"--cpsat_instances={self.cpsat_instances!r} must be an integer >= 0")
+            raise ValueError(f"cpsat_instances={self.cpsat_instances!r} must be an integer >= 0")
         if not self.rollout_factor >= 1.0:
-            raise ValueError(f"--rollout_factor={self.rollout_factor} must be >= 1 (each job needs J*M dispatches)")
+            raise ValueError(f"rollout_factor={self.rollout_factor} must be >= 1 (each job needs J*M dispatches)")
         if not 0 < self.clip_eps < 1:
-            raise ValueError(f"--clip_eps={self.clip_eps} must be in (0, 1)")
+            raise ValueError(f"clip_eps={self.clip_eps} must be in (0, 1)")
         if not self.lr > 0:
-            raise ValueError(f"--lr={self.lr} must be > 0")
+            raise ValueError(f"lr={self.lr} must be > 0")
         if not isinstance(self.lr_decay_steps, int) or self.lr_decay_steps < 0:
-            raise ValueError(f"--lr_decay_steps={self.lr_decay_steps!r} must be an integer >= 0")
+            raise ValueError(f"lr_decay_steps={self.lr_decay_steps!r} must be an integer >= 0")
         if not 0 < self.lr_end_frac <= 1:
-            raise ValueError(f"--lr_end_frac={self.lr_end_frac} must be in (0, 1]")
+            raise ValueError(f"lr_end_frac={self.lr_end_frac} must be in (0, 1]")
 
     @property
     def rollout_len(self) -> int:
         return int(round(self.rollout_factor * self.num_jobs * self.num_machines))
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: dict
-    opt_state: optax.OptState
-    rng: jax.Array
 
 
 def make_model(policy_cfg: PolicyConfig) -> JobShopPolicy:
@@ -134,14 +148,14 @@ def parse_curriculum(spec: str) -> tuple[tuple[int, int, int], ...]:
         size, _, start = part.partition(":")
         dims = size.split("x")
         if len(dims) != 2 or not all(d.isdigit() and int(d) >= 1 for d in dims) or not start.isdigit():
-            raise ValueError(f"--curriculum={spec!r}: {part!r} is not JOBSxMACHINES:START_STEP (e.g. 15x15:200)")
+            raise ValueError(f"curriculum={spec!r}: {part!r} is not JOBSxMACHINES:START_STEP (e.g. 15x15:200)")
         stages.append((int(dims[0]), int(dims[1]), int(start)))
     if not stages:
-        raise ValueError(f"--curriculum={spec!r} names no size")
+        raise ValueError(f"curriculum={spec!r} names no size")
     if stages[0][2] != 0 or any(b[2] <= a[2] for a, b in zip(stages, stages[1:])):
-        raise ValueError(f"--curriculum={spec!r}: the first size must start at 0 and the starts must increase")
+        raise ValueError(f"curriculum={spec!r}: the first size must start at 0 and the starts must increase")
     if len({s[:2] for s in stages}) != len(stages):
-        raise ValueError(f"--curriculum={spec!r} repeats a size")
+        raise ValueError(f"curriculum={spec!r} repeats a size")
     return tuple(stages)
 
 
@@ -332,7 +346,7 @@ def make_solver(model: JobShopPolicy, noop_threshold: float | None = None, tempe
     and all are returned; pick the best with :func:`best_of`.
     """
     if not temperature > 0:
-        raise ValueError(f"--temperature={temperature!r} must be > 0")
+        raise ValueError(f"temperature={temperature!r} must be > 0")
     def solve(params, machines, durations, key, samples: int):
         problem = env.Problem(machines, durations)
         if samples == 0:

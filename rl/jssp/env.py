@@ -21,8 +21,9 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-BIG = jnp.int32(2**30)
+BIG = np.int32(2**30)  # a NumPy scalar, not a JAX array: importing this module must not start a backend
 
 
 @flax.struct.dataclass

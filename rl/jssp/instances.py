@@ -133,10 +133,10 @@ def read_directory(directory) -> list[Instance]:
     """Every ``*.txt`` (or extension-less) instance file of ``directory``, sorted by name."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"--instances={str(directory)!r} is neither 'taillard' nor a directory of instance files")
+        raise ValueError(f"instances={str(directory)!r} is neither 'taillard' nor a directory of instance files")
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in (".txt", "", ".jss"))
     if not files:
-        raise ValueError(f"--instances={str(directory)!r} holds no instance files (*.txt)")
+        raise ValueError(f"instances={str(directory)!r} holds no instance files (*.txt)")
     return [read_instance(p) for p in files]
 
 

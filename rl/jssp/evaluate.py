@@ -1,0 +1,263 @@
+r"""Evaluating job-shop solvers on Taillard (shipped) or a directory of instances in the standard format, and
+choosing a trained policy's sampling temperature.
+
+Solvers (:func:`make_runner`): the dispatching rules spt, mwkr, mopnr, fdd_mwkr (:mod:`rl.jssp.rules`, in
+the JAX environment), cpsat (OR-Tools, ``time_limit`` s per instance, or each instance's ``wall_time_s``
+from ``time_limit_from``, e.g. the agent's) and agent (the policy in ``policy_dir``, default the shipped
+one; ``samples=0`` greedy, with the policy's ``greedy_noop_threshold`` from its policy.json, ``B > 0``: B
+sampled schedules in parallel at the policy's ``sampling_temperature`` (set by :func:`tune`; 1 if absent)
+or ``temperature``, the best kept). Every schedule is checked by the independent validator
+(:mod:`rl.jssp.validate`) before it is reported (:func:`evaluate`).
+
+:func:`run` is ``scripts/eval_jssp.py``: its records (``out``) are a JSON list, one per instance:
+instance (file stem), size, solver, makespan, start_times (jobs x operations, in each job's processing
+order), gap (% to the best known upper bound, when known) and wall_time_s (compilation excluded: each shape
+is warmed up first); it prints the mean gap per instance-size group (:func:`group_table`).
+:func:`tour_step` is the tour's small-scale run.
+
+:func:`tune` is ``scripts/tune_jssp_sampling.py``: on fresh random instances (never Taillard) each
+candidate temperature gets the mean best-of-``samples`` makespan (``agent.select_sampling_temperature``),
+the smallest wins (ties: the earlier candidate), and it is stored in the policy's policy.json
+(``sampling_temperature``; ``eval_jssp --samples=B`` then samples at it).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from rl.jssp import agent, cpsat, instances, rules, validate
+from training import run as run_lib
+
+SOLVERS = rules.RULES + ("cpsat", "agent")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """One solver on a set of instances (``scripts/eval_jssp.py``).
+
+    solver: Which solver: spt, mwkr, mopnr, fdd_mwkr, cpsat or agent.
+    instances: 'taillard' (the shipped 80) or a directory of instance files.
+    sizes: Only these size groups, e.g. 15x15,20x15 (empty: all).
+    samples: Agent: 0 greedy, B > 0 sample B schedules and keep the best.
+    time_limit: CP-SAT seconds per instance.
+    time_limit_from: CP-SAT: per-instance limits = wall_time_s of this eval JSON.
+    workers: CP-SAT search workers.
+    policy_dir: Agent: directory with policy.msgpack + policy.json.
+    seed: Sampling seed.
+    temperature: Agent sampling temperature (default: the policy's sampling_temperature, else 1).
+    out: Write the per-instance records here (JSON list).
+    """
+    solver: str = "spt"
+    instances: str = "taillard"
+    sizes: str = ""
+    samples: int = 0
+    time_limit: float = 10.0
+    time_limit_from: str = ""
+    workers: int = 1
+    policy_dir: str = str(agent.TRAINED_DIR)
+    seed: int = 0
+    temperature: float | None = None
+    out: str = ""
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver={self.solver!r}; allowed: {', '.join(SOLVERS)}")
+        run_lib.require_positive(self, "samples", "workers", allow_zero=("samples",))
+        if self.solver != "agent" and (self.samples or self.temperature is not None):
+            raise ValueError(f"samples={self.samples} / temperature={self.temperature} apply only to "
+                             "solver=agent")
+
+
+def load_instances(spec: str, sizes: str = "") -> list[instances.Instance]:
+    wanted = tuple(s.strip() for s in sizes.split(",") if s.strip())
+    for s in wanted:
+        if not (len(s.split("x")) == 2 and all(p.isdigit() for p in s.split("x"))):
+            raise ValueError(f"sizes={sizes!r}: {s!r} is not JOBSxMACHINES (e.g. 15x15)")
+    insts = instances.load_taillard() if spec == "taillard" else instances.read_directory(
+        pathlib.Path(spec).expanduser())
+    if wanted:
+        insts = [i for i in insts if i.size in wanted]
+        if not insts:
+            raise ValueError(f"sizes={sizes!r} matches none of the instances' sizes")
+    return insts
+
+
+def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits: dict | None = None,
+                workers: int = 1, policy_dir: str | None = None, seed: int = 0, temperature: float | None = None):
+    """``run(instance) -> (makespan, start_times, wall_time_s)`` for ``solver`` (compilation excluded)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r}; allowed: {', '.join(SOLVERS)}")
+    if solver == "cpsat":
+        if not time_limit > 0:
+            raise ValueError(f"time_limit={time_limit} must be > 0 seconds")
+
+        def run_cp(inst):
+            limit = max(float(limits[inst.name]), 0.05) if limits is not None else time_limit
+            t0 = time.perf_counter()
+            res = cpsat.solve(inst.machines, inst.durations, time_limit_s=limit, workers=workers, seed=seed)
+            return res.makespan, res.start_times, time.perf_counter() - t0
+        return run_cp
+
+    warmed: set = set()
+    if solver in rules.RULES:
+        def fn(m, d):
+            state = rules.solve_batch(m[None], d[None], solver)
+            return jax.tree.map(lambda x: x[0][None], state)
+    else:
+        model, params, info = agent.load_policy(policy_dir or agent.TRAINED_DIR)
+        if temperature is None:
+            temperature = float(info.get("sampling_temperature", 1.0))
+        solve = agent.make_solver(model, info.get("greedy_noop_threshold"), temperature)
+        key = jax.random.PRNGKey(seed)
+        fn = lambda m, d: solve(params, m, d, key, samples)  # noqa: E731
+
+    def run(inst):
+        m, d = jnp.asarray(inst.machines), jnp.asarray(inst.durations)
+        if inst.machines.shape not in warmed:  # compile outside the clock
+            jax.block_until_ready(fn(m, d))
+            warmed.add(inst.machines.shape)
+        t0 = time.perf_counter()
+        states = jax.block_until_ready(fn(m, d))
+        wall = time.perf_counter() - t0
+        cmax, start = agent.best_of(states)
+        return cmax, start, wall
+    return run
+
+
+def evaluate(insts, run, solver: str, bounds: dict) -> list[dict]:
+    """One record per instance (see the module docstring), each schedule checked by the validator."""
+    records = []
+    for inst in insts:
+        cmax, start, wall = run(inst)
+        checked = validate.check_schedule(inst.machines, inst.durations, start)
+        if checked != cmax:
+            raise RuntimeError(f"{inst.name}: solver reports makespan {cmax}, validator recomputes {checked}")
+        ub = bounds.get(inst.name, {}).get("upper_bound")
+        rec = {"instance": inst.name, "size": inst.size, "solver": solver, "makespan": int(cmax),
+               "start_times": np.asarray(start).astype(int).tolist(),
+               "gap": None if ub is None else 100.0 * (cmax - ub) / ub, "wall_time_s": wall}
+        records.append(rec)
+        logging.info("%s %s: makespan %d gap %s (%.2fs)", solver, inst.name, cmax,
+                     "n/a" if ub is None else f"{rec['gap']:.2f}%", wall)
+    return records
+
+
+def group_table(records: list[dict]) -> tuple[list[dict], str]:
+    """Mean gap, makespan and wall time per size group (rows) and the printed table."""
+    groups = collections.OrderedDict()
+    for r in sorted(records, key=lambda r: tuple(int(x) for x in r["size"].split("x"))):
+        groups.setdefault(r["size"], []).append(r)
+    rows = []
+    for size, rs in groups.items():
+        gaps = [r["gap"] for r in rs if r["gap"] is not None]
+        rows.append({"size": size, "n": len(rs), "mean_gap": float(np.mean(gaps)) if gaps else None,
+                     "mean_makespan": float(np.mean([r["makespan"] for r in rs])),
+                     "mean_wall_time_s": float(np.mean([r["wall_time_s"] for r in rs]))})
+    lines = [f"{'size':>8} {'n':>3} {'mean gap %':>11} {'mean Cmax':>10} {'wall s':>8}"]
+    for row in rows:
+        gap = "n/a" if row["mean_gap"] is None else f"{row['mean_gap']:.2f}"
+        lines.append(f"{row['size']:>8} {row['n']:>3} {gap:>11} {row['mean_makespan']:>10.1f} "
+                     f"{row['mean_wall_time_s']:>8.3f}")
+    return rows, "\n".join(lines)
+
+
+def read_time_limits(path: str, insts) -> dict[str, float]:
+    """``{instance: wall_time_s}`` of an eval JSON (``time_limit_from``), covering every one of ``insts``."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ValueError(f"time_limit_from={path!r} does not exist")
+    limits = {r["instance"]: r["wall_time_s"] for r in json.loads(file.read_text())}
+    missing = [i.name for i in insts if i.name not in limits]
+    if missing:
+        raise ValueError(f"time_limit_from={path!r} has no wall_time_s for {missing[:5]}")
+    return limits
+
+
+def run(cfg: EvalConfig) -> list[dict]:
+    """Evaluates ``cfg.solver`` on ``cfg.instances``, prints the group table, writes ``cfg.out``; the records.
+    Bad inputs raise a ValueError naming the setting before any work."""
+    insts = load_instances(cfg.instances, cfg.sizes)
+    limits = read_time_limits(cfg.time_limit_from, insts) if cfg.time_limit_from else None
+    if cfg.out:
+        pathlib.Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    runner = make_runner(cfg.solver, cfg.samples, cfg.time_limit, limits, cfg.workers, cfg.policy_dir, cfg.seed,
+                         cfg.temperature)
+    bounds = instances.load_bounds() if cfg.instances == "taillard" else {}
+    records = evaluate(insts, runner, cfg.solver, bounds)
+    _, table = group_table(records)
+    label = cfg.solver + (f" (samples={cfg.samples})" if cfg.solver == "agent" else "")
+    print(f"{label} on {cfg.instances}\n{table}")
+    if cfg.out:
+        run_lib.write_json_atomic(pathlib.Path(cfg.out), records)
+    return records
+
+
+def tour_step(workdir: pathlib.Path) -> dict:
+    """Small-scale tour: SPT, MWKR, the shipped agent (greedy, 8 samples) and CP-SAT (2 s) on ta01-ta02."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    insts = [i for i in instances.load_taillard(("15x15",)) if i.name in ("ta01", "ta02")]
+    bounds = instances.load_bounds()
+    out = {}
+    for name, runner in (("spt", make_runner("spt")), ("mwkr", make_runner("mwkr")),
+                         ("agent_greedy", make_runner("agent")), ("agent_8_samples", make_runner("agent", 8)),
+                         ("cpsat_2s", make_runner("cpsat", time_limit=2.0, workers=2))):
+        records = evaluate(insts, runner, name, bounds)
+        run_lib.write_json_atomic(workdir / f"{name}.json", records)
+        out[f"{name}_mean_gap_pct"] = round(float(np.mean([r["gap"] for r in records])), 2)
+    return out
+
+
+# ----------------------------------------------------------------------------- sampling temperature
+def parse_size(size: str) -> tuple[int, int]:
+    dims = size.split("x")
+    if len(dims) != 2 or not all(d.isdigit() and int(d) >= 1 for d in dims):
+        raise ValueError(f"size={size!r} is not JOBSxMACHINES (e.g. 15x15)")
+    return int(dims[0]), int(dims[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """Choosing a trained policy's sampling temperature (``scripts/tune_jssp_sampling.py``).
+
+    policy_dir: Policy directory (policy.msgpack + policy.json); its policy.json receives the choice.
+    size: Validation instance size JOBSxMACHINES.
+    instances: Validation instances.
+    samples: Samples per instance (best kept).
+    seed: Seed of the validation instances and of the sampling.
+    """
+    policy_dir: str = str(agent.TRAINED_DIR)
+    size: str = "15x15"
+    instances: int = 16
+    samples: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        parse_size(self.size)
+        run_lib.require_positive(self, "instances", "samples")
+
+
+def tune(cfg: TuneConfig, candidates=agent.SAMPLING_TEMPERATURES) -> dict:
+    """Selects the temperature and writes it (with the table) into ``cfg.policy_dir``/policy.json."""
+    jobs, machines = parse_size(cfg.size)
+    model, params, info = agent.load_policy(cfg.policy_dir)
+    rng = np.random.default_rng([cfg.seed, 777])
+    insts = [instances.random_instance(rng, jobs, machines) for _ in range(cfg.instances)]
+    m = jnp.asarray(np.stack([i.machines for i in insts]))
+    d = jnp.asarray(np.stack([i.durations for i in insts]))
+    choice, means = agent.select_sampling_temperature(model, params, m, d, cfg.samples, candidates)
+    info.update(sampling_temperature=choice, sampling_temperature_tuning={
+        "size": cfg.size, "instances": cfg.instances, "samples": cfg.samples, "seed": cfg.seed,
+        "mean_best_makespan_by_temperature": means})
+    run_lib.write_json_atomic(pathlib.Path(cfg.policy_dir) / "policy.json", info)
+    out = info["sampling_temperature_tuning"] | {"sampling_temperature": choice}
+    logging.info("%s", json.dumps(out))
+    return out
