@@ -1,99 +1,12 @@
-r"""Regenerates the shipped mallocGame instance set from the toolkit's own programs (and random instances).
+r"""Regenerates the shipped mallocGame instance set from the toolkit's own programs (rl/malloc/instance_sets.py).
 
     python -m scripts.make_malloc_instances                         # rl/malloc/instances/{train,test}/
     python -m scripts.make_malloc_instances --random=1000 --random_dir=/tmp/malloc_random
 
-Each program (rl/malloc/extract.py builders at the sizes below) is compiled by XLA on the default backend,
-its scheduled entry computation turned into buffers (roofline benefits, ``extract.CostModel`` defaults)
-and cut into consecutive schedule windows of at most --max_buffers buffers, each with a fast-memory
-capacity of --capacity_fraction x its peak live bytes. Training and held-out test PROGRAMS are disjoint
-(different programs / sizes), so the test set measures generalisation to unseen programs.
+Every flag is a setting of ``rl.malloc.instance_sets.MakeInstancesConfig``.
 """
-from __future__ import annotations
-
-import dataclasses
-import pathlib
-
-import numpy as np
-from absl import app, flags, logging
-
-from rl.malloc import extract, instance
-
-INSTANCES_DIR = pathlib.Path(extract.__file__).parent / "instances"
-
-# (split, name, builder, kwargs): train and test programs never share a (builder, size).
-PROGRAMS = (
-    ("train", "lm_l1_d32", "lm_train_step", dict(num_layers=1, d_model=32, num_heads=2, mlp_dim=64, seq_len=16)),
-    ("train", "mlp_100x100", "mnist1d_mlp_step", dict(hidden=(100, 100), batch=64)),
-    ("train", "mlp_64", "mnist1d_mlp_step", dict(hidden=(64,), batch=32)),
-    ("train", "attn_s32", "attention_fwd_bwd", dict(batch=2, heads=4, seq=32, head_dim=16)),
-    ("train", "lm_l2_d32", "lm_train_step", dict(num_layers=2, d_model=32, num_heads=2, mlp_dim=96, seq_len=16)),
-    ("train", "moe_l1_d32_e4", "lm_train_step", dict(num_layers=1, d_model=32, num_heads=2, mlp_dim=64, seq_len=16,
-                                                     moe_experts=4)),
-    ("train", "mlp_128x128x128", "mnist1d_mlp_step", dict(hidden=(128, 128, 128), batch=32)),
-    ("train", "attn_s16", "attention_fwd_bwd", dict(batch=4, heads=2, seq=16, head_dim=32)),
-    ("test", "lm_l2_d48", "lm_train_step", dict(num_layers=2, d_model=48, num_heads=4, mlp_dim=128, seq_len=32)),
-    ("test", "mlp_256x128x64", "mnist1d_mlp_step", dict(hidden=(256, 128, 64), batch=128)),
-    ("test", "attn_s64", "attention_fwd_bwd", dict(batch=1, heads=2, seq=64, head_dim=32)),
-    ("test", "moe_l1_d48_e8", "lm_train_step", dict(num_layers=1, d_model=48, num_heads=4, mlp_dim=96, seq_len=32,
-                                                    moe_experts=8)),
-)
-
-
-def build(out_dir: pathlib.Path, max_buffers: int = 32, capacity_fraction: float = 0.25,
-          programs=PROGRAMS, min_buffers: int = 4) -> dict[str, int]:
-    """Writes ``out_dir/{train,test}/<program>_w<k>.json``; returns the count per split."""
-    if max_buffers < 2:
-        raise ValueError(f"--max_buffers={max_buffers} must be >= 2")
-    if not 0 < capacity_fraction <= 1:
-        raise ValueError(f"--capacity_fraction={capacity_fraction} must be in (0, 1]")
-    counts = {}
-    for split, name, builder, kwargs in programs:
-        fn, args = extract.BUILDERS[builder](**kwargs)
-        whole = extract.extract(fn, args, name, capacity_fraction=capacity_fraction)
-        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
-        whole = dataclasses.replace(whole, meta={**whole.meta, "builder": builder, "builder_kwargs": plain})
-        kept = [w for w in extract.windows(whole, max_buffers, capacity_fraction) if w.num_buffers >= min_buffers]
-        for w in kept:
-            instance.save(w, out_dir / split / f"{w.name}.json")
-        counts[split] = counts.get(split, 0) + len(kept)
-        logging.info("%s: %d buffers -> %d windows (%s)", name, whole.num_buffers, len(kept), split)
-    return counts
-
-
-def write_random(out_dir: pathlib.Path, count: int, seed: int, num_buffers: int = 32) -> None:
-    rng = np.random.default_rng(seed)
-    for k in range(count):
-        inst = instance.random_instance(rng, num_buffers=num_buffers, horizon=2 * num_buffers, max_size=1024,
-                                        name=f"random_{k:05d}")
-        instance.save(inst, out_dir / f"{inst.name}.json")
-
-
-def define_flags():
-    flags.DEFINE_string("out_dir", str(INSTANCES_DIR), "Where the train/ and test/ folders go.")
-    flags.DEFINE_integer("max_buffers", 32, "Buffers per instance window.")
-    flags.DEFINE_float("capacity_fraction", 0.25, "Fast memory = this fraction of each window's peak live bytes.")
-    flags.DEFINE_integer("random", 0, "Also write this many random instances to --random_dir.", lower_bound=0)
-    flags.DEFINE_string("random_dir", "", "Folder for --random instances.")
-    flags.DEFINE_integer("seed", 0, "Seed of the random instances.")
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    F = flags.FLAGS
-    try:
-        if F.random and not F.random_dir:
-            raise ValueError(f"--random={F.random} needs --random_dir")
-        counts = build(pathlib.Path(F.out_dir), F.max_buffers, F.capacity_fraction)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    if F.random:
-        write_random(pathlib.Path(F.random_dir), F.random, F.seed, F.max_buffers)
-    print(f"wrote {counts} instance windows under {F.out_dir}" + (f", {F.random} random under {F.random_dir}"
-                                                                   if F.random else ""))
-
+from rl.malloc import instance_sets
+from scripts import common
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    common.main(instance_sets.MakeInstancesConfig, instance_sets.make)

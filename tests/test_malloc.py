@@ -1,5 +1,6 @@
 """mallocGame: extraction checked by hand, JAX game vs the NumPy validator, exact mask, CP-SAT vs brute force."""
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -301,17 +302,17 @@ def test_candidate_move_set_can_miss_the_optimum():
     assert _game_optimum(inst) == 2.0 == cpsat.solve(inst, 5, game_moves=True).benefit
 
 
-def test_shipped_instances_and_eval_script():
-    from scripts import eval_malloc
+def test_shipped_instances_and_evaluation():
+    from rl.malloc import evaluate as eval_malloc
     train = instance.load_dir(eval_malloc.DEFAULT_INSTANCES.parent / "train")
     test = instance.load_dir(eval_malloc.DEFAULT_INSTANCES)
     program = lambda inst: inst.name.rsplit("_w", 1)[0]
     assert train and test and not {program(i) for i in train} & {program(i) for i in test}  # held-out programs
-    with pytest.raises(ValueError, match="--simulations=0"):
+    with pytest.raises(ValueError, match="simulations=0"):
         eval_malloc.make_runner("muzero", simulations=0)
-    with pytest.raises(ValueError, match="--samples=0"):
+    with pytest.raises(ValueError, match="samples=0"):
         eval_malloc.make_runner("alphazero", samples=0)
-    with pytest.raises(ValueError, match="--time_limit=0"):
+    with pytest.raises(ValueError, match="time_limit=0"):
         eval_malloc.make_runner("cpsat", time_limit=0)
     records = eval_malloc.run_solvers(test[:2], ("heuristic", "cpsat", "cpsat_game"), time_limit=2)
     for r in records:
@@ -325,3 +326,22 @@ def test_shipped_instances_and_eval_script():
     ge = np.mean([by["cpsat_game", i.name] >= by["heuristic", i.name] - 1e-9 for i in test[:2]])
     assert summary["cpsat_game"]["share_ge_heuristic"] == pytest.approx(ge)
     assert "share_ge_heuristic" not in summary["heuristic"]
+
+
+@pytest.mark.parametrize("flag, says", [("--weights=/nonexistent", "--weights='/nonexistent' lacks muzero.msgpack"),
+                                        ("--instances=/nonexistent", "'/nonexistent' does not exist"),
+                                        ("--solver=greedy", "--solver='greedy'; allowed: heuristic"),
+                                        ("--time_limit=0", "--time_limit=0.0 must be > 0")])
+def test_eval_script_bad_flag_is_one_line_and_exit_1(tmp_path, flag, says):
+    """A wrong flag ends scripts/eval_malloc with one line on stderr, exit status 1, no traceback."""
+    import subprocess
+    import sys
+
+    args = [flag, "--solver=cpsat"] if flag == "--time_limit=0" else [flag]
+    out = subprocess.run([sys.executable, "-m", "scripts.eval_malloc", *args, f"--out={tmp_path / 'x.json'}"],
+                         capture_output=True, text=True, timeout=300, cwd=pathlib.Path(__file__).parents[1])
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out.stderr, out.stderr
+    assert says in lines[0], lines[0]
+    assert not (tmp_path / "x.json").exists()

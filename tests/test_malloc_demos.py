@@ -1,4 +1,5 @@
-"""Demonstrations for mallocMuZero (rl/malloc/demos.py) and learning from them (rl/malloc/muzero.py)."""
+"""Demonstrations for mallocMuZero (rl/malloc/demos.py) and learning from them (rl/malloc/muzero/,
+rl/malloc/train.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,37 +84,67 @@ def test_pretraining_learns_from_demonstrations_only_then_mixes(expert):
     s3, m3 = it(s2, batch)                                                    # now self-play, mixed batches
     assert int(s3.replay.size) == 4 and float(m3["selfplay_return"]) > 0.0
     np.testing.assert_array_equal(np.asarray(s3.demos.action), np.asarray(state.demos.action))
-    with pytest.raises(ValueError, match="--demo_fraction=1.0"):
+    with pytest.raises(ValueError, match="demo_fraction=1.0"):
         muzero.MuZeroConfig(demo_fraction=1.0)
 
 
-def test_train_malloc_demo_flags_fail_before_any_work(tmp_path):
-    from scripts import train_malloc
+def _train_config(tmp_path, **flat):
+    from rl.malloc import train as train_lib
+    from training import config as config_lib
 
+    return config_lib.from_flat(train_lib.TrainMallocConfig, {"workdir": str(tmp_path), **flat})
+
+
+def test_train_malloc_demo_settings_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="need demonstrations"):
-        train_malloc.TrainMallocConfig(workdir=str(tmp_path), pretrain_steps=5)
-    with pytest.raises(ValueError, match="--pretrain_steps=50 must be <= --steps=10"):
-        train_malloc.TrainMallocConfig(workdir=str(tmp_path), steps=10, pretrain_steps=50, demos=3)
-    with pytest.raises(ValueError, match="--demos=-1"):
-        train_malloc.TrainMallocConfig(workdir=str(tmp_path), demos=-1)
-    with pytest.raises(ValueError, match="--init_from='.*nothing' lacks muzero.msgpack"):
-        train_malloc.TrainMallocConfig(workdir=str(tmp_path), init_from=str(tmp_path / "nothing"))
+        _train_config(tmp_path, pretrain_steps=5)  # the old spelling of pretrain_iters
+    with pytest.raises(ValueError, match="pretrain_iters=50 must be <= steps=10"):
+        _train_config(tmp_path, steps=10, pretrain_iters=50, demos=3)
+    with pytest.raises(ValueError, match="demos=-1"):
+        _train_config(tmp_path, demos=-1)
+    with pytest.raises(ValueError, match="init_from='.*nothing' lacks muzero.msgpack"):
+        _train_config(tmp_path, init_from=str(tmp_path / "nothing"))
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_shipped_network_command_line_still_builds_its_config(tmp_path):
+    """The shipped network's ``trained_by`` line (written before the settings were renamed) still gives the
+    config it was trained with; regenerated from that config, it names the settings by their current names."""
+    from rl.malloc import train as train_lib
+    from training import config as config_lib
+    from training import run as run_lib
+
+    _, _, info = muzero.load_network()
+    words = info["trained_by"].split()
+    assert words[:3] == ["python", "-m", "scripts.train_malloc"]
+    types = {f.name: f.type for f in config_lib.flat_fields(train_lib.TrainMallocConfig)}
+    types.update({old: types[new] for old, new in config_lib.renamed(train_lib.TrainMallocConfig).items()})
+    flat = {}
+    for word in words[3:]:
+        name, value = word[2:].split("=", 1)
+        flat[name] = value == "True" if types[name] is bool else types[name](value)
+    cfg = _train_config(tmp_path, **flat)
+    assert cfg.muzero.pretrain_iters == 1000 and cfg.muzero.num_simulations == 16 and cfg.demos == 1500
+    recorded = config_lib.upgrade_flat(train_lib.TrainMallocConfig, info["train_config"])  # old names
+    now = config_lib.to_flat(cfg)
+    assert {k: v for k, v in recorded.items() if k != "workdir"} == {k: now[k] for k in recorded if k != "workdir"}
+    again = run_lib.command_line("scripts.train_malloc", cfg)
+    assert "--pretrain_iters=1000" in again and "--demos=1500" in again
+    assert MuZeroNetConfig(**info["net_config"]) == cfg.net
+
+
 def test_init_from_loads_an_exported_network_and_checks_its_architecture(tmp_path):
-    from scripts import train_malloc
+    from rl.malloc import train as train_lib
 
     model = muzero.make_model(TINY_NET)
     params = muzero.init_params(model, jax.random.PRNGKey(7), N)
     muzero.save_network(tmp_path / "net", params, TINY_NET, {"trained_by": "test"})
-    cfg = train_malloc.TrainMallocConfig(workdir=str(tmp_path / "w"), init_from=str(tmp_path / "net"), width=16,
-                                         num_heads=2, mlp_dim=32, repr_layers=1, dyn_layers=1)
-    opt = muzero.make_optimizer(cfg.muzero_config())
-    got = train_malloc.initial_params(cfg, cfg.net_config(), opt)
+    cfg = train_lib.TrainMallocConfig(workdir=str(tmp_path / "w"), init_from=str(tmp_path / "net"), net=TINY_NET)
+    opt = muzero.make_optimizer(cfg.muzero)
+    got = train_lib.initial_params(cfg, opt)
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(got))   # a checkpointable train state
     for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    wider = train_malloc.TrainMallocConfig(workdir=str(tmp_path / "w"), init_from=str(tmp_path / "net"))
+    wider = train_lib.TrainMallocConfig(workdir=str(tmp_path / "w"), init_from=str(tmp_path / "net"))
     with pytest.raises(ValueError, match="has network"):
-        train_malloc.initial_params(wider, wider.net_config(), opt)
+        train_lib.initial_params(wider, opt)

@@ -1,4 +1,4 @@
-"""mallocMuZero (rl/malloc/muzero.py, models/malloc_muzero.py, scripts/train_malloc.py): fast tests on tiny
+"""mallocMuZero (rl/malloc/muzero/, models/malloc_muzero.py, rl/malloc/train.py): fast tests on tiny
 instances (N = 8 padded slots, width 16, a handful of simulations)."""
 import dataclasses
 import shutil
@@ -162,7 +162,7 @@ def test_best_of_samples_is_valid_and_never_worse_than_the_deterministic_search(
         assert validate.violations(inst, b) == []
         gains.append(validate.benefit(inst, b) - validate.benefit(inst, d))
     assert min(gains) >= -1e-9 and max(gains) > 0  # the noisy episodes are really played and kept when better
-    with pytest.raises(ValueError, match="--samples=0"):
+    with pytest.raises(ValueError, match="samples=0"):
         muzero.solve_batch(insts, model, params, "muzero", 4, samples=0)
 
 
@@ -175,12 +175,13 @@ def test_shipped_network_loads_and_is_small():
 
 @pytest.mark.slow  # compiles the train step twice: minutes on 2 cores
 def test_train_malloc_tiny_run_resumes_bit_for_bit(tmp_path):
-    from scripts import train_malloc
+    from rl.malloc import train as train_malloc
+    from training import config as config_lib
 
-    cfg = train_malloc.TrainMallocConfig(
-        workdir=str(tmp_path / "a"), steps=3, max_buffers=N, batch=4, simulations=2, max_considered=2,
+    cfg = config_lib.from_flat(train_malloc.TrainMallocConfig, dict(
+        workdir=str(tmp_path / "a"), steps=3, max_buffers=N, batch=4, num_simulations=2, max_considered=2,
         unroll=2, replay_episodes=8, train_batch=8, updates_per_iter=1, width=16, num_heads=2, mlp_dim=32,
-        repr_layers=1, eval_every=0, log_every=1, checkpoint_every=1, checkpoint_mode="sync")
+        repr_layers=1, eval_every=0, log_every=1, checkpoint_every=1, checkpoint_mode="sync"))
     full = train_malloc.train(cfg)
     assert full["step"] == 3 and (tmp_path / "a" / "curves.png").is_file()
     first = (tmp_path / "a" / "metrics.jsonl").read_text()
@@ -193,8 +194,8 @@ def test_train_malloc_tiny_run_resumes_bit_for_bit(tmp_path):
     assert rows(first) == rows(again) and len(rows(first)) == 3  # the same trajectory, bit for bit
     model, params, info = muzero.load_network(tmp_path / "net")
     assert "--steps=3" in info["trained_by"] and "--max_buffers=8" in info["trained_by"]
-    with pytest.raises(ValueError, match="--search='dqn'"):
-        train_malloc.TrainMallocConfig(workdir=str(tmp_path / "c"), search="dqn")
+    with pytest.raises(ValueError, match="search='dqn'"):
+        config_lib.from_flat(train_malloc.TrainMallocConfig, dict(workdir=str(tmp_path / "c"), search="dqn"))
     with pytest.raises(ValueError, match="lacks muzero.msgpack"):
         muzero.load_network(pathlib.Path(tmp_path / "nothing"))
 

@@ -10,6 +10,9 @@ nor OR-Tools):
 - ``validate``: independent NumPy checker and normalised benefit;
 - ``demos``: CP-SAT expert episodes as demonstrations for mallocMuZero;
 - ``muzero``: mallocMuZero, a package (search on mctx, replay, training, inference and the shipped network);
+- ``train``: the training experiment (self-play + demonstrations, checkpointed, export);
+- ``evaluate``: every solver on an instance set, the table and the tour's step;
+- ``bench``: game and search throughput; ``instance_sets``: the shipped train/test instance sets;
 - ``pygame_ref``: a plain-Python reference of the game, the oracle the JAX game is tested against and the
   baseline of ``scripts/bench_malloc.py``.
 """

@@ -258,7 +258,7 @@ def windows(instance: Instance, max_buffers: int, capacity_fraction: float = 0.2
 def lm_train_step(num_layers: int = 1, d_model: int = 32, num_heads: int = 2, mlp_dim: int = 64,
                   seq_len: int = 16, batch: int = 4, moe_experts: int = 0):
     """One AdamW step of the byte-level DecoderLM (the loss and update of scripts/train_lm.py); with
-    ``moe_experts > 0`` every FFN is parallel/moe.py's dropless top-2 MoE (expert width mlp_dim / 2)."""
+    ``moe_experts > 0`` every FFN is parallel.moe's dropless top-2 MoE (expert width mlp_dim / 2)."""
     import optax
     from models.transformer import DecoderLM, TransformerConfig
     from parallel import moe as moe_lib

@@ -114,4 +114,4 @@ def check_search_args(num_simulations, samples) -> None:
     """ValueError (named after eval_malloc's flags) unless both are integers >= 1."""
     for name, value in (("simulations", num_simulations), ("samples", samples)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name}={value!r} must be an integer >= 1")
+            raise ValueError(f"{name}={value!r} must be an integer >= 1")

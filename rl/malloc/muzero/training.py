@@ -19,47 +19,68 @@ from rl.malloc.muzero.replay import Batch, Episodes, Replay, replay_add, replay_
 
 @dataclasses.dataclass(frozen=True)
 class MuZeroConfig:
-    """Self-play, search and learning hyper-parameters (the network has ``MuZeroNetConfig``)."""
-    max_buffers: int = 32          # padded N of the training batches (actions: N + 2)
-    batch: int = 32                # self-play episodes per iteration
-    num_simulations: int = 32      # search simulations per move in self-play
-    max_considered: int = 16       # Gumbel-top-k actions considered at the root
-    q_scale: float = 1.0           # value_scale of mctx.qtransform_completed_by_mix_value (no rescaling)
-    search: str = "muzero"         # recurrent function of self-play: muzero | alphazero
-    unroll: int = 5                # K
-    n_step: int = 32               # n of the value target (>= max_buffers: Monte-Carlo return)
-    replay_episodes: int = 2048    # FIFO capacity, in episodes
-    train_batch: int = 128         # positions per gradient step
-    updates_per_iter: int = 4      # gradient steps per self-play iteration
+    """Self-play, search and learning hyper-parameters (the network has ``MuZeroNetConfig``).
+
+    max_buffers: Padded buffer count N of every training batch (actions: N + 2).
+    batch: Self-play episodes (instances) per iteration.
+    num_simulations: Search simulations per move in self-play.
+    max_considered: Gumbel-top-k actions considered at the root.
+    q_scale: Scale of the completed Q-values in the improved policy (value_scale of
+      mctx.qtransform_completed_by_mix_value; 1: no rescaling).
+    search: Recurrent function of self-play: the learned model (muzero) or the true game (alphazero).
+    unroll: K, the unroll steps of the MuZero loss.
+    n_step: n of the value targets (>= max_buffers: Monte-Carlo return).
+    replay_episodes: Replay capacity in episodes (FIFO).
+    train_batch: Positions per gradient step.
+    updates_per_iter: Gradient steps per self-play iteration.
+    lr: Peak AdamW learning rate (warm-up, cosine decay to 10 %).
+    weight_decay: AdamW weight decay.
+    grad_clip: Global gradient-norm clip.
+    value_coef, reward_coef: Weights of the value and reward losses.
+    legal_coef: Weight of the auxiliary legal-move loss.
+    demo_fraction: Share of each batch drawn from the demonstrations after pre-training.
+    pretrain_iters: First iterations that learn from the demonstrations only (no self-play).
+    """
+    max_buffers: int = 32
+    batch: int = 32
+    num_simulations: int = 32
+    max_considered: int = 16
+    q_scale: float = 1.0
+    search: str = "muzero"
+    unroll: int = 5
+    n_step: int = 32
+    replay_episodes: int = 2048
+    train_batch: int = 128
+    updates_per_iter: int = 4
     lr: float = 1e-3
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     value_coef: float = 1.0
     reward_coef: float = 1.0
     legal_coef: float = 0.5
-    demo_fraction: float = 0.0     # share of each batch drawn from the demonstrations (after pre-training)
-    pretrain_iters: int = 0        # first iterations: demonstrations only, no self-play
+    demo_fraction: float = 0.0
+    pretrain_iters: int = 0
 
     def __post_init__(self):
         for name in ("max_buffers", "batch", "num_simulations", "max_considered", "unroll", "n_step",
                      "replay_episodes", "train_batch", "updates_per_iter"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"--{name}={v!r} must be an integer >= 1")
+                raise ValueError(f"{name}={v!r} must be an integer >= 1")
         if self.search not in ("muzero", "alphazero"):
-            raise ValueError(f"--search={self.search!r}; allowed: muzero, alphazero")
+            raise ValueError(f"search={self.search!r}; allowed: muzero, alphazero")
         if self.replay_episodes < self.batch:
-            raise ValueError(f"--replay_episodes={self.replay_episodes} must be >= --batch={self.batch}")
+            raise ValueError(f"replay_episodes={self.replay_episodes} must be >= batch={self.batch}")
         for name in ("lr", "grad_clip", "q_scale"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"--{name}={getattr(self, name)!r} must be > 0")
+                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
         if not 0.0 <= self.demo_fraction < 1.0:
-            raise ValueError(f"--demo_fraction={self.demo_fraction!r} must be in [0, 1)")
+            raise ValueError(f"demo_fraction={self.demo_fraction!r} must be in [0, 1)")
         if not isinstance(self.pretrain_iters, int) or self.pretrain_iters < 0:
-            raise ValueError(f"--pretrain_iters={self.pretrain_iters!r} must be an integer >= 0")
+            raise ValueError(f"pretrain_iters={self.pretrain_iters!r} must be an integer >= 0")
         for name in ("weight_decay", "value_coef", "reward_coef", "legal_coef"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"--{name}={getattr(self, name)!r} must be >= 0")
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
 
 
 def make_model(net_cfg: MuZeroNetConfig) -> MallocMuZeroNet:
