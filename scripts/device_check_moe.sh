@@ -35,7 +35,7 @@ timeout 120 python3 -m scripts.bench_moe $GPU_SCALE --impl=ragged --grouped=none
   --out="$OUT/bench_moe_gpu_ragged.json" 2>&1 | grep -v "^[IW][0-9]"
 
 echo "== 3. MoE LM on the GPU with the async-collective flags"
-timeout 120 python3 -m scripts.train_lm --workdir=/tmp/moe_lm --moe_experts=8 --moe_topk=2 --steps=300 \
+timeout 120 python3 -m scripts.train_lm --workdir=/tmp/moe_lm --moe_num_experts=8 --moe_top_k=2 --steps=300 \
   --eval_every=300 --log_every=100 2>&1 | grep -i "xla_flags\|async\|step\|loss\|error\|Unknown" | tail -12
 cp /tmp/moe_lm/summary.json "$OUT/train_lm_moe_gpu_summary.json" 2>/dev/null
 echo "== done"
