@@ -105,6 +105,14 @@ def test_damaged_latest_step_is_reported_and_previous_restored(tmp_path, devices
     assert restored.step == 1 and restored.meta == {"k": 1}
     assert_trees_equal(restored.state, s1)
     assert str(tmp_path / "2") in caplog.text
+    # the damaged step is set aside (kept for inspection), so the resumed run can save step 2 again
+    # instead of failing on it at every rerun (a crash loop)
+    assert reader.all_steps() == [1] and len(list(tmp_path.glob("2.damaged-*"))) == 1
+    reader.save(2, s2, {"k": 2})
+    reader.close()
+    again = ckpt_lib.Checkpointer(tmp_path, keep=3, mode="sync")
+    assert again.restore(ckpt_lib.abstract_like(s1)).step == 2
+    again.close()
 
 
 def test_all_steps_damaged_is_an_error_not_a_fresh_start(tmp_path, devices):
