@@ -60,9 +60,9 @@ class Restored:
 
 def validate_options(keep: int, mode: str) -> None:
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-        raise ValueError(f"--keep_checkpoints={keep!r} must be an integer >= 1")
+        raise ValueError(f"keep_checkpoints={keep!r} must be an integer >= 1")
     if mode not in MODES:
-        raise ValueError(f"--checkpoint_mode={mode!r}; allowed: {', '.join(MODES)}")
+        raise ValueError(f"checkpoint_mode={mode!r}; allowed: {', '.join(MODES)}")
 
 
 def tree_nbytes(tree) -> int:
@@ -91,7 +91,7 @@ def check_disk_space(directory: pathlib.Path, state_bytes: int, keep: int) -> No
     if free < needed:
         raise ValueError(
             f"checkpoint directory {str(directory)!r} has {free / 2**20:.1f} MiB free; keeping "
-            f"--keep_checkpoints={keep} checkpoints of {state_bytes / 2**20:.1f} MiB needs about "
+            f"keep_checkpoints={keep} checkpoints of {state_bytes / 2**20:.1f} MiB needs about "
             f"{needed / 2**20:.1f} MiB")
 
 
@@ -111,6 +111,13 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, *, keep: int = 2, mode: str = "lazy"):
         validate_options(keep, mode)
         self.directory = pathlib.Path(directory).expanduser().resolve()
+        if mode == "lazy" and jax.process_count() > 1:
+            # Orbax's save synchronises the processes with a collective; from the lazy background thread it
+            # would interleave with the training step's collectives in a different order on each process
+            # and deadlock (seen with gloo on CPU). Orbax's own async save keeps that barrier on this thread.
+            logging.warning("checkpoint_mode=lazy is single-process only: using async on %d processes",
+                            jax.process_count())
+            mode = "async"
         self.mode = mode
         _ensure_writable(self.directory)
         if jax.process_index() == 0:

@@ -50,11 +50,11 @@ class Codec(NamedTuple):
 
 def validate_codec(codec: Codec) -> None:
     if codec.precision not in PRECISIONS:
-        raise ValueError(f"--outer_precision={codec.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        raise ValueError(f"outer_precision={codec.precision!r}; allowed: {', '.join(PRECISIONS)}")
     if codec.fp4_format not in FP4_FORMATS:
-        raise ValueError(f"--fp4_format={codec.fp4_format!r}; allowed: {', '.join(FP4_FORMATS)}")
+        raise ValueError(f"fp4_format={codec.fp4_format!r}; allowed: {', '.join(FP4_FORMATS)}")
     if codec.scale not in SCALE_MODES:
-        raise ValueError(f"--quant_scale={codec.scale!r}; allowed: {', '.join(SCALE_MODES)}")
+        raise ValueError(f"quant_scale={codec.scale!r}; allowed: {', '.join(SCALE_MODES)}")
 
 
 def _rows(shape) -> int:

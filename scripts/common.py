@@ -66,7 +66,9 @@ def config_from_flags(config_cls: type, flag_values=None, preflight=None, **over
     values.update(overrides)
     try:
         config = config_lib.from_flat(config_cls, values)
-        if preflight is not None:
+        # A multihost run may not touch JAX before jax.distributed.initialize(): its device checks run in
+        # the library right after that (training.run.begin), still before any work.
+        if preflight is not None and not getattr(config, "multihost", False):
             preflight(config)
         if hasattr(config, "workdir"):
             run_lib.require_workdir(config.workdir)

@@ -182,9 +182,9 @@ def test_config_mismatch_is_refused_naming_fields_unless_overwrite(tmp_path):
 
 
 def test_bad_options_and_paths_fail_before_work(tmp_path):
-    with pytest.raises(ValueError, match="--keep_checkpoints=0 must be an integer >= 1"):
+    with pytest.raises(ValueError, match="keep_checkpoints=0 must be an integer >= 1"):
         ckpt_lib.Checkpointer(tmp_path, keep=0)
-    with pytest.raises(ValueError, match="--checkpoint_mode='fast'"):
+    with pytest.raises(ValueError, match="checkpoint_mode='fast'"):
         ckpt_lib.Checkpointer(tmp_path, mode="fast")
     blocker = tmp_path / "file"
     blocker.write_text("x")

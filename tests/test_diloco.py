@@ -236,13 +236,13 @@ def test_diloco_with_sgd_inner_steps_averages_over_data_devices(devices):
 
 
 @pytest.mark.parametrize("kwargs,needle", [
-    (dict(inner_steps=30, fragments=4), "--inner_steps=30 must be a multiple of --fragments=4"),
-    (dict(inner_steps=30, fragments=3, overlap_tau=10), "--overlap_tau=10 must be < "),
-    (dict(alpha=1.5), "--alpha=1.5 must be in [0, 1]"),
-    (dict(alpha=-0.1), "--alpha=-0.1"),
-    (dict(algo="diloco", fragments=2, inner_steps=4), "--algo=diloco"),
-    (dict(outer_precision="fp2"), "--outer_precision='fp2'"),
-    (dict(fp4_format="e1m2"), "--fp4_format='e1m2'"),
+    (dict(inner_steps=30, fragments=4), "inner_steps=30 must be a multiple of fragments=4"),
+    (dict(inner_steps=30, fragments=3, overlap_tau=10), "overlap_tau=10 must be < "),
+    (dict(alpha=1.5), "alpha=1.5 must be in [0, 1]"),
+    (dict(alpha=-0.1), "alpha=-0.1"),
+    (dict(algo="diloco", fragments=2, inner_steps=4), "algo=diloco"),
+    (dict(outer_precision="fp2"), "outer_precision='fp2'"),
+    (dict(fp4_format="e1m2"), "fp4_format='e1m2'"),
 ])
 def test_bad_config_raises_value_error_naming_the_values(kwargs, needle):
     with pytest.raises(ValueError) as e:

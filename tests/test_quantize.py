@@ -81,5 +81,5 @@ def test_zero_tensor_round_trips_to_zero():
 
 
 def test_bad_codec_names_the_flag():
-    with pytest.raises(ValueError, match="--quant_scale='col'"):
+    with pytest.raises(ValueError, match="quant_scale='col'"):
         q.validate_codec(q.Codec("fp4", "e3m0", "col"))

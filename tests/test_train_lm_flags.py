@@ -17,6 +17,12 @@ from training.config import from_flat
     ({"min_lr": 0.1}, "min_lr=0.1 must not exceed lr=0.001"),
     ({"moe_experts": 4, "moe_impl": "fast"}, "moe_impl='fast'; allowed"),
     ({"moe_num_experts": 4, "moe_top_k": 5}, "moe_top_k=5 must not exceed moe_num_experts=4"),
+    # optimiser settings that would silently wreck training
+    ({"grad_clip": -1.0}, "grad_clip=-1.0 must be a finite number > 0"),   # gradient ascent
+    ({"grad_clip": 0.0}, "grad_clip=0.0 must be a finite number > 0"),     # every update zero
+    ({"weight_decay": -5.0}, "weight_decay=-5.0 must be a finite number >= 0"),
+    ({"lr": float("inf")}, "lr=inf must be a finite number > 0"),
+    ({"steps": 50}, "warmup_steps=100 must not exceed steps=50"),
 ])
 def test_config_validation(devices, overrides, match):
     with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):

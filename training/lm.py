@@ -52,9 +52,12 @@ class OptimConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self):
-        for name in ("lr", "min_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        for name in ("lr", "min_lr", "grad_clip"):  # grad_clip <= 0 would zero or reverse every update
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}={value!r} must be a finite number > 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay={self.weight_decay!r} must be a finite number >= 0")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr={self.min_lr} must not exceed lr={self.lr}")
         if not 0 <= self.beta2 < 1:
@@ -91,6 +94,9 @@ class LMSetup:
 
     def __post_init__(self):
         run_lib.require_positive(self, "batch_size", "seq_len", "steps", "eval_every", "eval_batches", "log_every")
+        if self.optim.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps={self.optim.warmup_steps} must not exceed steps={self.steps} (the "
+                             "learning rate would never reach its peak nor decay)")
         # The model's vocabulary and length follow from the data and the context length (not settings).
         model = dataclasses.replace(self.model, vocab_size=text.VOCAB_SIZE, max_seq_len=self.seq_len)
         object.__setattr__(self, "model", model)

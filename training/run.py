@@ -37,7 +37,11 @@ class RunConfig:
 
     workdir: Output directory (config.json, metrics.jsonl, checkpoints/, plots).
     seed: Random seed; a run is reproducible from it.
-    multihost: Call jax.distributed.initialize() first (one process per host).
+    multihost: Call jax.distributed.initialize() first (one process per host); with no coordinator settings
+      it finds the cluster itself (Cloud TPU, SLURM, Kubernetes, or the JAX_COORDINATOR_ADDRESS variable).
+    coordinator_address: host:port of process 0's coordinator (multihost; empty: found as above).
+    num_processes: Number of processes of a multihost run (0: found as above).
+    process_id: This process's index in [0, num_processes) (multihost, with num_processes).
     checkpoint_every: Save a checkpoint every this many steps (0: only at the end).
     keep_checkpoints: How many most recent checkpoints to keep (>= 1).
     checkpoint_mode: lazy (the save goes to a background thread; the device-to-host copy overlaps the next
@@ -47,6 +51,9 @@ class RunConfig:
     workdir: str = ""
     seed: int = 0
     multihost: bool = False
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     checkpoint_mode: str = "lazy"
@@ -55,8 +62,14 @@ class RunConfig:
     def __post_init__(self):
         from parallel.checkpoint import validate_options
 
-        require_positive(self, "checkpoint_every", allow_zero=("checkpoint_every",))
+        require_positive(self, "checkpoint_every", "num_processes", "process_id",
+                         allow_zero=("checkpoint_every", "num_processes", "process_id"))
         validate_options(self.keep_checkpoints, self.checkpoint_mode)
+        if (self.coordinator_address or self.num_processes) and not self.multihost:
+            raise ValueError(f"coordinator_address={self.coordinator_address!r} / num_processes={self.num_processes} "
+                             "need multihost=True")
+        if self.num_processes and self.process_id >= self.num_processes:
+            raise ValueError(f"process_id={self.process_id} must be < num_processes={self.num_processes}")
 
 
 @flax.struct.dataclass
@@ -69,8 +82,8 @@ class TrainState:
 
 
 # Settings that may change between a run and its resumption without changing the trajectory.
-RUN_RESUME_IGNORE = ("workdir", "overwrite", "multihost", "checkpoint_every", "keep_checkpoints",
-                     "checkpoint_mode")
+RUN_RESUME_IGNORE = ("workdir", "overwrite", "multihost", "coordinator_address", "num_processes", "process_id",
+                     "checkpoint_every", "keep_checkpoints", "checkpoint_mode")
 
 
 def require_positive(config, *names: str, allow_zero: Iterable[str] = ()) -> None:
@@ -124,12 +137,22 @@ def machine_info() -> dict:
             "platform": platform.platform(), "jax": jax.__version__}
 
 
-def maybe_initialize_distributed(multihost: bool) -> None:
-    if multihost:
-        import jax
+def maybe_initialize_distributed(cfg: RunConfig) -> None:
+    """``jax.distributed.initialize`` for a multihost run (explicit coordinator settings, or the cluster's own
+    environment when they are empty); on CPU the cross-process collectives go through gloo."""
+    if not cfg.multihost:
+        return
+    import jax
 
-        jax.distributed.initialize()
-        logging.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
+    kwargs = {}
+    if cfg.coordinator_address:
+        kwargs["coordinator_address"] = cfg.coordinator_address
+    if cfg.num_processes:
+        kwargs.update(num_processes=cfg.num_processes, process_id=cfg.process_id)
+    if "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+    logging.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
 
 
 class MetricsWriter:
@@ -280,10 +303,41 @@ def begin(cfg: RunConfig, preflight: Callable[[Any], None] | None = None) -> pat
     """Step 1 of a run: ``jax.distributed`` when ``multihost`` (before any JAX computation), the checks
     of ``preflight(cfg)`` against the environment (devices, ...), then the workdir, created and checked
     writable -- so a refused run leaves nothing on disk."""
-    maybe_initialize_distributed(cfg.multihost)
+    maybe_initialize_distributed(cfg)
     if preflight is not None:
         preflight(cfg)
-    return require_workdir(cfg.workdir)
+    workdir = require_workdir(cfg.workdir)
+    lock_workdir(workdir, cfg)
+    return workdir
+
+
+_LOCKS: dict[str, Any] = {}  # workdir -> open lock file, held until the process exits
+
+
+def lock_workdir(workdir: pathlib.Path, cfg: RunConfig) -> None:
+    """Takes ``workdir/.lock`` (one per process index) for the life of this process: a second run on a
+    live workdir would delete the first one's in-flight checkpoint. ValueError naming the holder."""
+    import fcntl
+
+    import jax
+
+    path = workdir / f".lock.{jax.process_index() if cfg.multihost else 0}"
+    if str(path) in _LOCKS:  # this process already runs here (a resumed run in a notebook or a test)
+        return
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"workdir={str(workdir)!r} is in use by a running training ({holder}); wait for it, "
+                         "stop it, or use another workdir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+    handle.flush()
+    _LOCKS[str(path)] = handle
 
 
 @dataclasses.dataclass

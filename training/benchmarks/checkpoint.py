@@ -155,7 +155,8 @@ def bench_training_loop(steps, every, loop_modes, repeats, scratch: pathlib.Path
         shutil.rmtree(workdir, ignore_errors=True)
         cfg = from_flat(lm.TrainLMConfig, {"workdir": str(workdir), "steps": steps, "checkpoint_every": k,
                                            "checkpoint_mode": "lazy" if mode == "none" else mode,
-                                           "eval_every": steps, "log_every": steps})
+                                           "eval_every": steps, "log_every": steps,
+                                           "warmup_steps": min(100, steps)})
         summary = lm.train(cfg)
         logging.info("repeat %d  %-5s K=%-4s  %.2f steps/s", rep, mode, k or "-", summary["loop_steps_per_sec"])
         shutil.rmtree(workdir, ignore_errors=True)
