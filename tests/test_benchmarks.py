@@ -49,6 +49,7 @@ def test_moe_run_tiny():
     assert "mixtral" in bench_moe.format_table(record)
 
 
+@pytest.mark.slow  # about 20 s: compiles the DP and DiLoCo inner steps on 8 devices
 def test_diloco_run_tiny(devices):
     cfg = bench_diloco.BenchDiLoCoConfig(num_layers=1, d_model=16, mlp_dim=32, batch_size=8, seq_len=8, steps=1,
                                          repeats=1, outer_precisions="fp32", table4=False)

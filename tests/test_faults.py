@@ -14,6 +14,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from training.run import MetricsWriter
 
@@ -52,6 +53,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # about 50 s: three training processes
 def test_two_processes_follow_the_one_process_run(tmp_path):
     """2 processes x 4 CPU devices (``--multihost`` with explicit coordinator flags) against 1 process x 8
     devices, same mesh (data:8) and global batch: the logged losses agree to float32 round-off (rtol 1e-5;
@@ -64,7 +66,11 @@ def test_two_processes_follow_the_one_process_run(tmp_path):
     procs = [train_lm(tmp_path / "two", *steps, "--multihost", f"--coordinator_address=127.0.0.1:{port}",
                       "--num_processes=2", f"--process_id={i}", env=env, stdout=subprocess.DEVNULL,
                       stderr=subprocess.PIPE) for i in range(2)]
-    errors = [p.communicate(timeout=600)[1] for p in procs]
+    try:
+        errors = [p.communicate(timeout=600)[1] for p in procs]
+    finally:  # a hung collective must not outlive the test
+        for p in procs:
+            p.kill()
     assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
     assert "process 0 of 2" in errors[0] and "process 1 of 2" in errors[1]
     rows = {name: MetricsWriter.read(tmp_path / name / "metrics.jsonl") for name in ("one", "two")}

@@ -78,7 +78,7 @@ def logged_step(workdir):
     return max((r["step"] for r in rows), default=0)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_sigterm_or_ctrl_c_checkpoints_exits_zero_and_resume_is_bit_identical(tmp_path, straight_run, signum):
     proc = subprocess.Popen(command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: logged_step(tmp_path) >= 25), "training never got going"
