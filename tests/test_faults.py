@@ -47,6 +47,16 @@ def test_second_trainer_on_a_live_workdir_exits_1_naming_the_holder(tmp_path):
     assert steps == list(range(2, 401, 2))  # one row per logged step, none doubled
 
 
+def test_eval_output_path_is_checked_before_any_work(tmp_path):
+    from rl.jssp import evaluate
+
+    with pytest.raises(ValueError, match="out=.* is a directory"):
+        evaluate.EvalConfig(solver="spt", out=str(tmp_path))
+    with pytest.raises(ValueError, match="does not exist or is not writable"):
+        evaluate.EvalConfig(solver="spt", out=str(tmp_path / "missing" / "r.json"))
+    evaluate.EvalConfig(solver="spt", out=str(tmp_path / "r.json"))  # a file in an existing directory: fine
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

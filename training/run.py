@@ -111,6 +111,18 @@ def require_workdir(workdir: str | None) -> pathlib.Path:
     return path
 
 
+def require_output_file(name: str, path: str) -> None:
+    """ValueError naming setting ``name`` unless ``path`` (if given) can be written as a file: not a
+    directory, in an existing directory. Checked with the settings, so a bad path fails before the work."""
+    if not path:
+        return
+    target = pathlib.Path(path).expanduser()
+    if target.is_dir():
+        raise ValueError(f"{name}={path!r} is a directory; give a file path")
+    if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+        raise ValueError(f"{name}={path!r}: its directory {str(target.parent)!r} does not exist or is not writable")
+
+
 def command_line(module: str, config, skip: Iterable[str] = ("workdir", "overwrite")) -> str:
     """``python -m MODULE --setting=value ...`` for the settings of ``config`` that differ from their
     defaults, leaving out ``skip``: the provenance line of an exported artifact."""

@@ -74,6 +74,7 @@ class EvalConfig:
         if self.solver != "agent" and (self.samples or self.temperature is not None):
             raise ValueError(f"samples={self.samples} / temperature={self.temperature} apply only to "
                              "solver=agent")
+        run_lib.require_output_file("out", self.out)
 
 
 def load_instances(spec: str, sizes: str = "") -> list[instances.Instance]:
