@@ -32,8 +32,7 @@ def group(factory: Callable[[], Any], *, prefix: str = "", exclude: Iterable[str
     integer field whose 0 means "no such part" (the field is then ``None``; e.g. ``moe`` is ``None`` for a
     dense model when ``moe_num_experts=0``); ``optional`` makes the default ``None``.
     """
-    meta = {"group": True, "prefix": prefix, "exclude": tuple(exclude), "optional_by": optional_by,
-            "group_type": factory if isinstance(factory, type) else None}
+    meta = {"group": True, "prefix": prefix, "exclude": tuple(exclude), "optional_by": optional_by}
     if optional:
         return dataclasses.field(default=None, metadata={**meta, "group_factory": factory})
     return dataclasses.field(default_factory=factory, metadata={**meta, "group_factory": factory})
@@ -206,6 +205,4 @@ def rename_fields(message: str, names: dict[str, str]) -> str:
 
 def flag_message(message: str, names: Iterable[str]) -> str:
     """``message`` with every flat setting ``name=`` spelled ``--name=``: the command-line layer's form."""
-    for name in sorted(names, key=len, reverse=True):
-        message = re.sub(rf"(?<![\w.-])(?:[A-Z]\w*\.)?{re.escape(name)}(?==)", f"--{name}", message)
-    return message
+    return rename_fields(message, {name: f"--{name}" for name in names})

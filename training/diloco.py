@@ -14,6 +14,7 @@ finished runs against the data-parallel one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 
@@ -43,7 +44,7 @@ class TrainDiLoCoConfig(run_lib.RunConfig, lm.LMSetup):
     eval_every: int = 200
     eval_batches: int = 10
     log_every: int = 20
-    model: lm.TransformerConfig = group(lambda: lm._lm_model(num_layers=2), exclude=("vocab_size", "max_seq_len"))
+    model: lm.TransformerConfig = group(lambda: lm.lm_model_config(num_layers=2), exclude=("vocab_size", "max_seq_len"))
     optim: lm.OptimConfig = group(lambda: lm.OptimConfig(warmup_steps=60))
     diloco: diloco.DiLoCoConfig = group(lambda: diloco.DiLoCoConfig(inner_steps=60))
     backend: str = "shard_map"
@@ -169,7 +170,8 @@ def compare(run_dirs: list[str], out_dir: pathlib.Path) -> list[dict]:
         path = pathlib.Path(d).expanduser()
         if not (path / "summary.json").exists():
             raise ValueError(f"compare: {str(path)!r} has no summary.json (not a finished train_diloco run)")
-        runs.append((path, _read_json(path / "summary.json"), run_lib.MetricsWriter.read(path / "metrics.jsonl")))
+        runs.append((path, json.loads((path / "summary.json").read_text()),
+                     run_lib.MetricsWriter.read(path / "metrics.jsonl")))
     baselines = [s for _, s, _ in runs if s["algo"] == "dp"]
     base = baselines[0] if baselines else None
     table = []
@@ -191,12 +193,6 @@ def compare(run_dirs: list[str], out_dir: pathlib.Path) -> list[dict]:
     _plot_runs(out_dir / "comparison_loss.png", runs)
     print("\n".join(lines))
     return table
-
-
-def _read_json(path: pathlib.Path):
-    import json
-
-    return json.loads(path.read_text())
 
 
 def _plot_runs(path, runs) -> None:
@@ -224,7 +220,7 @@ def _plot_runs(path, runs) -> None:
 # ----------------------------------------------------------------------------- tour
 def tour_step(workdir: pathlib.Path) -> dict:
     """DP vs Streaming DiLoCo (M=2, H=20, P=2, τ=1, fp4) on a tiny LM, 200 inner steps each (< 60 s)."""
-    small = dict(steps=200, model=lm._lm_model(num_layers=2, d_model=64, mlp_dim=176), seq_len=32, batch_size=16,
+    small = dict(steps=200, model=lm.lm_model_config(num_layers=2, d_model=64, mlp_dim=176), seq_len=32, batch_size=16,
                  optim=lm.OptimConfig(warmup_steps=20), eval_every=100, eval_batches=4, log_every=20,
                  checkpoint_every=100, overwrite=True)
     dp = train(TrainDiLoCoConfig(workdir=str(workdir / "dp"), diloco=diloco.DiLoCoConfig(algo="dp", workers=2,

@@ -65,7 +65,8 @@ class OptimConfig:
         run_lib.require_positive(self, "warmup_steps", allow_zero=("warmup_steps",))
 
 
-def _lm_model(**overrides) -> TransformerConfig:
+def lm_model_config(**overrides) -> TransformerConfig:
+    """The byte-level LM's TransformerConfig: nanoGPT's CPU shape unless ``overrides`` say otherwise."""
     base = dict(vocab_size=text.VOCAB_SIZE, num_layers=4, num_heads=4, d_model=128, mlp_dim=352, max_seq_len=64)
     return TransformerConfig(**{**base, **overrides})
 
@@ -89,7 +90,7 @@ class LMSetup:
     eval_every: int = 250
     eval_batches: int = 20
     log_every: int = 50
-    model: TransformerConfig = group(_lm_model, exclude=("vocab_size", "max_seq_len"))
+    model: TransformerConfig = group(lm_model_config, exclude=("vocab_size", "max_seq_len"))
     optim: OptimConfig = group(OptimConfig)
 
     def __post_init__(self):
