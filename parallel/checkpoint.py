@@ -17,10 +17,13 @@ One small API over :class:`orbax.checkpoint.CheckpointManager`, used by every tr
   variant of the step once, see :meth:`Checkpointer.take_donation_barrier`); later steps work on new
   buffers and may donate freely. Peak memory grows by at most one state copy while a save is in flight.
 * Errors from a background save are raised in the training loop at the next ``save``, at ``wait`` or at
-  ``close`` (never only logged), as :class:`CheckpointError` naming the step.
+  ``close`` (never only logged), as :class:`CheckpointError` naming the step that failed (not the one
+  being saved when the failure surfaced) and the last good step, which stays intact.
 * ``restore(abstract_state)`` returns the latest step that restores cleanly; a damaged step (truncated
   or missing file) is reported with its path and skipped for the previous one. The abstract target's
-  shardings decide the placement, so a state saved on 8 devices restores onto 4 or 1.
+  shardings decide the placement, so a state saved on 8 devices restores onto 4 or 1. A step whose saved
+  leaves differ from the target in dtype or shape (Orbax would cast them silently) is refused with
+  :class:`IncompatibleCheckpoint` naming the leaf.
 * :class:`PreemptionGuard` turns SIGTERM into a flag the loop polls (with Orbax's
   ``reached_preemption`` for multi-host preemption notices) so the loop can save, wait and exit 0.
 """
@@ -30,6 +33,7 @@ import concurrent.futures
 import dataclasses
 import os
 import pathlib
+import re
 import shutil
 import signal
 import threading
@@ -49,6 +53,24 @@ TMP_MARKER = ".orbax-checkpoint-tmp"
 
 class CheckpointError(RuntimeError):
     """A save or restore that failed; the message names the step and the path."""
+
+
+class IncompatibleCheckpoint(CheckpointError):
+    """A step whose saved leaves differ in dtype, shape or names from what the run expects (not damage)."""
+
+
+def _short_reason(error: BaseException, limit: int = 240) -> str:
+    """One line saying why a write failed: the OS reason when there is one (disk full, permission), else
+    the start of the library's message."""
+    text = f"{type(error).__name__}: {error}"
+    for cause in (error, error.__cause__, error.__context__):
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+    os_reason = re.search(r"([A-Za-z][^:\[\]]*?) \[os_error_code='\d+'\]", text)  # TensorStore's wording
+    if os_reason:
+        return os_reason.group(1)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +147,14 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=(mode != "sync"))
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=(STATE_ITEM, META_ITEM))
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()})
         self._executor = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lazy-ckpt")
                           if mode == "lazy" else None)
         self._inflight: list[tuple[int, concurrent.futures.Future]] = []
         self._saved_steps: list[int] = []
+        self._orbax_step: int | None = None  # the step last handed to Orbax (its write may still run)
+        self._failed: CheckpointError | None = None
         self._donation_barrier = False
         self._lock = threading.Lock()
 
@@ -141,6 +165,8 @@ class Checkpointer:
         Raises CheckpointError for this save or for an earlier background save that failed.
         """
         start = time.perf_counter()
+        if self._failed is not None:
+            raise self._failed
         self._raise_finished_errors()
         meta = dict(meta or {})
         if self.mode == "lazy":
@@ -158,15 +184,39 @@ class Checkpointer:
         return time.perf_counter() - start
 
     def _save_now(self, step: int, state, meta: dict) -> None:
-        try:
-            with self._lock:
-                self._manager.check_for_errors()
+        with self._lock:
+            try:  # an earlier step's background write must have ended well (Orbax waits for it here anyway)
+                self._manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001
+                raise self._failure(self._orbax_step, e) from e
+            self._check_orbax_errors()
+            try:
+                self._orbax_step = step
                 self._manager.save(step, args=ocp.args.Composite(
                     **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}),
                     force=True)
-        except Exception as e:  # noqa: BLE001 - re-raised with the step and path
-            raise CheckpointError(f"saving checkpoint step {step} under {self.directory} failed: "
-                                  f"{type(e).__name__}: {e}") from e
+            except Exception as e:  # noqa: BLE001 - re-raised with the step and path
+                raise self._failure(step, e) from e
+            if self.mode == "sync":
+                self._check_orbax_errors()
+
+    def _check_orbax_errors(self) -> None:
+        """Raises CheckpointError for the step whose background write failed (Orbax reports it only at
+        its next call, which belongs to a later step)."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise self._failure(self._orbax_step, e) from e
+
+    def _failure(self, step: int | None, error: BaseException) -> CheckpointError:
+        if self._failed is None:
+            good = [s for s in self._manager.all_steps() if s != step] if step is not None else []
+            last_good = (f"the last good step {max(good)} is intact and a rerun resumes from it" if good
+                         else "no earlier step was saved")
+            self._failed = CheckpointError(
+                f"saving checkpoint step {step} under {self.directory} failed ({_short_reason(error)}); "
+                f"{last_good}")
+        return self._failed
 
     def take_donation_barrier(self) -> bool:
         """True once after each lazy save: the next train step must not donate the saved state."""
@@ -184,14 +234,15 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until every save is durable; raises CheckpointError for any that failed."""
+        if self._failed is not None:
+            raise self._failed
         self._raise_finished_errors(wait=True)
-        try:
-            with self._lock:
+        with self._lock:
+            try:
                 self._manager.wait_until_finished()
-                self._manager.check_for_errors()
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"a background checkpoint save under {self.directory} failed: "
-                                  f"{type(e).__name__}: {e}") from e
+            except Exception as e:  # noqa: BLE001
+                raise self._failure(self._orbax_step, e) from e
+            self._check_orbax_errors()
         if self._saved_steps:
             self._manager.reload()
             last = self._saved_steps[-1]
@@ -204,9 +255,28 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
+            self._release()
+
+    def abort(self) -> None:
+        """After a failure elsewhere: lets the background writes end (their errors were or will be
+        reported by the caller) and releases Orbax's resources, so the process exits quietly."""
+        for _, future in self._inflight:
+            concurrent.futures.wait([future])
+        self._inflight = []
+        try:
+            with self._lock:
+                self._manager.wait_until_finished()
+        except Exception:  # noqa: BLE001 - already reported as the failure being handled
+            pass
+        self._release()
+
+    def _release(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        try:
             self._manager.close()
+        except Exception as e:  # noqa: BLE001 - a failed write is reported by wait(); closing must not mask it
+            logging.warning("closing the checkpoint manager under %s: %s", self.directory, _short_reason(e))
 
     def reached_preemption(self, step: int) -> bool:
         """Orbax/JAX preemption notice (multi-host: every process agrees on the same step)."""
@@ -254,6 +324,9 @@ class Checkpointer:
         steps = self.all_steps()
         failures = []
         for step in reversed(steps):
+            saved = self._saved_leaves(step)
+            if saved is not None:
+                _check_saved_matches(saved, abstract_state, self.step_path(step))
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**{
                     STATE_ITEM: ocp.args.StandardRestore(abstract_state),
@@ -273,6 +346,15 @@ class Checkpointer:
             raise CheckpointError("no checkpoint under {} could be restored:\n  {}".format(
                 self.directory, "\n  ".join(failures)))
         return None
+
+    def _saved_leaves(self, step: int) -> dict[str, Any] | None:
+        """{leaf path: metadata (shape, dtype)} of ``step``'s saved state; None when unreadable (damage is
+        then reported by the restore itself)."""
+        try:
+            tree = self._manager.item_metadata(step)[STATE_ITEM].tree
+        except Exception:  # noqa: BLE001
+            return None
+        return {_path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
     def _set_aside(self, steps: list[int]) -> None:
         """Renames damaged ``steps`` to ``N.damaged-TIME`` (kept for inspection, no longer a step), so that
@@ -312,6 +394,29 @@ class DonationSafeStep:
         if self._checkpointer.take_donation_barrier():
             return self._keeping(state, *args)
         return self._donating(state, *args)
+
+
+def _path_name(path) -> str:
+    """'opt_state/0/mu/w' for a key path, whether its nodes are attributes, dict keys or indices (Orbax's
+    metadata stores every node as a dict key)."""
+    return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
+def _check_saved_matches(saved: dict[str, Any], abstract_state, path) -> None:
+    """IncompatibleCheckpoint naming the first leaf whose saved dtype or shape differs from the target's
+    (Orbax would cast a saved int32 step to a float32 target without a word), or a leaf only one side has."""
+    want = {_path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    problems = [f"{name}: saved {np.dtype(saved[name].dtype).name}{list(saved[name].shape)}, "
+                f"expected {np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+                for name, leaf in want.items() if name in saved
+                and (np.dtype(saved[name].dtype) != np.dtype(leaf.dtype) or tuple(saved[name].shape) != tuple(leaf.shape))]
+    problems += [f"{name}: expected but not saved" for name in want if name not in saved]
+    problems += [f"{name}: saved but not expected" for name in saved if name not in want]
+    if problems:
+        raise IncompatibleCheckpoint(
+            f"checkpoint {path} does not match this run's state ({'; '.join(problems[:3])}"
+            f"{f'; and {len(problems) - 3} more' if len(problems) > 3 else ''}): it was written by other code or "
+            "settings; use another workdir, or overwrite to start afresh")
 
 
 def _check_restored_matches(abstract_state, state, path) -> None:

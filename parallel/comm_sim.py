@@ -3,11 +3,14 @@
 Two parts:
 
 * **Exact byte accounting** of what a worker puts on the wire. ``payload`` bytes are the operand of the
-  cross-worker collective (an all-reduce of FP32 outer gradients, or an all-gather of encoded
+  cross-worker collective (an all-reduce of FP32 gradients or outer gradients, or an all-gather of encoded
   low-precision ones, see parallel/quantize.py); ``wire`` bytes are what a bandwidth-optimal ring moves
   per participant: ``2 (M-1)/M · payload`` for an all-reduce, ``(M-1) · payload`` for an all-gather
-  (Patarasuk & Yuan 2009). tests/test_diloco_hlo.py checks the payloads against the operands of the
-  collectives in the compiled HLO.
+  (Patarasuk & Yuan 2009). tests/test_comm_sim.py checks the payloads against the operands of the
+  collectives in the compiled HLO. Every method is counted over the same link, **between the M workers**
+  (the slow link DiLoCo is about: data-parallel all-reduces its gradients across the M worker groups every
+  step, 2 (M-1)/M of their bytes), and separately over the **whole mesh** (every device's ring traffic,
+  including the gradient all-reduce inside a worker).
 
 * **Utilisation simulator** in the spirit of Streaming DiLoCo (Douillard et al. 2025, Sec. 3.1, Fig. 4
   and Table 4): a per-layer schedule of one worker's steps, forward layers 1..L then backward L..1,
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from parallel import quantize
 
@@ -52,20 +55,34 @@ def shapes_payload(shapes: Sequence[tuple[int, ...]], codec: quantize.Codec) -> 
     return int(sum(quantize.payload_nbytes(s, codec) for s in shapes))
 
 
+class StepBytes(NamedTuple):
+    """Bytes one participant sends at one step: ``payload`` (the cross-worker collective's operand),
+    ``wire`` (its ring traffic between the M workers) and ``mesh_wire`` (ring traffic over every link of
+    the mesh, the gradient all-reduce inside a worker included)."""
+    payload: int
+    wire: float
+    mesh_wire: float
+
+
 @dataclasses.dataclass
 class ByteCounter:
-    """Cumulative and peak bytes sent by one worker (payload and ring-wire), updated step by step."""
+    """Cumulative and peak bytes sent by one participant, updated step by step: collective payload, ring
+    wire bytes between workers, and ring wire bytes over the whole mesh."""
     cumulative_payload: int = 0
     cumulative_wire: float = 0.0
     peak_payload: int = 0
     peak_wire: float = 0.0
     syncs: int = 0
+    cumulative_mesh_wire: float = 0.0
+    peak_mesh_wire: float = 0.0
 
-    def add_step(self, payload: int, wire: float, syncs: int = 0) -> None:
-        self.cumulative_payload += int(payload)
-        self.cumulative_wire += float(wire)
-        self.peak_payload = max(self.peak_payload, int(payload))
-        self.peak_wire = max(self.peak_wire, float(wire))
+    def add_step(self, step: StepBytes, syncs: int = 0) -> None:
+        self.cumulative_payload += int(step.payload)
+        self.cumulative_wire += float(step.wire)
+        self.cumulative_mesh_wire += float(step.mesh_wire)
+        self.peak_payload = max(self.peak_payload, int(step.payload))
+        self.peak_wire = max(self.peak_wire, float(step.wire))
+        self.peak_mesh_wire = max(self.peak_mesh_wire, float(step.mesh_wire))
         self.syncs += syncs
 
     def as_dict(self) -> dict:

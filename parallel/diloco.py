@@ -13,6 +13,10 @@
   parallel/quantize.py). DiLoCo is the case P=1, τ=0, α=0.
 * **Data-parallel** baseline: one AdamW step per batch on gradients averaged over every device.
 
+A worker whose outer gradient is not finite (it diverged) stops the run with :class:`NonFiniteOuterGradient`
+naming it, before the sync's result is used or checkpointed: silently averaging it (or dropping it) would
+hide a divergence that the next sync would meet again.
+
 Layout: worker replicas (parameters and inner optimiser state) are stacked on a leading axis of size M
 sharded over ``workers``; inside a worker the batch is split over ``data`` and gradients are averaged
 over ``data`` only. The global θ and the outer optimiser state (one optax state per fragment) are
@@ -242,12 +246,26 @@ def _average_outer_gradient(delta, codec: quantize.Codec, workers: int, axis: st
     return jax.tree.map(one, delta)
 
 
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def _sync_local(outer_opt, codec, workers, axis):
+    """One worker's part of a sync: the new θ of the fragment, the outer optimiser state, and whether this
+    worker's outer gradient was finite (checked locally: no extra communication; the trainer stops on a
+    False, see :class:`NonFiniteOuterGradient`)."""
     def local(local_frag, global_frag, outer_state):
-        avg = _average_outer_gradient(outer_gradient(global_frag, local_frag), codec, workers, axis)
+        delta = outer_gradient(global_frag, local_frag)
+        finite = _all_finite(delta)
+        avg = _average_outer_gradient(delta, codec, workers, axis)
         updates, outer_state = outer_opt.update(avg, outer_state, global_frag)
-        return optax.apply_updates(global_frag, updates), outer_state
+        return optax.apply_updates(global_frag, updates), outer_state, finite
     return local
+
+
+class NonFiniteOuterGradient(FloatingPointError):
+    """A worker's outer gradient held a NaN or an inf: the worker diverged. Averaging it would poison θ (and
+    fp4/fp8 cannot carry it), so the run stops before the sync's result is used or saved."""
 
 
 def _unstack(tree):
@@ -315,10 +333,12 @@ class DiLoCo:
                                     (self.worker_spec, self.worker_spec, self.batch_spec))
             sync_local = _sync_local(self.outer_opt, cfg.codec, M, WORKERS)
             def sync_worker(local_frag, global_frag, outer_state):
-                return sync_local(_unstack(local_frag), global_frag, outer_state)
+                new_global, outer_state, finite = sync_local(_unstack(local_frag), global_frag, outer_state)
+                return new_global, outer_state, finite[None]
             # every worker computes the same θ from the same gathered payloads: replicated by
             # construction (the all-gather's result is typed as varying, hence no VMA check)
-            sync = self._shard_map(sync_worker, (self.worker_spec, P(), P()), (P(), P()), check_vma=False)
+            sync = self._shard_map(sync_worker, (self.worker_spec, P(), P()), (P(), P(), self.worker_spec),
+                                   check_vma=False)
         else:
             devices = list(self.mesh.devices.reshape(-1))
             pinner = jax.pmap(_inner_local(self.loss_fn, self.inner_opt, None), axis_name=WORKERS, devices=devices)
@@ -329,7 +349,8 @@ class DiLoCo:
             psync = jax.pmap(_sync_local(self.outer_opt, cfg.codec, M, WORKERS), axis_name=WORKERS,
                              in_axes=(0, None, None), devices=devices)
             def sync(local_frag, global_frag, outer_state):
-                return _unstack(psync(local_frag, global_frag, outer_state))
+                new_global, outer_state, finite = psync(local_frag, global_frag, outer_state)
+                return _unstack(new_global), _unstack(outer_state), finite
 
         def inner_step(state: DiLoCoState, batch):
             params, opt_state, losses = inner(state.params, state.inner_opt_state, batch)
@@ -343,10 +364,11 @@ class DiLoCo:
         alpha = cfg.merge_alpha
         for p, keys in enumerate(self.fragments):
             def sync_p(state: DiLoCoState, p=p, keys=keys):
-                new_global, outer_p = sync(subtree(state.params, keys), subtree(state.global_params, keys),
-                                           state.outer_opt_state[p])
+                new_global, outer_p, finite = sync(subtree(state.params, keys), subtree(state.global_params, keys),
+                                                   state.outer_opt_state[p])
                 outer = tuple(outer_p if i == p else s for i, s in enumerate(state.outer_opt_state))
-                return state.replace(global_params={**state.global_params, **new_global}, outer_opt_state=outer)
+                return state.replace(global_params={**state.global_params, **new_global},
+                                     outer_opt_state=outer), finite
             def merge_p(state: DiLoCoState, keys=keys):
                 merged = merge(subtree(state.params, keys), subtree(state.global_params, keys), alpha)
                 return state.replace(params={**state.params, **merged})
@@ -389,17 +411,24 @@ class DiLoCo:
     def fragment_shapes(self, params) -> list[list[tuple[int, ...]]]:
         return [[tuple(x.shape) for x in jax.tree.leaves(subtree(params, keys))] for keys in self.fragments]
 
-    def step_bytes(self, t: int, param_shapes: list[list[tuple[int, ...]]]) -> tuple[int, float]:
-        """(payload, ring-wire) bytes one device sends across workers at inner step t.
+    def step_bytes(self, t: int, param_shapes: list[list[tuple[int, ...]]]) -> comm_sim.StepBytes:
+        """Bytes one device sends at inner step t, between the M workers and over the whole mesh.
 
-        ``param_shapes``: :meth:`fragment_shapes` of a single (unstacked) parameter tree.
+        Between workers, data-parallel all-reduces every step's FP32 gradients across the M worker groups
+        (a hierarchical all-reduce: 2 (M-1)/M of the gradient bytes cross that link); (Streaming) DiLoCo
+        sends the outer gradients of the fragments synced at t. Over the whole mesh, data-parallel is one
+        ring over all N devices; DiLoCo adds the gradient all-reduce inside each worker (over its N/M
+        devices) to the outer traffic. ``param_shapes``: :meth:`fragment_shapes` of one parameter tree.
         """
         cfg = self.cfg
+        grads = comm_sim.shapes_payload([s for f in param_shapes for s in f], quantize.Codec("fp32"))
         if cfg.algo == "dp":
-            payload = comm_sim.shapes_payload([s for f in param_shapes for s in f], quantize.Codec("fp32"))
-            return payload, comm_sim.wire_bytes(payload, "all-reduce", self.mesh.size)
+            return comm_sim.StepBytes(grads, comm_sim.wire_bytes(grads, "all-reduce", cfg.workers),
+                                      comm_sim.wire_bytes(grads, "all-reduce", self.mesh.size))
         payload = sum(comm_sim.shapes_payload(param_shapes[p], cfg.codec) for p in self.events(t)[0])
-        return payload, comm_sim.wire_bytes(payload, comm_sim.collective_kind(cfg.codec), cfg.workers)
+        wire = comm_sim.wire_bytes(payload, comm_sim.collective_kind(cfg.codec), cfg.workers)
+        inside = comm_sim.wire_bytes(grads, "all-reduce", self.mesh.shape[DATA])
+        return comm_sim.StepBytes(payload, wire, wire + inside)
 
     # -- one inner step, plus the syncs and merges due at it
     def inner_step(self, state, batch, donate: bool = True):
@@ -415,7 +444,13 @@ class DiLoCo:
         state, losses = self.inner_step(state, batch, donate)
         syncs, merges = self.events(t)
         for p in syncs:
-            state = self.sync_fns[p](state)
+            state, finite = self.sync_fns[p](state)
+            finite = np.asarray(finite)
+            if not finite.all():
+                raise NonFiniteOuterGradient(
+                    f"the outer gradient of worker(s) {np.flatnonzero(~finite).tolist()} is not finite (NaN or inf) "
+                    f"at inner step {t}, fragment {p}: the worker diverged; stopped before using or saving this "
+                    "sync (the last checkpoint is intact). Lower the inner learning rate (lr) or outer_lr.")
         for p in merges:
             state = self.merge_fns[p](state)
         return state, losses

@@ -18,6 +18,11 @@ them in FP32. This module offers, for any float array ``x``:
   travels as ``ceil(n/2)`` bytes plus its float32 scales: this packed array is what the collective
   sends, and :func:`payload_nbytes` is its exact size.
 
+Non-finite values are never encoded as finite ones: a NaN or ±inf anywhere in a tensor (per-row scale: in a
+row) makes its scale NaN, so the whole tensor (row) decodes to NaN and the receiver sees the divergence
+(Streaming DiLoCo then stops with an error naming the worker, parallel/diloco.py) instead of a silently
+clipped update.
+
 Every codec is a pair ``encode(x) -> payload`` (a pytree of arrays) and ``decode(payload, shape) -> f32``.
 Payloads hold bf16 / fp8 bits as uint16 / uint8: collectives then move exactly those bytes on every
 backend (XLA:CPU would otherwise widen a bf16 all-gather to f32).
@@ -72,6 +77,13 @@ def _absmax(x2d: jax.Array, scale: str) -> jax.Array:
     return jnp.max(jnp.abs(x2d)).reshape(1, 1)
 
 
+def _scale(amax: jax.Array, top: float) -> jax.Array:
+    """s with amax / s = top; 1 for an all-zero block; NaN when the block holds a NaN or an inf, so
+    that it decodes to NaN (a NaN's magnitude is NaN, hence any(isnan) is caught by isfinite(amax))."""
+    s = jnp.where(amax > 0, amax / top, 1.0)
+    return jnp.where(jnp.isfinite(amax), s, jnp.nan).astype(jnp.float32)
+
+
 def _as_2d(x: jax.Array) -> jax.Array:
     return x.reshape(_rows(x.shape), x.shape[-1] if x.ndim else 1).astype(jnp.float32)
 
@@ -100,8 +112,7 @@ def fp4_encode(x: jax.Array, fmt: str = "e3m0", scale: str = "tensor") -> dict:
     """4-bit float codes of ``x / s`` packed two per byte, and the float32 scales ``s``."""
     grid = GRIDS[fmt]
     x2d = _as_2d(x)
-    amax = _absmax(x2d, scale)
-    s = jnp.where(amax > 0, amax / grid[-1], 1.0).astype(jnp.float32)
+    s = _scale(_absmax(x2d, scale), float(grid[-1]))
     y = x2d / s
     codes = round_to_grid(y, grid) | (jnp.signbit(y).astype(jnp.uint8) << 3)
     return {"codes": pack_nibbles(codes), "scale": s.reshape(-1)}
@@ -120,8 +131,7 @@ def fp4_decode(payload: dict, shape, fmt: str = "e3m0") -> jax.Array:
 
 def fp8_encode(x: jax.Array, scale: str = "tensor") -> dict:
     x2d = _as_2d(x)
-    amax = _absmax(x2d, scale)
-    s = jnp.where(amax > 0, amax / FP8_MAX, 1.0).astype(jnp.float32)
+    s = _scale(_absmax(x2d, scale), FP8_MAX)
     values = jax.lax.bitcast_convert_type((x2d / s).astype(jnp.float8_e4m3fn), jnp.uint8)
     return {"values": values, "scale": s.reshape(-1)}
 

@@ -1,6 +1,8 @@
 """parallel/checkpoint.py: round trips, re-sharding, damage, config checks, background errors."""
 import logging
 import pathlib
+import resource
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -150,11 +152,59 @@ def test_background_save_errors_are_raised_not_swallowed(tmp_path, mode):
         raise OSError(28, "No space left on device")
 
     ck._manager.save = broken_save
-    with pytest.raises(ckpt_lib.CheckpointError, match="step 2 .* No space left on device"):
+    with pytest.raises(ckpt_lib.CheckpointError, match="step 2 .*No space left on device"):
         ck.save(2, {"x": jnp.ones(4)}, {})
         ck.wait()  # lazy mode: the error arrives from the background thread
     ck._executor and ck._executor.shutdown()
     assert ckpt_lib.Checkpointer(tmp_path / "ck", keep=2, mode="sync").all_steps() == [1]
+
+
+@pytest.mark.parametrize("mode", ["lazy", "async"])
+def test_a_failed_background_write_names_its_own_step_and_keeps_the_last_good_one(tmp_path, mode):
+    """A real write failure inside Orbax's background thread (files capped with RLIMIT_FSIZE: the kernel
+    refuses the write as a full disk would) surfaces only at the next call; it must name the step whose
+    write failed, not the step being saved then, and leave the last good step restorable."""
+    state = {"w": jnp.arange(512 * 512, dtype=jnp.float32).reshape(512, 512)}  # 1 MiB in one file
+    ck = ckpt_lib.Checkpointer(tmp_path / "ck", keep=3, mode=mode)
+    ck.save(1, state, {})
+    ck.wait()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))
+        ck.save(2, {"w": state["w"] + 1}, {})
+        with pytest.raises(ckpt_lib.CheckpointError,
+                           match=r"step 2 under .* failed \(File too large\); the last good step 1 is intact"):
+            ck.save(3, {"w": state["w"] + 2}, {})
+            ck.wait()
+        with pytest.raises(ckpt_lib.CheckpointError, match="step 2 "):  # and it stays failed
+            ck.save(4, state, {})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+        ck.abort()
+    reopened = ckpt_lib.Checkpointer(tmp_path / "ck", keep=3, mode="sync")
+    restored = reopened.restore(ckpt_lib.abstract_like(state))
+    assert restored.step == 1
+    assert_trees_equal(restored.state, state)
+    reopened.close()
+
+
+def test_a_dtype_or_shape_change_is_refused_not_cast(tmp_path):
+    """Orbax casts a saved leaf to the target's dtype without a word (an int32 step restored as float32);
+    the restore must refuse it, naming the leaf, and leave the step where it is (not damage)."""
+    state = {"step": jnp.int32(7), "w": jnp.ones((4, 3))}
+    ck = ckpt_lib.Checkpointer(tmp_path / "ck", keep=2, mode="sync")
+    ck.save(7, state, {})
+    ck.close()
+    for target, leaf in (({"step": jnp.float32(0), "w": jnp.ones((4, 3))}, r"step: saved int32\[\], expected float32"),
+                         ({"step": jnp.int32(0), "w": jnp.ones((3, 4))}, r"w: saved float32\[4, 3\], expected float32\[3, 4\]"),
+                         ({"step": jnp.int32(0)}, r"w: saved but not expected")):
+        reopened = ckpt_lib.Checkpointer(tmp_path / "ck", keep=2, mode="sync")
+        with pytest.raises(ckpt_lib.IncompatibleCheckpoint, match=leaf):
+            reopened.restore(ckpt_lib.abstract_like(target))
+        reopened.close()
+    assert ckpt_lib.Checkpointer(tmp_path / "ck", keep=2, mode="sync").all_steps() == [7]
 
 
 def test_config_mismatch_is_refused_naming_fields_unless_overwrite(tmp_path):

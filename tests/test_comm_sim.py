@@ -79,9 +79,11 @@ def test_sync_payload_equals_hlo_collective_operands(devices, lm_params, precisi
         assert all(c["kind"] == comm_sim.collective_kind(trainer.cfg.codec) for c in collectives)
         assert all(crosses_workers(c["groups"], trainer.mesh) for c in collectives)
         assert all(len(g) == 2 for c in collectives for g in c["groups"])
-        payload, wire = trainer.step_bytes(t, shapes)
+        payload, wire, mesh_wire = trainer.step_bytes(t, shapes)
         assert sum(c["bytes"] for c in collectives) == payload
         assert wire == comm_sim.wire_bytes(payload, comm_sim.collective_kind(trainer.cfg.codec), 2)
+        grads = 4 * sum(x.size for x in jax.tree.leaves(lm_params))  # plus the inner all-reduce over 4 devices
+        assert mesh_wire == wire + 2 * 3 / 4 * grads
     # fragments partition the parameters; fp4 is about 8x smaller than fp32
     n = sum(x.size for x in jax.tree.leaves(lm_params))
     assert sum(math.prod(s) for f in shapes for s in f) == n
@@ -97,15 +99,20 @@ def test_inner_step_communicates_only_inside_a_worker_and_dp_everywhere(devices,
         collectives = hlo_collectives(trainer._inner[1].lower(state, b).compile().as_text())
         assert sum(c["bytes"] for c in collectives) == n_bytes  # one FP32 gradient all-reduce
         cross = sum(c["bytes"] for c in collectives if crosses_workers(c["groups"], trainer.mesh))
-        payload, _ = trainer.step_bytes(1, trainer.fragment_shapes(lm_params))
+        payload, wire, mesh_wire = trainer.step_bytes(1, trainer.fragment_shapes(lm_params))
         assert cross == payload == (n_bytes if algo == "dp" else 0)
+        # between the 2 workers DP's all-reduce moves 2 (M-1)/M = 1 x its gradient bytes; over the 8-device
+        # ring 2 * 7/8; a DiLoCo inner step moves nothing between workers, 2 * 3/4 inside each 4-device worker
+        assert wire == (n_bytes if algo == "dp" else 0)
+        assert mesh_wire == (2 * 7 / 8 if algo == "dp" else 2 * 3 / 4) * n_bytes
 
 
 def test_byte_counter_cumulative_and_peak():
     counter = comm_sim.ByteCounter()
     for payload in (0, 10, 0, 30, 5):
-        counter.add_step(payload, 2 * payload, syncs=int(payload > 0))
+        counter.add_step(comm_sim.StepBytes(payload, 2 * payload, 3 * payload + 1), syncs=int(payload > 0))
     assert (counter.cumulative_payload, counter.peak_payload, counter.peak_wire, counter.syncs) == (45, 30, 60, 3)
+    assert (counter.cumulative_mesh_wire, counter.peak_mesh_wire) == (140, 91)
     assert comm_sim.ByteCounter.from_dict(counter.as_dict()) == counter
 
 

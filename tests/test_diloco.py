@@ -162,10 +162,11 @@ def test_diloco_matches_numpy_algorithm_1(devices, M, H, mu, nesterov):
 
 STREAMING_CASES = [
     # M, H, P, pattern, tau, alpha, precision
-    (2, 4, 2, "strided", 1, 0.5, "fp32"),
+    # alpha != 0.5 wherever the merge runs: at 0.5 swapping alpha and 1 - alpha would go unnoticed
+    (2, 4, 2, "strided", 1, 0.7, "fp32"),
     (2, 6, 3, "sequential", 0, 0.0, "fp32"),
     (4, 4, 4, "strided", 0, 0.3, "fp32"),
-    (2, 4, 2, "strided", 1, 0.5, "fp4"),
+    (2, 4, 2, "strided", 1, 0.8, "fp4"),
 ]
 
 
@@ -205,7 +206,7 @@ def test_fragment_schedule_sync_and_merge_steps():
 
 
 def test_pmap_backend_matches_shard_map(devices):
-    cfg = diloco.DiLoCoConfig(algo="streaming", workers=2, inner_steps=4, fragments=2, overlap_tau=1,
+    cfg = diloco.DiLoCoConfig(algo="streaming", workers=2, inner_steps=4, fragments=2, overlap_tau=1, alpha=0.8,
                               outer_precision="fp4", fp4_format="e2m1", quant_scale="row")
     params, data = init_params(), batches(8)
     _, a, _ = run_jax(cfg, params, data, "shard_map", devices[:2])
@@ -274,3 +275,28 @@ def test_outer_optimizer_is_nesterov_sgd_on_outer_gradient():
         ref = ref - 0.7 * (np.array(delta) + 0.9 * mom)
     np.testing.assert_allclose(np.asarray(theta), ref, rtol=1e-6)
     assert quantize.Codec().precision == "fp32"
+
+
+def test_merge_weights_the_worker_by_alpha_and_the_outer_params_by_one_minus_alpha():
+    local, outer = {"w": jnp.full((2, 3), 10.0)}, {"w": jnp.zeros(3)}
+    np.testing.assert_allclose(np.asarray(diloco.merge(local, outer, 0.3)["w"]), 3.0)
+    np.testing.assert_array_equal(np.asarray(diloco.merge(local, outer, 0.0)["w"]), 0.0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp4"])
+def test_a_diverged_worker_stops_the_run_naming_it(devices, precision):
+    """A NaN in one worker's replica must not be averaged into θ (fp4 used to encode it as 0 and clip the
+    rest): the sync stops with NonFiniteOuterGradient naming the worker and the step."""
+    cfg = diloco.DiLoCoConfig(algo="streaming", workers=2, inner_steps=4, fragments=2, overlap_tau=1, alpha=0.6,
+                              outer_precision=precision)
+    params, data = init_params(), batches(4)
+    trainer = diloco.DiLoCo(cfg, loss_fn, optax.adam(LR), diloco.make_worker_mesh(2), params.keys())
+    state = trainer.init(params)
+    for t in range(1, 3):
+        state, _ = trainer.step(state, jax.device_put(data[t - 1], trainer.batch_sharding), t)
+    poisoned = state.params["block_1"].at[1, 0, 0].set(jnp.nan)  # worker 1, a block of fragment 1 (syncs at t=2)
+    state = state.replace(params={**state.params, "block_1": jax.device_put(poisoned, trainer.stacked)})
+    state, _ = trainer.step(state, jax.device_put(data[2], trainer.batch_sharding), 3)  # fragment 0 is healthy
+    with pytest.raises(diloco.NonFiniteOuterGradient, match=r"worker\(s\) \[1\] .* inner step 6, fragment 1"):
+        for t in range(4, 7):
+            state, _ = trainer.step(state, jax.device_put(data[t % 4], trainer.batch_sharding), t)

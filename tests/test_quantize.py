@@ -83,3 +83,33 @@ def test_zero_tensor_round_trips_to_zero():
 def test_bad_codec_names_the_flag():
     with pytest.raises(ValueError, match="quant_scale='col'"):
         q.validate_codec(q.Codec("fp4", "e3m0", "col"))
+
+
+@pytest.mark.parametrize("fmt", q.FP4_FORMATS)
+def test_fp4_ties_go_to_the_smaller_magnitude(fmt):
+    """The documented rule: a value exactly halfway between two grid points takes the smaller magnitude
+    (for either sign), so rounding never increases |x| on a tie."""
+    grid = q.GRIDS[fmt]
+    midpoints = (grid[1:] + grid[:-1]) / 2  # exact in float32: grid points are small dyadic numbers
+    x = np.concatenate([[grid[-1]], midpoints, -midpoints]).astype(np.float32)  # top present: scale is 1
+    out = np.asarray(q.roundtrip(jnp.asarray(x), q.Codec("fp4", fmt)))
+    np.testing.assert_array_equal(out, np.concatenate([[grid[-1]], grid[:-1], -grid[:-1]]))
+
+
+@pytest.mark.parametrize("codec", [q.Codec("fp4", "e3m0"), q.Codec("fp4", "e2m1"), q.Codec("fp8"),
+                                   q.Codec("bf16"), q.Codec("fp32")], ids=lambda c: f"{c.precision}-{c.fp4_format}")
+def test_a_non_finite_value_never_decodes_as_finite(codec):
+    """Before: a NaN made the fp4 scale fall back to 1, the NaN became 0 and every other value was clipped
+    to ±1 ([5, nan, .3, -4] -> [1, 0, .25, -1]): a diverging worker sent a finite, wrong update."""
+    for bad in (np.nan, np.inf, -np.inf):
+        out = np.asarray(q.roundtrip(jnp.asarray([5.0, bad, 0.3, -4.0], jnp.float32), codec))
+        assert not np.isfinite(out[1]), (codec, bad, out)
+        if codec.precision in ("fp4", "fp8"):  # one scale for the tensor: nothing of it may look valid
+            assert not np.isfinite(out).any(), (codec, bad, out)
+
+
+def test_per_row_scale_confines_a_nan_to_its_row():
+    x = np.array([[5.0, np.nan, 0.3, -4.0], [1.0, 2.0, 3.0, 4.0]], np.float32)
+    out = np.asarray(q.roundtrip(jnp.asarray(x), q.Codec("fp4", "e3m0", "row")))
+    assert np.isnan(out[0]).all()
+    np.testing.assert_array_equal(out[1], [1.0, 2.0, 2.0, 4.0])  # 3 = 0.75 * 4 is a tie: to 0.5 * 4

@@ -6,8 +6,8 @@ All methods see the same tokens per inner step: the global batch is split over t
 mesh (each of the M workers gets batch_size/M rows, split again over its devices). The inner optimiser,
 model and data are the LM experiment's (:mod:`training.lm`); the outer optimiser family is
 :mod:`parallel.diloco`. ``train`` writes metrics every ``log_every`` steps (train loss, cumulative bytes
-sent and the peak bytes of any one step, per device across workers, as ring-wire bytes and as collective
-payload) and the validation loss of the global parameters every ``eval_every`` steps; checkpoints resume
+sent and the peak bytes of any one step per device, as ring-wire bytes between the M workers, over the whole
+mesh, and as collective payload) and the validation loss of the global parameters every ``eval_every`` steps; checkpoints resume
 at any inner step, also in the middle of an outer step or of a τ-delayed merge. :func:`compare` tabulates
 finished runs against the data-parallel one.
 """
@@ -69,7 +69,10 @@ RESUME_IGNORE = ("log_every", "stop_after")
 
 
 def _byte_row(counter: comm_sim.ByteCounter) -> dict:
+    """``bytes_sent``/``peak_bytes``: between the M workers (the link every method is compared on);
+    ``mesh_bytes_sent``/``mesh_peak_bytes``: over the whole mesh."""
     return {"bytes_sent": counter.cumulative_wire, "peak_bytes": counter.peak_wire,
+            "mesh_bytes_sent": counter.cumulative_mesh_wire, "mesh_peak_bytes": counter.peak_mesh_wire,
             "payload_bytes": counter.cumulative_payload, "peak_payload_bytes": counter.peak_payload,
             "syncs": counter.syncs}
 
@@ -136,8 +139,7 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
             ("workers", "data"))
         donate = not run.checkpointer.take_donation_barrier()
         state, losses = trainer.step(state, batch, step, donate=donate)
-        payload, wire = trainer.step_bytes(step, shapes)
-        counter.add_step(payload, wire, syncs=len(trainer.events(step)[0]))
+        counter.add_step(trainer.step_bytes(step, shapes), syncs=len(trainer.events(step)[0]))
         row = {}
         if step % cfg.log_every == 0 or step == cfg.steps:
             row.update(loss=float(np.mean(np.asarray(losses))), **_byte_row(counter))
@@ -163,8 +165,47 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------- comparison
+def dp_bytes_between(dp_summary: dict, workers: int) -> tuple[float, float]:
+    """(cumulative, peak) bytes a data-parallel run sends between ``workers`` worker groups: its gradients'
+    hierarchical all-reduce moves 2 (M-1)/M of their bytes across that link each step (exact: the DP
+    payload is the same every step)."""
+    return (comm_sim.wire_bytes(dp_summary["payload_bytes"], "all-reduce", workers),
+            comm_sim.wire_bytes(dp_summary["peak_payload_bytes"], "all-reduce", workers))
+
+
+def comparison_table(runs: list[tuple[str, dict]]) -> list[dict]:
+    """Rows of (name, summary) runs with ratios to the data-parallel run among them: validation loss, bytes
+    and peak bytes of one step between the M workers (DP counted between the same M groups as each row),
+    and bytes over the whole mesh."""
+    base = next((s for _, s in runs if s["algo"] == "dp"), None)
+    table = []
+    for name, s in runs:
+        row = {"run": name, "algo": s["algo"], "M": s["workers"], "H": s["inner_steps"], "P": s["fragments"],
+               "tau": s["overlap_tau"], "precision": s["outer_precision"], "steps": s["step"],
+               "val_loss": s.get("val_loss"), "bytes_sent": s["bytes_sent"], "peak_bytes": s["peak_bytes"],
+               "mesh_bytes_sent": s.get("mesh_bytes_sent")}
+        if base is not None:
+            dp_sent, dp_peak = dp_bytes_between(base, s["workers"])
+            ratio = lambda a, b: a / b if b else math.inf  # noqa: E731
+            row["val_loss_ratio_to_dp"] = s["val_loss"] / base["val_loss"]
+            row["bytes_reduction_vs_dp"] = ratio(dp_sent, s["bytes_sent"])
+            row["peak_reduction_vs_dp"] = ratio(dp_peak, s["peak_bytes"])
+            if s.get("mesh_bytes_sent") is not None and base.get("mesh_bytes_sent") is not None:
+                row["mesh_bytes_reduction_vs_dp"] = ratio(base["mesh_bytes_sent"], s["mesh_bytes_sent"])
+        table.append(row)
+    return table
+
+
+def markdown_table(table: list[dict]) -> str:
+    cols = list(dict.fromkeys(c for row in table for c in row))
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in table]
+    return "\n".join(lines) + "\n"
+
+
 def compare(run_dirs: list[str], out_dir: pathlib.Path) -> list[dict]:
-    """Comparison table of finished runs: final validation loss, bytes, peak bytes and ratios to DP."""
+    """Comparison table of finished runs (:func:`comparison_table`), written as comparison.json/.md/_loss.png."""
     runs = []
     for d in run_dirs:
         path = pathlib.Path(d).expanduser()
@@ -172,27 +213,28 @@ def compare(run_dirs: list[str], out_dir: pathlib.Path) -> list[dict]:
             raise ValueError(f"compare: {str(path)!r} has no summary.json (not a finished train_diloco run)")
         runs.append((path, json.loads((path / "summary.json").read_text()),
                      run_lib.MetricsWriter.read(path / "metrics.jsonl")))
-    baselines = [s for _, s, _ in runs if s["algo"] == "dp"]
-    base = baselines[0] if baselines else None
-    table = []
-    for path, s, _ in runs:
-        row = {"run": path.name, "algo": s["algo"], "M": s["workers"], "H": s["inner_steps"], "P": s["fragments"],
-               "tau": s["overlap_tau"], "precision": s["outer_precision"], "steps": s["step"],
-               "val_loss": s.get("val_loss"), "bytes_sent": s["bytes_sent"], "peak_bytes": s["peak_bytes"]}
-        if base is not None:
-            row["val_loss_ratio_to_dp"] = s["val_loss"] / base["val_loss"]
-            row["bytes_reduction_vs_dp"] = base["bytes_sent"] / s["bytes_sent"] if s["bytes_sent"] else math.inf
-            row["peak_reduction_vs_dp"] = base["peak_bytes"] / s["peak_bytes"] if s["peak_bytes"] else math.inf
-        table.append(row)
+    table = comparison_table([(path.name, s) for path, s, _ in runs])
     run_lib.write_json_atomic(out_dir / "comparison.json", table)
-    cols = list(table[0].keys())
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in table]
-    (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")
+    text = markdown_table(table)
+    (out_dir / "comparison.md").write_text(text)
     _plot_runs(out_dir / "comparison_loss.png", runs)
-    print("\n".join(lines))
+    print(text, end="")
     return table
+
+
+def byte_budget(cfg: TrainDiLoCoConfig, steps: int | None = None) -> dict:
+    """The byte columns of a run's summary (``bytes_sent``, ``mesh_bytes_sent``, peaks, payload, syncs)
+    computed without training: the accounting depends only on the settings, the parameter shapes and the
+    mesh. ``steps`` defaults to ``cfg.steps``."""
+    model = DecoderLM(cfg.model)
+    shapes_tree = jax.eval_shape(lambda k: nn.unbox(model.init(k, np.zeros((1, cfg.seq_len), np.int32))["params"]),
+                                 jax.random.PRNGKey(0))
+    trainer = make_trainer(cfg, model, diloco.make_worker_mesh(cfg.diloco.workers), shapes_tree)
+    shapes = trainer.fragment_shapes(shapes_tree)
+    counter = comm_sim.ByteCounter()
+    for step in range(1, (cfg.steps if steps is None else steps) + 1):
+        counter.add_step(trainer.step_bytes(step, shapes), syncs=len(trainer.events(step)[0]))
+    return _byte_row(counter)
 
 
 def _plot_runs(path, runs) -> None:
@@ -228,7 +270,9 @@ def tour_step(workdir: pathlib.Path) -> dict:
     sd = train(TrainDiLoCoConfig(workdir=str(workdir / "streaming"), diloco=diloco.DiLoCoConfig(
         algo="streaming", workers=2, inner_steps=20, fragments=2, overlap_tau=1, alpha=0.5, outer_precision="fp4"),
         **small))
+    row = comparison_table([("streaming", sd), ("dp", dp)])[0]
     return {"dp_val_loss": round(dp["val_loss"], 4), "streaming_val_loss": round(sd["val_loss"], 4),
-            "val_loss_ratio": round(sd["val_loss"] / dp["val_loss"], 4),
-            "bytes_reduction_vs_dp": round(dp["bytes_sent"] / sd["bytes_sent"], 1),
-            "peak_reduction_vs_dp": round(dp["peak_bytes"] / sd["peak_bytes"], 1)}
+            "val_loss_ratio": round(row["val_loss_ratio_to_dp"], 4),
+            "bytes_reduction_vs_dp": round(row["bytes_reduction_vs_dp"], 1),
+            "peak_reduction_vs_dp": round(row["peak_reduction_vs_dp"], 1),
+            "mesh_bytes_reduction_vs_dp": round(row["mesh_bytes_reduction_vs_dp"], 1)}

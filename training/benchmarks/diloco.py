@@ -116,7 +116,7 @@ def bench_inner(cfg: diloco_exp.TrainDiLoCoConfig, steps: int, repeats: int,
         st = tr.init(params)
         fn = lambda: tr.merge_fns[0](tr.sync_fns[0](st))  # noqa: E731
         outer_s, _ = time_variants({"outer": (fn, ())}, repeats * 2)
-        payload, _ = tr.step_bytes(10, tr.fragment_shapes(params))
+        payload = tr.step_bytes(10, tr.fragment_shapes(params)).payload
         outer[precision] = {"outer_step_s": outer_s["outer"], "payload_bytes": payload,
                             "outer_over_inner_step": outer_s["outer"] / med["diloco"]}
     result["outer_step"] = outer
