@@ -22,7 +22,7 @@ import jax
 from algoperf import baselines as baselines_lib
 from algoperf import halton, runner
 from algoperf import workloads as workloads_lib
-from training.run import machine_info
+from training.run import machine_info, require_output_file
 
 HPARAMS = {"learning_rate": 0.002, "one_minus_beta1": 0.1, "beta2": 0.999, "warmup_factor": 0.05,
            "weight_decay": 0.01, "label_smoothing": 0.0, "dropout_rate": 0.0}
@@ -47,6 +47,7 @@ class BenchConfig:
         workloads_lib.check_workload_names("workload", self.workload)
         if self.steps < 2 or self.repeats < 1:
             raise ValueError(f"steps={self.steps} must be >= 2 and repeats={self.repeats} >= 1")
+        require_output_file("out", self.out, make_parents=True)
 
 
 def _copy(tree):

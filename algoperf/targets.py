@@ -32,7 +32,7 @@ from algoperf import baselines as baselines_lib
 from algoperf import halton, runner
 from algoperf import workloads as workloads_lib
 from algoperf.scoring import is_minimized
-from training.run import machine_info, require_positive, write_json_atomic
+from training.run import machine_info, require_output_file, require_positive, write_json_atomic
 
 DEFAULT_WORKLOADS = ("mnist1d", "mnist1d_tanh", "lm", "lm_gelu", "ctr", "ctr_layernorm")
 
@@ -61,6 +61,7 @@ class TargetsConfig:
         workloads_lib.check_workload_names("workloads", self.workloads)
         baselines_lib.check_baseline_names("baselines", workloads_lib.split_names(self.baselines))
         require_positive(self, "trials_per_baseline", "reruns")
+        require_output_file("out", self.out)  # (required: checked by set_all_targets)
 
 
 def untargeted(workload_name: str):

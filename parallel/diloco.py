@@ -38,6 +38,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from parallel import comm_sim, quantize
+from parallel import mesh as mesh_lib
 
 ALGOS = ("dp", "diloco", "streaming")
 FRAGMENT_PATTERNS = ("strided", "sequential")
@@ -445,7 +446,7 @@ class DiLoCo:
         syncs, merges = self.events(t)
         for p in syncs:
             state, finite = self.sync_fns[p](state)
-            finite = np.asarray(finite)
+            finite = mesh_lib.to_host(finite)
             if not finite.all():
                 raise NonFiniteOuterGradient(
                     f"the outer gradient of worker(s) {np.flatnonzero(~finite).tolist()} is not finite (NaN or inf) "

@@ -108,3 +108,14 @@ def shard_batch(batch, mesh: Mesh, batch_axes: str | tuple[str, ...] = "data"):
         return jax.device_put(batch, sharding)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def to_host(x) -> np.ndarray:
+    """The whole value of a (possibly multi-process) global array as NumPy, on every process: an array that
+    spans devices of other processes is all-gathered across processes (a collective: every process must
+    call this in the same order)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -14,4 +14,5 @@ from training.benchmarks import checkpoint
 
 if __name__ == "__main__":
     common.main(checkpoint.BenchCheckpointConfig, lambda cfg: benchmarks.report(checkpoint, cfg, flags.FLAGS.out),
-                extra_flags=lambda: flags.DEFINE_string("out", "", benchmarks.OUT_HELP))
+                extra_flags=lambda: flags.DEFINE_string("out", "", benchmarks.OUT_HELP),
+                preflight=common.require_out_flag)

@@ -13,4 +13,5 @@ from training.benchmarks import diloco
 
 if __name__ == "__main__":
     common.main(diloco.BenchDiLoCoConfig, lambda cfg: benchmarks.report(diloco, cfg, flags.FLAGS.out),
-                extra_flags=lambda: flags.DEFINE_string("out", "", benchmarks.OUT_HELP))
+                extra_flags=lambda: flags.DEFINE_string("out", "", benchmarks.OUT_HELP),
+                preflight=common.require_out_flag)

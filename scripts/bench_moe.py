@@ -15,4 +15,5 @@ from training.benchmarks import moe
 
 if __name__ == "__main__":
     common.main(moe.BenchMoEConfig, lambda cfg: benchmarks.report(moe, cfg, flags.FLAGS.out), async_collectives=True,
-                extra_flags=lambda: flags.DEFINE_string("out", "", benchmarks.OUT_HELP))
+                extra_flags=lambda: flags.DEFINE_string("out", "", benchmarks.OUT_HELP),
+                preflight=common.require_out_flag)

@@ -17,6 +17,9 @@ status 1, no traceback.
 """
 from __future__ import annotations
 
+import os
+import pathlib
+import shutil
 import sys
 from typing import Any, Callable, Iterable
 
@@ -47,6 +50,23 @@ def fail(message: str) -> None:
     """Ends the process: ``error: message`` on stderr, exit status 1."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """``app.run``'s flag parser: absl's, but a flag it cannot parse (unknown, wrong type, out of bounds)
+    ends the process with one line (:func:`fail`) instead of absl's two."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e))
+
+
+def require_out_flag(_config=None) -> None:
+    """``preflight`` of a script whose ``--out`` is a flag of its own (not a config setting): a path that
+    cannot be written fails with the settings, not after the work."""
+    from training import run as run_lib
+
+    run_lib.require_output_file("--out", flags.FLAGS.out)
 
 
 def flag_names(config_cls: type | None) -> list[str]:
@@ -83,8 +103,26 @@ def quiet_library_logs() -> None:
 
     class DropLibraryChatter:
         def filter(self, record) -> bool:
-            return record.levelno >= 30 or "/orbax/" not in record.pathname
+            if record.name == "asyncio" and "never retrieved" in record.getMessage():
+                return False  # Orbax's unawaited writes after a failed save: the failure is raised once
+            if "/orbax/" not in record.pathname:
+                return True
+            if record.levelno >= 40:
+                # Orbax logs a failed background write from each of its threads, with tracebacks; the
+                # Checkpointer raises it once, naming the step, so one short line each is enough here
+                record.msg, record.args = " ".join(record.getMessage().split())[:200], ()
+                record.exc_info, record.exc_text = None, None
+            return record.levelno >= 30
 
+    def drop_closed_loop_callbacks(unraisable, previous=sys.unraisablehook):
+        # after a failed background write, TensorStore's pending callbacks hit Orbax's closed event loop and
+        # print one traceback each (as unraisable errors); the failure itself is raised once, with its step
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    if getattr(sys.unraisablehook, "__name__", "") != "drop_closed_loop_callbacks":
+        sys.unraisablehook = drop_closed_loop_callbacks
     handler = logging.get_absl_handler()
     if not any(type(f).__name__ == "DropLibraryChatter" for f in handler.filters):
         handler.addFilter(DropLibraryChatter())
@@ -104,11 +142,44 @@ def use_async_collectives() -> dict[str, str]:
 
 def run_cli(body: Callable[[], Any], config_cls: type | None = None) -> Any:
     """Runs ``body()``; a ValueError it raises (something the user gave was wrong) ends the process with
-    one line naming the flag (:func:`fail`) instead of a traceback."""
+    one line naming the flag (:func:`fail`) instead of a traceback, and so does a CheckpointError (a save
+    that failed, e.g. on a full disk: the line names the step and the last good one)."""
+    from parallel.checkpoint import CheckpointError
+
     try:
         return body()
     except ValueError as e:
         fail(config_lib.flag_message(str(e), flag_names(config_cls)))
+    except (CheckpointError, FloatingPointError) as e:  # a failed save (names the step, the reason and the
+        fail(str(e))  # last good step) or a diverged run (names where): one line, the checkpoints intact
+
+
+def new_directory(path: str) -> pathlib.Path | None:
+    """The outermost directory that creating ``path`` would add (None if ``path`` exists or is empty)."""
+    if not path:
+        return None
+    target = pathlib.Path(path).expanduser().resolve()
+    if target.exists():
+        return None
+    while not target.parent.exists():
+        target = target.parent
+    return target
+
+
+def remove_if_unused(directory: pathlib.Path | None) -> None:
+    """Removes ``directory`` (one this process created: :func:`new_directory`) if it holds nothing but
+    directories and this process's workdir lock (``training.run.lock_workdir``), so that a run refused
+    after its workdir was made leaves nothing on disk."""
+    if directory is None or not directory.is_dir():
+        return
+    def ours(p: pathlib.Path) -> bool:
+        try:
+            return p.is_dir() or (p.name.startswith(".lock.") and p.read_text().startswith(f"pid {os.getpid()} "))
+        except OSError:
+            return False
+
+    if all(ours(p) for p in directory.rglob("*")):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main(config_cls: type, run: Callable[[Any], Any], *, preflight=None, async_collectives: bool = False,
@@ -125,10 +196,15 @@ def main(config_cls: type, run: Callable[[Any], Any], *, preflight=None, async_c
             fail(f"unexpected arguments {argv[1:]}: every setting is a --flag (see --help)")
         if async_collectives:
             use_async_collectives()
+        new_dir = new_directory(flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else "")
         cfg = config_from_flags(config_cls, preflight=preflight)
         quiet_library_logs()
-        if dispatch is not None and run_cli(lambda: dispatch(cfg), config_cls):
-            return
-        run_cli(lambda: run(cfg), config_cls)
+        try:
+            if dispatch is not None and run_cli(lambda: dispatch(cfg), config_cls):
+                return
+            run_cli(lambda: run(cfg), config_cls)
+        except SystemExit:  # refused (fail): a workdir this run created and left unused is taken back
+            remove_if_unused(new_dir)
+            raise
 
-    app.run(_main)
+    app.run(_main, flags_parser=parse_flags)

@@ -96,7 +96,10 @@ def main(argv):
     if len(argv) > 1:
         common.fail(f"unexpected arguments {argv[1:]}: every setting is a --flag (see --help)")
     common.quiet_library_logs()
-    root = common.run_cli(lambda: run_lib.require_workdir(FLAGS.workdir))
+    try:
+        root = run_lib.require_workdir(FLAGS.workdir)
+    except ValueError as e:
+        common.fail(config_lib.flag_message(str(e), ["workdir"]))
     steps = [
         ("LM (train_lm)", lambda: step_train_lm(root / "train_lm", FLAGS.lm_steps)),
         ("checkpoint (SIGTERM + resume)", lambda: step_preempt_and_resume(root / "preempt")),
@@ -123,4 +126,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

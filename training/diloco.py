@@ -134,15 +134,15 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
 
     def one_step(step: int) -> dict:
         nonlocal state, last_eval
-        batch = mesh_lib.shard_batch(
-            lm.text.train_batch(corpus.train, cfg.seed, step - 1, cfg.batch_size, cfg.seq_len), mesh,
-            ("workers", "data"))
+        host_batch = lm.local_rows(lm.text.train_batch(corpus.train, cfg.seed, step - 1, cfg.batch_size,
+                                                       cfg.seq_len), cfg.batch_size)
+        batch = mesh_lib.shard_batch(host_batch, mesh, ("workers", "data"))
         donate = not run.checkpointer.take_donation_barrier()
         state, losses = trainer.step(state, batch, step, donate=donate)
         counter.add_step(trainer.step_bytes(step, shapes), syncs=len(trainer.events(step)[0]))
         row = {}
         if step % cfg.log_every == 0 or step == cfg.steps:
-            row.update(loss=float(np.mean(np.asarray(losses))), **_byte_row(counter))
+            row.update(loss=float(np.mean(mesh_lib.to_host(losses))), **_byte_row(counter))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             last_eval = lm.evaluate(eval_loss, trainer.eval_params(state), eval_data, mesh_for_eval(mesh))
             row.update(last_eval)

@@ -111,16 +111,20 @@ def require_workdir(workdir: str | None) -> pathlib.Path:
     return path
 
 
-def require_output_file(name: str, path: str) -> None:
+def require_output_file(name: str, path: str, make_parents: bool = False) -> None:
     """ValueError naming setting ``name`` unless ``path`` (if given) can be written as a file: not a
-    directory, in an existing directory. Checked with the settings, so a bad path fails before the work."""
+    directory, in an existing directory (``make_parents``: in one the writer will create, i.e. below a
+    writable directory). Checked with the settings, so a bad path fails before the work."""
     if not path:
         return
     target = pathlib.Path(path).expanduser()
     if target.is_dir():
         raise ValueError(f"{name}={path!r} is a directory; give a file path")
-    if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
-        raise ValueError(f"{name}={path!r}: its directory {str(target.parent)!r} does not exist or is not writable")
+    parent = target.parent
+    while make_parents and not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"{name}={path!r}: its directory {str(parent)!r} does not exist or is not writable")
 
 
 def command_line(module: str, config, skip: Iterable[str] = ("workdir", "overwrite")) -> str:
@@ -261,7 +265,8 @@ def run_checkpointed_steps(start_step: int, last_step: int, one_step, *, save, c
     ``progress_keys`` columns when given). ``save(step) -> seconds blocked`` runs every ``checkpoint_every``
     steps (not at ``total_steps``) and then for the last step run unless it was just saved. SIGTERM/SIGINT
     (:class:`parallel.checkpoint.PreemptionGuard`) or the checkpointer's preemption notice end the loop
-    early, checkpointed; the checkpointer is closed (its background writes finished) before returning.
+    early, checkpointed; the checkpointer is closed (its background writes finished) before returning,
+    also when a step or a save raises (the error then reaches the caller unchanged).
     """
     from parallel import checkpoint as ckpt_lib
 
@@ -269,20 +274,24 @@ def run_checkpointed_steps(start_step: int, last_step: int, one_step, *, save, c
     wall_start = time.perf_counter()
     preempted, last_saved, step, blocked = False, start_step, start_step, 0.0
     with ckpt_lib.PreemptionGuard() as guard:
-        for step in range(start_step + 1, last_step + 1):
-            row = one_step(step)
-            if row:
-                rate = {"steps_per_sec": progress.steps_per_sec(step)} if rate_column else {}
-                metrics.write({"step": step, **row, **rate})
-                progress.update(step, **{k: v for k, v in row.items() if keys is None or k in keys})
-            if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
+        try:
+            for step in range(start_step + 1, last_step + 1):
+                row = one_step(step)
+                if row:
+                    rate = {"steps_per_sec": progress.steps_per_sec(step)} if rate_column else {}
+                    metrics.write({"step": step, **row, **rate})
+                    progress.update(step, **{k: v for k, v in row.items() if keys is None or k in keys})
+                if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
+                    blocked += save(step)
+                    last_saved = step
+                if guard.requested or checkpointer.reached_preemption(step):
+                    preempted = True
+                    break
+            if step != last_saved:
                 blocked += save(step)
-                last_saved = step
-            if guard.requested or checkpointer.reached_preemption(step):
-                preempted = True
-                break
-        if step != last_saved:
-            blocked += save(step)
+        except BaseException:
+            checkpointer.abort()  # background writes end before the error reaches the user
+            raise
         checkpointer.close()
     return LoopEnd(step, preempted, time.perf_counter() - wall_start, blocked)
 

@@ -29,6 +29,7 @@ function ``train_step(state, demos) -> (state, metrics)``, jitted once.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -188,6 +189,40 @@ def _log_prob(logits, actions):
     return jnp.take_along_axis(logp, actions[..., None], -1)[..., 0], logp
 
 
+class PPOTerms(NamedTuple):
+    """The PPO loss terms of a minibatch (weighted means over its alive states)."""
+    pg_loss: jax.Array    # -L^CLIP
+    v_loss: jax.Array     # (V(s) - V^targ)^2
+    entropy: jax.Array    # entropy of the policy over the legal actions
+    clip_frac: jax.Array  # share of states whose ratio lies outside [1 - clip_eps, 1 + clip_eps]
+
+
+def ppo_loss_terms(logits: jax.Array, value: jax.Array, actions: jax.Array, old_logp: jax.Array, adv: jax.Array,
+                   ret: jax.Array, legal: jax.Array, weight: jax.Array, clip_eps: float) -> PPOTerms:
+    """PPO's loss terms (Schulman et al. 2017) from the policy/value outputs on a minibatch.
+
+    Shapes: ``logits`` [N, A] (illegal actions at ``NEG``), ``legal`` [N, A] bool; ``value``, ``actions``,
+    ``old_logp`` (log-probability of ``actions`` under the rollout's policy), ``adv``, ``ret`` (value
+    targets) and ``weight`` (1 for a state of a running episode, 0 otherwise) [N].
+
+    * ``pg_loss`` is ``-L^CLIP`` (their Eq. 7): with ``r = pi(a|s) / pi_old(a|s)``,
+      ``-E[min(r A, clip(r, 1 - eps, 1 + eps) A)]``;
+    * ``v_loss`` is the squared-error value term ``L^VF = (V(s) - V^targ)^2`` and ``entropy`` the entropy
+      bonus ``S[pi](s)`` of their Eq. 9 (the caller combines them: ``pg_loss + c1 v_loss - c2 entropy``);
+    * ``clip_frac``: share of states with ``|r - 1| > eps`` (a diagnostic).
+
+    Every term is the ``weight``-weighted mean over the minibatch.
+    """
+    logp, logp_all = _log_prob(logits, actions)
+    ratio = jnp.exp(logp - old_logp)
+    pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    entropy = -jnp.sum(jnp.where(legal, jnp.exp(logp_all) * logp_all, 0.0), -1)
+    w = weight.astype(jnp.float32)
+    n = jnp.maximum(w.sum(), 1.0)
+    return PPOTerms(pg_loss=(pg * w).sum() / n, v_loss=(jnp.square(value - ret) * w).sum() / n,
+                    entropy=(entropy * w).sum() / n, clip_frac=((jnp.abs(ratio - 1) > clip_eps) * w).sum() / n)
+
+
 def replay_observations(problems: env.Problem, actions: jax.Array, window: int) -> tuple[dict, jax.Array]:
     """Observations along given action sequences ([B, T], -1 = padding); returns (obs [T, B, ...], mask)."""
     def body(states, a):
@@ -206,6 +241,27 @@ def normalise_rewards(problems: env.Problem, rewards: jax.Array) -> jax.Array:
     lb0 = jax.vmap(lambda p: env.lower_bound(p, env.reset(p)))(problems).astype(jnp.float32)
     scale = jnp.max(problems.durations, (1, 2)).astype(jnp.float32)
     return rewards * scale / jnp.maximum(lb0, 1.0)
+
+
+def make_loss_fn(model: JobShopPolicy, cfg: PPOConfig):
+    """``loss_fn(params, mb, demo_obs, demo_actions, demo_mask, demo_weight) -> (loss, metrics)``: the loss of
+    one PPO minibatch (``mb``: ``obs``, ``a``, ``logp``, ``adv``, ``ret``, ``alive``), i.e.
+    ``pg_loss + vf_coef * v_loss - ent_coef * entropy`` (:func:`ppo_loss_terms`) plus the CP-SAT
+    demonstrations' behaviour-cloning cross-entropy weighted by ``bc_coef * demo_weight``."""
+    def loss_fn(params, mb, demo_obs, demo_actions, demo_mask, demo_weight):
+        logits, value = model.apply({"params": params}, mb["obs"])
+        terms = ppo_loss_terms(logits, value, mb["a"], mb["logp"], mb["adv"], mb["ret"], mb["obs"]["legal"],
+                               mb["alive"], cfg.clip_eps)
+        d_logits, _ = model.apply({"params": params}, demo_obs)
+        d_logp, _ = _log_prob(d_logits, jnp.maximum(demo_actions, 0))
+        dm = demo_mask.astype(jnp.float32)
+        bc = -(d_logp * dm).sum() / jnp.maximum(dm.sum(), 1.0)
+        loss = (terms.pg_loss + cfg.vf_coef * terms.v_loss - cfg.ent_coef * terms.entropy
+                + cfg.bc_coef * demo_weight * bc)
+        return loss, {"pg_loss": terms.pg_loss, "v_loss": terms.v_loss, "entropy": terms.entropy, "bc_loss": bc,
+                      "clip_frac": terms.clip_frac}
+
+    return loss_fn
 
 
 def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformation, cfg: PPOConfig):
@@ -240,26 +296,7 @@ def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformatio
         _, adv = jax.lax.scan(body, (jnp.zeros(B), last_value), traj, reverse=True)
         return adv, adv + traj["value"]
 
-    def loss_fn(params, mb, demo_obs, demo_actions, demo_mask, demo_weight):
-        logits, value = model.apply({"params": params}, mb["obs"])
-        logp, logp_all = _log_prob(logits, mb["a"])
-        ratio = jnp.exp(logp - mb["logp"])
-        adv = mb["adv"]
-        pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
-        legal = mb["obs"]["legal"]
-        entropy = -jnp.sum(jnp.where(legal, jnp.exp(logp_all) * logp_all, 0.0), -1)
-        w = mb["alive"].astype(jnp.float32)
-        n = jnp.maximum(w.sum(), 1.0)
-        pg_loss = (pg * w).sum() / n
-        v_loss = (jnp.square(value - mb["ret"]) * w).sum() / n
-        ent = (entropy * w).sum() / n
-        d_logits, _ = model.apply({"params": params}, demo_obs)
-        d_logp, _ = _log_prob(d_logits, jnp.maximum(demo_actions, 0))
-        dm = demo_mask.astype(jnp.float32)
-        bc = -(d_logp * dm).sum() / jnp.maximum(dm.sum(), 1.0)
-        loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent + cfg.bc_coef * demo_weight * bc
-        return loss, {"pg_loss": pg_loss, "v_loss": v_loss, "entropy": ent, "bc_loss": bc,
-                      "clip_frac": ((jnp.abs(ratio - 1) > cfg.clip_eps) * w).sum() / n}
+    loss_fn = make_loss_fn(model, cfg)
 
     def train_step(state: TrainState, demos: dict):
         rng, k_inst, k_roll, k_perm = jax.random.split(state.rng, 4)

@@ -42,6 +42,7 @@ class BenchJSSPConfig:
     def __post_init__(self):
         run_lib.require_positive(self, "python_instances", "repeats")
         parse_sizes_and_batches(self.sizes, self.batches)
+        run_lib.require_output_file("out", self.out)
 
 
 def parse_sizes_and_batches(sizes: str, batches: str):

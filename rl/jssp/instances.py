@@ -5,7 +5,13 @@ one line per job with ``n_machines`` pairs ``machine duration`` in processing or
 from 0. Lines starting with ``#`` and blank lines are ignored. Every job visits every machine exactly
 once (the classic JSSP, as in Taillard's benchmark).
 
-Malformed files raise :class:`InstanceFormatError` (a ValueError) naming the file and line.
+Limits of a file (checked before anything is allocated): ``1 <= n_jobs <= MAX_JOBS``,
+``1 <= n_machines <= MAX_MACHINES``, every duration in ``0..MAX_TOTAL_DURATION`` and the sum of all durations
+at most ``MAX_TOTAL_DURATION`` (2^30 - 1): every start time and makespan is at most that sum, so it stays
+below the environment's int32 "never" sentinel (``rl.jssp.env.BIG`` = 2^30) and CP-SAT's horizon.
+
+Malformed files raise :class:`InstanceFormatError` (a ValueError) naming the file, the line, the value and
+what is allowed; a file that is not UTF-8 text or cannot be read is named too.
 """
 from __future__ import annotations
 
@@ -22,6 +28,9 @@ DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
 TAILLARD_DIR = DATA_DIR / "taillard"
 TAILLARD_BOUNDS = DATA_DIR / "taillard_bounds.csv"
 MAX_DURATION = 99  # Taillard's durations are uniform in 1..99
+MAX_JOBS = 10_000  # limits of an instance file (Taillard's largest: 100 x 20); at most 10^7 operations
+MAX_MACHINES = 1_000
+MAX_TOTAL_DURATION = 2**30 - 1  # sum of all durations: times stay below env.BIG (2^30) in int32
 
 
 class InstanceFormatError(ValueError):
@@ -71,7 +80,9 @@ def _ints(path, lineno, text) -> list[int]:
     out = []
     for tok in text.split():
         if not re.fullmatch(r"[+-]?\d+", tok):
-            _fail(path, lineno, f"expected integers, found {tok!r}")
+            _fail(path, lineno, f"expected integers, found {tok[:40]!r}")
+        if len(tok) > 30:  # far beyond every limit below; not even converted
+            _fail(path, lineno, f"integer {tok[:20]}... ({len(tok)} digits) is out of range")
         out.append(int(tok))
     return out
 
@@ -87,14 +98,16 @@ def parse_text(text: str, name: str = "instance", path: str = "<string>") -> Ins
     if len(header) != 2:
         _fail(path, head_no, f"the first line must be 'n_jobs n_machines' (2 integers), got {len(header)}")
     n_jobs, n_machines = header
-    if n_jobs < 1 or n_machines < 1:
-        _fail(path, head_no, f"n_jobs={n_jobs} and n_machines={n_machines} must be >= 1")
+    if not (1 <= n_jobs <= MAX_JOBS and 1 <= n_machines <= MAX_MACHINES):
+        _fail(path, head_no, f"n_jobs={n_jobs} and n_machines={n_machines} out of range: allowed n_jobs in "
+                             f"1..{MAX_JOBS}, n_machines in 1..{MAX_MACHINES}")
     rows = lines[1:]
     if len(rows) != n_jobs:
         where = rows[n_jobs][0] if len(rows) > n_jobs else (rows[-1][0] if rows else head_no)
         _fail(path, where, f"the header announces {n_jobs} jobs but the file has {len(rows)} job lines")
     machines = np.zeros((n_jobs, n_machines), np.int32)
     durations = np.zeros((n_jobs, n_machines), np.int32)
+    total = 0
     for j, (lineno, ln) in enumerate(rows):
         vals = _ints(path, lineno, ln)
         if len(vals) != 2 * n_machines:
@@ -104,13 +117,18 @@ def parse_text(text: str, name: str = "instance", path: str = "<string>") -> Ins
         for o, (mach, dur) in enumerate(zip(ms, ds)):
             if not 0 <= mach < n_machines:
                 _fail(path, lineno, f"job {j} operation {o}: machine {mach} out of range 0..{n_machines - 1}")
-            if dur < 0:
-                _fail(path, lineno, f"job {j} operation {o}: negative duration {dur}")
+            if not 0 <= dur <= MAX_TOTAL_DURATION:
+                _fail(path, lineno, f"job {j} operation {o}: {'negative ' if dur < 0 else ''}duration {dur} out "
+                                    f"of range (allowed: 0..{MAX_TOTAL_DURATION})")
         if len(set(ms)) != n_machines:
             dup = sorted({m for m in ms if ms.count(m) > 1})
             _fail(path, lineno, f"job {j} visits machine(s) {dup} more than once (each job must visit "
                                 "every machine exactly once)")
         machines[j], durations[j] = ms, ds
+        total += sum(ds)
+        if total > MAX_TOTAL_DURATION:
+            _fail(path, lineno, f"the durations up to job {j} sum to {total}; the sum of all durations must be "
+                                f"<= {MAX_TOTAL_DURATION} (2^30 - 1) so that start times and makespans fit int32")
     return Instance(name=name, machines=machines, durations=durations)
 
 
@@ -119,7 +137,14 @@ def read_instance(path) -> Instance:
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"instance file {str(path)!r} does not exist")
-    return parse_text(path.read_text(), name=path.stem, path=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InstanceFormatError(f"{path}: not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset "
+                                  f"{e.start}); expected the standard text format") from None
+    except OSError as e:
+        raise InstanceFormatError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return parse_text(text, name=path.stem, path=str(path))
 
 
 def format_instance(inst: Instance) -> str:

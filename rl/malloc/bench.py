@@ -43,6 +43,7 @@ class BenchMallocConfig:
 
     def __post_init__(self):
         run_lib.require_positive(self, "batch", "python_episodes", "search_batch", "simulations", "repeats")
+        run_lib.require_output_file("out", self.out, make_parents=True)
 
 
 def _median_time(fn, repeats: int) -> float:

@@ -77,8 +77,7 @@ class EvalMallocConfig:
                 make_runner(s, self.time_limit, self.workers, self.seed)
         if self.weights:  # checked even when no solver uses it: a mistyped path is never silently ignored
             require_network_dir("weights", self.weights)
-        if self.out and pathlib.Path(self.out).expanduser().is_dir():
-            raise ValueError(f"out={self.out!r} is a directory; give a file path")
+        run_lib.require_output_file("out", self.out, make_parents=True)
 
     @property
     def solvers(self) -> list[str]:
@@ -187,6 +186,11 @@ def run_solvers(insts, solvers, time_limit=10.0, workers=1, seed=0, simulations=
 def run(cfg: EvalMallocConfig) -> list[dict]:
     """Evaluates ``cfg.solvers`` on ``cfg.instances``, prints the comparison table, writes ``cfg.out``."""
     insts = instance.load_dir(pathlib.Path(cfg.instances).expanduser())
+    if set(cfg.solvers) & set(LEARNED):  # the JAX game's limits, before the network is loaded
+        from rl.malloc import game
+
+        for inst in insts:
+            game.check_fits(inst)
     records = run_solvers(insts, cfg.solvers, cfg.time_limit, cfg.workers, cfg.seed, cfg.simulations,
                           cfg.weights, cfg.samples)
     print_table(summarise(records))

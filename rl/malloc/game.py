@@ -63,6 +63,13 @@ def num_actions(max_buffers: int) -> int:
     return max_buffers + 2
 
 
+def check_fits(inst: Instance) -> None:
+    """ValueError naming the instance (its file, if read from one) unless the game's int32 arithmetic holds it."""
+    if inst.capacity >= _MAX_BYTES or (inst.num_buffers and inst.sizes.max() >= _MAX_BYTES):
+        raise ValueError(f"{inst.where}: capacity={inst.capacity} and every size (largest "
+                         f"{int(inst.sizes.max(initial=0))}) must be < 2**30 bytes for the JAX game")
+
+
 def pad(instances: list[Instance], max_buffers: int | None = None) -> Padded:
     """Stack instances into a batch (leading axis), buffers sorted by (start, end, index), zero-padded."""
     if not instances:
@@ -73,8 +80,7 @@ def pad(instances: list[Instance], max_buffers: int | None = None) -> Padded:
         raise ValueError(f"max_buffers={max_buffers} must be >= 1 and >= the largest instance ({n_max} buffers)")
     cols = {k: [] for k in Padded._fields}
     for inst in instances:
-        if inst.capacity >= _MAX_BYTES or (inst.num_buffers and inst.sizes.max() >= _MAX_BYTES):
-            raise ValueError(f"instance {inst.name!r}: capacity/sizes must be < 2**30 bytes for the JAX game")
+        check_fits(inst)
         k = inst.num_buffers
         order = inst.schedule_order()
         fill = lambda x, v, dt: np.concatenate([np.asarray(x)[order], np.full(max_buffers - k, v)]).astype(dt)

@@ -10,12 +10,19 @@ Conventions used everywhere in ``rl.malloc``:
 - a live interval ``[start, end]`` is inclusive, in schedule positions (instruction indices), ``end >= start``;
   two buffers overlap in time iff ``start_a <= end_b and start_b <= end_a``;
 - benefits are finite floats ``>= 0``;
-- a buffer larger than the capacity is legal: it simply can never be placed in fast memory.
+- a buffer larger than the capacity is legal: it simply can never be placed in fast memory;
+- limits: sizes and the capacity in ``1..MAX_BYTES`` (2^40, 1 TiB: sums of sizes stay exact in int64),
+  starts and ends in ``0..MAX_POSITION`` (2^31 - 2: the JAX game's int32 times and horizon), benefits at
+  most ``MAX_BENEFIT`` (1e30: sums stay finite in float32). The JAX game (``rl.malloc.game``) further needs
+  sizes and the capacity below 2^30.
 
 JSON format (``save`` / ``load``)::
 
     {"name": "...", "capacity": 4096, "meta": {...},
      "buffers": [{"name": "dot.1", "size": 512, "start": 0, "end": 3, "benefit": 1.5}, ...]}
+
+``meta`` (optional) is an object. A malformed file raises a ValueError naming the file, the field and
+the value (a buffer by index and name).
 """
 from __future__ import annotations
 
@@ -28,6 +35,9 @@ from typing import Any
 import numpy as np
 
 _FIELDS = ("size", "start", "end", "benefit")
+MAX_BYTES = 2**40
+MAX_POSITION = 2**31 - 2
+MAX_BENEFIT = 1e30
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -41,26 +51,31 @@ class Instance:
     capacity: int          # bytes of fast memory, > 0
     buffer_names: tuple[str, ...] = ()
     meta: dict = dataclasses.field(default_factory=dict)
+    source: str = ""  # the file it was read from (not saved): errors about the instance name it
 
     def __post_init__(self):
         n = len(self.sizes)
         names = tuple(self.buffer_names) or tuple(f"b{i}" for i in range(n))
         object.__setattr__(self, "buffer_names", names)
-        if not isinstance(self.capacity, (int, np.integer)) or isinstance(self.capacity, bool) or self.capacity < 1:
-            raise ValueError(f"instance {self.name!r}: capacity={self.capacity!r} must be a positive integer (bytes)")
+        _check_capacity(self.where, self.capacity)
         object.__setattr__(self, "capacity", int(self.capacity))
         for field in ("sizes", "starts", "ends", "benefits", "buffer_names"):
             if len(getattr(self, field)) != n:
-                raise ValueError(f"instance {self.name!r}: {field} has {len(getattr(self, field))} entries, "
+                raise ValueError(f"{self.where}: {field} has {len(getattr(self, field))} entries, "
                                  f"expected {n} (one per buffer)")
         rows = [dict(size=self.sizes[i], start=self.starts[i], end=self.ends[i], benefit=self.benefits[i])
                 for i in range(n)]
         for i, row in enumerate(rows):
-            _check_buffer(self.name, i, names[i], row)
+            _check_buffer(self.where, i, names[i], row)
         object.__setattr__(self, "sizes", np.asarray(self.sizes, np.int64).reshape(n))
         object.__setattr__(self, "starts", np.asarray(self.starts, np.int64).reshape(n))
         object.__setattr__(self, "ends", np.asarray(self.ends, np.int64).reshape(n))
         object.__setattr__(self, "benefits", np.asarray(self.benefits, np.float64).reshape(n))
+
+    @property
+    def where(self) -> str:
+        """How errors name this instance: its file if it was read from one, else its name."""
+        return f"{self.source} (instance {self.name!r})" if self.source else f"instance {self.name!r}"
 
     @property
     def num_buffers(self) -> int:
@@ -83,9 +98,11 @@ class Instance:
         """max over schedule positions of the total size of the buffers live there (no memory reuse lost)."""
         if not self.num_buffers:
             return 0
-        delta = np.zeros(self.horizon + 1, np.int64)
-        np.add.at(delta, self.starts, self.sizes)
-        np.add.at(delta, self.ends + 1, -self.sizes)
+        # size changes at the schedule positions where buffers start / stop being live (not a dense array
+        # over the horizon, which may be 2^31 positions long)
+        positions, at = np.unique(np.concatenate([self.starts, self.ends + 1]), return_inverse=True)
+        delta = np.zeros(len(positions), np.int64)
+        np.add.at(delta, at, np.concatenate([self.sizes, -self.sizes]))
         return int(np.cumsum(delta).max())
 
     def to_dict(self) -> dict:
@@ -96,7 +113,8 @@ class Instance:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "instance") -> "Instance":
-        """Validating constructor from the JSON dict; malformed input -> ValueError naming the buffer."""
+        """Validating constructor from the JSON dict; malformed input -> ValueError naming ``source`` (the
+        file), the field and the buffer."""
         if not isinstance(d, dict):
             raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
         for key in ("capacity", "buffers"):
@@ -106,6 +124,10 @@ class Instance:
         buffers = d["buffers"]
         if not isinstance(buffers, list):
             raise ValueError(f"{source}: 'buffers' must be a list of objects, got {type(buffers).__name__}")
+        meta = d.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ValueError(f"{source}: meta={meta!r} must be a JSON object (or left out)")
+        _check_capacity(source, d["capacity"])
         names, rows = [], []
         for i, b in enumerate(buffers):
             if not isinstance(b, dict):
@@ -120,7 +142,8 @@ class Instance:
         cap = d["capacity"]
         if isinstance(cap, float) and cap.is_integer():
             cap = int(cap)
-        return cls(name=name, capacity=cap, buffer_names=tuple(names), meta=dict(d.get("meta", {})),
+        return cls(name=name, capacity=cap, buffer_names=tuple(names), meta=dict(meta),
+                   source="" if source == "instance" else source,
                    sizes=np.array([int(r["size"]) for r in rows], np.int64),
                    starts=np.array([int(r["start"]) for r in rows], np.int64),
                    ends=np.array([int(r["end"]) for r in rows], np.int64),
@@ -135,6 +158,11 @@ def _is_int(v) -> bool:
     return isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer()
 
 
+def _check_capacity(where: str, cap) -> None:
+    if not _is_int(cap) or not 1 <= cap <= MAX_BYTES:
+        raise ValueError(f"{where}: capacity={cap!r} must be an integer number of bytes in 1..{MAX_BYTES} (2^40)")
+
+
 def _check_buffer(source: str, i: int, name: str, b: dict) -> None:
     where = f"{source}: buffer #{i} ({name!r})"
     for f in ("size", "start", "end"):
@@ -142,21 +170,30 @@ def _check_buffer(source: str, i: int, name: str, b: dict) -> None:
             raise ValueError(f"{where}: {f}={b[f]!r} must be an integer")
     if b["size"] < 1:
         raise ValueError(f"{where}: size={b['size']!r} must be a positive number of bytes")
-    if b["start"] < 0:
-        raise ValueError(f"{where}: start={b['start']!r} must be >= 0")
+    if b["size"] > MAX_BYTES:
+        raise ValueError(f"{where}: size={b['size']!r} is too large (allowed: 1..{MAX_BYTES} bytes, 2^40)")
+    for f in ("start", "end"):
+        if not 0 <= b[f] <= MAX_POSITION:
+            raise ValueError(f"{where}: {f}={b[f]!r} out of range (allowed schedule positions: 0..{MAX_POSITION})")
     if b["end"] < b["start"]:
         raise ValueError(f"{where}: live interval end={b['end']!r} is before start={b['start']!r}")
-    v = b["benefit"]
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) or v < 0:
-        raise ValueError(f"{where}: benefit={v!r} must be a finite number >= 0")
+    v = b["benefit"]  # (the comparisons are exact for huge ints and false for nan)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not 0 <= v <= MAX_BENEFIT:
+        raise ValueError(f"{where}: benefit={v!r} must be a finite number in [0, {MAX_BENEFIT:g}]")
 
 
 def load(path: str | pathlib.Path) -> Instance:
+    """Reads one instance JSON; a ValueError naming the file for anything wrong with it."""
     path = pathlib.Path(path)
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                         "expected an instance JSON") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except (OSError, RecursionError) as e:
+        raise ValueError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     return Instance.from_dict(d, source=str(path))
 
 

@@ -125,24 +125,66 @@ def make_optimizer(cfg: MuZeroConfig, total_updates: int | None = None) -> optax
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(lr, weight_decay=cfg.weight_decay))
 
 
+class StepLosses(NamedTuple):
+    """The loss terms of one unroll step k (batch means)."""
+    policy: jax.Array   # l^p: cross-entropy of the predicted policy to the search policy (real positions only)
+    value: jax.Array    # l^v: squared error of the predicted value
+    legal: jax.Array    # auxiliary legality BCE, averaged over each position's possible actions
+    reward: jax.Array   # l^r: squared error of the predicted reward (0 when no reward is given)
+
+
+def step_losses(logits: jax.Array, value: jax.Array, legal_logits: jax.Array, policy_target: jax.Array,
+                value_target: jax.Array, legal_target: jax.Array, mask: jax.Array, action_ok: jax.Array,
+                reward: jax.Array | None = None, reward_target: jax.Array | None = None) -> StepLosses:
+    """The per-step terms of the MuZero loss (Schrittwieser et al. 2020, Eq. 1) from the prediction
+    ``p^k, v^k`` (and the dynamics' reward ``r^{k+1}``) against the targets ``pi_{t+k}, z_{t+k}, u_{t+k+1}``.
+
+    Shapes: ``logits``, ``legal_logits``, ``policy_target``, ``legal_target`` (bool), ``action_ok`` (bool:
+    the actions that exist, not padding) [B, A]; ``value``, ``value_target``, ``mask`` (bool: a real,
+    pre-terminal position), ``reward``, ``reward_target`` [B].
+
+    * ``policy``: ``l^p = -sum_a pi_a log softmax(logits)_a``, averaged over the real positions;
+    * ``value``: ``l^v = (v - z)^2`` and ``reward``: ``l^r = (r - u)^2``, averaged over all positions
+      (past the end the targets are those of the absorbing state, 0);
+    * ``legal``: binary cross-entropy of ``sigmoid(legal_logits)`` to the legal-move mask, averaged over each
+      position's ``action_ok`` actions, then over the batch.
+    """
+    m = mask.astype(jnp.float32)
+    ce = -(policy_target * jax.nn.log_softmax(logits)).sum(-1)
+    pol = (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
+    val = jnp.mean((value - value_target) ** 2)
+    bce = optax.sigmoid_binary_cross_entropy(legal_logits, legal_target.astype(jnp.float32))
+    leg = jnp.mean((bce * action_ok).sum(-1) / action_ok.sum(-1))
+    rew = jnp.zeros((), jnp.float32) if reward is None else jnp.mean((reward - reward_target) ** 2)
+    return StepLosses(pol, val, leg, rew)
+
+
 def loss_fn(model, params, batch: Batch, cfg: MuZeroConfig):
-    """MuZero loss (Schrittwieser et al. 2020, Eq. 1) over K unroll steps; returns (loss, metrics)."""
+    """MuZero loss (Schrittwieser et al. 2020, Eq. 1) over K unroll steps; returns (loss, metrics).
+
+    The terms of each step come from :func:`step_losses`; the loss is
+    ``(sum_k l^p + value_coef l^v + legal_coef l^legal) / (K + 1) + reward_coef sum_k l^r / max(K, 1)`` and the
+    metrics carry each term already scaled (``loss = policy_loss + value_coef * value_loss + legal_coef *
+    legal_loss + reward_coef * reward_loss``).
+    """
     latent = _represent(model, params, batch.inst, batch.state)
     k_steps = batch.actions.shape[1]
     action_ok = jnp.concatenate([jnp.ones((batch.mask.shape[0], 2), bool), batch.inst.valid], -1)
     pol = val = rew = leg = 0.0
     for k in range(k_steps + 1):
         pred = _predict(model, params, latent)
-        m = batch.mask[:, k].astype(jnp.float32)
-        ce = -(batch.policy[:, k] * jax.nn.log_softmax(pred.logits)).sum(-1)
-        pol += (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
-        val += jnp.mean((pred.value - batch.value[:, k]) ** 2)
-        bce = optax.sigmoid_binary_cross_entropy(pred.legal_logits, batch.legal[:, k].astype(jnp.float32))
-        leg += jnp.mean((bce * action_ok).sum(-1) / action_ok.sum(-1))
+        r = r_target = None
         if k < k_steps:
             latent, r = model.apply(params, latent, batch.actions[:, k], method=model.dynamics)
-            rew += jnp.mean((r - batch.reward[:, k]) ** 2)
+            r_target = batch.reward[:, k]
             latent = Latent(0.5 * latent.tokens + 0.5 * jax.lax.stop_gradient(latent.tokens), latent.mask)
+        terms = step_losses(pred.logits, pred.value, pred.legal_logits, batch.policy[:, k], batch.value[:, k],
+                            batch.legal[:, k], batch.mask[:, k], action_ok, r, r_target)
+        pol += terms.policy
+        val += terms.value
+        leg += terms.legal
+        if k < k_steps:
+            rew += terms.reward
     scale = 1.0 / (k_steps + 1)
     loss = scale * (pol + cfg.value_coef * val + cfg.legal_coef * leg) + cfg.reward_coef * rew / max(k_steps, 1)
     return loss, {"loss": loss, "policy_loss": pol * scale, "value_loss": val * scale,

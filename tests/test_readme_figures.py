@@ -1,0 +1,400 @@
+"""Every figure in README.md's Results tables is recomputed from its file in results/, with the README's rounding.
+
+Issue "every README figure backed by a file": a table cell's numbers must equal the numbers its file gives,
+formatted as the README shows them, so a figure edited by hand (or a result file replaced without the
+README following) fails here. NumPy and JSON only (no JAX); reads about 6 MB of JSON, under a second.
+
+How a cell is compared: its numbers are extracted in order (``numbers``: bold, units and words dropped;
+numbers glued to letters, such as the 15 of "15x15", are not numbers) and must equal the list of expected
+strings built from the file. Rows are found by a label fragment, so relabelling a row or dropping it fails
+too. Sources per table: see each test.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?!\w)(?!\.\d)")
+MISSING = ("–", "-", "not run")
+
+
+# --------------------------------------------------------------------------- README parsing
+
+class Table:
+    def __init__(self, lines: list[str]):
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+        self.header = rows[0]
+        self.rows = [r for r in rows[1:] if not all(re.fullmatch(r":?-+:?", c) for c in r)]
+
+    def row(self, fragment: str) -> list[str]:
+        """The one row whose first cell contains ``fragment``."""
+        found = [r for r in self.rows if fragment in r[0]]
+        assert len(found) == 1, f"{len(found)} rows of table {self.header} have {fragment!r} in their label"
+        return found[0]
+
+
+def results_tables() -> dict[str, list[Table]]:
+    """``{### title: [tables in order]}`` of README.md's "## Results" section."""
+    text = (ROOT / "README.md").read_text()
+    section = re.search(r"^## Results\n(.*?)(?=^## )", text, re.S | re.M)
+    assert section, "README.md has no '## Results' section followed by another '## ' section"
+    out = {}
+    for chunk in re.split(r"^### ", section.group(1), flags=re.M)[1:]:
+        title, _, body = chunk.partition("\n")
+        tables, current = [], []
+        for line in body.splitlines() + [""]:
+            if line.startswith("|"):
+                current.append(line)
+            elif current:
+                tables.append(Table(current))
+                current = []
+        out[title.strip()] = tables
+    return out
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return results_tables()
+
+
+def section(tables, prefix: str) -> list[Table]:
+    found = [v for k, v in tables.items() if k.startswith(prefix)]
+    assert len(found) == 1, f"README Results has {len(found)} '### {prefix}...' subsections"
+    return found[0]
+
+
+def numbers(cell: str) -> list[str]:
+    return [m.replace(",", "") for m in NUMBER.findall(cell.replace("**", "").replace("−", "-"))]
+
+
+def check(cell: str, expected: list[str], what: str) -> None:
+    assert numbers(cell) == expected, f"{what}: README cell {cell!r} shows {numbers(cell)}, its file gives {expected}"
+
+
+def f(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}"
+
+
+def pct(value: float, decimals: int = 0) -> str:
+    return f(100 * value, decimals)
+
+
+def load(name: str):
+    path = RESULTS / name
+    assert path.is_file(), f"results/{name} (a README figure's source) is missing"
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- language model
+
+def test_lm_table(tables):
+    """results/lm_default.json (train_lm default run) and results/nanogpt_cpu_reference.json."""
+    lm, nano = load("lm_default.json"), load("nanogpt_cpu_reference.json")["figures"]
+    table = section(tables, "Language model")[0]
+    cfg, summary = lm["config"], lm["summary"]
+    quality = table.row("validation loss")
+    check(quality[0], [str(cfg["num_layers"]), str(cfg["num_heads"]), str(cfg["d_model"]), str(cfg["seq_len"]),
+                       str(cfg["batch_size"]), str(cfg["steps"]), f(lm["num_params"] / 1e6, 2)], "LM configuration")
+    check(quality[1], [f(summary["val_loss"], 3), f(summary["val_bpb"], 2)], "LM validation loss")
+    check(quality[2], [f(nano["val_loss_final"], 4)], "nanoGPT validation loss")
+    speed = table.row("speed and wall time")
+    check(speed[0], [str(lm["machine"]["cpu_count"])], "LM cores")
+    below = next(r["step"] for r in lm["val_curve"] if r["val_loss"] < nano["val_loss_final"])
+    check(speed[1], [f(summary["steps_per_sec"], 1), f(1e3 / summary["steps_per_sec"], 0),
+                     f(summary["wall_time_s"], 0), f(nano["val_loss_final"], 3), str(below)], "LM speed")
+    check(speed[2], [f(nano["ms_per_train_step"], 0), f(nano["wall_time_s"], 0)], "nanoGPT speed")
+    assert lm["summary"]["step"] == cfg["steps"] and not lm["summary"]["preempted"]
+
+
+# --------------------------------------------------------------------------- checkpointing
+
+def test_checkpoint_tables(tables):
+    """results/bench_checkpoint.json: the save table and the training-loop table."""
+    bench = load("bench_checkpoint.json")
+    saves = {(s["state_mb"], s["mode"]): s for s in bench["saves"]}
+    save_table, loop_table = section(tables, "Checkpointing")[:2]
+    for label, mb in (("64 MiB", 64), ("256 MiB", 256), ("1 GiB", 1024)):
+        row = save_table.row(label)
+        lazy, plain, sync = saves[mb, "lazy"], saves[mb, "async"], saves[mb, "sync"]
+        check(row[1], [f(1e3 * lazy["blocking_s"], 1), f(1e3 * plain["blocking_s"], 1)], f"{label} blocking")
+        sync_time = f(1e3 * sync["blocking_s"], 0) if sync["blocking_s"] < 1 else f(sync["blocking_s"], 2)
+        check(row[2], [pct(lazy["blocking_over_sync_save"], 2), pct(plain["blocking_over_sync_save"], 1), sync_time],
+              f"{label} share of a sync save")
+        check(row[3], [f(lazy["durable_s"], 2), f(sync["durable_s"], 2)], f"{label} time until durable")
+        check(row[4], [f(lazy["extra_rss_mb"], 0), f(plain["extra_rss_mb"], 0)], f"{label} extra memory")
+    loop = {(r["mode"], r["every"]): r for r in bench["training_loop"]}
+    for every in (10, 50, 200):
+        row = next(r for r in loop_table.rows if r[0] == str(every))
+        check(row[1], [pct(loop["lazy", every]["slowdown"], 1)], f"K={every} lazy")
+        check(row[2], [pct(loop["async", every]["slowdown"], 1)], f"K={every} async")
+
+
+# --------------------------------------------------------------------------- MoE
+
+MOE_MODELS = (("Mixtral", "mixtral"), ("Qwen2-MoE", "qwen2_moe"), ("Phi-3.5-MoE", "phi35_moe"))
+
+
+def test_moe_cpu_table(tables):
+    """results/bench_moe.json (CPU)."""
+    bench = load("bench_moe.json")
+    rows = {r["model"]: r for r in bench["rows"]}
+    grouped = {r["model"]: r for r in bench["grouped_gemm"]}
+    cpu = section(tables, "Sharded MoE")[0]
+    for label, model in MOE_MODELS:
+        row, r, g = cpu.row(label), rows[model], grouped[model]
+        what = f"MoE CPU {model}"
+        check(row[1], [str(r["experts"]), str(r["top_k"])], what)
+        check(row[2], [str(r["hidden"])], what)
+        check(row[3], [f(r["moe_over_dense"], 2)], what)
+        check(row[4], [f(r["onehot_over_moe"], 2)], what)
+        check(row[5], [f(g["blocked_over_dense"], 2), f(g["bucketed_over_dense"], 2),
+                       f(g["per_expert_loop_over_dense"], 2)], what)
+
+
+def test_moe_lm_vs_dense(tables):
+    """results/lm_moe_vs_dense_300.json: the bullet "MoE LM vs dense LM ... validation loss **a** vs **b**"."""
+    runs = load("lm_moe_vs_dense_300.json")
+    text = (ROOT / "README.md").read_text()
+    shown = re.search(r"MoE LM vs dense LM.*?validation loss \*\*([\d.]+)\*\* vs \*\*([\d.]+)\*\*", text, re.S)
+    assert shown, "README's MoE section lost its 'MoE LM vs dense LM ... validation loss' bullet"
+    expected = [f(runs["moe"]["summary"]["val_loss"], 3), f(runs["dense"]["summary"]["val_loss"], 3)]
+    assert list(shown.groups()) == expected, f"MoE vs dense LM: README {shown.groups()}, file {expected}"
+    assert runs["moe"]["config"]["moe"]["num_experts"] == 8 and runs["dense"]["config"]["moe"] is None
+
+
+def ratio_range(num: float, den: float, num_half: float, den_half: float) -> tuple[float, float]:
+    """Bounds of num/den when num and den are figures rounded to +-num_half, +-den_half."""
+    return (num - num_half) / (den + den_half), (num + num_half) / (den - den_half)
+
+
+def consistent(text: str, bounds: tuple[float, float], what: str) -> None:
+    """Some ratio within ``bounds`` rounds to the README figure ``text`` (at the decimals it shows)."""
+    half = 0.5 * 10.0 ** -len(text.partition(".")[2])
+    lo, hi = bounds
+    assert float(text) - half <= hi and float(text) + half >= lo, f"{what}: README {text} outside [{lo:.3f}, {hi:.3f}]"
+
+
+def test_moe_h100_table(tables):
+    """results/bench_moe_h100.json. Its full-layer and run-4 milliseconds are stored rounded, so a ratio the
+    README shows must be one those rounded figures allow; run 2's ratios are stored exactly."""
+    bench = load("bench_moe_h100.json")
+    run1, run3 = bench["full_layer_ms"]["ragged_dot (run 1)"], bench["full_layer_ms"]["bucketed (run 3)"]
+    run2, run4 = bench["grouped_gemm_run2_detail"], bench["grouped_gemm_only_ms"]["run 4"]
+    gpu = section(tables, "Sharded MoE")[1]
+    for label, model in MOE_MODELS:
+        row, what = gpu.row(label), f"MoE H100 {model}"
+        check(row[1], [f(run3[model]["dense_equivalent"], 2)], what + " dense ms")
+        check(row[2], [f(run3[model]["moe_dropless"], 2)], what + " bucketed ms")
+        check(row[3], [f(run1[model]["moe_dropless"], 1)], what + " ragged_dot ms")
+        check(row[4], [f(run1[model]["onehot_capacity"], 1)], what + " one-hot ms")
+        moe, dense = run3[model]["moe_dropless"], run3[model]["dense_equivalent"]
+        (shown,) = numbers(row[5])
+        consistent(shown, ratio_range(moe, dense, 0.005, 0.005), what + " MoE / dense")
+        (shown,) = numbers(row[6])
+        consistent(shown, ratio_range(run1[model]["onehot_capacity"], moe, 0.05, 0.005), what + " one-hot / MoE")
+        grouped = numbers(row[7])
+        dense4 = run4[model]["dense_equivalent"]
+        consistent(grouped[0], ratio_range(run4[model]["bucketed"], dense4, 0.005, 0.005), what + " bucketed GEMM")
+        consistent(grouped[1], ratio_range(run4[model]["blocked"], dense4, 0.005, 0.005), what + " blocked GEMM")
+        if model in run2:
+            assert grouped[2:] == [f(run2[model]["ragged_dot_over_dense"], 2 if model == "mixtral" else 1),
+                                   f(run2[model]["per_expert_loop_over_dense"], 2)], what + f" grouped {grouped}"
+        else:
+            assert len(grouped) == 2 and row[7].count("–") == 2, f"{what}: {row[7]!r}, but run 2 did not reach it"
+
+
+# --------------------------------------------------------------------------- DiLoCo
+
+DILOCO_ROWS = (  # README label fragment -> runs of results/diloco_study.json (one per "a / b" figure)
+    ("DiLoCo M=2 H=30 fp32", ("diloco_m2_h30",)),
+    ("DiLoCo M=4 H=30 fp32", ("diloco_m4_h30",)),
+    ("Streaming M=2 H=30 P=2 τ=1 α=0.5 fp4", ("stream_m2_h30_fp4",)),
+    ("Streaming M=4 H=30 P=2 τ=1 fp4", ("stream_m4_h30_fp4",)),
+    ("Streaming M=2 H=100 P=2 τ=1 fp4", ("stream_m2_h100_fp4",)),
+    ("Streaming M=2 H=30 P=2 τ=0 α=0 fp32", ("stream_m2_h30_fp32_tau0",)),
+    ("Streaming M=2 H=30 P=2 τ=5 fp4", ("stream_m2_h30_fp4_tau5",)),
+    ("τ = 2", ("stream_m2_h30_fp4_tau2",)),
+    ("outer lr 0.4 / 1.0", ("stream_m2_h30_fp4_olr0.4", "stream_m2_h30_fp4_olr1.0")),
+    ("bf16 / fp8", ("stream_m2_h30_bf16", "stream_m2_h30_fp8")),
+)
+DILOCO_COLUMNS = ("val_loss_ratio_to_dp", "bytes_reduction_vs_dp", "peak_reduction_vs_dp",  # README columns 1-4
+                  "mesh_bytes_reduction_vs_dp")
+
+
+def shown_as(cell_numbers: list[str], values: list[float], what: str) -> None:
+    """Each value, rounded to the decimals its README figure shows, is that figure; a figure shared by
+    several runs (written once) must hold for each of them."""
+    if len(cell_numbers) == 1 < len(values):
+        cell_numbers = cell_numbers * len(values)
+    assert len(cell_numbers) == len(values), f"{what}: {cell_numbers} vs {len(values)} runs"
+    for text, value in zip(cell_numbers, values):
+        decimals = len(text.partition(".")[2])
+        assert f(value, decimals) == text, f"{what}: README {text}, file {value} ({f(value, decimals)})"
+
+
+def test_diloco_table(tables):
+    """results/diloco_study.json (the study's runs; results/diloco_study.md is the same table)."""
+    runs = {r["run"]: r for r in load("diloco_study.json")}
+    table = section(tables, "Streaming DiLoCo")[0]
+    for fragment, names in DILOCO_ROWS:
+        row = table.row(fragment)
+        for column, key in enumerate(DILOCO_COLUMNS, start=1):
+            shown_as(numbers(row[column]), [runs[n][key] for n in names], f"DiLoCo {fragment!r} {key}")
+
+
+# --------------------------------------------------------------------------- AlgoPerf
+
+BASELINE_NAMES = {"adamw": "AdamW", "nadamw": "NAdamW", "heavy_ball": "heavy ball", "sgd_nesterov": "SGD Nesterov"}
+
+
+def test_algoperf_targets_table(tables):
+    """results/algoperf/targets.json (targets, who set them, budgets) and results/algoperf/ctr_bayes_floor.json."""
+    workloads = load("algoperf/targets.json")["workloads"]
+    table = section(tables, "AlgoPerf suite")[0]
+    assert len(table.rows) == 3
+    for row in table.rows:
+        names = [n.strip() for n in row[0].split("/")]
+        entries = [workloads[n] for n in names]
+        expected = [f"{e['validation_target']:g}" for e in entries]
+        if names[0] == "ctr":
+            expected.append(f(load("algoperf/ctr_bayes_floor.json")["validation_bayes_log_loss"], 3))
+        check(row[1], expected, f"AlgoPerf targets {names}")
+        set_by = " / ".join(BASELINE_NAMES[e["best"]["baseline"]] for e in entries)
+        assert row[2] == set_by, f"AlgoPerf {names}: README says set by {row[2]!r}, targets.json says {set_by!r}"
+        check(row[3], [f"{e['max_runtime_s']:g}" for e in entries], f"AlgoPerf budgets {names}")
+
+
+def test_algoperf_scores_table(tables):
+    """results/algoperf/scores.json (median workload times, scores, and the trials that reached the target)."""
+    scores = load("algoperf/scores.json")
+    algoperf = section(tables, "AlgoPerf suite")
+    table = algoperf[1]
+    columns = table.header[1:-1]
+    assert sorted(columns) == sorted(scores["workload_times_s"]["adamw"]), table.header
+    for baseline, name in BASELINE_NAMES.items():
+        row = next(r for r in table.rows if r[0] == name)
+        for column, cell in zip(columns, row[1:-1]):
+            seconds = scores["workload_times_s"][baseline][column]
+            assert cell == ("miss" if seconds is None else f(seconds, 1)), f"AlgoPerf {name} {column}: {cell!r}"
+        assert row[-1] == f(scores["scores"][baseline], 3)
+    # the sentence under the table: "Trials reaching the target: ctr 16/24, ..."
+    text = (ROOT / "README.md").read_text()
+    sentence = re.search(r"Trials reaching the target:(.*?)\.", text, re.S).group(1)
+    reached = {w: (int(a), int(b)) for w, a, b in re.findall(r"(\w+) (\d+)/(\d+)", sentence)}
+    for workload in columns:
+        times = [t for b in scores["trial_times_s"].values() for study in b[workload].values() for t in study.values()]
+        assert reached.get(workload) == (sum(t is not None for t in times), len(times)), f"trials reaching {workload}"
+
+
+# --------------------------------------------------------------------------- mallocGame
+
+def malloc_summary(records: list[dict], base: list[dict]) -> dict:
+    """Mean normalised benefit, gap to the CP-SAT optimum, shares vs the heuristic (both from
+    results/malloc_eval.json) and wall time, as rl/malloc/evaluate.summarise computes them."""
+    heur = {r["instance"]: r for r in base if r["solver"] == "heuristic"}
+    opt = {r["instance"]: r for r in base if r["solver"] == "cpsat" and r.get("optimal")}
+    gaps = [1 - r["benefit"] / opt[r["instance"]]["benefit"] for r in records
+            if r["instance"] in opt and opt[r["instance"]]["benefit"] > 0]
+    diff = np.array([r["benefit"] - heur[r["instance"]]["benefit"] for r in records])
+    tol = 1e-9 * max(1.0, max(abs(heur[r["instance"]]["benefit"]) for r in records))
+    return {"benefit": float(np.mean([r["normalised_benefit"] for r in records])),
+            "gap": 100 * float(np.mean(gaps)), "at_opt": float(np.mean([g <= 1e-9 for g in gaps])),
+            "ge": float(np.mean(diff >= -tol)), "gt": float(np.mean(diff > tol)),
+            "wall": float(np.mean([r["wall_time_s"] for r in records])), "n": len(records)}
+
+
+def test_malloc_table(tables):
+    """results/malloc_eval*.json: one file (or solver within malloc_eval.json) per row."""
+    base = load("malloc_eval.json")
+    assert collections.Counter(r["solver"] for r in base) == {s: 23 for s in (
+        "heuristic", "firstfit", "random", "cpsat", "cpsat_game", "muzero", "alphazero")}
+
+    def of(name: str, solver: str | None = None) -> dict:
+        recs = base if name == "malloc_eval.json" else load(name)
+        recs = [r for r in recs if solver is None or r["solver"] == solver]
+        assert len(recs) == 23, f"{name} {solver}: {len(recs)} records, the held-out set has 23"
+        return malloc_summary(recs, base)
+
+    def shares(*summaries):  # "ge % / gt %", a pair shared by every run written once
+        pairs = [[pct(s["ge"]), pct(s["gt"])] for s in summaries]
+        return pairs[0] if all(p == pairs[0] for p in pairs) else sum(pairs, [])
+
+    table = section(tables, "mallocGame")[0]
+    rows = [  # label fragment, summaries, benefit decimals, gap decimals, wall (scale, decimals) or None
+        ("XLA-style heuristic", [of("malloc_eval.json", "heuristic")], 2, (1e3, 0)),
+        ("first-fit decreasing size", [of("malloc_eval.json", "firstfit")], 2, (1e3, 0)),
+        ("random legal", [of("malloc_eval.json", "random")], 2, (1e3, 0)),
+        ("CP-SAT under the game's moves", [of("malloc_eval.json", "cpsat_game")], 2, (1, 1)),
+        ("mallocMuZero, shipped network, 32 simulations", [of("malloc_eval.json", "muzero")], 2, (1, 2)),
+        ("mallocMuZero, shipped network, 64 simulations", [of("malloc_eval_muzero64.json")], 2, (1, 2)),
+        ("AlphaZero ablation (true game in the search), 32 / 64 simulations",
+         [of("malloc_eval.json", "alphazero"), of("malloc_eval_alphazero64.json")], 2, (1, 2)),
+        ("best of 128 episodes", [of("malloc_eval_muzero32_best128.json")], 2, (1, 1)),
+        ("mallocMuZero, 32 simulations, best of 16 / 64 episodes",
+         [of("malloc_eval_muzero32_best16.json"), of("malloc_eval_muzero32_best64.json")], 2, (1, 1)),
+        ("AlphaZero ablation, 32 simulations, best of 16 / 64 episodes",
+         [of("malloc_eval_alphazero32_best16.json"), of("malloc_eval_alphazero32_best64.json")], 2, (1, 1)),
+        ("mallocMuZero, 128 / 256 simulations",
+         [of("malloc_eval_muzero128.json"), of("malloc_eval_muzero256.json")], 1, (1, 2)),
+        ("prior alone", [of("malloc_eval_prior.json")], 2, (1, 2)),
+        ("pure self-play RL", [of("malloc_eval_selfplay500_32.json")], 2, (1, 2)),
+    ]
+    for fragment, summaries, gap_decimals, (scale, wall_decimals) in rows:
+        row, what = table.row(fragment), f"malloc {fragment!r}"
+        check(row[1], [f(s["benefit"], 3) for s in summaries], what + " benefit")
+        gaps = [f(s["gap"], gap_decimals) for s in summaries]
+        if fragment == "XLA-style heuristic":
+            gaps.append(pct(summaries[0]["at_opt"]))
+        check(row[2], gaps, what + " gap")
+        if fragment != "XLA-style heuristic":
+            check(row[3], shares(*summaries), what + " >= / > heuristic")
+        check(row[4], [f(scale * s["wall"], wall_decimals) for s in summaries], what + " time")
+    cpsat = [r for r in base if r["solver"] == "cpsat"]
+    row, s = table.row("CP-SAT (`AddNoOverlap2D`)"), of("malloc_eval.json", "cpsat")
+    check(row[1], [f(s["benefit"], 3)], "CP-SAT benefit")
+    check(row[2], [str(sum(bool(r.get("optimal")) for r in cpsat)), str(len(cpsat))], "CP-SAT optimal")
+    check(row[3], [pct(s["ge"]), pct(s["gt"])], "CP-SAT >= / > heuristic")
+    check(row[4], [f(s["wall"], 2)], "CP-SAT time")
+
+
+# --------------------------------------------------------------------------- job-shop scheduling
+
+def jssp_means(name: str) -> dict[str, float]:
+    groups = collections.defaultdict(list)
+    for r in load(name):
+        groups[r["size"]].append(r["gap"])
+    assert all(len(g) == 10 for g in groups.values()), f"{name}: a Taillard size group is not its 10 instances"
+    return {size: float(np.mean(g)) for size, g in groups.items()}
+
+
+def test_jssp_table(tables):
+    """results/jssp_eval_*.json (one file per row; temperature 0.5 sampling in two files) and
+    results/jssp_l2d_published.json (the published L2D figures)."""
+    table = section(tables, "Job-shop scheduling")[0]
+    sizes = table.header[1:]
+    assert sizes == ["15x15", "20x15", "20x20", "30x15", "30x20", "50x15", "50x20", "100x20"], sizes
+    sources = [("SPT", ["jssp_eval_spt.json"]), ("MWKR", ["jssp_eval_mwkr.json"]), ("MOPNR", ["jssp_eval_mopnr.json"]),
+               ("FDD/MWKR", ["jssp_eval_fdd_mwkr.json"]), ("agent, greedy", ["jssp_eval_agent_greedy.json"]),
+               ("temperature 1", ["jssp_eval_agent_s128_t1.json"]),
+               ("temperature 0.5", ["jssp_eval_agent_s128.json", "jssp_eval_agent_s128_large.json"]),
+               ("CP-SAT at the agent's wall time", ["jssp_eval_cpsat_agent_time.json"])]
+    for fragment, files in sources:
+        means = {k: v for name in files for k, v in jssp_means(name).items()}
+        exact = [r for r in table.rows if r[0] == fragment]  # "MWKR" is also in "FDD/MWKR"
+        row = exact[0] if exact else table.row(fragment)
+        for size, cell in zip(sizes, row[1:], strict=True):
+            if size in means:
+                check(cell, [f(means[size], 2)], f"JSSP {fragment} {size}")
+            else:
+                assert cell.replace("*", "") in MISSING, f"JSSP {fragment} {size}: {cell!r} but no file has it"
+    published = load("jssp_l2d_published.json")["mean_gap_pct"]
+    row = table.row("L2D greedy")
+    for size, cell in zip(sizes, row[1:], strict=True):
+        check(cell, [f(published[size], 1)], f"JSSP L2D {size}")
