@@ -197,8 +197,8 @@ def main(config_cls: type, run: Callable[[Any], Any], *, preflight=None, async_c
         if async_collectives:
             use_async_collectives()
         new_dir = new_directory(flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else "")
+        quiet_library_logs()  # before the device checks: JAX's backend probe would log a line on stderr
         cfg = config_from_flags(config_cls, preflight=preflight)
-        quiet_library_logs()
         try:
             if dispatch is not None and run_cli(lambda: dispatch(cfg), config_cls):
                 return

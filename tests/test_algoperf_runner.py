@@ -236,6 +236,7 @@ def test_batch_size_fallback_to_workload_default():
     assert runner.resolve_batch_size(sub, "tiny", TinyWorkload(clock)) == 16
 
 
+@pytest.mark.slow  # about 50 s; the targets' provenance is results/algoperf/targets.json
 def test_target_setting_baseline_reaches_mnist1d_target(tmp_path):
     """The configuration that set the mnist1d target (results/algoperf/targets.json) reaches it again.
 

@@ -218,7 +218,9 @@ def _run(case: Case, row: pathlib.Path) -> Outcome:
         (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
     before = _tree(row)
     args = [a.replace("{row}", str(row)).replace("{repo}", str(REPO)) for a in case.args]
-    env = dict(os.environ, PYTHONPATH=str(REPO))  # XLA_FLAGS (8 host devices), JAX_PLATFORMS: tests/conftest.py
+    # XLA_FLAGS (8 host devices) from tests/conftest.py; JAX_PLATFORMS left unset as a user would, so that
+    # JAX's backend probe runs and any line it logs on stderr fails the row
+    env = {k: v for k, v in dict(os.environ, PYTHONPATH=str(REPO)).items() if k != "JAX_PLATFORMS"}
     start = time.perf_counter()
     try:  # a bad input fails in seconds: one that starts the work instead is cut short
         out = subprocess.run([sys.executable, "-m", f"scripts.{case.script}", *args], cwd=row, env=env,

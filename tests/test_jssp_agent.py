@@ -19,6 +19,7 @@ TINY = PolicyConfig(window=2, d_model=8, num_heads=2, job_layers=1, mlp_dim=16)
 PPO = agent.PPOConfig(num_jobs=4, num_machines=3, batch=2, epochs=1, minibatches=1, cpsat_instances=1)
 
 
+@pytest.mark.slow  # about 65 s of compile; the PPO loss itself is checked against NumPy in tests/test_rl_losses.py
 def test_one_training_update_changes_the_policy():
     model = agent.make_model(TINY)
     opt = agent.make_optimizer(PPO)
@@ -42,6 +43,7 @@ def test_one_training_update_changes_the_policy():
     assert float(jnp.abs(jax.nn.log_softmax(before) - jax.nn.log_softmax(after))[:4].max()) > 0
 
 
+@pytest.mark.slow  # about 27 s
 def test_inference_greedy_and_sampling_are_valid_and_best_of_is_min(tmp_path):
     model = JobShopPolicy(TINY)
     params = agent.init_params(model, jax.random.PRNGKey(0))
@@ -197,6 +199,7 @@ def test_greedy_action_noop_threshold_and_its_selection():
     assert set(means) == {"None", "1.0"} and means[str(best)] == min(means.values())
 
 
+@pytest.mark.slow  # about 30 s
 def test_sampling_temperature_limits_and_its_selection(tmp_path):
     import shutil
 

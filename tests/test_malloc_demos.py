@@ -64,6 +64,7 @@ def test_demo_replay_value_targets_are_the_expert_returns_to_go(expert):
     np.testing.assert_allclose(np.asarray(rep.value_target), np.cumsum(r[:, ::-1], 1)[:, ::-1], atol=1e-6)
 
 
+@pytest.mark.slow  # about 70 s
 def test_pretraining_learns_from_demonstrations_only_then_mixes(expert):
     insts, ep, _ = expert
     model = muzero.make_model(TINY_NET)

@@ -123,6 +123,7 @@ def test_replay_is_fifo_and_batches_mask_past_the_end(tiny, insts16):
     assert float(jnp.abs(jnp.where(b.mask, 0.0, b.value)).max()) == 0.0
 
 
+@pytest.mark.slow  # about 20 s; the loss terms are checked against NumPy in tests/test_rl_losses.py, the train loop by the resume test
 def test_one_training_iteration_lowers_the_loss_on_a_fixed_batch(tiny, insts16):
     model, params = tiny
     cfg = muzero.MuZeroConfig(max_buffers=N, batch=16, num_simulations=4, max_considered=4, replay_episodes=16,
@@ -152,6 +153,7 @@ def test_solve_batch_returns_valid_offsets_in_instance_order(tiny):
         muzero.solve_batch(insts, model, params, "greedy")
 
 
+@pytest.mark.slow  # about 20 s
 def test_best_of_samples_is_valid_and_never_worse_than_the_deterministic_search(tiny):
     model, params = tiny
     insts = _instances(12, seed=9)
@@ -173,7 +175,6 @@ def test_shipped_network_loads_and_is_small():
     assert sum(x.size for x in jax.tree.leaves(params)) > 0 and model.cfg.width == info["net_config"]["width"]
 
 
-@pytest.mark.slow  # compiles the train step twice: minutes on 2 cores
 def test_train_malloc_tiny_run_resumes_bit_for_bit(tmp_path):
     from rl.malloc import train as train_malloc
     from training import config as config_lib
@@ -200,6 +201,7 @@ def test_train_malloc_tiny_run_resumes_bit_for_bit(tmp_path):
         muzero.load_network(pathlib.Path(tmp_path / "nothing"))
 
 
+@pytest.mark.slow  # about 15 s
 def test_select_q_scale_picks_the_best_mean_benefit(tiny):
     model, params = tiny
     insts = _instances(4, seed=8)

@@ -137,7 +137,7 @@ def test_loss_drops_when_overfitting_one_batch():
     assert losses[-1] < 0.3 * losses[0], losses[::10]
 
 
-@pytest.mark.parametrize("spec", ["data:8", "data:4,tensor:2"])
+@pytest.mark.parametrize("spec", [pytest.param("data:8", marks=pytest.mark.slow), "data:4,tensor:2"])
 def test_data_parallel_matches_single_device(devices, spec):
     cfg = from_flat(train_lm.TrainLMConfig, dict(num_layers=2, num_heads=2, d_model=32, mlp_dim=64, seq_len=16,
                                                  batch_size=16))
