@@ -56,11 +56,13 @@ def test_a_write_failure_mid_run_is_one_line_naming_the_step_and_the_rerun_resum
     fail with EFBIG as on a full disk, without root): the trainer exits 1 with one line naming the step whose
     save failed and the last good step, no traceback; once there is room again, the rerun resumes from the
     last good step and finishes."""
-    def ignore_sigxfsz():  # the write then fails with an error instead of killing the process
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-    run = train_lm(tmp_path, "--steps=100", "--checkpoint_every=10", stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE, preexec_fn=ignore_sigxfsz)
+    # the child inherits an ignored SIGXFSZ, so a write over the limit fails with an error instead of killing it
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        run = train_lm(tmp_path, "--steps=100", "--checkpoint_every=10", stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGXFSZ, previous)
     deadline = time.time() + 300
     while not (tmp_path / "checkpoints" / "10").is_dir() and time.time() < deadline and run.poll() is None:
         time.sleep(0.02)

@@ -120,6 +120,7 @@ def test_bad_config_is_a_clear_error():
         TransformerConfig(num_layers=0)
 
 
+@pytest.mark.slow  # about 11 s; the forward is checked against NumPy above, training by the data-parallel and resume tests
 def test_loss_drops_when_overfitting_one_batch():
     cfg = from_flat(train_lm.TrainLMConfig, dict(steps=60, lr=3e-3, warmup_steps=5, num_layers=2, num_heads=2,
                                                  d_model=32, mlp_dim=64, seq_len=16, batch_size=4, weight_decay=0.0))
