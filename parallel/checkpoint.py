@@ -185,11 +185,7 @@ class Checkpointer:
 
     def _save_now(self, step: int, state, meta: dict) -> None:
         with self._lock:
-            try:  # an earlier step's background write must have ended well (Orbax waits for it here anyway)
-                self._manager.wait_until_finished()
-            except Exception as e:  # noqa: BLE001
-                raise self._failure(self._orbax_step, e) from e
-            self._check_orbax_errors()
+            self._finish_orbax_write()  # an earlier step's (Orbax waits for it here anyway)
             try:
                 self._orbax_step = step
                 self._manager.save(step, args=ocp.args.Composite(
@@ -199,6 +195,15 @@ class Checkpointer:
                 raise self._failure(step, e) from e
             if self.mode == "sync":
                 self._check_orbax_errors()
+
+    def _finish_orbax_write(self) -> None:
+        """Waits for Orbax's background write of the last handed-over step; CheckpointError naming that step
+        if it failed (call with ``_lock`` held)."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._failure(self._orbax_step, e) from e
+        self._check_orbax_errors()
 
     def _check_orbax_errors(self) -> None:
         """Raises CheckpointError for the step whose background write failed (Orbax reports it only at
@@ -238,11 +243,7 @@ class Checkpointer:
             raise self._failed
         self._raise_finished_errors(wait=True)
         with self._lock:
-            try:
-                self._manager.wait_until_finished()
-            except Exception as e:  # noqa: BLE001
-                raise self._failure(self._orbax_step, e) from e
-            self._check_orbax_errors()
+            self._finish_orbax_write()
         if self._saved_steps:
             self._manager.reload()
             last = self._saved_steps[-1]

@@ -227,8 +227,7 @@ def byte_budget(cfg: TrainDiLoCoConfig, steps: int | None = None) -> dict:
     computed without training: the accounting depends only on the settings, the parameter shapes and the
     mesh. ``steps`` defaults to ``cfg.steps``."""
     model = DecoderLM(cfg.model)
-    shapes_tree = jax.eval_shape(lambda k: nn.unbox(model.init(k, np.zeros((1, cfg.seq_len), np.int32))["params"]),
-                                 jax.random.PRNGKey(0))
+    shapes_tree = jax.eval_shape(lambda: init_params(model, cfg.seq_len, cfg.seed))
     trainer = make_trainer(cfg, model, diloco.make_worker_mesh(cfg.diloco.workers), shapes_tree)
     shapes = trainer.fragment_shapes(shapes_tree)
     counter = comm_sim.ByteCounter()
