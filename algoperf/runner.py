@@ -9,7 +9,7 @@ Timing follows the upstream v0.6 ``submission_runner.py`` exactly, with an injec
 * an evaluation is due when ``clock() - last_eval_time >= eval_period_time_sec`` (``last_eval_time``
   starts at 0 and is the end of the previous evaluation) or training is complete; before it,
   ``prepare_for_eval`` runs (timed) and the budget is checked: ``is_time_remaining =
-  accumulated_submission_time < max_allowed_runtime_sec`` (3x for the self-tuning ruleset); the
+  accumulated_submission_time < max_allowed_runtime_sec`` (x1.5 for the self-tuning ruleset, x3 under v0.5); the
   evaluation runs only if time remains;
 * the trial stops when the budget is spent, when both validation and test targets are reached, when
   ``update_params`` raises ``TrainingCompleteError``, or at ``max_global_steps``.
@@ -20,11 +20,15 @@ for it (``jax.block_until_ready`` on the parameters) and reads the clock again, 
 time leaks into the untimed evaluation. Steps are not synchronised one by one (that would cost the
 submission its dispatch pipelining). Per-step keys come from one jitted ``fold_in`` + ``split``.
 
-Logs have upstream's layout: ``EXPERIMENT/study_K/WORKLOAD_jax/trial_N/`` with
-``eval_measurements.csv`` (one row per evaluation), ``measurements.csv`` (also the submission's own
-``metrics_logger`` rows and the final score), ``hparams.json``, ``meta_data_P.json`` and
-``flags_P.json`` (P = preemption count). Trials checkpoint after every evaluation through
-:mod:`parallel.checkpoint` and resume where they stopped; a finished trial is not rerun.
+Logs have upstream's layout: ``EXPERIMENT/WORKLOAD_jax/trial_N/`` (one study, as upstream's
+``submission_runner.py``) or ``EXPERIMENT/study_K/WORKLOAD_jax/trial_N/`` (several, as upstream's scoring
+expects), EXPERIMENT = ``experiment_dir[/experiment_name]``, with ``eval_measurements.csv`` (one row per
+evaluation), ``measurements.csv`` (also the submission's own ``metrics_logger`` rows and the final score),
+``hparams.json``, ``meta_data_P.json`` and ``flags_P.json`` (P = preemption count); each study's
+``summary.json`` sits beside its trial folders, where upstream's scorer does not look. Trials checkpoint
+after every evaluation through :mod:`parallel.checkpoint` and resume where they stopped
+(``resume_last_run``); a finished trial is not rerun; ``overwrite`` starts over; ``hparam_start_index`` /
+``hparam_end_index`` run a slice of each study's trials (upstream's flags, to spread trials over machines).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import inspect
 import json
 import os
 import pathlib
+import shutil
 import sys
 import time
 from types import MappingProxyType
@@ -52,7 +57,10 @@ from training.run import require_positive, write_json_atomic
 
 FRAMEWORK = "jax"
 RULESETS = ("external", "self")
-SELF_TUNING_BUDGET_FACTOR = 3
+RULES = ("v0.6", "v0.5")
+# The self-tuning ruleset's runtime budget as a multiple of the external one's (DOCUMENTATION.md,
+# "Self-Tuning Ruleset": 1.5x since v0.6; 3x in v0.5).
+SELF_TUNING_BUDGET_FACTOR = {"v0.6": 1.5, "v0.5": 3.0}
 Clock = Callable[[], float]
 
 
@@ -67,6 +75,7 @@ class Submission:
     data_selection: Callable
     prepare_for_eval: Optional[Callable]
     needs_train_state: bool
+    get_eval_batch_size: Optional[Callable] = None
 
 
 def load_submission(path: str | os.PathLike) -> Submission:
@@ -93,30 +102,44 @@ def load_submission(path: str | os.PathLike) -> Submission:
                          f"submission must define {list(spec.REQUIRED_SUBMISSION_FUNCTIONS)} "
                          f"(and optionally {list(spec.OPTIONAL_SUBMISSION_FUNCTIONS)})")
     prepare = getattr(module, "prepare_for_eval", None)
+    eval_batch = getattr(module, "get_eval_batch_size", None)
     return Submission(str(file), module, module.get_batch_size, module.init_optimizer_state, module.update_params,
                       module.data_selection, prepare if callable(prepare) else None,
-                      "train_state" in inspect.signature(module.update_params).parameters)
+                      "train_state" in inspect.signature(module.update_params).parameters,
+                      eval_batch if callable(eval_batch) else None)
 
 
-def resolve_batch_size(submission: Submission, workload_name: str, workload) -> int:
-    """The submission's batch size for the workload (its base name next, then the workload default)."""
-    names = [workload_name, workloads_lib.get_base_workload_name(workload_name)]
-    for name in dict.fromkeys(names):
+def _checked_batch_size(size, hook: str, workload_name: str) -> int:
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"{hook}({workload_name!r}) returned {size!r}; need a positive integer")
+    if size % jax.device_count():
+        raise ValueError(f"{hook}({workload_name!r}) returned {size}, which the {jax.device_count()} devices do "
+                         "not divide (batches are sharded along the batch dimension)")
+    return int(size)
+
+
+def resolve_batch_size(submission: Submission, workload_name: str, workload=None) -> int:
+    """``get_batch_size`` of the workload (of its base workload when it raises ValueError for a held-out
+    variant). A submission that supports neither fails here, as upstream's runner does (no default)."""
+    del workload  # (kept for callers; upstream has no default batch size to fall back to)
+    names = list(dict.fromkeys([workload_name, workloads_lib.get_base_workload_name(workload_name)]))
+    for name in names:
         try:
             size = submission.get_batch_size(name)
-            break
-        except ValueError:
+        except ValueError as e:
+            if name == names[-1]:
+                raise ValueError(f"submission_path={submission.path!r}: get_batch_size({name!r}) raised "
+                                 f"ValueError: {e}") from e
             continue
-    else:
-        size = workload.default_batch_size
-        logging.warning("get_batch_size(%r) raised ValueError: using the workload's default batch size %d",
-                        workload_name, size)
-    if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"get_batch_size({workload_name!r}) returned {size!r}; need a positive integer")
-    if size % jax.device_count():
-        raise ValueError(f"batch size {size} for {workload_name!r} must be divisible by the {jax.device_count()} "
-                         "devices (batches are sharded along the batch dimension)")
-    return int(size)
+        return _checked_batch_size(size, "get_batch_size", name)
+
+
+def resolve_eval_batch_size(submission: Submission, workload_name: str, workload) -> int:
+    """The optional ``get_eval_batch_size(workload_name)`` hook when the submission defines it (upstream
+    honours it too), else the workload's ``eval_batch_size``."""
+    if submission.get_eval_batch_size is None:
+        return int(workload.eval_batch_size)
+    return _checked_batch_size(submission.get_eval_batch_size(workload_name), "get_eval_batch_size", workload_name)
 
 
 # -------------------------------------------------------------------------------------- logging
@@ -238,9 +261,14 @@ def _step_keys(rng, global_step):
 def train_once(workload, submission: Submission, hyperparameters, rng_seed: int, *, global_batch_size: int,
                data_dir: Optional[str] = None, log_dir: Optional[pathlib.Path] = None,
                tuning_ruleset: str = "external", max_global_steps: Optional[int] = None,
-               save_checkpoints: bool = True, clock: Clock = time.perf_counter,
-               config: Optional[dict] = None) -> TrialResult:
-    """Runs one trial (see the module doc for the timing rules); returns its score and evaluations."""
+               save_checkpoints: bool = True, save_intermediate_checkpoints: bool = True,
+               clock: Clock = time.perf_counter, config: Optional[dict] = None,
+               eval_batch_size: Optional[int] = None, rules: str = "v0.6") -> TrialResult:
+    """Runs one trial (see the module doc for the timing rules); returns its score and evaluations.
+
+    ``save_intermediate_checkpoints=False`` checkpoints only the finished trial (upstream's flag);
+    ``eval_batch_size`` defaults to the workload's; ``rules`` picks the self-tuning budget factor."""
+    eval_batch_size = eval_batch_size or workload.eval_batch_size
     rng = jax.random.PRNGKey(rng_seed)
     data_rng, opt_init_rng, model_init_rng, rng = jax.random.split(rng, 4)
     dropout_rate = getattr(hyperparameters, "dropout_rate", None)
@@ -292,7 +320,8 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
 
     input_queue = workload._build_input_queue(data_rng, "train", data_dir, global_batch_size,
                                               start_step=global_step)
-    max_runtime = workload.max_allowed_runtime_sec * (SELF_TUNING_BUDGET_FACTOR if tuning_ruleset == "self" else 1)
+    max_runtime = workload.max_allowed_runtime_sec * (SELF_TUNING_BUDGET_FACTOR[rules] if tuning_ruleset == "self"
+                                                      else 1)
     global_start_time = clock()
     train_state["last_step_end_time"] = global_start_time
     goals_reached = train_state["validation_goal_reached"] and train_state["test_goal_reached"]
@@ -335,7 +364,7 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
             train_state["is_time_remaining"] = train_state["accumulated_submission_time"] < max_runtime
             if train_state["is_time_remaining"]:
                 eval_start_time = clock()
-                result = workload.eval_model(workload.eval_batch_size, model_params, model_state, eval_rng,
+                result = workload.eval_model(eval_batch_size, model_params, model_state, eval_rng,
                                              data_dir, None, global_step)
                 train_state["validation_goal_reached"] = (workload.has_reached_validation_target(result)
                                                           or train_state["validation_goal_reached"])
@@ -357,7 +386,7 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
                 logging_start_time = clock()
                 if metrics_logger is not None:
                     metrics_logger.append_scalar_metrics(result, global_step, preemption_count, is_eval=True)
-                    if save_checkpoints:
+                    if save_checkpoints and save_intermediate_checkpoints:
                         save()
                 train_state["accumulated_logging_time"] += clock() - logging_start_time
         train_state["last_step_end_time"] = clock()
@@ -385,52 +414,114 @@ def _result(train_state, global_step, eval_results, resumed_from) -> TrialResult
 # ----------------------------------------------------------------------------------- experiments
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything ``run_experiment`` needs (upstream's submission_runner flags); a value given is checked
-    here, the settings a run cannot do without by :func:`check_run`, both before any work starts.
+    """Everything ``run_experiment`` needs (upstream's submission_runner flags, with their meaning, plus
+    ``num_studies`` and ``rules``); a value given is checked here, the settings a run cannot do without by
+    :func:`check_run`, both before any work starts.
 
     workload: One of mnist1d, mnist1d_tanh, lm, lm_gelu, ctr, ctr_layernorm, mnist, mnist_relu
       (algoperf.workloads.WORKLOADS).
     submission_path: Python file with the submission functions.
     experiment_dir: Root directory of the logs.
+    experiment_name: Sub-folder of experiment_dir for this experiment (upstream's flag; '' for none).
+    framework: jax (the only framework this runner runs; upstream's flag).
     tuning_search_space: Search-space JSON (external tuning only).
     tuning_ruleset: external or self tuning.
     num_tuning_trials: Hyperparameter points (trials) per study.
-    num_studies: Independent studies (each with its own Halton draw).
+    num_studies: Independent studies (each with its own Halton draw); 1 gives upstream's layout
+      EXPERIMENT/WORKLOAD_jax/trial_N, more give EXPERIMENT/study_K/WORKLOAD_jax/trial_N.
+    hparam_start_index: Run only the trials from this 0-based index of each study's points on (upstream's flag).
+    hparam_end_index: Run only the trials before this 0-based index (upstream's flag).
     max_global_steps: Stop each trial after this many steps.
     rng_seed: Seed of the Halton draws and of every trial.
     data_dir: Dataset folder (mnist: idx files or mnist.npz; lm: text files).
-    save_checkpoints: Checkpoint each trial after every evaluation.
+    save_checkpoints: Checkpoint the trials (needed to resume an interrupted trial).
+    save_intermediate_checkpoints: Checkpoint after every evaluation, not only at the end of a trial.
+    resume_last_run: Resume the trials already in the experiment folder (finished ones are not rerun).
+    overwrite: Delete this workload's trials already in the experiment folder and start over.
+    rules: v0.6 or v0.5 (the self-tuning budget: 1.5x or 3x the workload's).
     """
     workload: str = ""
     submission_path: str = ""
     experiment_dir: str = ""
+    experiment_name: str = ""
+    framework: str = FRAMEWORK
     tuning_search_space: Optional[str] = None
     tuning_ruleset: str = "external"
     num_tuning_trials: int = 1
     num_studies: int = 1
+    hparam_start_index: Optional[int] = None
+    hparam_end_index: Optional[int] = None
     max_global_steps: Optional[int] = None
     rng_seed: int = 0
     data_dir: str = ""
     save_checkpoints: bool = True
+    save_intermediate_checkpoints: bool = True
+    resume_last_run: bool = False
+    overwrite: bool = False
+    rules: str = "v0.6"
 
     def __post_init__(self):
         if self.tuning_search_space == "":  # the command line's "not given"
             object.__setattr__(self, "tuning_search_space", None)
+        if self.framework != FRAMEWORK:
+            raise ValueError(f"framework={self.framework!r}: this runner runs JAX submissions only; allowed: "
+                             f"{FRAMEWORK}")
         if self.workload and self.workload not in workloads_lib.WORKLOADS:
             raise ValueError(f"workload={self.workload!r} is unknown; allowed: {', '.join(workloads_lib.WORKLOADS)}")
         if self.tuning_ruleset not in RULESETS:
             raise ValueError(f"tuning_ruleset={self.tuning_ruleset!r}; allowed: {', '.join(RULESETS)}")
+        if self.rules not in RULES:
+            raise ValueError(f"rules={self.rules!r}; allowed: {', '.join(RULES)}")
         if self.tuning_ruleset == "self" and self.tuning_search_space:
             raise ValueError(f"tuning_search_space={self.tuning_search_space!r} must not be given with "
                              "tuning_ruleset='self'")
         require_positive(self, "num_tuning_trials", "num_studies")
         if self.max_global_steps is not None and self.max_global_steps < 1:
             raise ValueError(f"max_global_steps={self.max_global_steps!r} must be >= 1 (or unset)")
+        if self.overwrite and self.resume_last_run:
+            raise ValueError("overwrite=True and resume_last_run=True contradict each other; give one")
+        self._check_hparam_range()
+
+    def _check_hparam_range(self) -> None:
+        start, end = self.hparam_start_index, self.hparam_end_index
+        if start is None and end is None:
+            return
+        if self.tuning_ruleset == "self":
+            raise ValueError(f"hparam_start_index={start!r}, hparam_end_index={end!r}: only with "
+                             "tuning_ruleset='external' (self-tuning has one trial per study)")
+        lo, hi = start or 0, self.num_tuning_trials if end is None else end
+        if not 0 <= lo < hi <= self.num_tuning_trials:
+            raise ValueError(f"hparam_start_index={start!r}, hparam_end_index={end!r}: need 0 <= start < end <= "
+                             f"num_tuning_trials={self.num_tuning_trials}")
+
+    @property
+    def trial_indices(self) -> range:
+        """The 0-based indices of the trials this run does in each study."""
+        if self.tuning_ruleset == "self":
+            return range(1)
+        return range(self.hparam_start_index or 0,
+                      self.num_tuning_trials if self.hparam_end_index is None else self.hparam_end_index)
+
+
+def experiment_root(cfg: RunConfig) -> pathlib.Path:
+    """EXPERIMENT_DIR[/EXPERIMENT_NAME], as upstream's ``logger_utils.get_log_dir``."""
+    root = pathlib.Path(cfg.experiment_dir).expanduser()
+    return root / cfg.experiment_name if cfg.experiment_name else root
+
+
+def workload_dirs(cfg: RunConfig) -> list[pathlib.Path]:
+    """One ``WORKLOAD_jax`` folder per study: upstream's ``EXPERIMENT/WORKLOAD_jax`` for a single study,
+    ``EXPERIMENT/study_K/WORKLOAD_jax`` (upstream's scoring layout) for several."""
+    root = experiment_root(cfg)
+    name = f"{cfg.workload}_{FRAMEWORK}"
+    if cfg.num_studies == 1:
+        return [root / name]
+    return [root / f"study_{k}" / name for k in range(cfg.num_studies)]
 
 
 def check_run(cfg: RunConfig) -> Submission:
-    """The settings a run cannot do without, the submission and the search space, checked before any work
-    (ValueError naming the setting); returns the loaded submission."""
+    """The settings a run cannot do without, the submission, the search space and what is already in the
+    experiment folder, checked before any work (ValueError naming the setting); returns the submission."""
     for name in ("workload", "submission_path", "experiment_dir"):
         if not getattr(cfg, name):
             raise ValueError(f"{name}='' is required")
@@ -440,6 +531,11 @@ def check_run(cfg: RunConfig) -> Submission:
     submission = load_submission(cfg.submission_path)
     if cfg.tuning_search_space:
         halton.load_search_space(cfg.tuning_search_space)
+    existing = [d for d in workload_dirs(cfg) if d.is_dir() and any(d.iterdir())]
+    if existing and not (cfg.resume_last_run or cfg.overwrite):
+        # upstream asks on the terminal; a batch job gets this line instead
+        raise ValueError(f"experiment_dir={cfg.experiment_dir!r}: {existing[0]} holds trials already; "
+                         "--resume_last_run resumes them, --overwrite deletes them and starts over")
     return submission
 
 
@@ -455,45 +551,64 @@ def study_hyperparameters(cfg: RunConfig, study: int) -> list:
     return halton.generate_search(space, cfg.num_tuning_trials, seed=cfg.rng_seed + study)
 
 
-def run_experiment(cfg: RunConfig, clock: Clock = time.perf_counter, workload=None) -> dict:
-    """Runs ``num_studies`` x trials of one submission on one workload; returns a summary dict."""
+def run_experiment(cfg: RunConfig, clock: Clock = time.perf_counter, workload=None,
+                   after_trial: Optional[Callable[[dict], None]] = None) -> dict:
+    """Runs ``num_studies`` x the trials of ``cfg.trial_indices`` of one submission on one workload; returns a
+    summary dict (``after_trial`` gets each trial's entry as it finishes)."""
     submission = check_run(cfg)  # fails fast on a missing setting, a bad submission or search space
     all_hparams = {study: study_hyperparameters(cfg, study) for study in range(cfg.num_studies)}
     workload = workload or workloads_lib.get_workload(cfg.workload, cfg.data_dir or None)
     batch_size = resolve_batch_size(submission, cfg.workload, workload)
-    root = pathlib.Path(cfg.experiment_dir).expanduser().resolve()
-    summary = {"workload": cfg.workload, "submission": cfg.submission_path, "batch_size": batch_size, "trials": []}
-    for study, trials in all_hparams.items():
-        workload_dir = root / f"study_{study}" / f"{cfg.workload}_{FRAMEWORK}"
-        for index, hparams in enumerate(trials, start=1):
-            trial_dir = workload_dir / f"trial_{index}"
+    eval_batch_size = resolve_eval_batch_size(submission, cfg.workload, workload)
+    if cfg.overwrite:
+        for d in workload_dirs(cfg):
+            if d.exists():
+                logging.info("removing %s (overwrite=True)", d)
+                shutil.rmtree(d)
+    summary = {"workload": cfg.workload, "submission": cfg.submission_path, "batch_size": batch_size,
+               "eval_batch_size": eval_batch_size, "trials": []}
+    for study, workload_dir in enumerate(workload_dirs(cfg)):
+        trials = all_hparams[study]
+        for index in cfg.trial_indices:
+            hparams = trials[index]
+            trial_dir = workload_dir.resolve() / f"trial_{index + 1}"
             trial_dir.mkdir(parents=True, exist_ok=True)
             if hparams is not None:
                 hparams = write_hparams(hparams, trial_dir)
-            seed = trial_seed(cfg.rng_seed, study, index)
-            config = {**dataclasses.asdict(cfg), "study": study, "trial": index, "trial_rng_seed": seed,
-                      "global_batch_size": batch_size,
+            seed = trial_seed(cfg.rng_seed, study, index + 1)
+            config = {**dataclasses.asdict(cfg), "study": study, "trial": index + 1, "trial_rng_seed": seed,
+                      "global_batch_size": batch_size, "global_eval_batch_size": eval_batch_size,
                       "hyperparameters": hparams._asdict() if hparams is not None else None}
-            for key in ("num_tuning_trials", "num_studies", "save_checkpoints", "experiment_dir"):
+            for key in ("num_tuning_trials", "num_studies", "save_checkpoints", "save_intermediate_checkpoints",
+                        "experiment_dir", "experiment_name", "hparam_start_index", "hparam_end_index",
+                        "resume_last_run", "overwrite"):
                 config.pop(key)
-            logging.info("--- %s study %d trial %d/%d: %s ---", cfg.workload, study, index, len(trials),
+            logging.info("--- %s study %d trial %d/%d: %s ---", cfg.workload, study, index + 1, len(trials),
                          config["hyperparameters"])
             result = train_once(workload, submission, hparams, seed, global_batch_size=batch_size,
                                 data_dir=cfg.data_dir or None, log_dir=trial_dir, tuning_ruleset=cfg.tuning_ruleset,
                                 max_global_steps=cfg.max_global_steps, save_checkpoints=cfg.save_checkpoints,
-                                clock=clock, config=config)
-            summary["trials"].append({"study": study, "trial": index, "score": result.score,
-                                      "global_step": result.global_step,
-                                      "reached_target": result.reached_validation_target,
-                                      "final": result.eval_results[-1][1] if result.eval_results else {}})
+                                save_intermediate_checkpoints=cfg.save_intermediate_checkpoints, clock=clock,
+                                config=config, eval_batch_size=eval_batch_size, rules=cfg.rules)
+            entry = {"study": study, "trial": index + 1, "score": result.score, "global_step": result.global_step,
+                     "reached_target": result.reached_validation_target,
+                     "final": result.eval_results[-1][1] if result.eval_results else {}}
+            summary["trials"].append(entry)
+            if after_trial is not None:
+                after_trial(entry)
     return summary
 
 
-def run(cfg: RunConfig, clock: Clock = time.perf_counter) -> dict:
-    """``run_experiment``, then ``EXPERIMENT_DIR/summary_WORKLOAD.json`` and one log line per trial."""
-    summary = run_experiment(cfg, clock)
-    root = pathlib.Path(cfg.experiment_dir).expanduser()
-    write_json_atomic(root / f"summary_{cfg.workload}.json", summary)
+SUMMARY_FILE = "summary.json"
+
+
+def run(cfg: RunConfig, clock: Clock = time.perf_counter, workload=None, after_trial=None) -> dict:
+    """``run_experiment``, then each study's ``WORKLOAD_jax/summary.json`` (beside the trial folders, where
+    upstream's scorer does not look) and one log line per trial."""
+    summary = run_experiment(cfg, clock, workload, after_trial)
+    for study, workload_dir in enumerate(workload_dirs(cfg)):
+        write_json_atomic(workload_dir / SUMMARY_FILE,
+                          {**summary, "study": study, "trials": [t for t in summary["trials"] if t["study"] == study]})
     for t in summary["trials"]:
         logging.info("study %d trial %d: score %.2fs steps %d reached %s", t["study"], t["trial"], t["score"],
                      t["global_step"], t["reached_target"])

@@ -6,12 +6,16 @@ upstream ``scoring/performance_profile.py``:
 1. A trial's time to target is the ``score`` column (the accumulated submission time) of the first
    evaluation whose validation target metric meets the workload's validation target (``inf`` if none).
 2. A study's time is that of the trial which reaches the target at the earliest *evaluation index*
-   (upstream's ``get_index_that_reaches_target``; ties go to the first trial), or, with
+   (upstream's ``get_index_that_reaches_target``; ties go to the lowest trial number -- upstream takes
+   whichever tied trial ``os.listdir`` listed first, which varies by filesystem; ours is deliberately
+   deterministic), or, with
    ``study_rule='min_time'``, the fastest trial (the wording of upstream's rules document); a workload's
    time is the median over studies.
 3. Per workload, a time more than ``max_ratio`` (4) times the best submission's becomes ``inf``.
-4. Held-out variants: if a submission misses a variant's target (``inf``), its time on the variant's
-   base workload becomes ``inf``. Only base workloads enter the profile.
+4. Held-out variants (``rules='v0.5'`` only; v0.6 removed them from scoring and scores the base
+   workloads alone), in upstream's order: a variant whose base workload was missed is marked missed
+   *before* the 4x cut of step 3; after the cut, a submission that missed a variant (or did not run it)
+   gets ``inf`` on the variant's base workload. Only base workloads enter the profile.
 5. r_{s,w} = t_{s,w} / min_s t_{s,w}; the performance profile rho_s(tau) = |{w : r_{s,w} <= tau}| / |W|
    on 100 points of tau in [1, 4] (Dolan & More 2002, eq. 1).
 6. The benchmark score is the area under rho_s normalised by the tau range: trapz(rho_s, tau) / 3.
@@ -91,7 +95,8 @@ def study_time_to_target(trials: Iterable[float | tuple[float, float]], rule: st
     Each trial is ``(first evaluation index reaching the target, time)`` as from :func:`trial_first_reach`
     (a bare time counts as its own index). ``rule='upstream'`` is upstream's scoring code
     (``performance_profile.get_index_that_reaches_target``): the trial with the smallest evaluation index
-    wins, the first such trial on ties, and its time is the study's. With evaluations at a fixed time
+    wins, the first such trial in ``trials`` (the lowest trial number) on ties -- upstream's tie follows
+    ``os.listdir`` order, ours is deterministic by choice -- and its time is the study's. With evaluations at a fixed time
     period this is the fastest trial up to one period. ``rule='min_time'`` takes the fastest trial, as
     upstream's rules document words it.
     """
@@ -121,17 +126,43 @@ def apply_ratio_cut(times: Mapping[str, Mapping[str, float]], max_ratio: float =
             for s, per in times.items()}
 
 
-def apply_variant_rule(times: Mapping[str, Mapping[str, float]], variants: Mapping[str, str]
-                       ) -> dict[str, dict[str, float]]:
-    """A submission missing a held-out variant (``variants[variant] = base``) gets inf on the base."""
+RULES = ("v0.6", "v0.5")
+
+
+def check_rules(rules: str) -> None:
+    if rules not in RULES:
+        raise ValueError(f"rules={rules!r}; allowed: {', '.join(RULES)} (v0.5 scores the held-out variants)")
+
+
+def void_variants_of_missed_bases(times: Mapping[str, Mapping[str, float]], variants: Mapping[str, str]
+                                  ) -> dict[str, dict[str, float]]:
+    """Upstream's first variant filter (before the cut): a submission that missed a variant's base
+    workload (``variants[variant] = base``) misses the variant too."""
     out = {s: dict(per) for s, per in times.items()}
-    for s, per in out.items():
+    for per in out.values():
         for variant, base in variants.items():
-            if math.isinf(per.get(variant, math.inf)) and variant in times[s]:
-                per[base] = math.inf
-            elif variant not in times[s]:
-                per[base] = math.inf  # a variant that was not run counts as missed, as upstream
+            if variant in per and math.isinf(per.get(base, math.inf)):
+                per[variant] = math.inf
     return out
+
+
+def void_bases_of_missed_variants(times: Mapping[str, Mapping[str, float]], variants: Mapping[str, str]
+                                  ) -> dict[str, dict[str, float]]:
+    """Upstream's second variant filter (after the cut): a submission missing a held-out variant gets inf on
+    its base. A variant that was not run counts as missed (upstream's strict scoring refuses such logs)."""
+    out = {s: dict(per) for s, per in times.items()}
+    for per in out.values():
+        for variant, base in variants.items():
+            if math.isinf(per.get(variant, math.inf)):
+                per[base] = math.inf
+    return out
+
+
+def apply_cut_and_variant_rules(times: Mapping[str, Mapping[str, float]], variants: Mapping[str, str],
+                                max_ratio: float = DEFAULT_MAX_RATIO) -> dict[str, dict[str, float]]:
+    """Steps 3-4 of the module doc in upstream's order: variant filter, 4x cut, base filter."""
+    return void_bases_of_missed_variants(
+        apply_ratio_cut(void_variants_of_missed_bases(times, variants), max_ratio), variants)
 
 
 def performance_ratios(times: Mapping[str, Mapping[str, float]], base_workloads: Iterable[str]
@@ -238,12 +269,18 @@ def read_submission_logs(submission_dir: pathlib.Path, submission: str | None = 
     return logs
 
 
+def _is_submission_dir(path: pathlib.Path) -> bool:
+    """Holds study_K folders or WORKLOAD_jax folders (upstream's single-study runner layout)."""
+    return any(p.is_dir() and (p.name.startswith("study_") or WORKLOAD_DIR_PATTERN.match(p.name))
+               for p in path.iterdir())
+
+
 def read_experiment(experiment_dir: str | pathlib.Path) -> dict[str, list[TrialLog]]:
     """{submission: trials}: ``experiment_dir`` holds one submission (study_K/...) or one folder per submission."""
     root = pathlib.Path(experiment_dir).expanduser()
     if not root.is_dir():
         raise ValueError(f"experiment_dir={str(experiment_dir)!r} is not a directory")
-    if any(root.glob("study_*")):
+    if _is_submission_dir(root):
         found = {root.name: read_submission_logs(root)}
     else:
         found = {p.name: read_submission_logs(p) for p in sorted(root.iterdir()) if p.is_dir()}
@@ -288,12 +325,16 @@ def target_for(log: TrialLog, targets: Mapping[str, Target]) -> Target:
 def score_experiment(logs: Mapping[str, list[TrialLog]], targets: Mapping[str, Target],
                      variants: Mapping[str, str], base_workloads: Iterable[str] | None = None,
                      max_ratio: float = DEFAULT_MAX_RATIO, num_points: int = DEFAULT_NUM_POINTS,
-                     study_rule: str = "upstream") -> ScoreReport:
-    """Scores every submission of ``logs`` (see the module doc for the steps)."""
+                     study_rule: str = "upstream", rules: str = "v0.6") -> ScoreReport:
+    """Scores every submission of ``logs`` (see the module doc for the steps). Under ``rules='v0.6'`` the
+    logs of held-out variants (keys of ``variants``) are left out."""
     check_study_rule(study_rule)
+    check_rules(rules)
     first_reach: dict = {}
     for submission, trials in logs.items():
         for log in trials:
+            if rules == "v0.6" and log.workload in variants:
+                continue
             target = target_for(log, targets)
             reach = trial_first_reach(log.rows, target.metric, target.value, target.minimize)
             (first_reach.setdefault(submission, {}).setdefault(log.workload, {})
@@ -309,9 +350,9 @@ def score_experiment(logs: Mapping[str, list[TrialLog]], targets: Mapping[str, T
     if base_workloads is None:
         base_workloads = [w for w in all_workloads if w not in variants]
     base_workloads = list(base_workloads)
-    present_variants = {v: b for v, b in variants.items() if v in all_workloads and b in base_workloads}
-    cut = apply_ratio_cut(workload_times, max_ratio)
-    scored = apply_variant_rule(cut, present_variants)
+    present_variants = ({v: b for v, b in variants.items() if v in all_workloads and b in base_workloads}
+                        if rules == "v0.5" else {})
+    scored = apply_cut_and_variant_rules(workload_times, present_variants, max_ratio)
     ratios = performance_ratios(scored, base_workloads)
     taus, profiles = performance_profiles(ratios, len(base_workloads), 1.0, max_ratio, num_points)
     scores = {s: benchmark_score(taus, rho) for s, rho in profiles.items()}
@@ -385,14 +426,17 @@ class ScoreConfig:
     base_workloads: Base workloads of the profile, comma-separated (default: every non-variant workload found).
     study_rule: How a study's trials make its time: upstream (upstream's scoring code: earliest evaluation
       index reaching the target) or min_time (the fastest trial, the rules document's wording).
+    rules: v0.6 (base workloads only) or v0.5 (held-out variants void their base workloads).
     """
     experiment_dir: str = ""
     out_dir: str = ""
     base_workloads: str = ""
     study_rule: str = "upstream"
+    rules: str = "v0.6"
 
     def __post_init__(self):
         check_study_rule(self.study_rule)
+        check_rules(self.rules)
 
 
 def _finite(x):
@@ -411,14 +455,14 @@ def score(cfg: ScoreConfig) -> ScoreReport:
     logs = read_experiment(cfg.experiment_dir)
     report = score_experiment(logs, workloads_lib.validation_targets(), workloads_lib.VARIANTS,
                               base_workloads=workloads_lib.split_names(cfg.base_workloads) or None,
-                              study_rule=cfg.study_rule)
+                              study_rule=cfg.study_rule, rules=cfg.rules)
     out = pathlib.Path(cfg.out_dir or cfg.experiment_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(report)
     reach = format_reach_table(report)
     (out / "scores.md").write_text(f"{table}\n\nTrials and studies that reached the validation target:\n\n{reach}\n")
     write_json_atomic(out / "scores.json", {
-        "study_rule": cfg.study_rule, "scores": report.scores, "base_workloads": report.base_workloads,
+        "rules": cfg.rules, "study_rule": cfg.study_rule, "scores": report.scores, "base_workloads": report.base_workloads,
         "variants": report.variants,
         "workload_times_s": {s: {w: _finite(t) for w, t in per.items()} for s, per in report.workload_times.items()},
         "scored_times_s": {s: {w: _finite(t) for w, t in per.items()} for s, per in report.scored_times.items()},

@@ -1,11 +1,17 @@
-"""The reference baselines on every workload (studies x trials each), then scored; and the tour's small run.
+"""The full AlgoPerf suite: the reference baselines and the self-tuning NAdamW on every base workload, then scored.
 
-For each baseline in ``baselines`` (external tuning, its search space in ``algoperf/baselines/``) and each
-workload in ``workloads``: :func:`algoperf.runner.run` into ``EXPERIMENT_DIR/external/BASELINE/``
-(upstream's layout, so re-running resumes unfinished trials and skips finished ones); then
-:func:`algoperf.scoring.score` over the whole directory (performance profiles with the held-out variants'
-rule). ``self_tuning`` adds the self-tuning NAdamW (one trial per study, 3x budget) under
-``EXPERIMENT_DIR/self/``, scored in its own table as upstream separates the rulesets.
+AlgoPerf v0.6 (``DOCUMENTATION.md``, "Tuning Rulesets"; the default ``rules='v0.6'``): external tuning is
+3 studies x 5 trials per workload, self-tuning 3 studies x 1 run with 1.5x the budget, and only the base
+workloads are scored. ``rules='v0.5'`` runs the held-out variants too, 5 studies, a 3x self-tuning budget,
+and scores with the variant rule.
+
+Each baseline in ``baselines`` (external tuning, its search space in ``algoperf/baselines/``) on each
+workload: :func:`algoperf.runner.run` into ``EXPERIMENT_DIR/external/BASELINE/study_K/WORKLOAD_jax/trial_N``
+(upstream's scoring layout); the self-tuning NAdamW into ``EXPERIMENT_DIR/self/self_tuning_nadamw/``. A
+killed suite resumes where it stopped (finished trials are kept, an interrupted one resumes from its last
+evaluation's checkpoint). Then each ruleset is scored (:func:`algoperf.scoring.score`) into
+``OUT_DIR/{external,self}/`` -- by default ``EXPERIMENT_DIR/scores``, outside both scored trees, so upstream's
+``score_submissions.py`` reads ``EXPERIMENT_DIR/external`` as it is.
 """
 from __future__ import annotations
 
@@ -19,82 +25,138 @@ from absl import logging
 from algoperf import baselines as baselines_lib
 from algoperf import runner, scoring
 from algoperf import workloads as workloads_lib
-from training.run import require_positive
+from training.run import Progress, require_positive
 
-DEFAULT_WORKLOADS = ("mnist1d", "mnist1d_tanh", "ctr", "ctr_layernorm", "lm", "lm_gelu")
+STUDIES = {"v0.6": 3, "v0.5": 5}
+TRIALS_PER_STUDY = 5
+RULESETS = ("external", "self")
 
 
 @dataclasses.dataclass(frozen=True)
 class SuiteConfig:
-    """The suite: which baselines on which workloads, how many studies and trials.
+    """The suite: which baselines on which workloads, how many studies and trials, which rules.
 
-    experiment_dir: Root of the logs (one folder per submission).
+    experiment_dir: Root of the logs (EXPERIMENT_DIR/external/BASELINE, EXPERIMENT_DIR/self/...).
+    rules: v0.6 (base workloads, 3 studies, self-tuning 1.5x budget) or v0.5 (held-out variants too, 5 studies, 3x).
     baselines: External-tuning baselines to run (comma-separated names in algoperf/baselines).
-    workloads: Workloads to run, variants included (comma-separated).
-    num_studies: Studies per workload.
+    workloads: Workloads to run (comma-separated; default: the base workloads, plus their variants under v0.5).
+    num_studies: Studies per workload (default: 3 under v0.6, 5 under v0.5).
     num_tuning_trials: Trials per study (external tuning).
-    self_tuning: Also run the self-tuning NAdamW (scored separately).
+    self_tuning: Also run the self-tuning NAdamW (scored in its own table).
     rng_seed: Seed of the Halton draws and the trials.
-    out_dir: Where scores.md/json and the PNG go (default: experiment_dir).
+    out_dir: Where each ruleset's scores.md/json and PNG go (default: EXPERIMENT_DIR/scores).
     """
     experiment_dir: str = ""
+    rules: str = "v0.6"
     baselines: str = ",".join(baselines_lib.REFERENCE_BASELINES)
-    workloads: str = ",".join(DEFAULT_WORKLOADS)
-    num_studies: int = 2
-    num_tuning_trials: int = 3
-    self_tuning: bool = False
+    workloads: str = ""
+    num_studies: int = 0
+    num_tuning_trials: int = TRIALS_PER_STUDY
+    self_tuning: bool = True
     rng_seed: int = 0
     out_dir: str = ""
 
     def __post_init__(self):
+        scoring.check_rules(self.rules)
         baselines_lib.check_baseline_names("baselines", workloads_lib.split_names(self.baselines))
         workloads_lib.check_workload_names("workloads", self.workloads)
-        require_positive(self, "num_studies", "num_tuning_trials")
+        if self.num_studies < 0:
+            raise ValueError(f"num_studies={self.num_studies} must be >= 1 (or 0 for the rules' default)")
+        require_positive(self, "num_tuning_trials")
+        if self.experiment_dir:
+            check_out_dir(self)
+        if self.rules == "v0.6":
+            held_out = [w for w in workloads_lib.split_names(self.workloads) if w in workloads_lib.VARIANTS]
+            if held_out:
+                raise ValueError(f"workloads={self.workloads!r}: {held_out} are held-out variants, which v0.6 "
+                                 "does not score; use rules='v0.5' to run them")
+
+    @property
+    def workload_names(self) -> list[str]:
+        if self.workloads:
+            return workloads_lib.split_names(self.workloads)
+        base = list(DEFAULT_BASE_WORKLOADS)
+        return base if self.rules == "v0.6" else base + [v for v, b in workloads_lib.VARIANTS.items() if b in base]
+
+    @property
+    def studies(self) -> int:
+        return self.num_studies or STUDIES[self.rules]
+
+
+DEFAULT_BASE_WORKLOADS = ("mnist1d", "ctr", "lm")  # mnist (the real MNIST) needs --data_dir
 
 
 def suite_configs(cfg: SuiteConfig) -> list[runner.RunConfig]:
-    """Every (submission, workload) run, validated before any work starts."""
+    """Every (submission, workload) run, validated before any work starts (workload-major, so an
+    interrupted suite has every submission on the first workloads)."""
     if not cfg.experiment_dir:
         raise ValueError("experiment_dir='' is required (the root of the logs)")
     root = pathlib.Path(cfg.experiment_dir).expanduser()
-    names = workloads_lib.split_names(cfg.baselines)
+    common = dict(num_studies=cfg.studies, rng_seed=cfg.rng_seed, rules=cfg.rules, resume_last_run=True)
     configs = []
-    for w in workloads_lib.split_names(cfg.workloads):  # workload-major: an interrupted suite has every
-        # baseline on the first workloads
-        for name in names:
+    for w in cfg.workload_names:
+        for name in workloads_lib.split_names(cfg.baselines):
             configs.append(runner.RunConfig(
                 workload=w, submission_path=str(baselines_lib.submission_path(name)),
                 tuning_search_space=str(baselines_lib.search_space_path(name)),
-                num_tuning_trials=cfg.num_tuning_trials, num_studies=cfg.num_studies, rng_seed=cfg.rng_seed,
-                experiment_dir=str(root / "external" / name)))
-    if cfg.self_tuning:
-        for w in workloads_lib.split_names(cfg.workloads):
+                num_tuning_trials=cfg.num_tuning_trials, experiment_dir=str(root / "external" / name), **common))
+        if cfg.self_tuning:
             configs.append(runner.RunConfig(
                 workload=w, submission_path=str(baselines_lib.submission_path("self_tuning_nadamw")),
-                tuning_ruleset="self", num_studies=cfg.num_studies, rng_seed=cfg.rng_seed,
-                experiment_dir=str(root / "self" / "self_tuning_nadamw")))
+                tuning_ruleset="self", experiment_dir=str(root / "self" / "self_tuning_nadamw"), **common))
     return configs
 
 
-def run_suite(cfg: SuiteConfig) -> None:
-    """Runs every configuration of :func:`suite_configs` (all checked first), then scores each ruleset."""
+def out_dir(cfg: SuiteConfig) -> pathlib.Path:
+    return pathlib.Path(cfg.out_dir or pathlib.Path(cfg.experiment_dir) / "scores").expanduser()
+
+
+def check_out_dir(cfg: SuiteConfig) -> None:
+    """The scores must not land inside a scored tree (upstream's scorer would read them as a submission)."""
+    out = out_dir(cfg).resolve()
+    for ruleset in RULESETS:
+        tree = (pathlib.Path(cfg.experiment_dir).expanduser() / ruleset).resolve()
+        if out == tree or tree in out.parents:
+            raise ValueError(f"out_dir={cfg.out_dir!r} lies inside the scored tree {tree}; choose a folder "
+                             "outside EXPERIMENT_DIR/external and EXPERIMENT_DIR/self")
+
+
+def run_suite(cfg: SuiteConfig) -> dict:
+    """Runs every configuration of :func:`suite_configs` (all checked first) with a progress line per trial
+    (trial i of N, eta), then scores each ruleset; returns {ruleset: ScoreReport}."""
     configs = suite_configs(cfg)
     for run_cfg in configs:
         runner.check_run(run_cfg)
+    total = sum(c.num_studies * len(c.trial_indices) for c in configs)
+    progress = Progress(total, every_s=0, name="suite:", cumulative=True, unit="trial")
+    done = 0
+
+    def after_trial(entry: dict) -> None:
+        nonlocal done
+        done += 1
+        progress.update(done, reached=entry["reached_target"], score_s=round(entry["score"], 1))
+
     for run_cfg in configs:
         start = time.perf_counter()
-        summary = runner.run(run_cfg)
+        summary = runner.run(run_cfg, after_trial=after_trial)
         reached = sum(t["reached_target"] for t in summary["trials"])
         logging.info("%s on %s: %d/%d trials reached the target (%.0f s wall)",
                      pathlib.Path(run_cfg.submission_path).stem, run_cfg.workload, reached, len(summary["trials"]),
                      time.perf_counter() - start)
-    out = pathlib.Path(cfg.out_dir or cfg.experiment_dir)
-    base = [w for w in workloads_lib.split_names(cfg.workloads) if w not in workloads_lib.VARIANTS]
-    for ruleset in ("external", "self"):
+    return score_suite(cfg)
+
+
+def score_suite(cfg: SuiteConfig) -> dict:
+    """Scores each ruleset's logs under EXPERIMENT_DIR into OUT_DIR/RULESET (see :func:`run_suite`)."""
+    reports = {}
+    base = [w for w in cfg.workload_names if w not in workloads_lib.VARIANTS]
+    for ruleset in RULESETS:
         logs = pathlib.Path(cfg.experiment_dir).expanduser() / ruleset
         if logs.is_dir():
-            scoring.score(scoring.ScoreConfig(experiment_dir=str(logs), out_dir=str(out / ruleset),
-                                              base_workloads=",".join(base)))
+            reports[ruleset] = scoring.score(scoring.ScoreConfig(
+                experiment_dir=str(logs), out_dir=str(out_dir(cfg) / ruleset), base_workloads=",".join(base),
+                rules=cfg.rules))
+    return reports
 
 
 def tour_step(workdir: pathlib.Path) -> dict:
@@ -108,7 +170,7 @@ def tour_step(workdir: pathlib.Path) -> dict:
     start = time.perf_counter()
     cfg = runner.RunConfig(workload="mnist1d", submission_path=str(baselines_lib.submission_path("nadamw")),
                            experiment_dir=str(workdir / "nadamw"), tuning_search_space=str(space),
-                           num_tuning_trials=1, save_checkpoints=False)
+                           num_tuning_trials=1, save_checkpoints=False, overwrite=True)
     trial = runner.run_experiment(cfg)["trials"][0]
     report = scoring.score_experiment(scoring.read_experiment(workdir / "nadamw"),
                                       workloads_lib.validation_targets(), workloads_lib.VARIANTS,

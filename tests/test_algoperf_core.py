@@ -162,12 +162,55 @@ def test_study_rule_upstream_earliest_eval_index_first_trial_on_ties():
     assert scoring.is_minimized("validation/bits_per_byte") and not scoring.is_minimized("validation/accuracy")
 
 
-def test_ratio_cut_and_variant_rule():
+def test_ratio_cut_and_variant_rules_in_upstreams_order():
     times = {"a": {"w": 10.0, "v": 5.0}, "b": {"w": 40.0, "v": math.inf}, "c": {"w": 40.1, "v": 6.0}}
     cut = scoring.apply_ratio_cut(times, 4.0)
     assert cut["b"]["w"] == 40.0 and cut["c"]["w"] == math.inf  # exactly 4x kept, above cut
-    ruled = scoring.apply_variant_rule(cut, {"v": "w"})
+    ruled = scoring.apply_cut_and_variant_rules(times, {"v": "w"})
     assert ruled["a"]["w"] == 10.0 and ruled["b"]["w"] == math.inf  # b missed the variant -> base void
+    assert scoring.void_variants_of_missed_bases({"d": {"w": math.inf, "v": 3.0}}, {"v": "w"}) == {
+        "d": {"w": math.inf, "v": math.inf}}
+
+
+def _score_of(times, base, variants, rules):
+    report_times = (scoring.apply_cut_and_variant_rules(times, variants) if rules == "upstream" else
+                    scoring.void_bases_of_missed_variants(scoring.apply_ratio_cut(times), variants))
+    taus, profiles = scoring.performance_profiles(scoring.performance_ratios(report_times, base), len(base))
+    return {s: scoring.benchmark_score(taus, rho) for s, rho in profiles.items()}
+
+
+def test_crafted_variant_case_scores_as_upstream():
+    """A misses base workload w1 but runs its variant v in 10 s; B reaches w1 and w2 and runs v in 50 s.
+    Upstream marks A's variant missed (its base was missed) before the 4x cut, so B's 50 s stands: B 1.0.
+    Cutting first (our old order) would void B's variant (50 > 4 x 10), hence its w1: B 0.5."""
+    times = {"A": {"w1": math.inf, "v": 10.0, "w2": math.inf}, "B": {"w1": 20.0, "v": 50.0, "w2": 30.0}}
+    upstream = _score_of(times, ["w1", "w2"], {"v": "w1"}, "upstream")
+    assert upstream["B"] == pytest.approx(1.0) and upstream["A"] == 0.0
+    assert _score_of(times, ["w1", "w2"], {"v": "w1"}, "cut_first")["B"] == pytest.approx(0.5)
+    # the same through the log reader and score_experiment (v0.5 rules; v0.6 ignores the variant)
+    logs = {s: [scoring.TrialLog(s, 0, w, 1, [{"validation/loss": 0.0 if math.isfinite(t) else 9.0, "score": t}],
+                                 None) for w, t in per.items()] for s, per in times.items()}
+    targets = {w: scoring.Target("validation/loss", 1.0, True) for w in ("w1", "w2", "v")}
+    v05 = scoring.score_experiment(logs, targets, {"v": "w1"}, rules="v0.5")
+    assert v05.scores == {"A": 0.0, "B": pytest.approx(1.0)}
+    v06 = scoring.score_experiment(logs, targets, {"v": "w1"})
+    assert "v" not in v06.workload_times["B"] and v06.base_workloads == ["w1", "w2"]
+
+
+def test_scoring_upstream_test_data():
+    """Upstream's own scoring test log (tests/data/upstream_scoring, single-study layout): the time to target is
+    the ``score`` of the first evaluation meeting the target, read off the file by hand."""
+    root = ROOT / "tests" / "data" / "upstream_scoring"
+    logs = scoring.read_experiment(root)
+    assert list(logs) == ["experiment_dir-2023-10-11-16-58-40"]
+    (log,) = logs["experiment_dir-2023-10-11-16-58-40"]
+    assert (log.workload, log.study, log.trial, len(log.rows)) == ("mnist", 0, 1, 42)
+    for metric, target, expected in (("validation/accuracy", 0.9, 248.83987426757807),  # row 25: 0.9005
+                                     ("validation/loss", 0.4, 258.7516326904297),  # row 26: 0.3943
+                                     ("validation/accuracy", 0.97, math.inf)):  # upstream's MNIST target: missed
+        report = scoring.score_experiment(logs, {"mnist": scoring.Target(metric, target, scoring.is_minimized(metric))},
+                                          {})
+        assert report.workload_times["experiment_dir-2023-10-11-16-58-40"]["mnist"] == expected
 
 
 def test_profiles_and_scores_against_hand_computation():
@@ -178,7 +221,7 @@ def test_profiles_and_scores_against_hand_computation():
              "B": {"w1": 25.0, "w2": 7.0, "v": 4.0},
              "C": {"w1": 25.0, "w2": 14.0, "v": math.inf},
              "D": {"w1": math.inf, "w2": 35.0, "v": 3.0}}
-    scored = scoring.apply_variant_rule(scoring.apply_ratio_cut(times), {"v": "w1"})
+    scored = scoring.apply_cut_and_variant_rules(times, {"v": "w1"})
     ratios = scoring.performance_ratios(scored, ["w1", "w2"])
     assert ratios["A"] == {"w1": 1.0, "w2": 1.0}
     assert ratios["B"] == {"w1": 2.5, "w2": 1.0}
@@ -226,7 +269,7 @@ def test_score_experiment_from_upstream_layout(tmp_path):
                              metric="loss", target=0.25)
     logs = scoring.read_experiment(tmp_path)
     assert sorted(logs) == ["fast", "slow"] and len(logs["fast"]) == 8
-    report = scoring.score_experiment(logs, targets={}, variants={"toy_var": "toy"})
+    report = scoring.score_experiment(logs, targets={}, variants={"toy_var": "toy"}, rules="v0.5")
     # toy: study time = fastest trial (trial 1) at its 2nd eval: fast 2*1*(1+study) -> studies 2, 4 -> median 3
     assert report.workload_times["fast"]["toy"] == 3.0 and report.workload_times["slow"]["toy"] == 9.0
     # toy_var (loss <= 0.25): first row 0.2 -> time k: fast studies 1, 2 -> 1.5
@@ -240,6 +283,8 @@ def test_score_experiment_from_upstream_layout(tmp_path):
         scoring.benchmark_score(taus, (taus >= taus[first]).astype(float)))
     table = scoring.format_table(report)
     assert "| fast |" in table and "3.0" in table
+    v06 = scoring.score_experiment(logs, targets={}, variants={"toy_var": "toy"})  # v0.6: no variants
+    assert "toy_var" not in v06.workload_times["fast"] and v06.scores == report.scores
     with pytest.raises(ValueError, match="holds no"):
         scoring.read_experiment(tmp_path / "fast" / "study_0" / "toy_jax" / "trial_1")
 

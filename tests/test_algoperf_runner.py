@@ -1,5 +1,6 @@
 """AlgoPerf runner: timing rules under a fake clock, bad input, logs, resume, and a real baseline run."""
 import csv
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -119,7 +120,7 @@ def test_timing_rules_with_fake_clock():
     assert not result.reached_validation_target and not result.train_state["is_time_remaining"]
 
 
-def test_prepare_for_eval_is_timed_and_self_tuning_gets_3x_budget():
+def test_prepare_for_eval_is_timed_and_self_tuning_gets_its_budget():
     clock = FakeClock()
     sub, _ = fake_submission(clock, prepare_cost=0.25)
     result = run(clock, TinyWorkload(clock), sub)
@@ -127,10 +128,16 @@ def test_prepare_for_eval_is_timed_and_self_tuning_gets_3x_budget():
     assert result.score == pytest.approx(14.25) and result.global_step == 9
     clock = FakeClock()
     sub, _ = fake_submission(clock)
-    result = run(clock, TinyWorkload(clock), sub, tuning_ruleset="self")
-    # budget 30: evals at steps 1, 5, 9, 13, 17 (acc 25.5); step 21: acc 31.5 >= 30 -> stop
+    result = run(clock, TinyWorkload(clock), sub, tuning_ruleset="self", rules="v0.5")
+    # v0.5, 3x budget 30: evals at steps 1, 5, 9, 13, 17 (acc 25.5); step 21: acc 31.5 >= 30 -> stop
     assert result.global_step == 21 and result.score == pytest.approx(31.5)
     assert [s for s, _ in result.eval_results] == [1, 5, 9, 13, 17]
+    clock = FakeClock()
+    sub, _ = fake_submission(clock)
+    result = run(clock, TinyWorkload(clock), sub, tuning_ruleset="self")
+    # v0.6, 1.5x budget 15: evals at steps 1, 5, 9 (acc 13.5); step 13: acc 19.5 >= 15 -> stop
+    assert result.global_step == 13 and result.score == pytest.approx(19.5)
+    assert [s for s, _ in result.eval_results] == [1, 5, 9]
 
 
 def test_stops_at_target_training_complete_and_max_steps():
@@ -224,16 +231,94 @@ def test_cli_missing_or_malformed_search_space_is_one_line(tmp_path):
     assert not (tmp_path / "exp").exists()  # nothing was started
 
 
-def test_batch_size_fallback_to_workload_default():
+def test_batch_size_hooks_as_upstream():
     clock = FakeClock()
     sub, _ = fake_submission(clock)
 
-    def only_upstream(name):
-        if name != "criteo1tb":
-            raise ValueError(name)
-        return 262_144
-    sub = runner.Submission(**{**sub.__dict__, "get_batch_size": only_upstream})
-    assert runner.resolve_batch_size(sub, "tiny", TinyWorkload(clock)) == 16
+    def only_base(name):
+        if name != "lm":
+            raise ValueError(f"unsupported {name}")
+        return 32
+    sub = runner.Submission(**{**sub.__dict__, "get_batch_size": only_base})
+    assert runner.resolve_batch_size(sub, "lm_gelu") == 32  # a held-out variant falls back to its base
+    with pytest.raises(ValueError, match=r"get_batch_size\('mnist1d'\) raised ValueError: unsupported mnist1d"):
+        runner.resolve_batch_size(sub, "mnist1d")  # no silent default batch size
+    sub = runner.Submission(**{**sub.__dict__, "get_batch_size": lambda name: 12})
+    with pytest.raises(ValueError, match="returned 12, which the 8 devices do not divide"):
+        runner.resolve_batch_size(sub, "mnist1d")
+    workload = TinyWorkload(clock)
+    assert runner.resolve_eval_batch_size(sub, "mnist1d", workload) == workload.eval_batch_size
+    sub = runner.Submission(**{**sub.__dict__, "get_eval_batch_size": lambda name: 0})
+    with pytest.raises(ValueError, match=r"get_eval_batch_size\('mnist1d'\) returned 0"):
+        runner.resolve_eval_batch_size(sub, "mnist1d", workload)
+
+
+def upstream_scoring_walk(submission_directory: pathlib.Path) -> list[tuple]:
+    """How upstream's score_submissions.py + scoring_utils.get_experiment_df walk a directory: every entry of
+    the scored folder is a submission, every entry of a submission a study (os.listdir on it: a file raises
+    NotADirectoryError), directories in a study are workloads, ``trial_N`` entries in those are trials."""
+    import os
+    import re
+    found = []
+    for submission in os.listdir(submission_directory):
+        experiment = os.path.join(submission_directory, submission)
+        for study in os.listdir(experiment):
+            workloads = [w for w in os.listdir(os.path.join(experiment, study))
+                         if os.path.isdir(os.path.join(experiment, study, w))]
+            for workload in workloads:
+                for trial in os.listdir(os.path.join(experiment, study, workload)):
+                    if re.match(r"trial_(\d+)", trial):
+                        path = os.path.join(experiment, study, workload, trial, "eval_measurements.csv")
+                        with open(path) as f:
+                            rows = list(csv.DictReader(f))
+                        found.append((submission, study, workload, trial, len(rows)))
+    return sorted(found)
+
+
+def test_upstream_runner_flags_layout_resume_overwrite(tmp_path, monkeypatch):
+    clock = FakeClock()
+    sub, _ = fake_submission(clock)
+    sub = runner.Submission(**{**sub.__dict__, "get_eval_batch_size": lambda name: 8})
+    monkeypatch.setattr(runner, "load_submission", lambda path: sub)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps([{"learning_rate": 0.1}, {"learning_rate": 0.2}, {"learning_rate": 0.3}]))
+    batches = []
+
+    class Recording(TinyWorkload):
+        def eval_model(self, global_batch_size, *args, **kwargs):
+            batches.append(global_batch_size)
+            return super().eval_model(global_batch_size, *args, **kwargs)
+
+    cfg = runner.RunConfig(workload="mnist1d", submission_path="fake.py", experiment_dir=str(tmp_path / "exp"),
+                           experiment_name="scored/nadamw", tuning_search_space=str(space), num_tuning_trials=3,
+                           num_studies=2, hparam_start_index=1, max_global_steps=2)
+    summary = runner.run(cfg, clock, workload=Recording(clock))
+    assert [(t["study"], t["trial"]) for t in summary["trials"]] == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    assert set(batches) == {8}  # the submission's get_eval_batch_size
+    # upstream's scorer reads the tree: only directories where it expects them, summaries beside the trials
+    assert upstream_scoring_walk(tmp_path / "exp" / "scored") == [
+        ("nadamw", f"study_{k}", "mnist1d_jax", f"trial_{n}", 2) for k in (0, 1) for n in (2, 3)]
+    study_summary = json.loads((tmp_path / "exp/scored/nadamw/study_1/mnist1d_jax/summary.json").read_text())
+    assert [t["trial"] for t in study_summary["trials"]] == [2, 3]
+    hparams = json.loads((tmp_path / "exp/scored/nadamw/study_0/mnist1d_jax/trial_2/hparams.json").read_text())
+    assert hparams == {"learning_rate": 0.2}  # trial_N keeps the point's global index, as upstream
+    with pytest.raises(ValueError, match="holds trials already; --resume_last_run resumes them"):
+        runner.run(cfg, clock, workload=Recording(clock))
+    resumed = runner.run_experiment(dataclasses.replace(cfg, resume_last_run=True), clock, workload=Recording(clock))
+    assert [t["global_step"] for t in resumed["trials"]] == [2, 2, 2, 2]  # finished trials are not rerun
+    (tmp_path / "exp/scored/nadamw/study_0/mnist1d_jax/stale").mkdir()
+    runner.run(dataclasses.replace(cfg, overwrite=True), clock, workload=Recording(clock))
+    assert not (tmp_path / "exp/scored/nadamw/study_0/mnist1d_jax/stale").exists()
+    runner.run(dataclasses.replace(cfg, num_studies=1), clock, workload=Recording(clock))
+    assert sorted(p.name for p in (tmp_path / "exp/scored/nadamw/mnist1d_jax").iterdir()) == [
+        "summary.json", "trial_2", "trial_3"]  # one study: upstream's submission_runner layout
+    for bad, says in (({"framework": "pytorch"}, "this runner runs JAX submissions only"),
+                      ({"hparam_end_index": 4}, "need 0 <= start < end <= num_tuning_trials=3"),
+                      ({"hparam_start_index": 3}, "need 0 <= start < end"),
+                      ({"overwrite": True, "resume_last_run": True}, "contradict"),
+                      ({"rules": "v0.4"}, "allowed: v0.6, v0.5")):
+        with pytest.raises(ValueError, match=says):
+            dataclasses.replace(cfg, **bad)
 
 
 @pytest.mark.slow  # about 50 s; the targets' provenance is results/algoperf/targets.json

@@ -6,7 +6,7 @@ files, settings that contradict each other or the 8 host devices). Each row runs
 (its working directory, its input files, and the workdirs/outputs it names, which do not exist yet); the
 directory's tree is compared before and after, and the checkout's default output folders must not change.
 The rows run as subprocesses, three at a time (each costs about 3 s of CPU, mostly importing JAX): the
-default run takes a representative third (24 rows, about 75 s of CPU: about 40 s wall on 2 idle cores),
+default run takes a representative third (25 rows, about 75 s of CPU: about 40 s wall on 2 idle cores),
 the rest is marked ``slow``. The loaders' own checks (job-shop text files and mallocGame JSON,
 rl/jssp/instances.py and rl/malloc/instance.py) are tested directly at the end.
 """
@@ -163,11 +163,28 @@ CASES = [
     Case("run_algoperf", "bad_workload", ("--workload=imagenet", f"--submission_path={SUBMISSION}",
                                           f"--tuning_search_space={SEARCH_SPACE}", "--experiment_dir={row}/exp"),
          "--workload='imagenet'", slow=True),
+    Case("run_algoperf", "framework_pytorch", (*AP, f"--tuning_search_space={SEARCH_SPACE}", "--framework=pytorch"),
+         "--framework='pytorch': this runner runs JAX submissions only"),
+    Case("run_algoperf", "existing_trials_without_resume", (*AP, f"--tuning_search_space={SEARCH_SPACE}"),
+         "--resume_last_run resumes them, --overwrite deletes them",
+         files={"exp/mnist1d_jax/trial_1/hparams.json": "{}"}, slow=True),
+    Case("run_algoperf", "overwrite_and_resume", (*AP, f"--tuning_search_space={SEARCH_SPACE}", "--overwrite",
+                                                  "--resume_last_run"), "contradict", slow=True),
+    Case("run_algoperf", "hparam_end_over_trials", (*AP, f"--tuning_search_space={SEARCH_SPACE}",
+                                                    "--num_tuning_trials=5", "--hparam_end_index=6"),
+         "--hparam_end_index=6", slow=True),
     Case("score_algoperf", "experiment_dir_nonexistent",
          ("--experiment_dir={row}/nonexistent", "--out_dir={row}/out"), "nonexistent"),
     Case("score_algoperf", "bad_study_rule", ("--experiment_dir={row}/nonexistent", "--study_rule=mean"),
          "--study_rule='mean'", slow=True),
     Case("algoperf_suite", "bad_baseline", ("--experiment_dir={row}/exp", "--baselines=adam9"), "adam9"),
+    Case("algoperf_suite", "variant_under_v06", ("--experiment_dir={row}/exp", "--workloads=mnist1d,lm_gelu"),
+         "--workloads='mnist1d,lm_gelu': ['lm_gelu'] are held-out variants", slow=True),
+    Case("algoperf_suite", "out_dir_inside_scored_tree", ("--experiment_dir={row}/exp", "--workloads=mnist1d",
+                                                          "--out_dir={row}/exp/external/scores"),
+         "lies inside the scored tree", slow=True),
+    Case("score_algoperf", "bad_rules", ("--experiment_dir={row}/nonexistent", "--rules=v0.7"), "--rules='v0.7'",
+         slow=True),
     Case("algoperf_suite", "experiment_dir_missing", ("--workloads=mnist1d", "--baselines=nadamw", "--num_studies=1",
                                                       "--num_tuning_trials=1"), "--experiment_dir=''", slow=True),
     Case("set_algoperf_targets", "out_missing", ("--workloads=mnist1d",), "--out=''"),

@@ -226,8 +226,11 @@ def _plain(value):
 class Progress:
     """Logs the step, steps/s and ETA at a steady rate (every ``every_s`` seconds of wall time)."""
 
-    def __init__(self, total_steps: int, start_step: int = 0, every_s: float = 10.0, name: str = "train"):
-        self.total, self.name, self.every_s = total_steps, name, every_s
+    def __init__(self, total_steps: int, start_step: int = 0, every_s: float = 10.0, name: str = "train",
+                 cumulative: bool = False, unit: str = "step"):
+        """``cumulative``: the rate (and ETA) over everything since the start, for steps of uneven length;
+        ``unit``: what a step is called in the log line."""
+        self.total, self.name, self.every_s, self.cumulative, self.unit = total_steps, name, every_s, cumulative, unit
         self._t0 = self._last_t = time.perf_counter()
         self._start = self._last_step = start_step
 
@@ -235,10 +238,12 @@ class Progress:
         now = time.perf_counter()
         if now - self._last_t < self.every_s and step < self.total:
             return
-        rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
+        since_t, since_step = (self._t0, self._start) if self.cumulative else (self._last_t, self._last_step)
+        rate = (step - since_step) / max(now - since_t, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         details = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
-        logging.info("%s step %d/%d  %.2f steps/s  eta %.0fs  %s", self.name, step, self.total, rate, eta, details)
+        logging.info("%s %s %d/%d  %.2f %ss/s  eta %.0fs  %s", self.name, self.unit, step, self.total, rate, self.unit,
+                     eta, details)
         self._last_t, self._last_step = now, step
 
     def steps_per_sec(self, step: int) -> float:

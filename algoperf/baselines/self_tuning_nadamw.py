@@ -1,5 +1,5 @@
 """Baseline for the self-tuning ruleset: NAdamW with fixed hyperparameters (no search space; the
-runner gives it 3x the runtime budget). The values are those of upstream's self-tuning NAdamW
+runner gives it 1.5x the runtime budget, 3x under v0.5). The values are those of upstream's self-tuning NAdamW
 baseline (learning rate ~1.75e-3, beta1 ~0.933, beta2 ~0.9955, weight decay ~0.081), with 5% warm-up."""
 import collections
 

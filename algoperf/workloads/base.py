@@ -221,12 +221,14 @@ class BaseWorkload(spec.Workload):
 
     def _eval_model_on_split(self, split, num_examples, global_batch_size, params, model_state, rng,
                              data_dir, global_step=0):
+        """Metric sums over the split in batches of ``global_batch_size`` (the submission's
+        ``get_eval_batch_size`` when it defines one, else ``eval_batch_size``); padding rows weigh 0."""
         del num_examples, rng, data_dir, global_step
         if self._eval_fn is None:
             replicated = jax_sharding_utils.get_replicate_sharding()
             self._eval_fn = jax.jit(self._eval_batch, out_shardings=replicated)
         sums: Dict[str, float] = {}
-        for batch in self._build_input_queue(None, split, self.data_dir, self.eval_batch_size):
+        for batch in self._build_input_queue(None, split, self.data_dir, global_batch_size):
             out = self._eval_fn(params, model_state, batch)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
