@@ -290,12 +290,19 @@ def test_score_experiment_from_upstream_layout(tmp_path):
 
 
 def test_score_entry_reproduces_the_published_scores(tmp_path):
-    """scoring.score over results/algoperf/logs writes exactly results/algoperf/scores.{json,md}."""
+    """scoring.score over each ruleset's logs in results/algoperf/logs writes exactly the published
+    results/algoperf/scores/RULESET/scores.{json,md}; upstream's scorer can walk the published logs."""
+    from upstream_algoperf import upstream_scoring_walk
+
     results = ROOT / "results" / "algoperf"
-    scoring.score(scoring.ScoreConfig(experiment_dir=str(results / "logs"), out_dir=str(tmp_path)))
-    assert (tmp_path / "scores.json").read_bytes() == (results / "scores.json").read_bytes()
-    assert (tmp_path / "scores.md").read_bytes() == (results / "scores.md").read_bytes()
-    assert (tmp_path / "performance_profiles.png").stat().st_size > 0
+    for ruleset, trials in (("external", 4 * 3 * 3 * 5), ("self", 3 * 3)):
+        out = tmp_path / ruleset
+        scoring.score(scoring.ScoreConfig(experiment_dir=str(results / "logs" / ruleset), out_dir=str(out)))
+        for name in ("scores.json", "scores.md"):
+            assert (out / name).read_bytes() == (results / "scores" / ruleset / name).read_bytes(), (ruleset, name)
+        assert (out / "performance_profiles.png").stat().st_size > 0
+        walked = upstream_scoring_walk(results / "logs" / ruleset)
+        assert len(walked) == trials and all(rows > 0 for *_, rows in walked)
     with pytest.raises(ValueError, match="^experiment_dir='' is required"):
         scoring.score(scoring.ScoreConfig())
     with pytest.raises(ValueError, match="^study_rule='best'; allowed: upstream, min_time"):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from algoperf import runner, spec
+from upstream_algoperf import upstream_scoring_walk
 from algoperf.workloads.base import BaseWorkload
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -251,28 +252,6 @@ def test_batch_size_hooks_as_upstream():
     sub = runner.Submission(**{**sub.__dict__, "get_eval_batch_size": lambda name: 0})
     with pytest.raises(ValueError, match=r"get_eval_batch_size\('mnist1d'\) returned 0"):
         runner.resolve_eval_batch_size(sub, "mnist1d", workload)
-
-
-def upstream_scoring_walk(submission_directory: pathlib.Path) -> list[tuple]:
-    """How upstream's score_submissions.py + scoring_utils.get_experiment_df walk a directory: every entry of
-    the scored folder is a submission, every entry of a submission a study (os.listdir on it: a file raises
-    NotADirectoryError), directories in a study are workloads, ``trial_N`` entries in those are trials."""
-    import os
-    import re
-    found = []
-    for submission in os.listdir(submission_directory):
-        experiment = os.path.join(submission_directory, submission)
-        for study in os.listdir(experiment):
-            workloads = [w for w in os.listdir(os.path.join(experiment, study))
-                         if os.path.isdir(os.path.join(experiment, study, w))]
-            for workload in workloads:
-                for trial in os.listdir(os.path.join(experiment, study, workload)):
-                    if re.match(r"trial_(\d+)", trial):
-                        path = os.path.join(experiment, study, workload, trial, "eval_measurements.csv")
-                        with open(path) as f:
-                            rows = list(csv.DictReader(f))
-                        found.append((submission, study, workload, trial, len(rows)))
-    return sorted(found)
 
 
 def test_upstream_runner_flags_layout_resume_overwrite(tmp_path, monkeypatch):

@@ -258,24 +258,29 @@ def test_algoperf_targets_table(tables):
     """results/algoperf/targets.json (targets, who set them, budgets) and results/algoperf/ctr_bayes_floor.json."""
     workloads = load("algoperf/targets.json")["workloads"]
     table = section(tables, "AlgoPerf suite")[0]
-    assert len(table.rows) == 3
+    assert sorted(row[0] for row in table.rows) == sorted(workloads)
     for row in table.rows:
-        names = [n.strip() for n in row[0].split("/")]
-        entries = [workloads[n] for n in names]
-        expected = [f"{e['validation_target']:g}" for e in entries]
-        if names[0] == "ctr":
+        entry = workloads[row[0]]
+        expected = [str(entry["validation_target"])]
+        if row[0] == "ctr":
             expected.append(f(load("algoperf/ctr_bayes_floor.json")["validation_bayes_log_loss"], 3))
-        check(row[1], expected, f"AlgoPerf targets {names}")
-        set_by = " / ".join(BASELINE_NAMES[e["best"]["baseline"]] for e in entries)
-        assert row[2] == set_by, f"AlgoPerf {names}: README says set by {row[2]!r}, targets.json says {set_by!r}"
-        check(row[3], [f"{e['max_runtime_s']:g}" for e in entries], f"AlgoPerf budgets {names}")
+        check(row[1], expected, f"AlgoPerf target {row[0]}")
+        assert row[2] == BASELINE_NAMES[entry["best"]["baseline"]], f"AlgoPerf {row[0]}: set by {row[2]!r}"
+        check(row[3], [f"{entry['max_runtime_s']:g}"], f"AlgoPerf budget {row[0]}")
+
+
+def _reached(trial_times: dict, workload: str) -> tuple[int, int, int, int]:
+    """(trials that reached the target, trials, studies with one that did, studies) of one submission."""
+    studies = trial_times[workload].values()
+    times = [t for study in studies for t in study.values()]
+    return (sum(t is not None for t in times), len(times),
+            sum(any(t is not None for t in study.values()) for study in studies), len(studies))
 
 
 def test_algoperf_scores_table(tables):
-    """results/algoperf/scores.json (median workload times, scores, and the trials that reached the target)."""
-    scores = load("algoperf/scores.json")
-    algoperf = section(tables, "AlgoPerf suite")
-    table = algoperf[1]
+    """results/algoperf/scores/{external,self}/scores.json (median workload times, scores, trials reaching)."""
+    scores = load("algoperf/scores/external/scores.json")
+    table = section(tables, "AlgoPerf suite")[1]
     columns = table.header[1:-1]
     assert sorted(columns) == sorted(scores["workload_times_s"]["adamw"]), table.header
     for baseline, name in BASELINE_NAMES.items():
@@ -284,13 +289,26 @@ def test_algoperf_scores_table(tables):
             seconds = scores["workload_times_s"][baseline][column]
             assert cell == ("miss" if seconds is None else f(seconds, 1)), f"AlgoPerf {name} {column}: {cell!r}"
         assert row[-1] == f(scores["scores"][baseline], 3)
-    # the sentence under the table: "Trials reaching the target: ctr 16/24, ..."
+    self_tuning = load("algoperf/scores/self/scores.json")
+    row = next(r for r in table.rows if r[0].startswith("self-tuning NAdamW"))
+    for column, cell in zip(columns, row[1:-1]):
+        seconds = self_tuning["workload_times_s"]["self_tuning_nadamw"][column]
+        assert cell == ("miss" if seconds is None else f(seconds, 1)), f"AlgoPerf self-tuning {column}: {cell!r}"
     text = (ROOT / "README.md").read_text()
-    sentence = re.search(r"Trials reaching the target:(.*?)\.", text, re.S).group(1)
-    reached = {w: (int(a), int(b)) for w, a, b in re.findall(r"(\w+) (\d+)/(\d+)", sentence)}
+    # "Trials reaching the target (of 60 per workload): ctr 16/60, ..."
+    sentence = re.search(r"Trials reaching the target \(all four baselines\):(.*?)\.", text, re.S).group(1)
+    reached = {w: (int(a), int(b)) for w, a, b in re.findall(r"(\w+)\s+(\d+)/(\d+)", sentence)}
     for workload in columns:
-        times = [t for b in scores["trial_times_s"].values() for study in b[workload].values() for t in study.values()]
-        assert reached.get(workload) == (sum(t is not None for t in times), len(times)), f"trials reaching {workload}"
+        totals = [_reached(per, workload) for per in scores["trial_times_s"].values()]
+        assert reached.get(workload) == (sum(t[0] for t in totals), sum(t[1] for t in totals)), workload
+    # "Studies reaching the target, per baseline: NAdamW ctr 3/3, lm 2/3, mnist1d 0/3; ..."
+    sentence = re.search(r"Studies reaching the target, per baseline:(.*?)\.\n", text, re.S).group(1)
+    for baseline, name in BASELINE_NAMES.items():
+        part = re.search(rf"(?<!\w){name} ([^;]*)", sentence).group(1)
+        shown = {w: (int(a), int(b)) for w, a, b in re.findall(r"(\w+)\s+(\d+)/(\d+)", part)}
+        for workload in columns:
+            _, _, hit, studies = _reached(scores["trial_times_s"][baseline], workload)
+            assert shown.get(workload) == (hit, studies), f"studies reaching: {name} {workload}"
 
 
 # --------------------------------------------------------------------------- mallocGame
