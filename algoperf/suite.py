@@ -27,6 +27,7 @@ from algoperf import runner, scoring
 from algoperf import workloads as workloads_lib
 from training.run import Progress, require_positive
 
+DEFAULT_BASE_WORKLOADS = ("mnist1d", "ctr", "lm")  # mnist (the real MNIST) needs --data_dir
 STUDIES = {"v0.6": 3, "v0.5": 5}
 TRIALS_PER_STUDY = 5
 RULESETS = ("external", "self")
@@ -81,9 +82,6 @@ class SuiteConfig:
     @property
     def studies(self) -> int:
         return self.num_studies or STUDIES[self.rules]
-
-
-DEFAULT_BASE_WORKLOADS = ("mnist1d", "ctr", "lm")  # mnist (the real MNIST) needs --data_dir
 
 
 def suite_configs(cfg: SuiteConfig) -> list[runner.RunConfig]:
