@@ -64,7 +64,7 @@ def measure(workload_name: str, steps: int, repeats: int) -> dict:
     workload = Untimed()
     submission = runner.load_submission(BASELINE)
     hparams = halton.hyperparameters_from_dict(HPARAMS)
-    batch_size = runner.resolve_batch_size(submission, workload_name, workload)
+    batch_size = runner.resolve_batch_size(submission, workload_name)
     params0, model_state0 = workload.init_model_fn(jax.random.PRNGKey(0))
     opt0 = submission.init_optimizer_state(workload, params0, model_state0, hparams, jax.random.PRNGKey(1))
     shared = runner.Submission(**{**submission.__dict__,

@@ -118,10 +118,9 @@ def _checked_batch_size(size, hook: str, workload_name: str) -> int:
     return int(size)
 
 
-def resolve_batch_size(submission: Submission, workload_name: str, workload=None) -> int:
+def resolve_batch_size(submission: Submission, workload_name: str) -> int:
     """``get_batch_size`` of the workload (of its base workload when it raises ValueError for a held-out
     variant). A submission that supports neither fails here, as upstream's runner does (no default)."""
-    del workload  # (kept for callers; upstream has no default batch size to fall back to)
     names = list(dict.fromkeys([workload_name, workloads_lib.get_base_workload_name(workload_name)]))
     for name in names:
         try:
@@ -558,7 +557,7 @@ def run_experiment(cfg: RunConfig, clock: Clock = time.perf_counter, workload=No
     submission = check_run(cfg)  # fails fast on a missing setting, a bad submission or search space
     all_hparams = {study: study_hyperparameters(cfg, study) for study in range(cfg.num_studies)}
     workload = workload or workloads_lib.get_workload(cfg.workload, cfg.data_dir or None)
-    batch_size = resolve_batch_size(submission, cfg.workload, workload)
+    batch_size = resolve_batch_size(submission, cfg.workload)
     eval_batch_size = resolve_eval_batch_size(submission, cfg.workload, workload)
     if cfg.overwrite:
         for d in workload_dirs(cfg):

@@ -91,8 +91,9 @@ def untargeted(workload_name: str):
 
 def run_trial(workload, submission, hparams, seed: int, steps: int) -> dict:
     """One step_hint-long run; its eval curve and best validation value (and the test value there)."""
-    result = runner.train_once(workload, submission, hparams, seed, global_batch_size=runner.resolve_batch_size(
-        submission, workload.workload_name, workload), max_global_steps=steps)
+    result = runner.train_once(workload, submission, hparams, seed,
+                               global_batch_size=runner.resolve_batch_size(submission, workload.workload_name),
+                               max_global_steps=steps)
     metric = workload.target_metric_name
     pick = min if is_minimized(metric) else max
     curve = [{"step": s, "time": r["score"], "validation": r[f"validation/{metric}"], "test": r[f"test/{metric}"]}

@@ -322,7 +322,7 @@ def test_target_setting_baseline_reaches_mnist1d_target(tmp_path):
     hparams = halton.hyperparameters_from_dict(record["best"]["hyperparameters"])
     workload = Generous()
     result = runner.train_once(workload, submission, hparams, record["reruns"][rerun]["seed"],
-                               global_batch_size=runner.resolve_batch_size(submission, "mnist1d", workload),
+                               global_batch_size=runner.resolve_batch_size(submission, "mnist1d"),
                                log_dir=tmp_path / "trial", max_global_steps=workload.step_hint)
     best = max(r["validation/accuracy"] for _, r in result.eval_results)
     assert result.reached_validation_target, (best, Mnist1dWorkload._validation_target)
