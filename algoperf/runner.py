@@ -50,14 +50,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from algoperf import halton, spec
+from algoperf import halton, scoring, spec
 from algoperf import workloads as workloads_lib
 from parallel import checkpoint as ckpt_lib
 from training.run import require_positive, write_json_atomic
 
 FRAMEWORK = "jax"
 RULESETS = ("external", "self")
-RULES = ("v0.6", "v0.5")
 # The self-tuning ruleset's runtime budget as a multiple of the external one's (DOCUMENTATION.md,
 # "Self-Tuning Ruleset": 1.5x since v0.6; 3x in v0.5).
 SELF_TUNING_BUDGET_FACTOR = {"v0.6": 1.5, "v0.5": 3.0}
@@ -469,8 +468,7 @@ class RunConfig:
             raise ValueError(f"workload={self.workload!r} is unknown; allowed: {', '.join(workloads_lib.WORKLOADS)}")
         if self.tuning_ruleset not in RULESETS:
             raise ValueError(f"tuning_ruleset={self.tuning_ruleset!r}; allowed: {', '.join(RULESETS)}")
-        if self.rules not in RULES:
-            raise ValueError(f"rules={self.rules!r}; allowed: {', '.join(RULES)}")
+        scoring.check_rules(self.rules)
         if self.tuning_ruleset == "self" and self.tuning_search_space:
             raise ValueError(f"tuning_search_space={self.tuning_search_space!r} must not be given with "
                              "tuning_ruleset='self'")

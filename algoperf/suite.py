@@ -30,7 +30,6 @@ from training.run import Progress, require_positive
 DEFAULT_BASE_WORKLOADS = ("mnist1d", "ctr", "lm")  # mnist (the real MNIST) needs --data_dir
 STUDIES = {"v0.6": 3, "v0.5": 5}
 TRIALS_PER_STUDY = 5
-RULESETS = ("external", "self")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +111,7 @@ def out_dir(cfg: SuiteConfig) -> pathlib.Path:
 def check_out_dir(cfg: SuiteConfig) -> None:
     """The scores must not land inside a scored tree (upstream's scorer would read them as a submission)."""
     out = out_dir(cfg).resolve()
-    for ruleset in RULESETS:
+    for ruleset in runner.RULESETS:
         tree = (pathlib.Path(cfg.experiment_dir).expanduser() / ruleset).resolve()
         if out == tree or tree in out.parents:
             raise ValueError(f"out_dir={cfg.out_dir!r} lies inside the scored tree {tree}; choose a folder "
@@ -148,7 +147,7 @@ def score_suite(cfg: SuiteConfig) -> dict:
     """Scores each ruleset's logs under EXPERIMENT_DIR into OUT_DIR/RULESET (see :func:`run_suite`)."""
     reports = {}
     base = [w for w in cfg.workload_names if w not in workloads_lib.VARIANTS]
-    for ruleset in RULESETS:
+    for ruleset in runner.RULESETS:
         logs = pathlib.Path(cfg.experiment_dir).expanduser() / ruleset
         if logs.is_dir():
             reports[ruleset] = scoring.score(scoring.ScoreConfig(

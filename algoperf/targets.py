@@ -36,7 +36,7 @@ from absl import logging
 from algoperf import baselines as baselines_lib
 from algoperf import halton, runner
 from algoperf import workloads as workloads_lib
-from algoperf.scoring import is_minimized
+from algoperf.scoring import is_minimized, meets_target
 from training.run import machine_info, require_output_file, require_positive, write_json_atomic
 
 DEFAULT_WORKLOADS = ("mnist1d", "ctr", "lm")  # v0.6 scores the base workloads only
@@ -114,8 +114,7 @@ def first_time_reaching(curve: list[dict], target: float, minimize: bool) -> flo
 def worst_test_of_reaching(reruns: list[dict], validation_target: float, minimize: bool) -> float:
     """Upstream's test target: among the reruns whose best validation value meets ``validation_target``,
     the worst of their best test values."""
-    reached = [r["best_test"] for r in reruns
-               if (r["best_validation"] <= validation_target if minimize else r["best_validation"] >= validation_target)]
+    reached = [r["best_test"] for r in reruns if meets_target(r["best_validation"], validation_target, minimize)]
     return (max if minimize else min)(reached)
 
 
