@@ -11,8 +11,8 @@ One small API over :class:`orbax.checkpoint.CheckpointManager`, used by every tr
   call blocks for the device-to-host copy and serialisation runs in the background. ``lazy`` (default):
   the idea of DataStates-LLM (Maurya et al., HPDC'24, "lazy" asynchronous checkpointing) in JAX terms:
   JAX arrays are immutable, so the step's state need not be copied before training goes on. ``save``
-  starts the device-to-host transfers (``copy_to_host_async``) and hands the whole Orbax save to a
-  background thread; the caller blocks only for the hand-over. The one obligation it puts on the
+  dispatches the device-to-host copies into pinned host memory (:func:`to_pinned_host`) and hands the
+  whole Orbax save of those host arrays to a background thread; the caller blocks only for the hand-over. The one obligation it puts on the
   training loop: the saved arrays must not be *donated* by the very next step (use a non-donating
   variant of the step once, see :meth:`Checkpointer.take_donation_barrier`); later steps work on new
   buffers and may donate freely. Peak memory grows by at most one state copy while a save is in flight.
@@ -173,10 +173,8 @@ class Checkpointer:
             # At most one hand-over in flight (plus Orbax's own background write): a loop saving
             # faster than the disk can write is slowed down rather than queueing states in memory.
             self._raise_finished_errors(wait=True)
-            for leaf in jax.tree.leaves(state):
-                if isinstance(leaf, jax.Array) and not leaf.is_deleted():
-                    leaf.copy_to_host_async()
-            self._inflight.append((step, self._executor.submit(self._save_now, step, state, meta)))
+            host_state = to_pinned_host(state)
+            self._inflight.append((step, self._executor.submit(self._save_now, step, host_state, meta)))
             self._donation_barrier = True
         else:
             self._save_now(step, state, meta)
@@ -374,6 +372,21 @@ class Checkpointer:
         for step in self.all_steps():
             self._manager.delete(step)
         remove_temporary_dirs(self.directory)
+
+
+def to_pinned_host(tree):
+    """``tree`` with every live jax.Array copied to pinned host memory under the same sharding: the copies
+    are dispatched here (the calling thread) and run on the device's copy engine while training goes on,
+    so the background writer only ever touches host memory. (On an H200 with jax 0.11.2, Orbax moving
+    device arrays to the host from the writer thread while the main thread ran the next step crashed the
+    process with a segmentation fault.)"""
+    def move(leaf):
+        if not isinstance(leaf, jax.Array) or leaf.is_deleted():
+            return leaf
+        if getattr(leaf.sharding, "memory_kind", None) == "pinned_host":
+            return leaf
+        return jax.device_put(leaf, leaf.sharding.with_memory_kind("pinned_host"))
+    return jax.tree.map(move, tree)
 
 
 class DonationSafeStep:

@@ -22,12 +22,13 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from models.transformer import DecoderLM, TransformerConfig
+from models.transformer import DecoderLM, TransformerConfig, for_platform
 from parallel import checkpoint as ckpt_lib
 from parallel import mesh as mesh_lib
 from parallel import moe as moe_lib
 from parallel import sharding as sharding_lib
 from training import run as run_lib
+from training import throughput as throughput_lib
 from training.run import TrainState
 from training.config import group
 from training.data import text
@@ -127,13 +128,32 @@ class TrainLMConfig(run_lib.RunConfig, LMSetup):
         return self.moe_mlp_dim or max(1, self.model.mlp_dim // self.moe.top_k)
 
 
-# Settings that may change on resumption (besides RunConfig's): the mesh and the logging rate.
-RESUME_IGNORE = ("mesh", "log_every")
+# Settings that may change on resumption (besides RunConfig's): the mesh, the logging rate and how the same
+# model is computed (attention kernel, rematerialisation).
+RESUME_IGNORE = ("mesh", "log_every", "attention", "remat")
+
+_LOGGED_REASONS: set[str] = set()
+
+
+def model_for_platform(model: TransformerConfig) -> TransformerConfig:
+    """``model`` with its dtype and attention kernel made concrete for the default backend (what config.json
+    records); a slower attention path than the platform's fused kernel is logged once, with the reason."""
+    model, reason = for_platform(model)
+    if reason and reason not in _LOGGED_REASONS:
+        _LOGGED_REASONS.add(reason)
+        logging.warning("%s", reason)
+    return model
+
+
+def with_platform_model(cfg):
+    """An experiment config (any with a ``model`` field) whose model is :func:`model_for_platform`'s."""
+    return dataclasses.replace(cfg, model=model_for_platform(cfg.model))
 
 
 def check_devices(cfg: TrainLMConfig) -> None:
     """The mesh fits the devices, the global batch splits along its data axis and the experts and
     their width split along the expert and tensor axes (ValueError naming the values if not)."""
+    for_platform(cfg.model)  # a dtype or attention kernel this platform lacks fails here, before any work
     sizes = mesh_lib.parse_mesh_spec(cfg.mesh, jax.device_count())
     data_size = sizes.get("data", 1)
     if cfg.batch_size % data_size:
@@ -158,9 +178,12 @@ def make_optimizer(optim: OptimConfig, steps: int) -> optax.GradientTransformati
                        optax.adamw(schedule, b1=0.9, b2=optim.beta2, weight_decay=optim.weight_decay))
 
 
-def losses(model: DecoderLM, params, batch) -> tuple[jax.Array, jax.Array]:
-    """(mean next-token cross-entropy in nats per byte, sum of the aux losses sown by MoE FFNs or 0)."""
-    logits, state = model.apply({"params": params}, batch["inputs"], mutable=["intermediates"])
+def losses(model: DecoderLM, params, batch, dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(mean next-token cross-entropy in nats per byte, sum of the aux losses sown by MoE FFNs or 0).
+    With ``dropout_rng`` the model runs in training mode (dropout on, drawn from that key)."""
+    train = dropout_rng is not None
+    logits, state = model.apply({"params": params}, batch["inputs"], deterministic=not train,
+                                rngs={"dropout": dropout_rng} if train else None, mutable=["intermediates"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
     return ce, moe_lib.sown_aux_loss(state.get("intermediates", {}))
 
@@ -171,17 +194,32 @@ def next_token_loss(model: DecoderLM, params, batch) -> jax.Array:
 
 
 def make_train_step(model: DecoderLM, optimizer: optax.GradientTransformation):
+    """``train_step(state, batch) -> (state, metrics)``; dropout (when the model has any) draws from a key
+    split off the state's, so a run's masks are a function of (seed, step) and a resumed run repeats them."""
+    uses_dropout = model.config.dropout > 0 or model.config.attention_dropout_rate > 0
+
     def train_step(state: TrainState, batch):
+        rng, dropout_rng = jax.random.split(state.rng)
+
         def total(p):
-            ce, aux = losses(model, p, batch)
+            ce, aux = losses(model, p, batch, dropout_rng if uses_dropout else None)
             return ce + aux, (ce, aux)
         (_, (loss, aux)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        rng, _ = jax.random.split(state.rng)
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
         return new_state, {"loss": loss, "moe_aux_loss": aux, "grad_norm": optax.tree.norm(grads)}
     return train_step
+
+
+def model_throughput(cfg: TrainLMConfig, params):
+    """``rate_of(steps_per_sec) -> {tokens_per_sec, mfu}`` for this model, batch and the devices in use
+    (:mod:`training.throughput`; MoE counts the routed experts only)."""
+    moe = cfg.moe
+    active = throughput_lib.active_params(params, moe.top_k if moe else 0, moe.num_experts if moe else 0)
+    per_token = throughput_lib.flops_per_token(active, cfg.model.num_layers, cfg.model.d_model, cfg.seq_len)
+    kind, count = jax.devices()[0].device_kind, jax.device_count()
+    return lambda rate: throughput_lib.throughput(rate, cfg.batch_size * cfg.seq_len, per_token, kind, count)
 
 
 def build_model(cfg: TrainLMConfig, mesh) -> DecoderLM:
@@ -232,6 +270,7 @@ def load_data(cfg: LMSetup, seed: int):
 def train(cfg: TrainLMConfig) -> dict:
     """Runs (or resumes) training; returns the summary written to summary.json."""
     workdir = run_lib.begin(cfg, preflight=check_devices)
+    cfg = with_platform_model(cfg)
     mesh = mesh_lib.make_mesh(cfg.mesh)
     corpus, eval_data = load_data(cfg, cfg.seed)
 
@@ -254,12 +293,15 @@ def train(cfg: TrainLMConfig) -> dict:
     def save(step):
         return run.checkpointer.save(step, state, run.meta(data={"seed": cfg.seed, "position": step}))
 
-    logging.info("training %s on %s (%d train / %d validation bytes), mesh %s, %d parameters",
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("training %s on %s (%d train / %d validation bytes), mesh %s, %d parameters, %s, %s attention",
                  "resumed at step %d" % start_step if run.restored else "from scratch", corpus.name,
-                 len(corpus.train), len(corpus.validation), dict(mesh.shape),
-                 sum(x.size for x in jax.tree.leaves(state.params)))
+                 len(corpus.train), len(corpus.validation), dict(mesh.shape), n_params, cfg.model.dtype,
+                 cfg.model.attention)
+    rate_of = model_throughput(cfg, state.params)
     last_eval: dict = {}
     first_step_done = last_step_done = 0.0  # the loop's own rate leaves out the first (compiling) step
+    interval = [start_step, 0.0, 0.0]  # step, time at its end, evaluation time since: the rows' rate window
 
     def one_step(step: int) -> dict:
         nonlocal state, last_eval, first_step_done, last_step_done
@@ -271,20 +313,31 @@ def train(cfg: TrainLMConfig) -> dict:
             row.update(loss=float(step_metrics["loss"]), grad_norm=float(step_metrics["grad_norm"]))
             if cfg.moe is not None:
                 row.update(moe_aux_loss=float(step_metrics["moe_aux_loss"]))
+            now = time.perf_counter()  # float() above waited for the step: the rate since the last row
+            if interval[1]:
+                row.update(rate_of((step - interval[0]) / max(now - interval[1] - interval[2], 1e-9)))
+            interval[:] = [step, now, 0.0]
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            t_eval = time.perf_counter()
             last_eval = evaluate(eval_loss, state.params, eval_data, mesh)
             row.update(last_eval)
+            interval[2] += time.perf_counter() - t_eval
         if step == start_step + 1 or step == cfg.steps:
             jax.block_until_ready(state)
         last_step_done = time.perf_counter()
         first_step_done = first_step_done or last_step_done
+        if step == start_step + 1:  # the first (compiling) step stays out of the rows' rates
+            interval[:] = [step, last_step_done, 0.0]
         return row
 
     end = run.loop(one_step, save, last_step=cfg.steps, total_steps=cfg.steps)
     loop_s = last_step_done - first_step_done
+    loop_rate = (end.step - start_step - 1) / loop_s if loop_s > 0 else None
     summary = {"step": end.step, "preempted": end.preempted, "wall_time_s": end.wall_s,
                "steps_per_sec": (end.step - start_step) / max(end.wall_s, 1e-9),
-               "loop_steps_per_sec": (end.step - start_step - 1) / loop_s if loop_s > 0 else None,
+               "loop_steps_per_sec": loop_rate, **rate_of(loop_rate), "parameters": n_params,
+               "dtype": cfg.model.dtype, "attention": cfg.model.attention,
+               "device_kind": jax.devices()[0].device_kind,
                "checkpoint_blocking_s": end.checkpoint_blocking_s, "resumed_from": run.resumed_from,
                **last_eval}
     return run.finish(summary, [("loss_curve.png", ("loss", "val_loss"), f"byte-level LM on {corpus.name}",

@@ -145,7 +145,9 @@ class MoEFFN(nn.Module):
             "w_down": self.param("w_down", nn.with_logical_partitioning(
                 fan_in(1.0 / self.num_layers), ("expert", "mlp", "embed")), (e, h, d)),
         }
-        params = {k: jnp.asarray(nn.unbox(v)) for k, v in params.items()}
+        # Experts compute in the activations' dtype (bfloat16 under mixed precision); the router stays float32.
+        params = {k: jnp.asarray(nn.unbox(v)).astype(jnp.float32 if k == "router" else x.dtype)
+                  for k, v in params.items()}
         y, aux = self.layer_fn(params, x, self.is_initializing())
         for name in ("aux_loss", "load_balance_loss", "router_z_loss"):
             self.sow("intermediates", name, aux[name])
