@@ -20,6 +20,7 @@ import time
 
 from absl import app, flags
 
+from scripts import common
 from training.benchmarks import lm_device as dev
 from training.run import machine_info, write_json_atomic
 
@@ -63,11 +64,24 @@ def parts(peer: str, work: pathlib.Path, smoke: bool = False) -> list[dict]:
     ]
 
 
+def check_flags(names: list[str]) -> None:
+    """One line and exit 1 (scripts.common.fail) for a bad flag, before any work."""
+    unknown = sorted(set(PARTS.value) - set(names))
+    if unknown:
+        common.fail(f"--parts={','.join(PARTS.value)}: unknown part(s) {', '.join(unknown)}; "
+                    f"allowed: {', '.join(names)}")
+    if not BUDGET.value > 0:
+        common.fail(f"--budget_s={BUDGET.value} must be > 0")
+    if not (pathlib.Path(PEER.value) / "train.py").is_file() and not SMOKE.value:
+        common.fail(f"--peer_dir={PEER.value!r} holds no train.py (copy ../shared/peers/nanogpt there)")
+
+
 def main(argv):
     del argv
+    work = pathlib.Path(WORK.value)
+    check_flags([p["name"] for p in parts("", work)])
     import jax
 
-    work = pathlib.Path(WORK.value)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     out_path = pathlib.Path(OUT.value)

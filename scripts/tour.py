@@ -36,7 +36,9 @@ def step_train_lm(workdir: pathlib.Path, steps: int) -> dict:
         checkpoint_every=max(steps // 2, 1), overwrite=True))
     summary = lm.train(cfg)
     return {"val_loss_nats_per_byte": round(summary["val_loss"], 4), "val_bits_per_byte": round(summary["val_bpb"], 4),
-            "steps_per_sec": round(summary["steps_per_sec"], 2), "wall_time_s": round(summary["wall_time_s"], 1)}
+            "steps_per_sec": round(summary["steps_per_sec"], 2), "wall_time_s": round(summary["wall_time_s"], 1),
+            "tokens_per_sec": round(summary["tokens_per_sec"] or 0), "mfu": summary["mfu"],
+            "dtype": summary["dtype"], "attention": summary["attention"]}
 
 
 def _logged_step(metrics_path: pathlib.Path) -> int:

@@ -215,6 +215,7 @@ def test_bad_submission_and_workload(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
+@pytest.mark.slow  # about 10 s; tests/test_bad_input.py's run_algoperf rows cover the same cases by default
 def test_cli_missing_or_malformed_search_space_is_one_line(tmp_path):
     """scripts.run_algoperf: a bad --tuning_search_space ends with one line on stderr, exit 1, before any work."""
     bad = tmp_path / "bad.json"

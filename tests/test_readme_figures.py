@@ -95,22 +95,51 @@ def load(name: str):
 # --------------------------------------------------------------------------- language model
 
 def test_lm_table(tables):
-    """results/lm_default.json (train_lm default run) and results/nanogpt_cpu_reference.json."""
+    """results/lm_default.json (train_lm default run), results/lm_cpu_side_by_side.json (this code vs the code
+    before issue 16, alternated) and results/nanogpt_cpu_reference.json."""
     lm, nano = load("lm_default.json"), load("nanogpt_cpu_reference.json")["figures"]
+    sides = load("lm_cpu_side_by_side.json")
     table = section(tables, "Language model")[0]
     cfg, summary = lm["config"], lm["summary"]
     quality = table.row("validation loss")
     check(quality[0], [str(cfg["num_layers"]), str(cfg["num_heads"]), str(cfg["d_model"]), str(cfg["seq_len"]),
                        str(cfg["batch_size"]), str(cfg["steps"]), f(lm["num_params"] / 1e6, 2)], "LM configuration")
     check(quality[1], [f(summary["val_loss"], 3), f(summary["val_bpb"], 2)], "LM validation loss")
-    check(quality[2], [f(nano["val_loss_final"], 4)], "nanoGPT validation loss")
-    speed = table.row("speed and wall time")
-    check(speed[0], [str(lm["machine"]["cpu_count"])], "LM cores")
-    below = next(r["step"] for r in lm["val_curve"] if r["val_loss"] < nano["val_loss_final"])
-    check(speed[1], [f(summary["steps_per_sec"], 1), f(1e3 / summary["steps_per_sec"], 0),
-                     f(summary["wall_time_s"], 0), f(nano["val_loss_final"], 3), str(below)], "LM speed")
+    check(quality[2], [f(nano["val_loss_final"], 4), "1.70", f(sides["before"]["val_loss"][0], 3), "16"],
+          "LM references")
+    speed = table.row("speed on")
+    check(speed[0], [str(lm["machine"]["cpu_count"]), "16", str(len(sides["now"]["loop_steps_per_sec"]))], "LM cores")
+    check(speed[1], [f(v, 1) for v in sides["now"]["loop_steps_per_sec"] + sides["before"]["loop_steps_per_sec"]],
+          "LM speed")
     check(speed[2], [f(nano["ms_per_train_step"], 0), f(nano["wall_time_s"], 0)], "nanoGPT speed")
     assert lm["summary"]["step"] == cfg["steps"] and not lm["summary"]["preempted"]
+    assert summary["val_loss"] == sides["now"]["val_loss"][0]  # the default run is the first of the side-by-side
+
+
+def test_lm_gpu_table(tables):
+    """results/device_check_lm_h200.json (scripts/device_check_lm.sh on one H200, three calls)."""
+    d = load("device_check_lm_h200.json")
+    table = section(tables, "Language model")[1]
+    g, b, c = d["gpt2_small"], d["baby_gpt_dropout_0.2"], d["gpt2_small_lazy_checkpoint_every_50"]
+    row = table.row("GPT-2-small shape (")
+    check(row[0], ["2"] + [str(g["shape"][k]) for k in ("num_layers", "num_heads", "d_model", "seq_len",
+                                                         "batch_size")] + ["300"], "GPT-2-small configuration")
+    check(row[1], [f(g["train_lm"]["ms_per_step"], 1), pct(g["train_lm"]["mfu"], 1),
+                   f(g["train_lm_xla_attention_partial"]["ms_per_step"], 1)], "GPT-2-small, ours")
+    check(row[2], [f(g["nanogpt"]["ms_per_step"], 1), pct(g["nanogpt"]["mfu"], 1)], "GPT-2-small, nanoGPT")
+    check(row[3], ["1.3", "45", f(g["ratio_ms_ours_over_nanogpt"], 2), "3.8"], "GPT-2-small goal")
+    row = table.row("baby GPT")
+    check(row[0], [str(b["shape"][k]) for k in ("num_layers", "num_heads", "d_model", "seq_len", "batch_size")]
+          + ["0.2", "2000", "2000"], "baby GPT configuration")
+    ours, resid, nano = b["train_lm_gpt2_dropout"], b["train_lm_residual_dropout_only"], b["nanogpt"]
+    check(row[1], [f(ours["ms_per_step"], 1), f(ours["val_loss"]["2000"], 4), f(resid["ms_per_step"], 1),
+                   f(resid["val_loss"]["2000"], 4)], "baby GPT, ours")
+    check(row[2], [f(nano["ms_per_step"], 1), f(nano["val_loss"]["2000"], 4)], "baby GPT, nanoGPT")
+    check(row[3], [f(b["ratio_ms_ours_over_nanogpt"], 2), "4"], "baby GPT goal")
+    row = table.row("lazy checkpoint every 50")
+    check(row[1], [f(c["lazy_every_50"]["ms_per_step"], 1), f(c["no_checkpoint"]["ms_per_step"], 1),
+                   pct(c["slowdown"], 1)], "checkpoint slowdown")
+    check(row[0], ["2", "50", f(c["state_bytes"] / 1e9, 2)], "checkpoint configuration")
 
 
 # --------------------------------------------------------------------------- checkpointing

@@ -152,6 +152,13 @@ def renamed(cls: type) -> dict[str, str]:
     return dict(getattr(cls, "RENAMED", {}))
 
 
+def absent_means(cls: type) -> dict[str, Any]:
+    """``{flat name: value}`` that a checkpoint recording no such setting stands for (the class attribute
+    ``ABSENT_MEANS``): a setting added later, whose behaviour before it existed was this value, not its
+    default -- so resuming such a checkpoint with the new default is refused, naming the setting."""
+    return dict(getattr(cls, "ABSENT_MEANS", {}))
+
+
 def upgrade_flat(cls: type, flat: dict[str, Any]) -> dict[str, Any]:
     """A flat config recorded by an earlier release, with renamed settings under their current names."""
     names = renamed(cls)

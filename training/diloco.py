@@ -54,6 +54,9 @@ class TrainDiLoCoConfig(run_lib.RunConfig, lm.LMSetup):
         run_lib.RunConfig.__post_init__(self)
         lm.LMSetup.__post_init__(self)
         run_lib.require_positive(self, "stop_after", allow_zero=("stop_after",))
+        if self.model.dropout or self.model.attention_dropout_rate:
+            raise ValueError(f"dropout={self.model.dropout} / attention_dropout={self.model.attention_dropout}: "
+                             "train_diloco's inner steps take no random key, so dropout must be 0")
         if self.backend not in diloco.BACKENDS:
             raise ValueError(f"backend={self.backend!r}; allowed: {', '.join(diloco.BACKENDS)}")
         d = self.diloco
@@ -65,7 +68,7 @@ class TrainDiLoCoConfig(run_lib.RunConfig, lm.LMSetup):
 
 
 # Settings that may change on resumption (besides RunConfig's).
-RESUME_IGNORE = ("log_every", "stop_after")
+RESUME_IGNORE = ("log_every", "stop_after", "attention", "remat")
 
 
 def _byte_row(counter: comm_sim.ByteCounter) -> dict:
@@ -98,6 +101,7 @@ def make_trainer(cfg: TrainDiLoCoConfig, model: DecoderLM, mesh, params) -> dilo
 
 def check_devices(cfg: TrainDiLoCoConfig) -> None:
     """``workers`` divides the devices and the batch splits over ``workers x data`` (ValueError if not)."""
+    lm.for_platform(cfg.model)  # a dtype or attention kernel this platform lacks fails before any work
     mesh = diloco.make_worker_mesh(cfg.diloco.workers)
     mesh_lib.check_global_batch(cfg.batch_size, mesh, ("workers", "data"))
 
@@ -105,6 +109,7 @@ def check_devices(cfg: TrainDiLoCoConfig) -> None:
 def train(cfg: TrainDiLoCoConfig) -> dict:
     """Runs (or resumes) one run; returns the summary written to summary.json."""
     workdir = run_lib.begin(cfg, preflight=check_devices)
+    cfg = lm.with_platform_model(cfg)
     dcfg = cfg.diloco
     mesh = diloco.make_worker_mesh(dcfg.workers)
     corpus, eval_data = lm.load_data(cfg, cfg.seed)

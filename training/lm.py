@@ -84,6 +84,8 @@ class LMSetup:
     eval_batches: Validation batches per evaluation.
     log_every: Log the train loss every N steps.
     """
+    # checkpoints from before these settings existed: the v1 init scheme, float32 compute
+    ABSENT_MEANS = {"init": "v1", "dtype": "float32"}
     data_dir: str = ""
     batch_size: int = 12
     seq_len: int = 64

@@ -422,7 +422,8 @@ def open_run(cfg: RunConfig, workdir: pathlib.Path, abstract_state, *,
     checkpointer, restored = ckpt_lib.open_for_run(
         workdir / "checkpoints", config_lib.to_flat(cfg), abstract_state, keep=cfg.keep_checkpoints,
         mode=cfg.checkpoint_mode, overwrite=cfg.overwrite, resume_ignore=RUN_RESUME_IGNORE + tuple(resume_ignore),
-        read_saved_config=lambda saved: {**defaults, **config_lib.upgrade_flat(type(cfg), saved)})
+        read_saved_config=lambda saved: {**defaults, **config_lib.absent_means(type(cfg)),
+                                         **config_lib.upgrade_flat(type(cfg), saved)})
     is_main = jax.process_index() == 0
     if is_main:
         write_json_atomic(workdir / "config.json", dataclasses.asdict(cfg))

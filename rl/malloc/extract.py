@@ -263,7 +263,7 @@ def lm_train_step(num_layers: int = 1, d_model: int = 32, num_heads: int = 2, ml
     from models.transformer import DecoderLM, TransformerConfig
     from parallel import moe as moe_lib
     cfg = TransformerConfig(num_layers=num_layers, d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim,
-                            max_seq_len=seq_len)
+                            max_seq_len=seq_len, dtype="float32", attention="xla", init="v1")  # the programs as extracted
     if moe_experts:
         factory = moe_lib.moe_ffn_factory(moe_lib.MoEConfig(num_experts=moe_experts, top_k=2), None,
                                           hidden=max(1, mlp_dim // 2))

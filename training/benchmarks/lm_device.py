@@ -48,11 +48,13 @@ PARAMS_LINE = re.compile(r"number of parameters: ([\d.]+)M")
 
 def parse_nanogpt(log: str, shape: dict, device_kind: str, skip_iters: int = 1) -> dict:
     """nanoGPT's figures from its log: median ms/iter over the logged iterations after ``skip_iters`` (the
-    first ones include torch.compile), tokens/s, MFU (our formula) and the validation losses by step."""
+    first ones include torch.compile) that are not evaluation steps, tokens/s, MFU (our formula) and the
+    validation losses by step."""
     times = [(int(m[1]), float(m[3])) for m in map(ITER_LINE.match, log.splitlines()) if m]
-    steady = [t for it, t in times if it >= skip_iters] or [t for _, t in times]
     evals = {int(m[1]): {"train_loss": float(m[2]), "val_loss": float(m[3])}
              for m in map(EVAL_LINE.match, log.splitlines()) if m}
+    # an iteration that follows an evaluation times the evaluation too (ours leaves evaluation out)
+    steady = [t for it, t in times if it >= skip_iters and it not in evals] or [t for _, t in times]
     params = PARAMS_LINE.search(log)
     out = {"ms_per_step": statistics.median(steady) if steady else None, "logged_iters": len(times),
            "val_loss": {str(k): v["val_loss"] for k, v in sorted(evals.items())},
