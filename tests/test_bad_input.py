@@ -6,7 +6,7 @@ files, settings that contradict each other or the 8 host devices). Each row runs
 (its working directory, its input files, and the workdirs/outputs it names, which do not exist yet); the
 directory's tree is compared before and after, and the checkout's default output folders must not change.
 The rows run as subprocesses, three at a time (each costs about 3 s of CPU, mostly importing JAX): the
-default run takes a representative third (25 rows, about 75 s of CPU: about 40 s wall on 2 idle cores),
+default run takes a representative third (28 rows, about 75 s of CPU: about 40 s wall on 2 idle cores),
 the rest is marked ``slow``. The loaders' own checks (job-shop text files and mallocGame JSON,
 rl/jssp/instances.py and rl/malloc/instance.py) are tested directly at the end.
 """
@@ -75,7 +75,20 @@ CASES = [
          "--data_dir=", slow=True),  # found after the workdir was made (and locked): it is taken back
     Case("train_lm", "workdir_under_a_file", ("--workdir={row}/file/w", "--batch_size=16"), "is not writable",
          files={"file": "x"}, slow=True),
+    Case("train_lm", "attention_not_on_cpu", ("--workdir={row}/w", "--attention=cudnn"),
+         "--attention='cudnn' is not available on cpu; it has: auto, xla"),
+    Case("train_lm", "dtype_float16", ("--workdir={row}/w", "--dtype=float16"),
+         "--dtype='float16'; allowed: auto, float32, bfloat16", slow=True),
+    Case("train_lm", "dropout_one", ("--workdir={row}/w", "--dropout=1"), "--dropout=1.0 must be in [0, 1)",
+         slow=True),
+    Case("train_lm", "remat_bogus", ("--workdir={row}/w", "--remat=all"), "--remat='all'; allowed: none, block, dots",
+         slow=True),
+    Case("device_check_lm", "unknown_part", ("--parts=ours_gpt3", "--peer_dir={row}"),
+         "--parts=ours_gpt3: unknown part(s) ours_gpt3; allowed: ours_gpt2", slow=True),
+    Case("device_check_lm", "no_peer", ("--peer_dir={row}/nowhere",), "holds no train.py"),
     # ---------------------------------------------------------------- train_diloco
+    Case("train_diloco", "dropout", ("--workdir={row}/w", "--dropout=0.1"),
+         "train_diloco's inner steps take no random key", slow=True),
     Case("train_diloco", "workers_3_on_8_devices", ("--workdir={row}/w", "--workers=3", "--batch_size=24"),
          "--workers=3 must divide the number of devices 8"),
     Case("train_diloco", "workers_3_batch_16", ("--workdir={row}/w", "--workers=3"),
@@ -92,6 +105,10 @@ CASES = [
          "--cpsat_time_limit=0", slow=True),
     # ---------------------------------------------------------------- eval_jssp (and the job-shop loader)
     Case("eval_jssp", "bad_solver", ("--solver=bogus", "--out={row}/r.json"), "--solver='bogus'", slow=True),
+    Case("eval_jssp", "bounds_nonexistent", ("--sizes=15x15", "--bounds={row}/nope.csv", "--out={row}/r.json"),
+         "/nope.csv' does not exist"),
+    Case("eval_jssp", "bounds_malformed", ("--sizes=15x15", "--bounds={row}/b.json", "--out={row}/r.json"),
+         "is not a bounds file", files={"b.json": "{oops"}, slow=True),
     Case("eval_jssp", "instances_nonexistent", ("--instances={row}/nonexistent", "--out={row}/r.json"),
          "nonexistent", slow=True),
     Case("eval_jssp", "duration_over_int32", ("--instances={row}/in", "--out={row}/r.json"),

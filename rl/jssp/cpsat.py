@@ -24,8 +24,10 @@ class CPResult:
 
 
 def solve(machines, durations, time_limit_s: float = 10.0, hint=None, workers: int = 1,
-          seed: int = 0) -> CPResult:
-    """Minimises the makespan with CP-SAT under ``time_limit_s``; ``hint`` [J, M] start times (optional)."""
+          seed: int = 0, upper_bound: int | None = None) -> CPResult:
+    """Minimises the makespan with CP-SAT under ``time_limit_s``; ``hint`` [J, M] start times (optional);
+    ``upper_bound``: the makespan must not exceed it (e.g. the hint's own: the search then only looks at
+    schedules at least as good, and CP-SAT's presolve prunes with it)."""
     if not time_limit_s > 0:
         raise ValueError(f"time_limit_s={time_limit_s!r} must be > 0")
     if not isinstance(workers, int) or workers < 1:
@@ -48,6 +50,8 @@ def solve(machines, durations, time_limit_s: float = 10.0, hint=None, workers: i
     cmax = model.NewIntVar(0, horizon, "makespan")
     for j in range(J):
         model.Add(cmax >= starts[j][M - 1] + int(durations[j, M - 1]))
+    if upper_bound is not None:
+        model.Add(cmax <= int(upper_bound))
     model.Minimize(cmax)
     if hint is not None:
         hint = np.asarray(hint)

@@ -36,14 +36,15 @@ from absl import logging
 from rl.jssp import agent, cpsat, instances, rules, validate
 from training import run as run_lib
 
-SOLVERS = rules.RULES + ("cpsat", "agent")
+SOLVERS = rules.RULES + ("cpsat", "agent", "agent_cpsat")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """One solver on a set of instances (``scripts/eval_jssp.py``).
 
-    solver: Which solver: spt, mwkr, mopnr, fdd_mwkr, cpsat or agent.
+    solver: Which solver: spt, mwkr, mopnr, fdd_mwkr, cpsat, agent or agent_cpsat (the agent's best schedule
+      as CP-SAT's hint and its makespan as CP-SAT's upper bound, both within time_limit in all).
     instances: 'taillard' (the shipped 80) or a directory of instance files.
     sizes: Only these size groups, e.g. 15x15,20x15 (empty: all).
     samples: Agent: 0 greedy, B > 0 sample B schedules and keep the best.
@@ -53,6 +54,8 @@ class EvalConfig:
     policy_dir: Agent: directory with policy.msgpack + policy.json.
     seed: Sampling seed.
     temperature: Agent sampling temperature (default: the policy's sampling_temperature, else 1).
+    bounds: Best-known bounds for the gaps: a JSON or CSV file of instance, upper_bound (lower_bound
+      optional); empty: the shipped Taillard bounds for instances=taillard, none otherwise.
     out: Write the per-instance records here (JSON list).
     """
     solver: str = "spt"
@@ -65,15 +68,16 @@ class EvalConfig:
     policy_dir: str = str(agent.TRAINED_DIR)
     seed: int = 0
     temperature: float | None = None
+    bounds: str = ""
     out: str = ""
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"solver={self.solver!r}; allowed: {', '.join(SOLVERS)}")
         run_lib.require_positive(self, "samples", "workers", allow_zero=("samples",))
-        if self.solver != "agent" and (self.samples or self.temperature is not None):
+        if not self.solver.startswith("agent") and (self.samples or self.temperature is not None):
             raise ValueError(f"samples={self.samples} / temperature={self.temperature} apply only to "
-                             "solver=agent")
+                             "solver=agent or agent_cpsat")
         run_lib.require_output_file("out", self.out)
 
 
@@ -96,9 +100,12 @@ def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits:
     """``run(instance) -> (makespan, start_times, wall_time_s)`` for ``solver`` (compilation excluded)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r}; allowed: {', '.join(SOLVERS)}")
+    if solver in ("cpsat", "agent_cpsat") and not time_limit > 0:
+        raise ValueError(f"time_limit={time_limit} must be > 0 seconds")
+    if solver == "agent_cpsat":
+        return hinted_cpsat_runner(make_runner("agent", samples, policy_dir=policy_dir, seed=seed,
+                                               temperature=temperature), time_limit, limits, workers, seed)
     if solver == "cpsat":
-        if not time_limit > 0:
-            raise ValueError(f"time_limit={time_limit} must be > 0 seconds")
 
         def run_cp(inst):
             limit = max(float(limits[inst.name]), 0.05) if limits is not None else time_limit
@@ -130,6 +137,22 @@ def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits:
         wall = time.perf_counter() - t0
         cmax, start = agent.best_of(states)
         return cmax, start, wall
+    return run
+
+
+def hinted_cpsat_runner(agent_run, time_limit: float, limits: dict | None, workers: int, seed: int):
+    """Agent + CP-SAT within one budget per instance (``time_limit``, or the instance's entry of ``limits``):
+    the agent's best schedule, then CP-SAT for the rest of the budget with that schedule as its hint and its
+    makespan as an upper bound, so the result is never worse than the agent's and the pair spends what CP-SAT
+    alone would (Tassel et al., ICAPS'23, Sec. 4, use the solver to refine the agent's solutions)."""
+    def run(inst):
+        budget = float(limits[inst.name]) if limits is not None else time_limit
+        agent_cmax, agent_start, agent_wall = agent_run(inst)
+        left = max(budget - agent_wall, 0.05)
+        t0 = time.perf_counter()
+        res = cpsat.solve(inst.machines, inst.durations, time_limit_s=left, hint=agent_start, workers=workers,
+                          seed=seed, upper_bound=agent_cmax)
+        return res.makespan, res.start_times, agent_wall + time.perf_counter() - t0
     return run
 
 
@@ -186,15 +209,16 @@ def run(cfg: EvalConfig) -> list[dict]:
     """Evaluates ``cfg.solver`` on ``cfg.instances``, prints the group table, writes ``cfg.out``; the records.
     Bad inputs raise a ValueError naming the setting before any work."""
     insts = load_instances(cfg.instances, cfg.sizes)
+    bounds = instances.read_bounds(cfg.bounds) if cfg.bounds else (
+        instances.load_bounds() if cfg.instances == "taillard" else {})
     limits = read_time_limits(cfg.time_limit_from, insts) if cfg.time_limit_from else None
     if cfg.out:
         pathlib.Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     runner = make_runner(cfg.solver, cfg.samples, cfg.time_limit, limits, cfg.workers, cfg.policy_dir, cfg.seed,
                          cfg.temperature)
-    bounds = instances.load_bounds() if cfg.instances == "taillard" else {}
     records = evaluate(insts, runner, cfg.solver, bounds)
     _, table = group_table(records)
-    label = cfg.solver + (f" (samples={cfg.samples})" if cfg.solver == "agent" else "")
+    label = cfg.solver + (f" (samples={cfg.samples})" if cfg.solver.startswith("agent") else "")
     print(f"{label} on {cfg.instances}\n{table}")
     if cfg.out:
         run_lib.write_json_atomic(pathlib.Path(cfg.out), records)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import pathlib
 import re
 
@@ -180,6 +181,46 @@ def load_bounds(path=TAILLARD_BOUNDS) -> dict[str, dict]:
         for row in csv.DictReader(f):
             out[row["instance"]] = {"lower_bound": int(row["lower_bound"]), "upper_bound": int(row["upper_bound"]),
                                     "status": row["status"]}
+    return out
+
+
+def read_bounds(path: str | pathlib.Path) -> dict[str, dict]:
+    """Best-known bounds from a user's file, in the shape of :func:`load_bounds`: CSV with a header naming
+    ``instance`` and ``upper_bound`` (``lower_bound`` optional), or JSON as ``{instance: upper_bound}``,
+    ``{instance: {"upper_bound": ..., "lower_bound": ...}}`` or a list of such objects with ``instance``.
+    ValueError naming the file and the first bad entry (``bounds=...``)."""
+    file = pathlib.Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"bounds={str(path)!r} does not exist")
+    text = file.read_text()
+    try:
+        if file.suffix.lower() == ".json":
+            data = json.loads(text)
+            if isinstance(data, list):
+                data = {row["instance"]: row for row in data}
+            entries = {name: v if isinstance(v, dict) else {"upper_bound": v} for name, v in data.items()}
+        else:
+            rows = list(csv.DictReader(text.splitlines()))
+            if not rows or "instance" not in rows[0] or "upper_bound" not in rows[0]:
+                raise ValueError("a CSV header with columns 'instance' and 'upper_bound' is required")
+            entries = {row["instance"]: row for row in rows}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, csv.Error) as e:
+        raise ValueError(f"bounds={str(path)!r} is not a bounds file (JSON or CSV of instance, upper_bound): "
+                         f"{e!r}") from None
+    except ValueError as e:
+        raise ValueError(f"bounds={str(path)!r}: {e}") from None
+    out = {}
+    for name, entry in entries.items():
+        try:
+            ub = int(entry["upper_bound"])
+            lb = int(entry["lower_bound"]) if entry.get("lower_bound") not in (None, "") else None
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"bounds={str(path)!r}: instance {name!r} has no integer upper_bound "
+                             f"(got {entry!r})") from None
+        if ub < 1 or (lb is not None and not 0 <= lb <= ub):
+            raise ValueError(f"bounds={str(path)!r}: instance {name!r} has upper_bound={ub}, lower_bound={lb}; "
+                             "need 0 <= lower_bound <= upper_bound and upper_bound >= 1")
+        out[str(name)] = {"lower_bound": lb, "upper_bound": ub, "status": entry.get("status", "")}
     return out
 
 
