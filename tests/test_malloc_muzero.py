@@ -175,6 +175,8 @@ def test_shipped_network_loads_and_is_small():
     assert sum(x.size for x in jax.tree.leaves(params)) > 0 and model.cfg.width == info["net_config"]["width"]
 
 
+@pytest.mark.slow  # about 100 s (the export's q_scale selection); the shared checkpointed loop's resume is
+# tested by default through train_lm, train_diloco and train_jssp
 def test_train_malloc_tiny_run_resumes_bit_for_bit(tmp_path):
     from rl.malloc import train as train_malloc
     from training import config as config_lib
@@ -182,7 +184,7 @@ def test_train_malloc_tiny_run_resumes_bit_for_bit(tmp_path):
     cfg = config_lib.from_flat(train_malloc.TrainMallocConfig, dict(
         workdir=str(tmp_path / "a"), steps=3, max_buffers=N, batch=4, num_simulations=2, max_considered=2,
         unroll=2, replay_episodes=8, train_batch=8, updates_per_iter=1, width=16, num_heads=2, mlp_dim=32,
-        repr_layers=1, eval_every=0, log_every=1, checkpoint_every=1, checkpoint_mode="sync"))
+        repr_layers=1, eval_every=0, eval_simulations=2, log_every=1, checkpoint_every=1, checkpoint_mode="sync"))
     full = train_malloc.train(cfg)
     assert full["step"] == 3 and (tmp_path / "a" / "curves.png").is_file()
     first = (tmp_path / "a" / "metrics.jsonl").read_text()

@@ -47,6 +47,7 @@ def test_old_flag_spellings_still_build_the_same_config():
     assert from_flat(train_lm.TrainLMConfig, {}).moe is None  # dense by default
 
 
+@pytest.mark.slow  # about 13 s; tests/test_bad_input.py's train_lm rows cover these cases by default
 def test_cli_bad_flag_is_one_line_before_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

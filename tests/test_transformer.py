@@ -69,7 +69,7 @@ def np_forward(params, tokens, cfg):
     return np.stack(out)
 
 
-@pytest.mark.parametrize("scheme", ["gpt2", "v1"])
+@pytest.mark.parametrize("scheme", ["gpt2", pytest.param("v1", marks=pytest.mark.slow)])
 def test_forward_matches_numpy_reference(scheme):
     cfg = dataclasses.replace(TINY, init=scheme)
     model, params = init(cfg)
