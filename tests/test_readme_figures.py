@@ -431,7 +431,9 @@ def test_jssp_table(tables):
                ("FDD/MWKR", ["jssp_eval_fdd_mwkr.json"]), ("agent, greedy", ["jssp_eval_agent_greedy.json"]),
                ("temperature 1", ["jssp_eval_agent_s128_t1.json"]),
                ("temperature 0.5", ["jssp_eval_agent_s128.json", "jssp_eval_agent_s128_large.json"]),
-               ("CP-SAT at the agent's wall time", ["jssp_eval_cpsat_agent_time.json"])]
+               ("CP-SAT at the agent's wall time", ["jssp_eval_cpsat_agent_time.json"]),
+               ("CP-SAT alone, 60 s", ["jssp_eval_cpsat60.json"]),
+               ("agent greedy + CP-SAT", ["jssp_eval_agent_cpsat60.json"])]
     for fragment, files in sources:
         means = {k: v for name in files for k, v in jssp_means(name).items()}
         exact = [r for r in table.rows if r[0] == fragment]  # "MWKR" is also in "FDD/MWKR"
