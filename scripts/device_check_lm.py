@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import time
 
 from absl import app, flags
@@ -39,7 +40,7 @@ TINY = ["--num_layers=1", "--num_heads=2", "--d_model=64", "--mlp_dim=128", "--s
 
 
 def parts(peer: str, work: pathlib.Path, smoke: bool = False) -> list[dict]:
-    py = dev.python()
+    py = sys.executable
     short = lambda steps, ev, eb, log: (4, 4, 1, 2) if smoke else (steps, ev, eb, log)  # noqa: E731
 
     def ours(name, shape, mlp, steps, ev, eb, log, limit, **extra):

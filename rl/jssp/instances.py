@@ -175,13 +175,8 @@ def load_taillard(sizes: tuple[str, ...] | None = None) -> list[Instance]:
 
 
 def load_bounds(path=TAILLARD_BOUNDS) -> dict[str, dict]:
-    """``{instance: {"lower_bound", "upper_bound", "status"}}`` from the shipped CSV."""
-    out = {}
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            out[row["instance"]] = {"lower_bound": int(row["lower_bound"]), "upper_bound": int(row["upper_bound"]),
-                                    "status": row["status"]}
-    return out
+    """``{instance: {"lower_bound", "upper_bound", "status"}}`` from the shipped CSV (:func:`read_bounds`)."""
+    return read_bounds(path)
 
 
 def read_bounds(path: str | pathlib.Path) -> dict[str, dict]:

@@ -14,7 +14,6 @@ import pathlib
 import re
 import statistics
 import subprocess
-import sys
 import time
 
 from training import throughput as throughput_lib
@@ -104,6 +103,3 @@ def run_part(name: str, command: list[str], cwd: str | None, timeout_s: float, l
     print(f"   {name}: exit {code}, {wall:.1f} s", flush=True)
     return output, wall, code
 
-
-def python() -> str:
-    return sys.executable
