@@ -6,7 +6,7 @@ files, settings that contradict each other or the 8 host devices). Each row runs
 (its working directory, its input files, and the workdirs/outputs it names, which do not exist yet); the
 directory's tree is compared before and after, and the checkout's default output folders must not change.
 The rows run as subprocesses, three at a time (each costs about 3 s of CPU, mostly importing JAX): the
-default run takes a representative third (28 rows, about 75 s of CPU: about 40 s wall on 2 idle cores),
+default run takes a representative third (30 rows, about 75 s of CPU: about 40 s wall on 2 idle cores),
 the rest is marked ``slow``. The loaders' own checks (job-shop text files and mallocGame JSON,
 rl/jssp/instances.py and rl/malloc/instance.py) are tested directly at the end.
 """
@@ -103,6 +103,18 @@ CASES = [
     Case("train_jssp", "steps_zero", ("--workdir={row}/w", "--steps=0"), "--steps=0", slow=True),
     Case("train_jssp", "cpsat_time_limit_zero", ("--workdir={row}/w", "--cpsat_time_limit=0"),
          "--cpsat_time_limit=0", slow=True),
+    Case("train_jssp", "bad_algorithm", ("--workdir={row}/w", "--algorithm=a2c"), "--algorithm='a2c'", slow=True),
+    Case("train_jssp", "init_from_other_network", ("--workdir={row}/w", "--init_from={row}/p"),
+         "its network differs: --d_model=8 (this run: 32)",
+         files={"p/policy.json": '{"policy_config": {"window": 4, "d_model": 8, "num_heads": 4, "op_layers": 1, '
+                                 '"job_layers": 2, "mlp_dim": 64, "noop_bias_init": -3.0}}', "p/policy.msgpack": b""}),
+    Case("train_jssp", "bad_distributions", ("--workdir={row}/w", "--distributions=taillard,dmu"),
+         "--distributions='taillard,dmu': need distinct names from taillard", slow=True),
+    # ---------------------------------------------------------------- make_jssp_instances
+    Case("make_jssp_instances", "out_dir_missing", ("--count=2",), "--out_dir='' is required"),
+    Case("make_jssp_instances", "bad_families", ("--out_dir={row}/o", "--families=ring"), "--families='ring'",
+         slow=True),
+    Case("make_jssp_instances", "count_zero", ("--out_dir={row}/o", "--count=0"), "--count=0", slow=True),
     # ---------------------------------------------------------------- eval_jssp (and the job-shop loader)
     Case("eval_jssp", "bad_solver", ("--solver=bogus", "--out={row}/r.json"), "--solver='bogus'", slow=True),
     Case("eval_jssp", "bounds_nonexistent", ("--sizes=15x15", "--bounds={row}/nope.csv", "--out={row}/r.json"),

@@ -447,3 +447,29 @@ def test_jssp_table(tables):
     row = table.row("L2D greedy")
     for size, cell in zip(sizes, row[1:], strict=True):
         check(cell, [f(published[size], 1)], f"JSSP L2D {size}")
+
+
+FAMILIES = ["taillard", "wide", "short", "two_sets", "flow"]
+
+
+def test_jssp_families_table(tables):
+    """results/jssp_families_eval_*.json on the generated test set results/jssp_families/ (10 instances of each
+    family): mean gap per family and over all 50, and on how many of each family's 10 the solver beats FDD/MWKR
+    (strictly smaller makespan)."""
+    table = section(tables, "Job-shop scheduling")[1]
+    assert table.header[1:] == FAMILIES + ["all"], table.header
+    rule = {r["instance"]: r["makespan"] for r in load("jssp_families_eval_fdd_mwkr.json")}
+    for fragment, name in (("FDD/MWKR", "fdd_mwkr"), ("PPO + CP-SAT imitation", "agent_ppo")):
+        records = load(f"jssp_families_eval_{name}.json")
+        by_family = collections.defaultdict(list)
+        for r in records:
+            by_family[r["instance"].rsplit("_", 2)[0]].append(r)
+        assert sorted(by_family) == sorted(FAMILIES) and all(len(v) == 10 for v in by_family.values())
+        row = table.row(fragment)
+        for family, cell in zip(FAMILIES, row[1:]):
+            rs = by_family[family]
+            expected = [f(np.mean([r["gap"] for r in rs]), 2)]
+            if name != "fdd_mwkr":
+                expected.append(str(sum(r["makespan"] < rule[r["instance"]] for r in rs)))
+            check(cell, expected, f"JSSP families {fragment} {family}")
+        check(row[-1], [f(np.mean([r["gap"] for r in records]), 2)], f"JSSP families {fragment} all")

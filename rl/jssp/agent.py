@@ -48,17 +48,17 @@ class PPOConfig:
 
     num_jobs: Jobs of the random training instances.
     num_machines: Machines of the random training instances.
-    batch: Instances (environments) per iteration.
-    rollout_factor: Rollout length in units of J*M steps (No-Ops included).
-    epochs: PPO epochs per iteration.
-    minibatches: PPO minibatches per epoch.
+    batch: Instances (environments) per iteration (self-labelling too).
+    rollout_factor: Rollout length in units of J*M steps, No-Ops included (self-labelling's sampling horizon too).
+    epochs: PPO (or self-labelling) epochs per iteration.
+    minibatches: PPO (or self-labelling) minibatches per epoch.
     gamma: Discount factor.
     gae_lambda: GAE lambda.
     clip_eps: PPO clipping range of the probability ratio.
     vf_coef: Weight of the value loss.
     ent_coef: Entropy bonus.
     bc_coef: Weight of the CP-SAT demonstration cross-entropy.
-    lr: Adam learning rate.
+    lr: Adam learning rate (self-labelling too).
     lr_decay_steps: Cosine-decay the learning rate over this many iterations (0: constant).
     lr_end_frac: Final learning rate as a fraction of lr (with a decay).
     max_grad_norm: Global gradient-norm clip.
@@ -238,7 +238,7 @@ def replay_observations(problems: env.Problem, actions: jax.Array, window: int) 
 def normalise_rewards(problems: env.Problem, rewards: jax.Array) -> jax.Array:
     """Rewards [T, B] (lower-bound decrease / largest duration) rescaled by largest duration / LB_0, so
     that an episode's return is ``(LB_0 - C_max) / LB_0``, independent of the instance's size."""
-    lb0 = jax.vmap(lambda p: env.lower_bound(p, env.reset(p)))(problems).astype(jnp.float32)
+    lb0 = env.batch_initial_lower_bound(problems).astype(jnp.float32)
     scale = jnp.max(problems.durations, (1, 2)).astype(jnp.float32)
     return rewards * scale / jnp.maximum(lb0, 1.0)
 
@@ -264,7 +264,8 @@ def make_loss_fn(model: JobShopPolicy, cfg: PPOConfig):
     return loss_fn
 
 
-def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformation, cfg: PPOConfig):
+def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformation, cfg: PPOConfig,
+                    distribution: instances.Distribution = instances.DISTRIBUTIONS["taillard"]):
     W = model.cfg.window
     T, B = cfg.rollout_len, cfg.batch
 
@@ -300,7 +301,7 @@ def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformatio
 
     def train_step(state: TrainState, demos: dict):
         rng, k_inst, k_roll, k_perm = jax.random.split(state.rng, 4)
-        machines, durations = instances.random_batch_jax(k_inst, B, cfg.num_jobs, cfg.num_machines)
+        machines, durations = instances.generate_batch_jax(k_inst, B, cfg.num_jobs, cfg.num_machines, distribution)
         problems = env.Problem(machines, durations)
         final, traj, last_value = rollout(state.params, problems, k_roll)
         if cfg.normalise_reward:

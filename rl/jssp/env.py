@@ -103,6 +103,11 @@ def lower_bound(problem: Problem, state: State) -> jax.Array:
     return jnp.max(est[:, -1] + problem.durations[:, -1])
 
 
+def initial_lower_bound(problem: Problem) -> jax.Array:
+    """LB_0: the lower bound of the empty schedule (propagation alone: the longest job)."""
+    return lower_bound(problem, reset(problem))
+
+
 def makespan(problem: Problem, state: State) -> jax.Array:
     return jnp.max(state.job_ready)
 
@@ -185,6 +190,7 @@ batch_step = jax.vmap(step)
 batch_legal_mask = jax.vmap(legal_mask)
 batch_is_done = jax.vmap(is_done)
 batch_makespan = jax.vmap(makespan)
+batch_initial_lower_bound = jax.vmap(initial_lower_bound)
 
 
 def batch_observe(problems: Problem, states: State, window: int) -> dict:

@@ -23,6 +23,7 @@ the smallest wins (ties: the earlier candidate), and it is stored in the policy'
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
 import json
 import pathlib
@@ -286,3 +287,64 @@ def tune(cfg: TuneConfig, candidates=agent.SAMPLING_TEMPERATURES) -> dict:
     out = info["sampling_temperature_tuning"] | {"sampling_temperature": choice}
     logging.info("%s", json.dumps(out))
     return out
+
+
+# ----------------------------------------------------------------------------- generated test sets
+@dataclasses.dataclass(frozen=True)
+class MakeSetConfig:
+    """A test set of generated instances with CP-SAT bounds (``scripts/make_jssp_instances.py``).
+
+    out_dir: Directory that receives one instance file per instance (<family>_<size>_<i>.txt) and bounds.csv.
+    families: Instance families (rl.jssp.instances.DISTRIBUTIONS), comma-separated.
+    sizes: Sizes JOBSxMACHINES, comma-separated.
+    count: Instances per family and size.
+    seed: Seed of the set (the training run's validation sets use their own keys).
+    bound_time_limit: CP-SAT seconds per instance for bounds.csv (upper_bound: its best schedule,
+      lower_bound: its proven bound).
+    workers: CP-SAT search workers.
+    """
+    out_dir: str = ""
+    families: str = ",".join(instances.DISTRIBUTIONS)
+    sizes: str = "20x15"
+    count: int = 10
+    seed: int = 2026
+    bound_time_limit: float = 10.0
+    workers: int = 1
+
+    def __post_init__(self):
+        instances.parse_distributions(self.families, "families")
+        [parse_size(s) for s in self.sizes.split(",")]
+        run_lib.require_positive(self, "count", "workers")
+        if not self.bound_time_limit > 0:
+            raise ValueError(f"bound_time_limit={self.bound_time_limit} must be > 0 seconds")
+
+
+def make_set(cfg: MakeSetConfig) -> list[dict]:
+    """Writes the set's instance files and bounds.csv (rows: instance, family, upper_bound, lower_bound,
+    status); returns the rows. Evaluate any solver on it with ``eval_jssp --instances=DIR
+    --bounds=DIR/bounds.csv``."""
+    if not cfg.out_dir:
+        raise ValueError("out_dir='' is required (the directory that receives the instances and bounds.csv)")
+    out = pathlib.Path(cfg.out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for f, dist in enumerate(instances.parse_distributions(cfg.families, "families")):
+        for size in cfg.sizes.split(","):
+            J, M = parse_size(size)
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(cfg.seed), f), J * 100_003 + M)
+            machines, durations = map(np.asarray, instances.generate_batch_jax(key, cfg.count, J, M, dist))
+            for i in range(cfg.count):
+                inst = instances.Instance(f"{dist.name}_{size}_{i:02d}", machines[i], durations[i])
+                (out / f"{inst.name}.txt").write_text(instances.format_instance(inst))
+                res = cpsat.solve(inst.machines, inst.durations, time_limit_s=cfg.bound_time_limit,
+                                  workers=cfg.workers, seed=cfg.seed)
+                rows.append({"instance": inst.name, "family": dist.name, "upper_bound": res.makespan,
+                             "lower_bound": res.lower_bound, "status": res.status})
+                logging.info("%s: CP-SAT %d (bound %d, %s)", inst.name, res.makespan, res.lower_bound, res.status)
+    tmp = out / "bounds.csv.tmp"
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out / "bounds.csv")
+    return rows

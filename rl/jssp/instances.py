@@ -230,11 +230,68 @@ def random_instance(rng: np.random.Generator, num_jobs: int, num_machines: int, 
     return Instance(name=name, machines=machines, durations=durations)
 
 
+def simple_lower_bound(machines: np.ndarray, durations: np.ndarray) -> int:
+    """max(longest job, most loaded machine): a makespan lower bound of any schedule of the instance."""
+    machines, durations = np.asarray(machines), np.asarray(durations, np.int64)
+    load = np.bincount(machines.reshape(-1), weights=durations.reshape(-1), minlength=machines.shape[1])
+    return int(max(durations.sum(1).max(), load.max()))
+
+
 def random_batch_jax(key: jax.Array, batch: int, num_jobs: int, num_machines: int, low: int = 1,
                      high: int = MAX_DURATION) -> tuple[jax.Array, jax.Array]:
     """The same distribution as :func:`random_instance`, in JAX: ``(machines, durations)`` [batch, J, M]."""
+    return generate_batch_jax(key, batch, num_jobs, num_machines, Distribution("uniform", low, high, "random"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """A random instance family: durations uniform in ``[low, high]`` and a routing (each job's machine order).
+
+    Routings: ``random`` (a uniform random permutation per job: Taillard 1993), ``two_sets`` (every job visits
+    the first half of the machines, in random order, before the second half: the "two sets" families of Storer,
+    Wu & Vaccari 1992 and Demirkol, Mehta & Uzsoy 1998, DMU41-80), ``flow`` (one random machine order shared by
+    all jobs: a permutation flow shop written as a job shop).
+    """
+    name: str
+    low: int
+    high: int
+    routing: str
+
+    def __post_init__(self):
+        if self.routing not in ROUTINGS or not 1 <= self.low <= self.high:
+            raise ValueError(f"distribution {self.name!r}: routing={self.routing!r} (allowed: {', '.join(ROUTINGS)}), "
+                             f"need 1 <= low={self.low} <= high={self.high}")
+
+
+ROUTINGS = ("random", "two_sets", "flow")
+# Validation families for model selection (Taillard's own family first; Taillard's instances stay a test set).
+DISTRIBUTIONS = {d.name: d for d in (
+    Distribution("taillard", 1, MAX_DURATION, "random"),     # Taillard 1993: U[1, 99], random routing
+    Distribution("wide", 1, 200, "random"),                  # DMU1-40's duration range U[1, 200]
+    Distribution("short", 1, 10, "random"),                  # few distinct durations, many ties
+    Distribution("two_sets", 1, 200, "two_sets"),            # DMU41-80: first half of the machines, then the second
+    Distribution("flow", 1, MAX_DURATION, "flow"),           # one machine order for every job
+)}
+
+
+def parse_distributions(spec: str, what: str = "distributions") -> tuple[Distribution, ...]:
+    """``"taillard,two_sets"`` -> the named :data:`DISTRIBUTIONS` (ValueError naming an unknown one)."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in DISTRIBUTIONS]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"{what}={spec!r}: need distinct names from {', '.join(DISTRIBUTIONS)}")
+    return tuple(DISTRIBUTIONS[n] for n in names)
+
+
+def generate_batch_jax(key: jax.Array, batch: int, num_jobs: int, num_machines: int,
+                       distribution: Distribution) -> tuple[jax.Array, jax.Array]:
+    """``(machines, durations)`` [batch, J, M] drawn from ``distribution`` (jit-able; the routing is static)."""
     k1, k2 = jax.random.split(key)
-    durations = jax.random.randint(k1, (batch, num_jobs, num_machines), low, high + 1, jnp.int32)
-    noise = jax.random.uniform(k2, (batch, num_jobs, num_machines))
-    machines = jnp.argsort(noise, axis=-1).astype(jnp.int32)  # a uniform random permutation per job
-    return machines, durations
+    durations = jax.random.randint(k1, (batch, num_jobs, num_machines), distribution.low, distribution.high + 1,
+                                   jnp.int32)
+    rows = 1 if distribution.routing == "flow" else num_jobs
+    noise = jax.random.uniform(k2, (batch, rows, num_machines))
+    if distribution.routing == "two_sets":  # the second half's keys all sort after the first half's
+        noise = noise + (jnp.arange(num_machines) >= num_machines // 2)
+    machines = jnp.argsort(noise, axis=-1).astype(jnp.int32)  # a uniform random permutation per row
+    return jnp.broadcast_to(machines, durations.shape), durations

@@ -1,16 +1,25 @@
-r"""Training the job-shop dispatching policy (:mod:`rl.jssp.agent`, :mod:`models.jssp_policy`) with PPO and
-CP-SAT-improved demonstrations on random Taillard-like instances: ``train(TrainJSSPConfig(...)) -> summary``.
+r"""Training the job-shop dispatching policy (:mod:`rl.jssp.agent`, :mod:`models.jssp_policy`) on random
+instances, with PPO and CP-SAT-improved demonstrations (``algorithm=ppo``, Tassel et al. ICAPS'23) or by
+self-labelling (``algorithm=self_label``, :mod:`rl.jssp.self_label`, Corsini et al. ICML'24), optionally
+starting from an exported policy (``init_from``): ``train(TrainJSSPConfig(...)) -> summary``.
 
-Each step is one PPO iteration (``batch`` fresh instances of ``num_jobs`` x ``num_machines``, or of the size
+Instances come from the families in ``distributions`` (one per step, in turn; see
+``rl.jssp.instances.DISTRIBUTIONS``). Every ``eval_every`` steps the greedy policy is validated on fixed
+instances of every family in ``val_distributions`` (:func:`validation_set`): its mean gap to a simple lower
+bound, per family and overall, and its gap to the FDD/MWKR rule. The overall gap selects the model: the
+parameters of the best validation so far are kept (checkpointed with the run) and are the ones exported.
+Taillard's instances are never seen in training or selection.
+
+A PPO step is one PPO iteration (``batch`` fresh instances of ``num_jobs`` x ``num_machines``, or of the size
 ``curriculum`` gives that step, one rollout, ``epochs`` x ``minibatches`` updates). Every ``cpsat_every``
 steps of a size (every step during the first ``bc_boost_steps``) the greedy agent schedules
 ``cpsat_instances`` new instances of that size, CP-SAT (``cpsat_time_limit`` s, hinted with the agent's
 schedule) improves them, and a behaviour-cloning term on the improved schedules joins the loss, with weight
 ``bc_coef`` times a boost that decays from ``bc_boost`` to 1 over the first ``bc_boost_steps``
 (:func:`refreshes_demos`). The learning rate decays (cosine) to ``lr_end_frac`` of ``lr`` at ``steps`` when
-``lr_decay``. Every ``eval_every`` steps the greedy policy is evaluated on fixed validation instances
-(:func:`validation_set`) against SPT. On export, the greedy No-Op threshold (``agent.greedy_action``) of
-the best validation makespan is stored in policy.json. The shipped policy's exact command is in
+``lr_decay``. A self-labelling step samples ``beta`` schedules of each of ``batch`` new instances and imitates
+each instance's best (:func:`rl.jssp.self_label.make_self_label_step`). On export, the greedy No-Op threshold
+(``agent.greedy_action``) of the best validation makespan is stored in policy.json. The shipped policy's exact command is in
 rl/jssp/trained/policy.json.
 
 Writes config.json, metrics.jsonl, curves.png, summary.json, Orbax checkpoints (the training state and the
@@ -20,6 +29,9 @@ final policy as policy.msgpack + policy.json.
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +41,12 @@ from absl import logging
 from models.jssp_policy import PolicyConfig
 from parallel import checkpoint as ckpt_lib
 from rl.jssp import agent, instances, rules
+from rl.jssp import self_label as self_label_lib
 from training import run as run_lib
 from training import config as config_lib
 from training.config import group
+
+ALGORITHMS = ("ppo", "self_label")
 
 # Settings that may change on resumption (besides RunConfig's); ``steps`` only without ``lr_decay``.
 RESUME_IGNORE = ("log_every", "export_dir", "steps")
@@ -43,8 +58,14 @@ class TrainJSSPConfig(run_lib.RunConfig):
     size curriculum and periodic validation. ``num_jobs`` x ``num_machines`` is the training size without
     a ``curriculum``; ``lr_decay_steps`` follows from ``lr_decay`` and ``steps``.
 
-    export_dir: Write the final policy here (policy.msgpack + policy.json).
-    steps: PPO iterations.
+    export_dir: Write the selected policy here (policy.msgpack + policy.json): the best validation's parameters.
+    algorithm: ppo (PPO + CP-SAT demonstrations, Tassel et al.) or self_label (imitate the best of beta own
+      samples, Corsini et al.).
+    init_from: Start from this exported policy's parameters (a policy directory; same network shape).
+    distributions: Training instance families, one per step in turn (rl.jssp.instances.DISTRIBUTIONS).
+    val_distributions: Validation families (eval_instances each, of the last curriculum size); model
+      selection uses their mean greedy gap to a simple lower bound.
+    steps: Training iterations.
     cpsat_every: Refresh the CP-SAT demonstrations every N steps.
     cpsat_time_limit: CP-SAT seconds per demonstration.
     bc_boost: Initial multiplier of bc_coef, decaying to 1 over bc_boost_steps.
@@ -58,6 +79,10 @@ class TrainJSSPConfig(run_lib.RunConfig):
     """
     checkpoint_every: int = 50
     export_dir: str = ""
+    algorithm: str = "ppo"
+    init_from: str = ""
+    distributions: str = "taillard"
+    val_distributions: str = ",".join(instances.DISTRIBUTIONS)
     steps: int = 300
     curriculum: str = ""
     lr_decay: bool = False
@@ -66,6 +91,7 @@ class TrainJSSPConfig(run_lib.RunConfig):
     cpsat_time_limit: float = 0.5
     bc_boost: float = 1.0
     bc_boost_steps: int = 0
+    self_label: self_label_lib.SelfLabelConfig = group(self_label_lib.SelfLabelConfig)
     policy: PolicyConfig = group(PolicyConfig)
     eval_every: int = 25
     eval_instances: int = 8
@@ -79,6 +105,12 @@ class TrainJSSPConfig(run_lib.RunConfig):
         if not self.bc_boost >= 1:
             raise ValueError(f"bc_boost={self.bc_boost} must be >= 1 (a multiplier of bc_coef)")
         run_lib.require_positive(self, "bc_boost_steps", allow_zero=("bc_boost_steps",))
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+        instances.parse_distributions(self.distributions, "distributions")
+        instances.parse_distributions(self.val_distributions, "val_distributions")
+        if self.init_from:
+            check_init_from(self.init_from, self.policy)
         # The learning-rate decay length follows from lr_decay and steps (not a setting of its own).
         object.__setattr__(self, "ppo", dataclasses.replace(self.ppo, lr_decay_steps=self.steps if self.lr_decay
                                                             else 0))
@@ -94,6 +126,24 @@ class TrainJSSPConfig(run_lib.RunConfig):
         return dataclasses.replace(self.ppo, num_jobs=J, num_machines=M)
 
 
+def check_init_from(directory: str, policy: PolicyConfig) -> None:
+    """ValueError unless ``directory`` holds an exported policy whose network shape is ``policy``."""
+    meta = pathlib.Path(directory).expanduser() / "policy.json"
+    if not meta.is_file() or not (meta.parent / "policy.msgpack").is_file():
+        raise ValueError(f"init_from={directory!r} is not a policy directory (policy.json + policy.msgpack)")
+    theirs = json.loads(meta.read_text()).get("policy_config", {})
+    ours = dataclasses.asdict(policy)
+    differ = [f"{k}={theirs.get(k)!r} (this run: {ours[k]!r})" for k in ours if theirs.get(k) != ours[k]]
+    if differ:
+        raise ValueError(f"init_from={directory!r}: its network differs: {', '.join(differ)}")
+
+
+def step_plan(step: int, cfg: TrainJSSPConfig) -> tuple[tuple[int, int], str]:
+    """(size, family) of iteration ``step`` (1-based): the curriculum's size, the families in turn."""
+    families = [d.name for d in instances.parse_distributions(cfg.distributions)]
+    return agent.curriculum_size(step, cfg.stages()), families[(step - 1) % len(families)]
+
+
 def size_key(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
@@ -102,7 +152,7 @@ def refreshes_demos(step: int, cfg: TrainJSSPConfig) -> bool:
     """Whether iteration ``step`` (1-based) first replaces its size's CP-SAT demonstrations: on the size's
     first iteration, then every ``cpsat_every`` iterations of that size, and on every iteration of the
     boost phase (more demonstrations early, when imitation helps most)."""
-    if not cfg.ppo.cpsat_instances:
+    if not cfg.ppo.cpsat_instances or cfg.algorithm != "ppo":
         return False
     stages = cfg.stages()
     size = agent.curriculum_size(step, stages)
@@ -112,15 +162,63 @@ def refreshes_demos(step: int, cfg: TrainJSSPConfig) -> bool:
     return uses % cfg.cpsat_every == 0
 
 
-def validation_set(cfg: TrainJSSPConfig):
-    """Fixed validation instances of the largest (last) curriculum size: (machines, durations, SPT makespans)."""
-    rng = np.random.default_rng([cfg.seed, 12345])
+class Validation(NamedTuple):
+    """Fixed validation instances, stacked over every family ([F * N, J, M]), with per-instance references."""
+    families: tuple[str, ...]
+    machines: jax.Array
+    durations: jax.Array
+    lower_bound: np.ndarray  # instances.simple_lower_bound
+    fdd_mwkr: np.ndarray  # the FDD/MWKR rule's makespan
+
+    def report(self, cmax: np.ndarray) -> dict:
+        """Greedy makespans -> ``val_gap_lb_pct`` (the selection metric: mean over families of the mean gap
+        to the lower bound), per family ``val_gap_lb_pct/<family>`` and ``val_vs_fdd_mwkr_pct/<family>``,
+        and ``val_makespan`` (mean over all instances)."""
+        gap = (cmax / self.lower_bound - 1).reshape(len(self.families), -1).mean(1)
+        vs_rule = (cmax / self.fdd_mwkr - 1).reshape(len(self.families), -1).mean(1)
+        out = {"val_makespan": float(cmax.mean()), "val_gap_lb_pct": float(100 * gap.mean()),
+               "val_vs_fdd_mwkr_pct": float(100 * vs_rule.mean())}
+        for name, g, r in zip(self.families, gap, vs_rule):
+            out[f"val_gap_lb_pct/{name}"] = float(100 * g)
+            out[f"val_vs_fdd_mwkr_pct/{name}"] = float(100 * r)
+        return out
+
+
+def validation_set(cfg: TrainJSSPConfig) -> Validation:
+    """``eval_instances`` fixed instances of the largest (last) curriculum size from each of
+    ``val_distributions`` (their own seeds, apart from training's), with lower bounds and FDD/MWKR makespans."""
     J, M = cfg.stages()[-1][:2]
-    insts = [instances.random_instance(rng, J, M) for _ in range(cfg.eval_instances)]
-    machines = jnp.asarray(np.stack([i.machines for i in insts]))
-    durations = jnp.asarray(np.stack([i.durations for i in insts]))
-    spt = np.asarray(rules.solve_batch(machines, durations, "spt").job_ready).max(-1)
-    return machines, durations, spt
+    families = instances.parse_distributions(cfg.val_distributions, "val_distributions")
+    batches = [instances.generate_batch_jax(jax.random.PRNGKey(10_007 * (cfg.seed + 1) + i), cfg.eval_instances, J,
+                                            M, dist) for i, dist in enumerate(instances.DISTRIBUTIONS.values())
+               if dist in families]
+    machines = jnp.concatenate([m for m, _ in batches])
+    durations = jnp.concatenate([d for _, d in batches])
+    lb = np.array([instances.simple_lower_bound(m, d) for m, d in zip(np.asarray(machines), np.asarray(durations))],
+                  np.float64)
+    rule = np.asarray(rules.solve_batch(machines, durations, "fdd_mwkr").job_ready).max(-1).astype(np.float64)
+    order = [d.name for d in instances.DISTRIBUTIONS.values() if d in families]
+    return Validation(tuple(order), machines, durations, lb, rule)
+
+
+def keep_best(best: dict, params, report: dict, step: int) -> dict:
+    """Model selection: ``best`` (``params``, ``val_gap_lb_pct``, ``step``) replaced by a copy of ``params``
+    when ``report``'s validation gap is strictly smaller (ties keep the earlier step)."""
+    if not report["val_gap_lb_pct"] < float(best["val_gap_lb_pct"]):
+        return best
+    return {"params": jax.tree.map(jnp.copy, params), "val_gap_lb_pct": jnp.asarray(report["val_gap_lb_pct"],
+                                                                                     jnp.float32),
+            "step": jnp.asarray(step, jnp.int32)}
+
+
+def initial_state(cfg: TrainJSSPConfig, model, optimizer) -> run_lib.TrainState:
+    """The fresh training state; with ``init_from``, that policy's parameters and a fresh optimiser."""
+    state = agent.init_state(model, optimizer, cfg.seed)
+    if not cfg.init_from:
+        return state
+    _, params, _ = agent.load_policy(pathlib.Path(cfg.init_from).expanduser())
+    params = jax.tree.map(jnp.asarray, params)
+    return state.replace(params=params, opt_state=optimizer.init(params))
 
 
 def train(cfg: TrainJSSPConfig) -> dict:
@@ -131,75 +229,103 @@ def train(cfg: TrainJSSPConfig) -> dict:
     ppos = {size_key(z): cfg.ppo_config(z) for z in sizes}
     model = agent.make_model(pcfg)
     optimizer = agent.make_optimizer(ppos[size_key(sizes[0])])
-    state = {"train": agent.init_state(model, optimizer, cfg.seed),
-             "demos": {k: jax.tree.map(jnp.asarray, agent.empty_demos(p)) for k, p in ppos.items()}}
+    first = initial_state(cfg, model, optimizer)
+    state = {"train": first,
+             "demos": {k: jax.tree.map(jnp.asarray, agent.empty_demos(p)) for k, p in ppos.items()},
+             "best": {"params": jax.tree.map(jnp.copy, first.params), "val_gap_lb_pct": jnp.asarray(np.inf, jnp.float32),
+                      "step": jnp.asarray(0, jnp.int32)}}
     run = run_lib.open_run(cfg, workdir, ckpt_lib.abstract_like(state),
                            resume_ignore=tuple(k for k in RESUME_IGNORE if not (cfg.lr_decay and k == "steps")))
     if run.restored is not None:
         state = run.restored.state
     start_step = run.start_step
 
-    train_steps = {}  # one compiled step per size, built when the size first trains
+    train_steps = {}  # one compiled step per (size, family), built when it first trains
 
-    def train_step_for(key):
-        if key not in train_steps:
-            step_fn = agent.make_train_step(model, optimizer, ppos[key])
-            train_steps[key] = ckpt_lib.DonationSafeStep(
-                lambda s, fn=step_fn: _full_step(s, fn, key), run.checkpointer, (ckpt_lib.abstract_like(state),))
-        return train_steps[key]
+    def train_step_for(key, family):
+        if (key, family) not in train_steps:
+            dist = instances.DISTRIBUTIONS[family]
+            if cfg.algorithm == "self_label":
+                fn = self_label_lib.make_self_label_step(model, optimizer, ppos[key], cfg.self_label, dist)
+                full = lambda s, fn=fn: _self_label_step(s, fn)  # noqa: E731
+            else:
+                fn = agent.make_train_step(model, optimizer, ppos[key], dist)
+                full = lambda s, fn=fn: _full_step(s, fn, key)  # noqa: E731
+            train_steps[key, family] = ckpt_lib.DonationSafeStep(full, run.checkpointer,
+                                                                 (ckpt_lib.abstract_like(state),))
+        return train_steps[key, family]
 
     solver = agent.make_solver(model)
-    greedy = agent.make_batch_greedy(model)
-    val_m, val_d, val_spt = validation_set(cfg)
+    greedy = {c: agent.make_batch_greedy(model, c) for c in agent.NOOP_THRESHOLDS}
+    val = validation_set(cfg)
+    logging.info("validation: %d instances of %s; FDD/MWKR's gap to the lower bound %s", len(val.lower_bound),
+                 ", ".join(val.families), {k: round(v, 2) for k, v in val.report(val.fdd_mwkr).items()
+                                           if k.startswith("val_gap_lb_pct")})
 
     def evaluate(params) -> dict:
-        cmax = np.asarray(greedy(params, val_m, val_d).job_ready).max(-1)
-        return {"val_makespan": float(cmax.mean()), "val_vs_spt_pct": float(100 * np.mean(cmax / val_spt - 1))}
+        """The validation report of the greedy policy at its best No-Op threshold (the one export ships)."""
+        by_threshold = {c: np.asarray(g(params, val.machines, val.durations).job_ready).max(-1)
+                        for c, g in greedy.items()}
+        threshold = min(by_threshold, key=lambda c: by_threshold[c].mean())
+        return dict(val.report(by_threshold[threshold]), val_noop_threshold=-1.0 if threshold is None else threshold)
 
     def save(step):
         return run.checkpointer.save(step, state, run.meta())
 
-    logging.info("training %s, %d parameters", "resumed at step %d" % start_step if run.restored else "from scratch",
+    logging.info("training (%s) %s, %d parameters", cfg.algorithm,
+                 "resumed at step %d" % start_step if run.restored else f"from {cfg.init_from or 'scratch'}",
                  sum(x.size for x in jax.tree.leaves(state["train"].params)))
     last_eval, cp_gain = {}, None
+    if run.restored is None:  # the starting point is a candidate too (step 0): training must beat it
+        last_eval = evaluate(state["train"].params)
+        state = dict(state, best=keep_best(state["best"], state["train"].params, last_eval, 0))
+        run.metrics.write({"step": 0, **last_eval})
+        logging.info("validation at step 0: gap %.2f %%", last_eval["val_gap_lb_pct"])
 
     def one_step(step: int) -> dict:
         nonlocal state, last_eval, cp_gain
-        key = size_key(agent.curriculum_size(step, cfg.stages()))
+        size, family = step_plan(step, cfg)
+        key = size_key(size)
         demos = dict(state["demos"])
         if refreshes_demos(step, cfg):
             new, cp_gain = agent.cpsat_demonstrations(
                 solver, state["train"].params, ppos[key], np.random.default_rng([cfg.seed, step]),
                 cfg.cpsat_time_limit)
             demos[key] = jax.tree.map(jnp.asarray, new)
-        if cfg.ppo.cpsat_instances:
+        if cfg.ppo.cpsat_instances and cfg.algorithm == "ppo":
             demos[key] = dict(demos[key], weight=jnp.asarray(
                 agent.bc_weight(step, cfg.bc_boost, cfg.bc_boost_steps), jnp.float32))
         state = dict(state, demos=demos)
-        state, step_metrics = train_step_for(key)(state)
+        state, step_metrics = train_step_for(key, family)(state)
         row = {}
         if step % cfg.log_every == 0 or step == cfg.steps:
-            row.update({k: float(v) for k, v in step_metrics.items()}, size=key)
+            row.update({k: float(v) for k, v in step_metrics.items()}, size=key, family=family)
             if cp_gain is not None:
                 row["cpsat_gain_pct"] = 100 * cp_gain
         if step % cfg.eval_every == 0 or step == cfg.steps:
             last_eval = evaluate(state["train"].params)
-            row.update(last_eval)
+            state = dict(state, best=keep_best(state["best"], state["train"].params, last_eval, step))
+            row.update(last_eval, best_step=int(state["best"]["step"]))
         return row
 
     end = run.loop(one_step, save, last_step=cfg.steps, total_steps=cfg.steps,
-                   progress_keys=("train_makespan", "val_vs_spt_pct"))
+                   progress_keys=("train_makespan" if cfg.algorithm == "ppo" else "label_gap_lb_pct", "val_gap_lb_pct"))
+    best_step = int(state["best"]["step"])
     summary = {"step": end.step, "preempted": end.preempted, "wall_time_s": end.wall_s,
-               "resumed_from": run.resumed_from, **last_eval}
-    title = (f"JSSP policy, random instances ({', '.join(size_key(z) for z in sizes)}; validation "
-             f"{size_key(sizes[-1])})")
-    run.finish(summary, [("curves.png", ("train_makespan", "val_makespan"), title, "makespan")],
+               "resumed_from": run.resumed_from, **last_eval, "selected_step": best_step,
+               "selected_val_gap_lb_pct": float(state["best"]["val_gap_lb_pct"])}
+    title = (f"JSSP policy ({cfg.algorithm}), random instances ({', '.join(size_key(z) for z in sizes)}; "
+             f"validation {size_key(sizes[-1])})")
+    run.finish(summary, [("curves.png", ("label_gap_lb_pct", "sample_gap_lb_pct", "val_gap_lb_pct"), title,
+                          "gap to the simple lower bound (%)")],
                done="preempted" if end.preempted else "done")
     if cfg.export_dir and not end.preempted:
-        threshold, by_threshold = agent.select_noop_threshold(model, state["train"].params, val_m, val_d)
-        logging.info("greedy No-Op threshold %s (validation mean makespan per threshold: %s)", threshold,
+        params = state["best"]["params"]
+        threshold, by_threshold = agent.select_noop_threshold(model, params, val.machines, val.durations)
+        logging.info("exporting step %d (validation gap %.2f %%); greedy No-Op threshold %s (validation mean "
+                     "makespan per threshold: %s)", best_step, summary["selected_val_gap_lb_pct"], threshold,
                      by_threshold)
-        agent.save_policy(cfg.export_dir, state["train"].params, pcfg,
+        agent.save_policy(cfg.export_dir, params, pcfg,
                           {"greedy_noop_threshold": threshold, "validation_makespan_by_noop_threshold": by_threshold,
                            "trained_by": run_lib.command_line("scripts.train_jssp", cfg,
                                                               skip=("workdir", "export_dir", "overwrite")),
@@ -210,4 +336,9 @@ def train(cfg: TrainJSSPConfig) -> dict:
 
 def _full_step(state, step_fn, key):
     new_train, metrics = step_fn(state["train"], state["demos"][key])
+    return dict(state, train=new_train), metrics
+
+
+def _self_label_step(state, step_fn):
+    new_train, metrics = step_fn(state["train"])
     return dict(state, train=new_train), metrics

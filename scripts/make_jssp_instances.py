@@ -1,0 +1,13 @@
+r"""Writes a test set of generated job-shop instances (the families of rl.jssp.instances.DISTRIBUTIONS) with
+CP-SAT bounds, for ``eval_jssp --instances=DIR --bounds=DIR/bounds.csv``.
+
+    python -m scripts.make_jssp_instances --out_dir=runs/families --sizes=20x15 --count=10 --bound_time_limit=10
+
+Every flag is a setting of ``rl.jssp.evaluate.MakeSetConfig`` (see ``rl.jssp.evaluate.make_set``).
+"""
+from rl.jssp import evaluate
+from scripts import common
+
+if __name__ == "__main__":
+    common.main(evaluate.MakeSetConfig, lambda cfg: print(f"{len(evaluate.make_set(cfg))} instances and bounds.csv "
+                                                          f"in {cfg.out_dir}"))

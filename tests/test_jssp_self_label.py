@@ -1,0 +1,160 @@
+"""Self-labelling (rl/jssp/self_label.py), the instance families and model selection (rl/jssp/train.py):
+labels are the best finished samples (checked by the independent validator), the cross-entropy against
+NumPy, the families' routings and ranges, and the selection rule."""
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models.jssp_policy import PolicyConfig
+from rl.jssp import agent, env, instances, self_label, validate
+from rl.jssp.train import TrainJSSPConfig, keep_best, step_plan
+from training import config as config_lib
+
+TINY = PolicyConfig(window=2, d_model=8, num_heads=2, job_layers=1, mlp_dim=16)
+
+
+@pytest.mark.parametrize("name", list(instances.DISTRIBUTIONS))
+def test_each_family_generates_valid_instances_of_its_routing_and_range(name):
+    dist = instances.DISTRIBUTIONS[name]
+    machines, durations = map(np.asarray, instances.generate_batch_jax(jax.random.PRNGKey(3), 6, 7, 6, dist))
+    for m, d in zip(machines, durations):
+        instances.check_arrays(m, d)
+        assert dist.low <= d.min() and d.max() <= dist.high
+    if dist.routing == "two_sets":
+        assert (machines[:, :, :3] < 3).all() and (machines[:, :, 3:] >= 3).all()
+    if dist.routing == "flow":
+        assert (machines == machines[:, :1]).all()
+    else:  # jobs of one instance get their own orders
+        assert any(len({tuple(r) for r in m}) > 1 for m in machines)
+    assert len({tuple(m.reshape(-1)) for m in machines}) == len(machines)
+
+
+def test_family_names_and_the_simple_lower_bound():
+    assert [d.name for d in instances.parse_distributions("flow, taillard")] == ["flow", "taillard"]
+    for spec in ("dmu", "taillard,taillard", ""):
+        with pytest.raises(ValueError, match="need distinct names from taillard, wide"):
+            instances.parse_distributions(spec)
+    with pytest.raises(ValueError, match="routing='ring'"):
+        instances.Distribution("x", 1, 9, "ring")
+    machines = np.array([[0, 1], [0, 1], [1, 0]])
+    durations = np.array([[5, 1], [4, 1], [1, 1]])
+    assert instances.simple_lower_bound(machines, durations) == 10  # machine 0: 5 + 4 + 1 > any job's 6
+
+
+def test_pick_labels_takes_the_best_finished_sample():
+    actions = jnp.arange(2 * 3 * 4).reshape(2, 3, 4)
+    makespans = jnp.array([[9, 5, 7], [3, 3, 8]])
+    finished = jnp.array([[True, False, True], [True, True, False]])
+    labels, cmax, has = self_label.pick_labels(actions, makespans, finished)
+    np.testing.assert_array_equal(labels, np.asarray(actions)[[0, 1], [2, 0]])  # unfinished 5 ignored; tie: first
+    np.testing.assert_array_equal(cmax, [7, 3])
+    assert has.tolist() == [True, True]
+    _, _, has = self_label.pick_labels(actions, makespans, jnp.zeros((2, 3), bool))
+    assert has.tolist() == [False, False]
+
+
+def test_label_cross_entropy_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5)).astype(np.float32)
+    actions = rng.integers(0, 5, size=6)
+    mask = np.array([1, 1, 0, 1, 0, 1], bool)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want = -logp[np.arange(6), actions][mask].mean()
+    got = self_label.label_cross_entropy(jnp.asarray(logits), jnp.asarray(actions), jnp.asarray(mask))
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_sampled_labels_replay_to_the_best_valid_schedule():
+    """The label picked from sampled action sequences, replayed in the environment, gives a schedule the
+    independent validator accepts, whose makespan is the smallest of the finished samples'."""
+    model = agent.make_model(dataclasses.replace(TINY, noop_bias_init=1.0))  # a policy that often waits
+    params = agent.init_params(model, jax.random.PRNGKey(0))
+    m, d = instances.generate_batch_jax(jax.random.PRNGKey(1), 1, 4, 3, instances.DISTRIBUTIONS["taillard"])
+    beta, T = 6, 4 * 3 * 8
+    rep = env.Problem(jnp.repeat(m, beta, 0), jnp.repeat(d, beta, 0))
+    actions, final = self_label.sample_schedules(model, params, rep, jax.random.PRNGKey(2), T, 1.0)
+    finished = env.batch_is_done(rep, final)
+    assert bool(finished.all())
+    cmax = [validate.check_schedule(np.asarray(m[0]), np.asarray(d[0]), np.asarray(final.start[i])) for i in range(beta)]
+    labels, label_cmax, _ = self_label.pick_labels(actions[None], env.batch_makespan(rep, final)[None], finished[None])
+    assert int(label_cmax[0]) == min(cmax)
+    problem, state = env.Problem(m[0], d[0]), env.reset(env.Problem(m[0], d[0]))
+    for a in np.asarray(labels[0]):
+        if a < 0:
+            break
+        assert bool(env.legal_mask(problem, state)[a])
+        state, _, _ = env.step(problem, state, a)
+    assert validate.check_schedule(np.asarray(m[0]), np.asarray(d[0]), np.asarray(state.start)) == min(cmax)
+    assert (np.asarray(actions) == 4).any()  # this policy waits ...
+    no_wait, final = self_label.sample_schedules(model, params, rep, jax.random.PRNGKey(2), T, 1.0, waits=False)
+    assert bool(env.batch_is_done(rep, final).all()) and not (np.asarray(no_wait) == 4).any()  # ... unless told not to
+
+
+def test_one_self_labelling_step_trains_and_reports_label_no_worse_than_samples():
+    model = agent.make_model(TINY)
+    shape = agent.PPOConfig(num_jobs=4, num_machines=3, batch=2, rollout_factor=3.0, epochs=1, minibatches=2)
+    opt = agent.make_optimizer(shape)
+    state = agent.init_state(model, opt, seed=0)
+    step = jax.jit(self_label.make_self_label_step(model, opt, shape, self_label.SelfLabelConfig(beta=4),
+                                                   instances.DISTRIBUTIONS["two_sets"]))
+    new, metrics = step(state)
+    assert int(new.step) == 1 and all(np.isfinite(float(v)) for v in metrics.values())
+    assert float(metrics["label_gap_lb_pct"]) <= float(metrics["sample_gap_lb_pct"]) + 1e-4  # best <= mean
+    assert 0 < float(metrics["finished_frac"]) <= 1
+    assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state.params),
+                                                           jax.tree.leaves(new.params))) > 0
+
+
+def test_model_selection_keeps_the_strictly_best_validation():
+    params = {"w": jnp.ones(2)}
+    best = {"params": params, "val_gap_lb_pct": jnp.asarray(np.inf), "step": jnp.asarray(0)}
+    best = keep_best(best, params, {"val_gap_lb_pct": 12.0}, 0)
+    later = keep_best(best, {"w": jnp.zeros(2)}, {"val_gap_lb_pct": 11.5}, 20)
+    assert int(later["step"]) == 20 and float(later["params"]["w"][0]) == 0
+    assert keep_best(later, {"w": jnp.full(2, 7.0)}, {"val_gap_lb_pct": 11.5}, 40) is later  # a tie keeps the earlier
+
+
+def test_train_config_self_label_families_and_init_from(tmp_path):
+    cfg = config_lib.from_flat(TrainJSSPConfig, {"algorithm": "self_label", "beta": 8, "distributions": "taillard,flow",
+                                                 "curriculum": "4x3:0,5x4:2"})
+    assert cfg.self_label == self_label.SelfLabelConfig(beta=8)
+    assert [step_plan(s, cfg) for s in (1, 2, 3, 4)] == [((4, 3), "taillard"), ((4, 3), "flow"),
+                                                         ((5, 4), "taillard"), ((4, 3), "flow")]
+    for flat, match in (({"algorithm": "a2c"}, "algorithm='a2c'; allowed: ppo, self_label"),
+                        ({"beta": 0}, "beta=0 must be"), ({"label_temperature": 0.0}, "label_temperature=0.0"),
+                        ({"distributions": "dmu"}, "distributions='dmu': need distinct names"),
+                        ({"val_distributions": "taillard,x"}, "val_distributions='taillard,x'"),
+                        ({"init_from": str(tmp_path)}, "is not a policy directory")):
+        with pytest.raises(ValueError, match=match):
+            config_lib.from_flat(TrainJSSPConfig, flat)
+    agent.save_policy(tmp_path, agent.init_params(agent.make_model(TINY), jax.random.PRNGKey(0)), TINY, {})
+    with pytest.raises(ValueError, match=r"its network differs: window=2 \(this run: 4\)"):
+        config_lib.from_flat(TrainJSSPConfig, {"init_from": str(tmp_path)})
+    assert json.loads((tmp_path / "policy.json").read_text())["policy_config"]["d_model"] == 8
+    ok = config_lib.from_flat(TrainJSSPConfig, {"init_from": str(tmp_path), "window": 2, "d_model": 8, "num_heads": 2,
+                                                "job_layers": 1, "mlp_dim": 16})
+    assert ok.init_from == str(tmp_path)
+
+
+def test_generated_test_set_files_and_bounds_read_back(tmp_path):
+    from rl.jssp import evaluate
+    cfg = evaluate.MakeSetConfig(out_dir=str(tmp_path), families="flow,two_sets", sizes="4x3", count=2,
+                                 bound_time_limit=2.0)
+    rows = evaluate.make_set(cfg)
+    insts = {i.name: i for i in instances.read_directory(tmp_path)}
+    bounds = instances.read_bounds(tmp_path / "bounds.csv")
+    assert sorted(insts) == sorted(bounds) == sorted(r["instance"] for r in rows) and len(rows) == 4
+    for name, inst in insts.items():
+        assert bounds[name]["status"] == "OPTIMAL" and bounds[name]["lower_bound"] == bounds[name]["upper_bound"]
+        assert (inst.machines == inst.machines[:1]).all() == name.startswith("flow")
+        assert instances.simple_lower_bound(inst.machines, inst.durations) <= bounds[name]["upper_bound"]
+    for flat, match in (({"out_dir": "x", "sizes": "4by3"}, "size='4by3'"),
+                        ({"out_dir": "x", "families": "dmu"}, "families='dmu'")):
+        with pytest.raises(ValueError, match=match):
+            evaluate.MakeSetConfig(**flat)
+    with pytest.raises(ValueError, match="out_dir='' is required"):
+        evaluate.make_set(evaluate.MakeSetConfig())
