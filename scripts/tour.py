@@ -113,6 +113,8 @@ def main(argv):
         ("mallocGame baselines, CP-SAT and mallocMuZero (6 held-out instances)",
          lambda: _imported("rl.malloc.evaluate").tour_step(root / "malloc")),
         ("job-shop (rules, agent, CP-SAT on ta01-ta02)", lambda: _imported("rl.jssp.evaluate").tour_step(root / "jssp")),
+        ("job-shop self-labelling (3 steps from the shipped policy, 5 families)",
+         lambda: _imported("rl.jssp.train").tour_step(root / "jssp_self_label")),
     ]
     results = {}
     for name, run in steps:

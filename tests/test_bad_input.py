@@ -30,7 +30,7 @@ from rl.malloc import instance as malloc_instance
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Where a script would write if it ignored the paths it was given: must be untouched by the whole table.
-REPO_OUTPUTS = ("rl/malloc/instances", "rl/malloc/trained", "rl/jssp/trained", "runs")
+REPO_OUTPUTS = ("rl/malloc/instances", "rl/malloc/trained", "rl/jssp/trained", "rl/jssp/trained_ppo", "runs")
 TIMEOUT_S = 120  # per row; a bad input fails in seconds
 
 

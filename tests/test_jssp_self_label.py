@@ -83,17 +83,19 @@ def test_sampled_labels_replay_to_the_best_valid_schedule():
     labels, label_cmax, _ = self_label.pick_labels(actions[None], env.batch_makespan(rep, final)[None], finished[None])
     assert int(label_cmax[0]) == min(cmax)
     problem, state = env.Problem(m[0], d[0]), env.reset(env.Problem(m[0], d[0]))
+    step, legal = jax.jit(env.step), jax.jit(env.legal_mask)
     for a in np.asarray(labels[0]):
         if a < 0:
             break
-        assert bool(env.legal_mask(problem, state)[a])
-        state, _, _ = env.step(problem, state, a)
+        assert bool(legal(problem, state)[a])
+        state, _, _ = step(problem, state, a)
     assert validate.check_schedule(np.asarray(m[0]), np.asarray(d[0]), np.asarray(state.start)) == min(cmax)
     assert (np.asarray(actions) == 4).any()  # this policy waits ...
     no_wait, final = self_label.sample_schedules(model, params, rep, jax.random.PRNGKey(2), T, 1.0, waits=False)
     assert bool(env.batch_is_done(rep, final).all()) and not (np.asarray(no_wait) == 4).any()  # ... unless told not to
 
 
+@pytest.mark.slow  # 7 s of compile; the tiny training run below runs the same step by default
 def test_one_self_labelling_step_trains_and_reports_label_no_worse_than_samples():
     model = agent.make_model(TINY)
     shape = agent.PPOConfig(num_jobs=4, num_machines=3, batch=2, rollout_factor=3.0, epochs=1, minibatches=2)
@@ -158,3 +160,41 @@ def test_generated_test_set_files_and_bounds_read_back(tmp_path):
             evaluate.MakeSetConfig(**flat)
     with pytest.raises(ValueError, match="out_dir='' is required"):
         evaluate.make_set(evaluate.MakeSetConfig())
+
+
+def test_self_labelling_run_exports_the_best_validated_step(tmp_path):
+    """A tiny train_jssp run: validation at steps 0..3, the exported policy is the step of smallest validation
+    gap (re-measured from the exported files), and the run's files say so."""
+    from rl.jssp import train
+    from training.run import MetricsWriter
+
+    cfg = config_lib.from_flat(TrainJSSPConfig, dict(
+        workdir=str(tmp_path / "w"), export_dir=str(tmp_path / "export"), algorithm="self_label", curriculum="4x3:0",
+        batch=2, beta=2, rollout_factor=3.0, epochs=1, minibatches=1, lr=0.05, steps=3, eval_every=1, eval_instances=3,
+        log_every=1, val_distributions="taillard,flow", window=2, d_model=8, num_heads=2, job_layers=1, mlp_dim=16))
+    summary = train.train(cfg)
+    rows = [r for r in MetricsWriter.read(tmp_path / "w" / "metrics.jsonl") if "val_gap_lb_pct" in r]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    gaps = [r["val_gap_lb_pct"] for r in rows]
+    assert len(set(gaps)) > 1  # training moved the policy (lr 0.05), so the selection has a choice
+    best = int(np.argmin(gaps))
+    assert summary["selected_step"] == best and rows[-1]["best_step"] == best
+    model, params, info = agent.load_policy(tmp_path / "export")
+    val = train.validation_set(cfg)
+    cmax = np.asarray(agent.make_batch_greedy(model, info["greedy_noop_threshold"])(
+        params, val.machines, val.durations).job_ready).max(-1)
+    np.testing.assert_allclose(val.report(cmax)["val_gap_lb_pct"], gaps[best], rtol=1e-6)
+    assert info["train_config"]["algorithm"] == "self_label" and "--algorithm=self_label" in info["trained_by"]
+
+
+def test_a_policy_that_never_waits_samples_no_noop():
+    """Threshold 1 (what a self-labelled policy ships with): sampling dispatches J*M times and never waits;
+    the flat sampler of a policy that waits takes No-Ops."""
+    model = agent.make_model(dataclasses.replace(TINY, noop_bias_init=1.0))
+    params = agent.init_params(model, jax.random.PRNGKey(0))
+    inst = instances.random_instance(np.random.default_rng(7), 4, 3)
+    for threshold, waits in ((1.0, False), (None, True)):
+        states = agent.make_solver(model, threshold)(params, inst.machines, inst.durations, jax.random.PRNGKey(1), 8)
+        assert bool((np.asarray(states.num_steps) > 4 * 3).any()) == waits
+        c, s = agent.best_of(states)
+        assert validate.check_schedule(inst.machines, inst.durations, s) == c

@@ -423,17 +423,21 @@ def jssp_means(name: str) -> dict[str, float]:
 
 def test_jssp_table(tables):
     """results/jssp_eval_*.json (one file per row; temperature 0.5 sampling in two files) and
-    results/jssp_l2d_published.json (the published L2D figures)."""
+    results/jssp_{l2d,spn}_published.json (the published L2D and SPN figures)."""
     table = section(tables, "Job-shop scheduling")[0]
     sizes = table.header[1:]
     assert sizes == ["15x15", "20x15", "20x20", "30x15", "30x20", "50x15", "50x20", "100x20"], sizes
     sources = [("SPT", ["jssp_eval_spt.json"]), ("MWKR", ["jssp_eval_mwkr.json"]), ("MOPNR", ["jssp_eval_mopnr.json"]),
-               ("FDD/MWKR", ["jssp_eval_fdd_mwkr.json"]), ("agent, greedy", ["jssp_eval_agent_greedy.json"]),
-               ("temperature 1", ["jssp_eval_agent_s128_t1.json"]),
-               ("temperature 0.5", ["jssp_eval_agent_s128.json", "jssp_eval_agent_s128_large.json"]),
-               ("CP-SAT at the agent's wall time", ["jssp_eval_cpsat_agent_time.json"]),
+               ("FDD/MWKR", ["jssp_eval_fdd_mwkr.json"]),
+               ("agent, greedy (shipped", ["jssp_eval_agent_sl_greedy.json"]),
+               ("agent, greedy (PPO", ["jssp_eval_agent_greedy.json"]),
+               ("self-labelled policy, best of 128", ["jssp_eval_agent_sl_s128.json"]),
+               ("PPO policy, best of 128 samples, temperature 1", ["jssp_eval_agent_s128_t1.json"]),
+               ("PPO policy, best of 128 samples, temperature 0.5", ["jssp_eval_agent_s128.json",
+                                                                     "jssp_eval_agent_s128_large.json"]),
+               ("CP-SAT at the PPO policy's sampling wall time", ["jssp_eval_cpsat_agent_time.json"]),
                ("CP-SAT alone, 60 s", ["jssp_eval_cpsat60.json"]),
-               ("agent greedy + CP-SAT", ["jssp_eval_agent_cpsat60.json"])]
+               ("PPO policy greedy + CP-SAT", ["jssp_eval_agent_cpsat60.json"])]
     for fragment, files in sources:
         means = {k: v for name in files for k, v in jssp_means(name).items()}
         exact = [r for r in table.rows if r[0] == fragment]  # "MWKR" is also in "FDD/MWKR"
@@ -447,6 +451,11 @@ def test_jssp_table(tables):
     row = table.row("L2D greedy")
     for size, cell in zip(sizes, row[1:], strict=True):
         check(cell, [f(published[size], 1)], f"JSSP L2D {size}")
+    spn = load("jssp_spn_published.json")
+    for fragment, key in (("SPN greedy", "greedy_mean_gap_pct"), ("SPN best of 128", "best_of_128_mean_gap_pct")):
+        row = table.row(fragment)
+        for size, cell in zip(sizes, row[1:], strict=True):
+            check(cell, [f(spn[key][size], 1)], f"JSSP {fragment} {size}")
 
 
 FAMILIES = ["taillard", "wide", "short", "two_sets", "flow"]
@@ -459,7 +468,8 @@ def test_jssp_families_table(tables):
     table = section(tables, "Job-shop scheduling")[1]
     assert table.header[1:] == FAMILIES + ["all"], table.header
     rule = {r["instance"]: r["makespan"] for r in load("jssp_families_eval_fdd_mwkr.json")}
-    for fragment, name in (("FDD/MWKR", "fdd_mwkr"), ("PPO + CP-SAT imitation", "agent_ppo")):
+    for fragment, name in (("FDD/MWKR", "fdd_mwkr"), ("PPO + CP-SAT imitation", "agent_ppo"),
+                           ("self-labelled", "agent")):
         records = load(f"jssp_families_eval_{name}.json")
         by_family = collections.defaultdict(list)
         for r in records:

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from models.attention import NEG
 from models.jssp_policy import JobShopPolicy, PolicyConfig
 from rl import export
 from rl.jssp import cpsat, env, instances
@@ -367,11 +368,26 @@ def greedy_action(logits: jax.Array, noop_threshold: float | None = None) -> jax
     return jnp.where(wait, J, jnp.argmax(logits[:J]))
 
 
+def without_noop(logits: jax.Array) -> jax.Array:
+    """Logits with the No-Op (last) removed from the choice: a distribution over the jobs only (a running
+    instance always has a legal job: the environment advances time when none can start)."""
+    return logits.at[..., -1].set(NEG)
+
+
+def never_waits(noop_threshold: float | None) -> bool:
+    """Whether a No-Op threshold means "never wait" (1.0): such a policy (e.g. a self-labelled one, whose
+    No-Op output is untrained) neither waits greedily nor samples the No-Op."""
+    return noop_threshold is not None and noop_threshold >= 1.0
+
+
 def _policy_rollout(model: JobShopPolicy, params, problem: env.Problem, key, greedy: bool,
                     noop_threshold: float | None = None, temperature: float = 1.0) -> env.State:
     def choose(p, s, k):
         logits, _ = model.apply({"params": params}, env.observe(p, s, model.cfg.window))
-        return greedy_action(logits, noop_threshold) if greedy else jax.random.categorical(k, logits / temperature)
+        if greedy:
+            return greedy_action(logits, noop_threshold)
+        return jax.random.categorical(k, (without_noop(logits) if never_waits(noop_threshold) else logits)
+                                      / temperature)
 
     return env.rollout(problem, choose, key)
 
@@ -380,8 +396,9 @@ def make_solver(model: JobShopPolicy, noop_threshold: float | None = None, tempe
     """``solve(params, machines, durations, key, samples) -> final states [samples]`` (jitted).
 
     ``samples == 0`` is the greedy policy (one schedule, :func:`greedy_action` with ``noop_threshold``);
-    otherwise ``samples`` schedules are sampled in parallel (vmap) from softmax(logits / ``temperature``)
-    and all are returned; pick the best with :func:`best_of`.
+    otherwise ``samples`` schedules are sampled in parallel (vmap) from softmax(logits / ``temperature``),
+    among the jobs only when the threshold is 1 (:func:`never_waits`), and all are returned; pick the best
+    with :func:`best_of`.
     """
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r} must be > 0")
@@ -391,7 +408,8 @@ def make_solver(model: JobShopPolicy, noop_threshold: float | None = None, tempe
             return jax.tree.map(lambda x: x[None], _policy_rollout(model, params, problem, key, True,
                                                                    noop_threshold))
         keys = jax.random.split(key, samples)
-        return jax.vmap(lambda k: _policy_rollout(model, params, problem, k, False, temperature=temperature))(keys)
+        return jax.vmap(lambda k: _policy_rollout(model, params, problem, k, False, noop_threshold,
+                                                  temperature))(keys)
 
     return jax.jit(solve, static_argnames="samples")
 
@@ -449,14 +467,15 @@ SAMPLING_TEMPERATURES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 def select_sampling_temperature(model: JobShopPolicy, params, machines, durations, samples: int,
-                                candidates=SAMPLING_TEMPERATURES, seed: int = 0) -> tuple[float, dict]:
+                                candidates=SAMPLING_TEMPERATURES, seed: int = 0,
+                                noop_threshold: float | None = None) -> tuple[float, dict]:
     """The sampling temperature of smallest mean best-of-``samples`` makespan on validation instances
     ([B, J, M]; ties: the earlier candidate), and that mean for each candidate. A sharp policy's samples
     differ little and a higher temperature buys diversity; a diffuse one wastes samples on poor moves and a
-lower one helps (the shipped policy's case: ``tune_jssp_sampling`` picks below 1)."""
+lower one helps (the PPO policy's case: ``tune_jssp_sampling`` picks below 1)."""
     means = {}
     for t in candidates:
-        solve = make_solver(model, temperature=t)
+        solve = make_solver(model, noop_threshold, temperature=t)
         best = [best_of(solve(params, m, d, jax.random.PRNGKey(seed), samples))[0] for m, d in zip(machines, durations)]
         means[t] = float(np.mean(best))
     choice = min(candidates, key=lambda t: means[t])

@@ -279,7 +279,8 @@ def tune(cfg: TuneConfig, candidates=agent.SAMPLING_TEMPERATURES) -> dict:
     insts = [instances.random_instance(rng, jobs, machines) for _ in range(cfg.instances)]
     m = jnp.asarray(np.stack([i.machines for i in insts]))
     d = jnp.asarray(np.stack([i.durations for i in insts]))
-    choice, means = agent.select_sampling_temperature(model, params, m, d, cfg.samples, candidates)
+    choice, means = agent.select_sampling_temperature(model, params, m, d, cfg.samples, candidates,
+                                                      noop_threshold=info.get("greedy_noop_threshold"))
     info.update(sampling_temperature=choice, sampling_temperature_tuning={
         "size": cfg.size, "instances": cfg.instances, "samples": cfg.samples, "seed": cfg.seed,
         "mean_best_makespan_by_temperature": means})

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from models.attention import NEG
 from models.jssp_policy import JobShopPolicy
 from rl.jssp import agent, env, instances
 from training.run import TrainState
@@ -52,21 +51,15 @@ class SelfLabelConfig:
             raise ValueError(f"label_temperature={self.label_temperature} must be > 0")
 
 
-def without_noop(logits: jax.Array) -> jax.Array:
-    """Logits with the No-Op (last) removed from the choice: a distribution over the jobs only."""
-    return logits.at[..., -1].set(NEG)
-
-
 def sample_schedules(model: JobShopPolicy, params, problems: env.Problem, key: jax.Array, length: int,
                      temperature: float, waits: bool = True) -> tuple[jax.Array, env.State]:
     """Samples one action sequence per problem ([N] leading axis) for ``length`` steps, among the jobs only
-    unless ``waits``; returns (actions [N, length], -1 once a problem is done, and the final states). A
-    running problem always has a legal job (the environment advances time when none can start)."""
+    unless ``waits``; returns (actions [N, length], -1 once a problem is done, and the final states)."""
     W = model.cfg.window
 
     def body(states, k):
         logits, _ = model.apply({"params": params}, env.batch_observe(problems, states, W))
-        a = jax.random.categorical(k, (logits if waits else without_noop(logits)) / temperature)
+        a = jax.random.categorical(k, (logits if waits else agent.without_noop(logits)) / temperature)
         alive = ~env.batch_is_done(problems, states)
         states, _, _ = env.batch_step(problems, states, a)
         return states, jnp.where(alive, a, -1)
@@ -104,7 +97,7 @@ def make_self_label_step(model: JobShopPolicy, optimizer: optax.GradientTransfor
 
     def loss_fn(params, obs, actions, mask):
         logits, _ = model.apply({"params": params}, obs)
-        return label_cross_entropy(logits if cfg.label_waits else without_noop(logits), actions, mask)
+        return label_cross_entropy(logits if cfg.label_waits else agent.without_noop(logits), actions, mask)
 
     def step(state: TrainState):
         rng, k_inst, k_sample, k_perm = jax.random.split(state.rng, 4)

@@ -48,8 +48,9 @@ from training.config import group
 
 ALGORITHMS = ("ppo", "self_label")
 
-# Settings that may change on resumption (besides RunConfig's); ``steps`` only without ``lr_decay``.
-RESUME_IGNORE = ("log_every", "export_dir", "steps")
+# Settings that may change on resumption (besides RunConfig's); ``steps`` only without ``lr_decay``;
+# ``init_from`` is read only when a run starts (the same policy may have moved since).
+RESUME_IGNORE = ("log_every", "export_dir", "steps", "init_from")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +132,10 @@ def check_init_from(directory: str, policy: PolicyConfig) -> None:
     meta = pathlib.Path(directory).expanduser() / "policy.json"
     if not meta.is_file() or not (meta.parent / "policy.msgpack").is_file():
         raise ValueError(f"init_from={directory!r} is not a policy directory (policy.json + policy.msgpack)")
-    theirs = json.loads(meta.read_text()).get("policy_config", {})
+    try:
+        theirs = json.loads(meta.read_text()).get("policy_config", {})
+    except (ValueError, AttributeError) as e:  # not JSON, or not an object
+        raise ValueError(f"init_from={directory!r}: its policy.json is not a policy description ({e})") from None
     ours = dataclasses.asdict(policy)
     differ = [f"{k}={theirs.get(k)!r} (this run: {ours[k]!r})" for k in ours if theirs.get(k) != ours[k]]
     if differ:
@@ -216,7 +220,10 @@ def initial_state(cfg: TrainJSSPConfig, model, optimizer) -> run_lib.TrainState:
     state = agent.init_state(model, optimizer, cfg.seed)
     if not cfg.init_from:
         return state
-    _, params, _ = agent.load_policy(pathlib.Path(cfg.init_from).expanduser())
+    try:
+        _, params, _ = agent.load_policy(pathlib.Path(cfg.init_from).expanduser())
+    except Exception as e:  # msgpack's errors have no common base; name the file instead of a traceback
+        raise ValueError(f"init_from={cfg.init_from!r}: cannot read its policy.msgpack ({e})") from None
     params = jax.tree.map(jnp.asarray, params)
     return state.replace(params=params, opt_state=optimizer.init(params))
 
@@ -342,3 +349,17 @@ def _full_step(state, step_fn, key):
 def _self_label_step(state, step_fn):
     new_train, metrics = step_fn(state["train"])
     return dict(state, train=new_train), metrics
+
+
+def tour_step(workdir: pathlib.Path) -> dict:
+    """Small-scale tour: 3 self-labelling steps from the shipped policy on 8x6 instances, validated on the
+    five families; the validation gap at step 0 and at the selected (exported) step."""
+    cfg = config_lib.from_flat(TrainJSSPConfig, dict(
+        workdir=str(workdir), export_dir=str(pathlib.Path(workdir) / "export"), overwrite=True,
+        algorithm="self_label", init_from=str(agent.TRAINED_DIR), curriculum="8x6:0", batch=2, beta=8,
+        rollout_factor=2.0, epochs=1, minibatches=2, lr=3e-5, steps=3, eval_every=1, eval_instances=2, log_every=1))
+    summary = train(cfg)
+    rows = [r for r in run_lib.MetricsWriter.read(pathlib.Path(workdir) / "metrics.jsonl") if r.get("step") == 0]
+    return {"val_gap_step0_pct": round(rows[0]["val_gap_lb_pct"], 2),
+            "val_gap_selected_pct": round(summary["selected_val_gap_lb_pct"], 2),
+            "selected_step": summary["selected_step"]}
