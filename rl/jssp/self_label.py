@@ -3,12 +3,13 @@
 Corsini, Porrello, Calderara & Dell'Amico, "Self-Labeling the Job Shop Scheduling Problem" (ICML 2024;
 their solver is SPN): no reward, no critic. For each generated instance the current policy samples ``beta``
 complete schedules; the best one (smallest makespan) becomes the pseudo-label, and the policy is trained by
-cross-entropy to reproduce it (their Eq. 4: ``-sum_t log pi(a*_t | s*_t)`` along the label's trajectory,
-averaged over its decisions). As the policy improves, so do its samples and hence its labels.
+cross-entropy to reproduce it (their self-supervised objective: ``-sum_t log pi(a*_t | s*_t)`` along the
+label's trajectory, here averaged over its decisions). As the policy improves, so do its samples and hence its labels.
 
 Here the policy and environment are this package's (:mod:`models.jssp_policy`, :mod:`rl.jssp.env`, whose
-action set has the No-Op of Tassel et al.); the label is a whole action sequence, No-Ops included. A
-sample that has not finished within ``rollout_factor * J * M`` actions never becomes a label.
+action set has the No-Op of Tassel et al.); the label is a whole action sequence, which takes No-Ops only
+with ``label_waits`` (see :class:`SelfLabelConfig`). A sample that
+has not finished within ``rollout_factor * J * M`` actions never becomes a label.
 
 One iteration (generate ``batch`` instances, sample ``batch * beta`` schedules, pick the labels, replay
 them to get their states, ``epochs`` x ``minibatches`` cross-entropy updates) is the pure function
@@ -82,7 +83,7 @@ def pick_labels(actions: jax.Array, makespans: jax.Array, finished: jax.Array) -
 
 
 def label_cross_entropy(logits: jax.Array, actions: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean ``-log softmax(logits)[a]`` over the decisions where ``mask`` holds (SPN's Eq. 4)."""
+    """Mean ``-log softmax(logits)[a]`` over the decisions where ``mask`` holds (the self-labelling loss)."""
     logp = jax.nn.log_softmax(logits)
     nll = -jnp.take_along_axis(logp, jnp.maximum(actions, 0)[..., None], -1)[..., 0]
     m = mask.astype(jnp.float32)
