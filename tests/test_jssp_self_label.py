@@ -198,3 +198,29 @@ def test_a_policy_that_never_waits_samples_no_noop():
         assert bool((np.asarray(states.num_steps) > 4 * 3).any()) == waits
         c, s = agent.best_of(states)
         assert validate.check_schedule(inst.machines, inst.durations, s) == c
+
+
+@pytest.mark.slow  # about 80 s: three tiny runs
+def test_self_labelling_run_resumes_bit_for_bit_with_its_selection(tmp_path):
+    """Stopped after step 2 and resumed to step 4, a run exports the same parameters, selected step and metrics
+    as one that ran 4 steps straight (the kept best parameters travel in the checkpoint)."""
+    from rl.jssp import train
+    from training.run import MetricsWriter
+
+    def run(name: str, steps: int) -> dict:
+        cfg = config_lib.from_flat(TrainJSSPConfig, dict(
+            workdir=str(tmp_path / name), export_dir=str(tmp_path / name / "export"), algorithm="self_label",
+            curriculum="4x3:0", batch=2, beta=2, rollout_factor=3.0, epochs=1, minibatches=1, lr=0.05, steps=steps,
+            eval_every=1, eval_instances=2, log_every=1, checkpoint_every=1, val_distributions="taillard,short",
+            window=2, d_model=8, num_heads=2, job_layers=1, mlp_dim=16))
+        return train.train(cfg)
+
+    run("a", 2)
+    resumed = run("a", 4)
+    straight = run("b", 4)
+    assert resumed["resumed_from"] == 2 and resumed["selected_step"] == straight["selected_step"]
+    assert ((tmp_path / "a" / "export" / "policy.msgpack").read_bytes()
+            == (tmp_path / "b" / "export" / "policy.msgpack").read_bytes())
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in rows]  # noqa: E731
+    assert strip(MetricsWriter.read(tmp_path / "a" / "metrics.jsonl")) == strip(
+        MetricsWriter.read(tmp_path / "b" / "metrics.jsonl"))

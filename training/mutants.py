@@ -35,6 +35,7 @@ _JSSP_ENV_TESTS = ("tests/test_jssp_timing.py",
                    "tests/test_jssp_core.py::test_env_random_legal_policies_vs_validator_and_python_env",
                    "tests/test_jssp_core.py::test_observation_shapes_and_masks")
 _RL_LOSS_TESTS = ("tests/test_rl_losses.py",)
+_SELF_LABEL_TESTS = ("tests/test_jssp_self_label.py",)
 _DILOCO_TESTS = ("tests/test_diloco.py",)
 _DILOCO_K = "not pmap_backend"  # the pmap twin compiles everything again (a third of the file's time)
 
@@ -203,6 +204,27 @@ MUTANTS: tuple[Mutant, ...] = (
            "- cfg.ent_coef * terms.entropy",
            "+ cfg.ent_coef * terms.entropy",
            _RL_LOSS_TESTS, "PPO entropy term penalises entropy instead of rewarding it", k="ppo"),
+
+    # ---------------------------------------------------------------- rl/jssp/self_label.py, train.py, instances.py
+    Mutant("self_label_picks_worst_sample", "rl/jssp/self_label.py",
+           "best = jnp.argmin(score, axis=1)",
+           "best = jnp.argmax(jnp.where(finished, makespans, -1), axis=1)",
+           _SELF_LABEL_TESTS, "the label is the worst finished sample instead of the best", k="pick_labels or replay"),
+    Mutant("self_label_ce_sign_flip", "rl/jssp/self_label.py",
+           "nll = -jnp.take_along_axis(",
+           "nll = jnp.take_along_axis(",
+           _SELF_LABEL_TESTS, "the label cross-entropy without its minus sign (the policy moves away from its label)",
+           k="cross_entropy"),
+    Mutant("model_selection_keeps_the_worse", "rl/jssp/train.py",
+           'if not report["val_gap_lb_pct"] < float(best["val_gap_lb_pct"]):',
+           'if not report["val_gap_lb_pct"] > float(best["val_gap_lb_pct"]):',
+           _SELF_LABEL_TESTS, "model selection takes a worse validation instead of a better one (the exported "
+           "parameters are not the best validation's)", k="model_selection or exports"),
+    Mutant("two_sets_routing_unsorted", "rl/jssp/instances.py",
+           "noise = noise + (jnp.arange(num_machines) >= num_machines // 2)",
+           "noise = noise + 0 * (jnp.arange(num_machines) >= num_machines // 2)",
+           _SELF_LABEL_TESTS, "the two_sets family's jobs visit the machines in any order (a plain random routing)",
+           k="family"),
 
     # ---------------------------------------------------------------- rl/malloc/muzero/training.py
     Mutant("muzero_policy_ce_sign_flip", "rl/malloc/muzero/training.py",
