@@ -53,7 +53,7 @@ from absl import logging
 from algoperf import halton, scoring, spec
 from algoperf import workloads as workloads_lib
 from parallel import checkpoint as ckpt_lib
-from training.run import require_positive, write_json_atomic
+from training.run import require_positive, write_csv_atomic, write_json_atomic
 
 FRAMEWORK = "jax"
 RULESETS = ("external", "self")
@@ -172,13 +172,7 @@ class MetricLogger:
 
     def _write(self, is_eval: bool) -> None:
         rows, path = self.rows[is_eval], self.paths[is_eval]
-        columns = sorted({k for r in rows for k in r})
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        write_csv_atomic(path, rows, sorted({k for r in rows for k in r}))
 
     def finish(self) -> None:
         pass

@@ -15,6 +15,7 @@ JSON object per logged step), ``summary.json``, ``checkpoints/`` and ``*.png``.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -140,6 +141,17 @@ def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
     path = pathlib.Path(path)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_csv_atomic(path: pathlib.Path, rows: list[dict], columns: list[str]) -> None:
+    """Writes ``rows`` as CSV with a header of ``columns`` through a temporary file and an atomic rename."""
+    path = pathlib.Path(path)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
     os.replace(tmp, path)
 
 

@@ -452,15 +452,29 @@ def make_batch_greedy(model: JobShopPolicy, noop_threshold: float | None = None)
 NOOP_THRESHOLDS = (None, 0.5, 0.7, 0.9, 1.0)
 
 
+def make_threshold_sweep(model: JobShopPolicy, candidates=NOOP_THRESHOLDS):
+    """``sweep(params, machines [B,J,M], durations [B,J,M]) -> {threshold: greedy makespans [B]}``, one jitted
+    greedy per candidate No-Op threshold (:func:`greedy_action`), compiled once and reused across calls."""
+    greedy = {c: make_batch_greedy(model, c) for c in candidates}
+
+    def sweep(params, machines, durations) -> dict:
+        return {c: np.asarray(g(params, machines, durations).job_ready).max(-1) for c, g in greedy.items()}
+
+    return sweep
+
+
+def best_noop_threshold(makespans: dict) -> tuple[float | None, dict]:
+    """The threshold of smallest mean makespan in a sweep's ``{threshold: makespans}`` (ties: the earlier
+    candidate), and the mean makespan of each candidate."""
+    means = {c: float(v.mean()) for c, v in makespans.items()}
+    return min(means, key=lambda c: means[c]), {str(c): v for c, v in means.items()}
+
+
 def select_noop_threshold(model: JobShopPolicy, params, machines, durations,
                           candidates=NOOP_THRESHOLDS) -> tuple[float | None, dict]:
     """The greedy No-Op threshold (:func:`greedy_action`) of smallest mean makespan on validation
     instances ([B, J, M]; ties: the earlier candidate), and the mean makespan of each candidate."""
-    means = {}
-    for c in candidates:
-        means[c] = float(np.asarray(make_batch_greedy(model, c)(params, machines, durations).job_ready).max(-1).mean())
-    best = min(candidates, key=lambda c: means[c])
-    return best, {str(c): v for c, v in means.items()}
+    return best_noop_threshold(make_threshold_sweep(model, candidates)(params, machines, durations))
 
 
 SAMPLING_TEMPERATURES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)

@@ -23,7 +23,6 @@ the smallest wins (ties: the earlier candidate), and it is stored in the policy'
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import json
 import pathlib
@@ -342,10 +341,5 @@ def make_set(cfg: MakeSetConfig) -> list[dict]:
                 rows.append({"instance": inst.name, "family": dist.name, "upper_bound": res.makespan,
                              "lower_bound": res.lower_bound, "status": res.status})
                 logging.info("%s: CP-SAT %d (bound %d, %s)", inst.name, res.makespan, res.lower_bound, res.status)
-    tmp = out / "bounds.csv.tmp"
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out / "bounds.csv")
+    run_lib.write_csv_atomic(out / "bounds.csv", rows, list(rows[0]))
     return rows

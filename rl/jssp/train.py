@@ -192,17 +192,18 @@ def validation_set(cfg: TrainJSSPConfig) -> Validation:
     """``eval_instances`` fixed instances of the largest (last) curriculum size from each of
     ``val_distributions`` (their own seeds, apart from training's), with lower bounds and FDD/MWKR makespans."""
     J, M = cfg.stages()[-1][:2]
-    families = instances.parse_distributions(cfg.val_distributions, "val_distributions")
+    wanted = instances.parse_distributions(cfg.val_distributions, "val_distributions")
+    # in DISTRIBUTIONS' order, each family's key from its place there (a family's instances do not depend on
+    # which others are validated)
+    chosen = [(i, d) for i, d in enumerate(instances.DISTRIBUTIONS.values()) if d in wanted]
     batches = [instances.generate_batch_jax(jax.random.PRNGKey(10_007 * (cfg.seed + 1) + i), cfg.eval_instances, J,
-                                            M, dist) for i, dist in enumerate(instances.DISTRIBUTIONS.values())
-               if dist in families]
+                                            M, dist) for i, dist in chosen]
     machines = jnp.concatenate([m for m, _ in batches])
     durations = jnp.concatenate([d for _, d in batches])
     lb = np.array([instances.simple_lower_bound(m, d) for m, d in zip(np.asarray(machines), np.asarray(durations))],
                   np.float64)
     rule = np.asarray(rules.solve_batch(machines, durations, "fdd_mwkr").job_ready).max(-1).astype(np.float64)
-    order = [d.name for d in instances.DISTRIBUTIONS.values() if d in families]
-    return Validation(tuple(order), machines, durations, lb, rule)
+    return Validation(tuple(d.name for _, d in chosen), machines, durations, lb, rule)
 
 
 def keep_best(best: dict, params, report: dict, step: int) -> dict:
@@ -263,7 +264,7 @@ def train(cfg: TrainJSSPConfig) -> dict:
         return train_steps[key, family]
 
     solver = agent.make_solver(model)
-    greedy = {c: agent.make_batch_greedy(model, c) for c in agent.NOOP_THRESHOLDS}
+    sweep = agent.make_threshold_sweep(model)
     val = validation_set(cfg)
     logging.info("validation: %d instances of %s; FDD/MWKR's gap to the lower bound %s", len(val.lower_bound),
                  ", ".join(val.families), {k: round(v, 2) for k, v in val.report(val.fdd_mwkr).items()
@@ -271,9 +272,8 @@ def train(cfg: TrainJSSPConfig) -> dict:
 
     def evaluate(params) -> dict:
         """The validation report of the greedy policy at its best No-Op threshold (the one export ships)."""
-        by_threshold = {c: np.asarray(g(params, val.machines, val.durations).job_ready).max(-1)
-                        for c, g in greedy.items()}
-        threshold = min(by_threshold, key=lambda c: by_threshold[c].mean())
+        by_threshold = sweep(params, val.machines, val.durations)
+        threshold, _ = agent.best_noop_threshold(by_threshold)
         return dict(val.report(by_threshold[threshold]), val_noop_threshold=-1.0 if threshold is None else threshold)
 
     def save(step):
@@ -328,7 +328,7 @@ def train(cfg: TrainJSSPConfig) -> dict:
                done="preempted" if end.preempted else "done")
     if cfg.export_dir and not end.preempted:
         params = state["best"]["params"]
-        threshold, by_threshold = agent.select_noop_threshold(model, params, val.machines, val.durations)
+        threshold, by_threshold = agent.best_noop_threshold(sweep(params, val.machines, val.durations))
         logging.info("exporting step %d (validation gap %.2f %%); greedy No-Op threshold %s (validation mean "
                      "makespan per threshold: %s)", best_step, summary["selected_val_gap_lb_pct"], threshold,
                      by_threshold)
