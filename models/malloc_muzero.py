@@ -12,11 +12,13 @@ where here the latent state ``s`` is a *set* of tokens: one global token plus on
 (``Latent.tokens`` [..., N + 1, D], ``Latent.mask`` [..., N + 1] marks the real slots). Every function is
 a pre-norm transformer over that set, so one set of parameters serves every padded size N.
 
-Action ``a`` of the mallocGame (``rl/malloc/game.py``, ``N + 2`` moves): 0 = slow memory, 1 = offset 0,
-``2 + j`` = on top of buffer slot ``j``. The prediction scores the two fixed moves from the global token
-and the slot moves pointer-style (Vinyals et al. 2015, "Pointer Networks"): ``logit_{2+j} = <W_q g,
-W_k s_j> / sqrt(D)``. The dynamics embeds the action by adding a learned move-type vector to the global
-token and a learned "chosen" vector to the token of slot ``j``, then runs its blocks. The prediction also
+Action ``a`` of the mallocGame (``rl/malloc/game.py``, ``2 N + 3`` moves): 0 = slow memory, 1 = offset 0,
+2 = ending at the capacity, ``3 + j`` = on top of buffer slot ``j``, ``3 + N + j`` = ending at the bottom of
+slot ``j``. The prediction scores the three fixed moves from the global token and the slot moves
+pointer-style (Vinyals et al. 2015, "Pointer Networks"), one query per face: ``logit_{3+j} = <W_top g,
+W_k s_j> / sqrt(D)`` and ``logit_{3+N+j} = <W_under g, W_k s_j> / sqrt(D)``. The dynamics embeds the action
+by adding a learned move-type vector to the global token and a learned "chosen" vector to the token of
+slot ``j``, then runs its blocks. The prediction also
 emits a legality logit per move (an auxiliary head, trained on the true legal masks) that the search
 uses inside the tree to push down the prior of moves the model believes illegal.
 
@@ -79,9 +81,9 @@ class Latent(NamedTuple):
 
 
 class Prediction(NamedTuple):
-    logits: jax.Array        # float32 [..., N + 2]; padding slots at NEG
+    logits: jax.Array        # float32 [..., 2 N + 3]; padding slots at NEG
     value: jax.Array         # float32 [...]
-    legal_logits: jax.Array  # float32 [..., N + 2]: auxiliary legality head
+    legal_logits: jax.Array  # float32 [..., 2 N + 3]: auxiliary legality head
 
 
 class Stack(nn.Module):
@@ -105,18 +107,18 @@ class MallocMuZeroNet(nn.Module):
         self.slot_in = nn.Dense(c.width)
         self.glob_in = nn.Dense(c.width)
         self.repr_stack = Stack(c, c.repr_layers)
-        self.move_type = nn.Embed(3, c.width)  # slow, offset 0, on top of a slot
+        self.move_type = nn.Embed(5, c.width)  # slow, floor, ceiling, on top of a slot, under a slot
         self.chosen = self.param("chosen", nn.initializers.normal(1.0), (c.width,))
         self.dyn_stack = Stack(c, c.dyn_layers)
         self.reward_head = nn.Sequential([nn.Dense(c.mlp_dim), nn.gelu, nn.Dense(1)])
         self.pred_stack = Stack(c, c.pred_layers) if c.pred_layers else None
         self.value_head = nn.Sequential([nn.Dense(c.mlp_dim), nn.gelu, nn.Dense(1)])
-        # 2 logits (slow, offset 0) + 2 legality logits; the slow logit starts at slow_bias_init
-        self.fixed_head = nn.Sequential([nn.Dense(c.mlp_dim), nn.gelu, nn.Dense(4, bias_init=_fixed_bias(
+        # 3 logits (slow, floor, ceiling) + 3 legality logits; the slow logit starts at slow_bias_init
+        self.fixed_head = nn.Sequential([nn.Dense(c.mlp_dim), nn.gelu, nn.Dense(6, bias_init=_fixed_bias(
             c.slow_bias_init))])
-        self.query = nn.Dense(2 * c.width)
+        self.query = nn.Dense(4 * c.width)  # policy and legality queries, for the top and the under face
         self.key = nn.Dense(2 * c.width)
-        self.slot_legal_bias = nn.Dense(1)
+        self.slot_legal_bias = nn.Dense(2)
 
     def represent(self, slots, glob, slot_valid) -> Latent:
         """slots [..., N, F_s], glob [..., F_g], slot_valid bool [..., N]."""
@@ -125,10 +127,11 @@ class MallocMuZeroNet(nn.Module):
         return Latent(self.repr_stack(tokens, mask), mask)
 
     def dynamics(self, latent: Latent, action) -> tuple[Latent, jax.Array]:
-        """action int [...] in [0, N + 2)."""
+        """action int [...] in [0, 2 N + 3)."""
         n = latent.tokens.shape[-2] - 1
-        kind = jnp.minimum(action, 2)
-        onehot = jax.nn.one_hot(action - 2, n, dtype=latent.tokens.dtype)  # all-zero for moves 0 and 1
+        slot_move = action - 3  # 0..2N-1 for the slot moves: on top of slot j (j), under slot j (N + j)
+        kind = jnp.where(slot_move < 0, action, 3 + (slot_move >= n))
+        onehot = jax.nn.one_hot(slot_move % n, n, dtype=latent.tokens.dtype) * (slot_move >= 0)[..., None]
         add = jnp.concatenate([self.move_type(kind)[..., None, :], onehot[..., None] * self.chosen], axis=-2)
         tokens = self.dyn_stack(latent.tokens + add, latent.mask)
         reward = self.reward_head(tokens[..., 0, :])[..., 0]
@@ -139,16 +142,17 @@ class MallocMuZeroNet(nn.Module):
         x = latent.tokens if self.pred_stack is None else self.pred_stack(latent.tokens, latent.mask)
         g, s = x[..., 0, :], x[..., 1:, :]
         fixed = self.fixed_head(g)
-        qk = self.query(g)
-        q_pol, q_leg = qk[..., :c.width], qk[..., c.width:]
+        q = self.query(g).reshape(g.shape[:-1] + (2, 2, c.width))  # [..., policy/legality, top/under, D]
         kk = self.key(s)
         k_pol, k_leg = kk[..., :c.width], kk[..., c.width:]
         scale = jnp.sqrt(jnp.float32(c.width))
-        slot_logits = jnp.einsum("...d,...nd->...n", q_pol, k_pol) / scale
-        slot_legal = jnp.einsum("...d,...nd->...n", q_leg, k_leg) / scale + self.slot_legal_bias(s)[..., 0]
-        valid = latent.mask[..., 1:]
-        logits = jnp.concatenate([fixed[..., :2], jnp.where(valid, slot_logits, NEG)], axis=-1)
-        legal = jnp.concatenate([fixed[..., 2:], jnp.where(valid, slot_legal, NEG)], axis=-1)
+        slot_logits = jnp.einsum("...fd,...nd->...fn", q[..., 0, :, :], k_pol) / scale  # [..., 2, N]
+        slot_legal = (jnp.einsum("...fd,...nd->...fn", q[..., 1, :, :], k_leg) / scale
+                      + jnp.swapaxes(self.slot_legal_bias(s), -1, -2))
+        valid = latent.mask[..., None, 1:]
+        flat = lambda x: x.reshape(x.shape[:-2] + (-1,))  # top block then under block
+        logits = jnp.concatenate([fixed[..., :3], flat(jnp.where(valid, slot_logits, NEG))], axis=-1)
+        legal = jnp.concatenate([fixed[..., 3:], flat(jnp.where(valid, slot_legal, NEG))], axis=-1)
         value = self.value_head(g)[..., 0]
         return Prediction(logits, value, legal)
 

@@ -173,13 +173,23 @@ CASES = [
          files={"in/j.json": "{not json"}, slow=True),
     Case("eval_malloc", "too_large_for_the_jax_game",
          ("--instances={row}/in", "--solver=muzero", "--simulations=2", "--out={row}/r.json"),
-         "g.json (instance 't'): capacity=16 and every size (largest 2147483648) must be < 2**30",
-         files={"in/g.json": _malloc_json(buffer={"size": 2**31})}, slow=True),
+         "g.json (instance 't'): capacity=16 and every size (largest 2147483649) must be < 2**30 units of 1 bytes",
+         files={"in/g.json": _malloc_json(buffer={"size": 2**31 + 1})}, slow=True),
+    Case("eval_malloc", "time_limit_from_nonexistent",
+         ("--solver=cpsat", "--time_limit_from={row}/nonexistent.json", "--out={row}/r.json"),
+         "--time_limit_from=", slow=True),
+    Case("eval_malloc", "time_limit_from_without_agent", ("--solver=cpsat", "--time_limit_from={row}/h.json"),
+         "needs exactly one muzero/alphazero/rollout record per instance",
+         files={"h.json": json.dumps([{"instance": "t", "solver": "heuristic", "wall_time_s": 0.1}])}),
+    # ---------------------------------------------------------------- check_malloc_moves
+    Case("check_malloc_moves", "count_zero", ("--count=0", "--out={row}/m.json"), "--count=0", slow=True),
     # ---------------------------------------------------------------- make_malloc_instances
     Case("make_malloc_instances", "capacity_fraction_2", ("--out_dir={row}/out", "--capacity_fraction=2"),
          "--capacity_fraction=2.0"),
     Case("make_malloc_instances", "random_without_dir", ("--out_dir={row}/out", "--random=5"), "--random=5",
          slow=True),
+    Case("make_malloc_instances", "bad_set", ("--out_dir={row}/out", "--sets=windows,whole"),
+         "--sets='windows,whole': ['whole'] unknown", slow=True),
     # ---------------------------------------------------------------- AlgoPerf
     Case("run_algoperf", "search_space_missing", AP, "--tuning_search_space=None"),
     Case("run_algoperf", "search_space_nonexistent", (*AP, "--tuning_search_space={row}/nonexistent.json"),
@@ -387,7 +397,7 @@ def test_malloc_instance_from_a_file_is_named_by_it_in_later_errors(tmp_path):
     from rl.malloc import game
 
     p = tmp_path / "g.json"
-    p.write_text(_malloc_json(buffer={"size": 2 ** 31}))
+    p.write_text(_malloc_json(buffer={"size": 2 ** 31 + 1}))  # odd: an address unit of 1 byte
     inst = malloc_instance.load(p)
     assert inst.source == str(p) and "source" not in inst.to_dict()
     with pytest.raises(ValueError, match=f"{p} \\(instance 't'\\): capacity=16 and every size"):

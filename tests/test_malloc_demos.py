@@ -44,15 +44,33 @@ def test_demonstrations_replay_the_cpsat_game_optimum_move_by_move(expert):
 
 
 def test_move_for_offset_plays_slow_when_no_legal_move_reaches_the_target():
-    inst = game.pad([instance.Instance("t", sizes=np.array([2, 2]), starts=np.array([0, 0]), ends=np.array([1, 1]),
+    inst = game.pad([instance.Instance("t", sizes=np.array([2, 1]), starts=np.array([0, 0]), ends=np.array([1, 1]),
                                        benefits=np.array([1.0, 1.0]), capacity=4)], 2)
     one = jax.tree.map(lambda x: x[0], inst)
     s0 = game.init(one)
-    assert int(demos.move_for_offset(one, s0, 0)) == 1 and int(demos.move_for_offset(one, s0, -1)) == game.SLOW
+    assert int(demos.move_for_offset(one, s0, 0)) == game.ZERO and int(demos.move_for_offset(one, s0, -1)) == game.SLOW
+    assert int(demos.move_for_offset(one, s0, 2)) == game.CEILING
     assert int(demos.move_for_offset(one, s0, 1)) == game.SLOW   # offset 1 is not a game move
-    s1, _, _ = game.step(one, s0, jnp.int32(1))
-    assert int(demos.move_for_offset(one, s1, 2)) == 2            # on top of slot 0
+    s1, _, _ = game.step(one, s0, jnp.int32(game.ZERO))
+    assert int(demos.move_for_offset(one, s1, 2)) == game.on_top(0, 2)
+    assert int(demos.move_for_offset(one, s1, 3)) == game.CEILING
     assert int(demos.move_for_offset(one, s1, 0)) == game.SLOW   # taken
+
+
+def test_address_units_scale_sizes_and_offsets_back_to_bytes():
+    """Sizes and capacity sharing a factor of 4 bytes are played in units of 4; offsets come back in bytes."""
+    inst = instance.Instance("u", sizes=np.array([8, 4, 12]), starts=np.array([0, 0, 1]), ends=np.array([1, 2, 2]),
+                             benefits=np.array([1.0, 1.0, 1.0]), capacity=24)
+    assert game.address_unit(inst) == 4
+    one = jax.tree.map(lambda x: x[0], game.pad([inst], 4))
+    assert int(one.unit) == 4 and int(one.capacity) == 6 and np.asarray(one.size)[:3].tolist() == [2, 1, 3]
+    state = game.init(one)
+    for move in (game.ZERO, game.on_top(0, 4), game.CEILING):  # 8 B at 0, 4 B at 8, 12 B at 24 - 12
+        state, _, _ = game.step(one, state, jnp.int32(move))
+    offsets = game.offsets_in_instance_order(one, state)
+    assert offsets.tolist() == [0, 8, 12] and validate.violations(inst, offsets) == []
+    ep, returns = demos.demonstration_episodes([inst], 4, time_limit_s=2.0)  # byte targets replay in units
+    assert float(returns[0]) == pytest.approx(1.0)
 
 
 def test_demo_replay_value_targets_are_the_expert_returns_to_go(expert):

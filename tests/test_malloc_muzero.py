@@ -48,7 +48,8 @@ def test_network_shapes_and_padding(tiny):
     assert latent.tokens.shape == (3, N + 1, TINY_NET.width)
     pred = apply(params, latent, method=model.predict)
     assert pred.logits.shape == pred.legal_logits.shape == (3, game.num_actions(N)) and pred.value.shape == (3,)
-    assert bool(jnp.all((pred.logits[:, 2:] <= -1e8) == ~valid))  # padding slots are never proposed
+    slot_logits = pred.logits[:, game.FIXED_MOVES:].reshape(3, 2, N)  # on-top block, under block
+    assert bool(jnp.all((slot_logits <= -1e8) == ~valid[:, None, :]))  # padding slots are never proposed
     nxt, reward = apply(params, latent, jnp.array([0, 1, 2]), method=model.dynamics)
     assert nxt.tokens.shape == latent.tokens.shape and reward.shape == (3,)
     # the same parameters serve another padded size (pointer-style slot scoring)
@@ -67,11 +68,15 @@ def test_python_game_agrees_with_jax_game():
         ref = pygame_ref.PyMallocGame(inst)
         state = game.init(padded)
         rng = random.Random(k)
+        # the reference numbers its moves for n slots, the padded game for N: same blocks, other offsets
+        padded_move = [a if a < 3 + n else a - n + N for a in range(2 * n + 3)]
         while not ref.done:
             legal = np.asarray(legal_fn(padded, state))
-            assert list(legal[:n + 2]) == ref.legal_actions() and not legal[n + 2:].any()
-            action = rng.choice([a for a in range(n + 2) if legal[a]] + [rng.randrange(n + 2)])  # some illegal
-            r_ref, _ = ref.step(action)
+            assert [bool(legal[a]) for a in padded_move] == ref.legal_actions()
+            assert legal.sum() == sum(ref.legal_actions())
+            move = rng.choice([a for a in range(2 * n + 3) if legal[padded_move[a]]] + [rng.randrange(2 * n + 3)])
+            action = padded_move[move]  # some illegal
+            r_ref, _ = ref.step(move)
             state, r, _ = step(padded, state, action)
             assert float(r) == pytest.approx(r_ref, rel=1e-6, abs=1e-7)
         offsets = game.offsets_in_instance_order(padded, state)
@@ -79,7 +84,29 @@ def test_python_game_agrees_with_jax_game():
         assert validate.normalised_benefit(inst, offsets) == pytest.approx(ref.ret, rel=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["muzero", "alphazero", "policy"])
+def test_first_fit_rollout_matches_the_python_game():
+    """game.first_fit_return (the rollout search's leaf value) from random mid-episode states equals a
+    plain-Python first-fit completion in pygame_ref (lowest legal offset, else slow)."""
+    rollout = jax.jit(game.first_fit_return)
+    step = jax.jit(game.step)
+    for k, inst in enumerate(_instances(6, seed=4)):
+        n = inst.num_buffers
+        padded = jax.tree.map(lambda x: x[0], game.pad([inst], N))
+        ref = pygame_ref.PyMallocGame(inst)
+        state, rng = game.init(padded), random.Random(k)
+        for _ in range(rng.randrange(n)):  # a random prefix of legal moves
+            move = rng.choice([a for a, ok in enumerate(ref.legal_actions()) if ok])
+            ref.step(move)
+            state, _, _ = step(padded, state, move if move < 3 + n else move - n + N)
+        before = ref.ret
+        while not ref.done:
+            cands = ref.candidates()
+            legal = [a for a, ok in enumerate(ref.legal_actions()) if ok and a != 0]
+            ref.step(min(legal, key=lambda a: (cands[a], a)) if legal else 0)
+        assert float(rollout(padded, state)) == pytest.approx(ref.ret - before, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["muzero", "alphazero", "rollout", "policy"])
 def test_search_masks_the_root_and_placements_pass_the_validator(tiny, insts16, kind):
     model, params = tiny
     batch = game.pad(insts16, N)
@@ -156,7 +183,7 @@ def test_solve_batch_returns_valid_offsets_in_instance_order(tiny):
 @pytest.mark.slow  # about 20 s
 def test_best_of_samples_is_valid_and_never_worse_than_the_deterministic_search(tiny):
     model, params = tiny
-    insts = _instances(12, seed=9)
+    insts = _instances(12, seed=10)
     det = muzero.solve_batch(insts, model, params, "muzero", 4, 4, max_buffers=N)
     best = muzero.solve_batch(insts, model, params, "muzero", 4, 4, max_buffers=N, samples=8)
     gains = []

@@ -303,7 +303,8 @@ def test_muzero_loss_fn_total_is_the_configured_combination_of_the_terms():
     inst = game.pad([instance.random_instance(rng, num_buffers=n, horizon=12, max_size=16) for n in (3, 5, 8, 6)], N)
     state = game.State(offset=np.full((B, N), -1, np.int32), t=np.zeros(B, np.int32), ret=np.zeros(B, np.float32))
     A = game.num_actions(N)
-    action_ok = np.concatenate([np.ones((B, 2), bool), np.asarray(inst.valid)], -1)
+    valid = np.asarray(inst.valid)  # moves: slow, floor, ceiling, on top of each slot, under each slot
+    action_ok = np.concatenate([np.ones((B, 3), bool), valid, valid], -1)
     pi = np.where(action_ok[:, None], rng.gamma(1.0, size=(B, K + 1, A)), 0.0)
     batch = muzero.Batch(
         inst=inst, state=state,

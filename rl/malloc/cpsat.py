@@ -7,8 +7,9 @@ are present iff ``x_i``. ``AddNoOverlap2D`` forbids two present rectangles from 
 maximises ``sum_i benefit_i * x_i``. Buffers larger than the capacity are fixed to slow memory.
 
 ``game_moves=True`` adds the mallocGame's move set (``rl/malloc/game.py``): visiting buffers in schedule
-order, a buffer in fast memory must sit at offset 0 or exactly on top of an earlier-visited, time-overlapping
-buffer in fast memory (one Boolean per candidate, exactly one true iff ``x_i``). Its optimum is the best
+order, a buffer in fast memory must sit at offset 0, end at the capacity, or touch an earlier-visited,
+time-overlapping buffer in fast memory from above (on its top) or below (ending at its bottom) (one Boolean
+per candidate, at least one true iff ``x_i``). Its optimum is the best
 return the game can reach (at most the unrestricted optimum), and its solutions replay as game moves: the
 demonstrations of ``rl/malloc/demos.py``.
 Benefits are scaled to integers (``scale``); the reported objective is recomputed from the float benefits.
@@ -47,24 +48,26 @@ def integer_benefits(benefits: np.ndarray, resolution: int = 10 ** 6) -> tuple[n
 
 
 def _restrict_to_game_moves(m: cp_model.CpModel, instance: Instance, present: list, ys: list) -> None:
-    """x_i => (y_i = 0) or (y_i = y_j + size_j for exactly one earlier-visited, time-overlapping j in fast memory)."""
+    """x_i => y_i is 0, capacity - size_i, or a face of an earlier-visited, time-overlapping j in fast memory
+    (y_j + size_j or y_j - size_i)."""
     order = [int(i) for i in instance.schedule_order()]
-    a, b, s = instance.starts, instance.ends, instance.sizes
+    a, b, s, cap = instance.starts, instance.ends, instance.sizes, instance.capacity
     for k, i in enumerate(order):
         if present[i] is None:
             continue
-        on_zero = m.NewBoolVar(f"on_zero_{i}")
-        m.Add(ys[i] == 0).OnlyEnforceIf(on_zero)
-        choices = [on_zero]
-        for j in order[:k]:
-            if present[j] is None or not (a[j] <= b[i] and a[i] <= b[j]):
-                continue
-            on_j = m.NewBoolVar(f"on_{i}_{j}")
-            m.Add(ys[i] == ys[j] + int(s[j])).OnlyEnforceIf(on_j)
-            m.AddImplication(on_j, present[j])
-            choices.append(on_j)
-        m.Add(sum(choices) == 1).OnlyEnforceIf(present[i])
-        m.Add(sum(choices) == 0).OnlyEnforceIf(present[i].Not())
+        choices = []
+        for name, lhs, rhs, j in [("floor", ys[i], 0, None), ("ceiling", ys[i], cap - int(s[i]), None)] + [
+                (kind, ys[i], ys[j] + (int(s[j]) if kind == "top" else -int(s[i])), j)
+                for j in order[:k] if present[j] is not None and a[j] <= b[i] and a[i] <= b[j]
+                for kind in ("top", "under")]:
+            c = m.NewBoolVar(f"{name}_{i}" + ("" if j is None else f"_{j}"))
+            m.Add(lhs == rhs).OnlyEnforceIf(c)
+            if j is not None:
+                m.AddImplication(c, present[j])
+            choices.append(c)
+        m.AddBoolOr(choices).OnlyEnforceIf(present[i])
+        for c in choices:
+            m.AddImplication(c, present[i])
 
 
 def solve(instance: Instance, time_limit_s: float = 10.0, workers: int = 1, hint: np.ndarray | None = None,
@@ -94,8 +97,9 @@ def solve(instance: Instance, time_limit_s: float = 10.0, workers: int = 1, hint
         if hint is not None and hint[i] >= 0:
             m.AddHint(p, 1)
             m.AddHint(y, int(hint[i]))
-        elif hint is not None:
-            m.AddHint(p, 0)
+        elif hint is not None:  # a complete hint (every variable): CP-SAT checks it at once, else it searches
+            m.AddHint(p, 0)     # for the missing values and, on programs of thousands of buffers, finds none
+            m.AddHint(y, 0)
     if x_iv:
         m.AddNoOverlap2D(x_iv, y_iv)
     if game_moves:

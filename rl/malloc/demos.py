@@ -28,12 +28,15 @@ def expert_offsets(instances: list[Instance], time_limit_s: float = 1.0, workers
 
 
 def slot_offsets(batch: game.Padded, offsets: list[np.ndarray]) -> jax.Array:
-    """int32 [B, N]: each padded slot's target offset (-1 slow or padding), from instance-order offsets."""
+    """int32 [B, N]: each padded slot's target offset in game address units (-1 slow or padding), from
+    instance-order offsets in bytes."""
     order = np.asarray(batch.order)
+    unit = np.asarray(batch.unit)
     out = np.full(order.shape, -1, np.int32)
     for b, off in enumerate(offsets):
         keep = order[b] >= 0
-        out[b, keep] = np.asarray(off)[order[b, keep]]
+        target = np.asarray(off)[order[b, keep]]
+        out[b, keep] = np.where(target >= 0, target // unit[b], -1)
     return jnp.asarray(out)
 
 

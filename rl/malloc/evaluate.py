@@ -8,9 +8,9 @@ Solvers (rl/malloc/): heuristic (XLA memory-space-assignment order benefit/sqrt(
 ``time_limit`` s per instance, ``workers``; reports optimal or its bound), cpsat_game (the same, restricted to
 the mallocGame's moves: the best return any game-playing agent can reach), muzero (rl/malloc/muzero/: Gumbel
 MuZero search, ``simulations`` per move, over the learned model of the network in ``weights``, default the
-shipped one in rl/malloc/trained/) and alphazero (the same network and search, but the true game as recurrent
-function); both keep the best (true return) of the deterministic episode and ``samples`` - 1 Gumbel-noised
-ones. Every placement is checked by the independent validator (rl/malloc/validate.py) before it is reported.
+shipped one in rl/malloc/trained/), alphazero (the same network and search, but the true game as recurrent
+function) and rollout (the true game, the network's prior, first-fit rollouts as leaf values); all keep the
+best (true return) of the deterministic episode and ``samples`` - 1 Gumbel-noised ones. Every placement is checked by the independent validator (rl/malloc/validate.py) before it is reported.
 
 ``out`` is a JSON list, one record per (instance, solver): instance, solver, benefit, total_benefit,
 normalised_benefit, wall_time_s, placement ({buffer name: offset or "slow"}), and for cpsat optimal, bound.
@@ -26,8 +26,8 @@ import numpy as np
 from rl.malloc import baselines, cpsat, instance, validate
 from training import run as run_lib
 
-SOLVERS = ("heuristic", "firstfit", "random", "cpsat", "cpsat_game", "muzero", "alphazero")
-LEARNED = ("muzero", "alphazero")
+SOLVERS = ("heuristic", "firstfit", "random", "cpsat", "cpsat_game", "muzero", "alphazero", "rollout")
+LEARNED = ("muzero", "alphazero", "rollout")
 DEFAULT_INSTANCES = pathlib.Path(instance.__file__).parent / "instances" / "test"
 NETWORK_FILES = ("muzero.msgpack", "muzero.json")
 
@@ -42,22 +42,25 @@ def require_network_dir(name: str, directory: str) -> None:
 class EvalMallocConfig:
     """One evaluation of mallocGame solvers (:func:`run`).
 
-    solver: Which solver: heuristic, firstfit, random, cpsat, cpsat_game, muzero, alphazero, or all (every
-      one).
+    solver: Which solver: heuristic, firstfit, random, cpsat, cpsat_game, muzero, alphazero, rollout, or all
+      (every one).
     instances: Directory of instance JSON files.
     time_limit: CP-SAT seconds per instance.
+    time_limit_from: cpsat/cpsat_game: instead of time_limit, give each instance the wall time a learned
+      solver (muzero or alphazero) took on it, read from this earlier --out file (CP-SAT at the agent's time).
     workers: CP-SAT search workers.
     seed: Seed of the random solver (and of the muzero/alphazero search).
-    simulations: muzero/alphazero: search simulations per move.
-    samples: muzero/alphazero: keep the best (true game return) of the deterministic episode and samples-1
+    simulations: muzero/alphazero/rollout: search simulations per move.
+    samples: muzero/alphazero/rollout: keep the best (true game return) of the deterministic episode and samples-1
       episodes with Gumbel noise at the root.
-    weights: muzero/alphazero: network directory (muzero.msgpack + muzero.json); default the shipped
+    weights: muzero/alphazero/rollout: network directory (muzero.msgpack + muzero.json); default the shipped
       rl/malloc/trained.
     out: Write the per-instance records here (JSON list).
     """
     solver: str = "heuristic"
     instances: str = str(DEFAULT_INSTANCES)
     time_limit: float = 10.0
+    time_limit_from: str = ""
     workers: int = 1
     seed: int = 0
     simulations: int = 64
@@ -75,6 +78,8 @@ class EvalMallocConfig:
                 muzero.check_search_args(self.simulations, self.samples)
             else:
                 make_runner(s, self.time_limit, self.workers, self.seed)
+        if self.time_limit_from:
+            agent_wall_times(self.time_limit_from)
         if self.weights:  # checked even when no solver uses it: a mistyped path is never silently ignored
             require_network_dir("weights", self.weights)
         run_lib.require_output_file("out", self.out, make_parents=True)
@@ -84,9 +89,28 @@ class EvalMallocConfig:
         return list(SOLVERS) if self.solver == "all" else [self.solver]
 
 
+def agent_wall_times(path: str) -> dict[str, float]:
+    """{instance: wall_time_s} of the learned solver's records in the eval_malloc --out file ``path``;
+    ValueError naming the file unless it holds exactly one muzero/alphazero/rollout record per instance."""
+    import json
+
+    file = pathlib.Path(path).expanduser()
+    try:
+        records = json.loads(file.read_text())
+        learned = [(r["instance"], float(r["wall_time_s"])) for r in records if r.get("solver") in LEARNED]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"time_limit_from={path!r}: not an eval_malloc --out file ({type(e).__name__}: {e})")
+    times = dict(learned)
+    if not times or len(times) != len(learned) or min(times.values()) <= 0:
+        raise ValueError(f"time_limit_from={path!r}: needs exactly one muzero/alphazero/rollout record per instance with "
+                         f"wall_time_s > 0; found {len(learned)} records for {len(times)} instances")
+    return times
+
+
 def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: int = 0, simulations: int = 64,
-                weights: str = "", samples: int = 1):
-    """``run(instance) -> (offsets int64 [n] with -1 slow, extra record fields)``."""
+                weights: str = "", samples: int = 1, time_limits: dict[str, float] | None = None):
+    """``run(instance) -> (offsets int64 [n] with -1 slow, extra record fields)``; CP-SAT's limit is
+    ``time_limits[instance name]`` where given (ValueError for an instance it lacks), else ``time_limit``."""
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r}; allowed: {', '.join(SOLVERS)}, all")
     if solver in LEARNED:
@@ -96,6 +120,8 @@ def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: i
         model, params, info = muzero.load_network(pathlib.Path(weights).expanduser() if weights else None)
         search_cfg = info.get("search_config", {})
         max_considered, q_scale = int(search_cfg.get("max_considered", 16)), float(search_cfg.get("q_scale", 1.0))
+        if solver == "rollout":
+            q_scale = float(search_cfg.get("rollout_q_scale", 1.0))
 
         def run_learned(inst):
             offsets = muzero.solve_batch([inst], model, params, solver, simulations, max_considered, seed,
@@ -109,11 +135,15 @@ def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: i
             raise ValueError(f"workers={workers} must be >= 1")
 
         def run_cpsat(inst):
+            if time_limits is not None and inst.name not in time_limits:
+                raise ValueError(f"{inst.where}: no learned-solver wall time for it in time_limit_from")
+            limit = time_limits[inst.name] if time_limits is not None else time_limit
             if solver == "cpsat_game":
-                sol = cpsat.solve(inst, time_limit, workers, game_moves=True)
+                sol = cpsat.solve(inst, limit, workers, game_moves=True)
             else:
-                sol = cpsat.solve(inst, time_limit, workers, hint=baselines.xla_heuristic(inst))
-            return sol.offsets, {"optimal": sol.optimal, "bound": sol.bound, "status": sol.status}
+                sol = cpsat.solve(inst, limit, workers, hint=baselines.xla_heuristic(inst))
+            return sol.offsets, {"optimal": sol.optimal, "bound": sol.bound, "status": sol.status,
+                                 "time_limit_s": limit}
         return run_cpsat
     if solver == "random":
         return lambda inst: (baselines.random_legal(inst, seed), {})
@@ -177,8 +207,8 @@ def print_table(summary: dict) -> None:
 
 
 def run_solvers(insts, solvers, time_limit=10.0, workers=1, seed=0, simulations=64, weights="",
-                samples=1) -> list[dict]:
-    runners = [(s, make_runner(s, time_limit, workers, seed, simulations, weights, samples))
+                samples=1, time_limits=None) -> list[dict]:
+    runners = [(s, make_runner(s, time_limit, workers, seed, simulations, weights, samples, time_limits))
                for s in solvers]  # all settings checked first
     return [r for s, run in runners for r in evaluate(insts, run, s)]
 
@@ -191,8 +221,14 @@ def run(cfg: EvalMallocConfig) -> list[dict]:
 
         for inst in insts:
             game.check_fits(inst)
+    time_limits = agent_wall_times(cfg.time_limit_from) if cfg.time_limit_from else None
+    if time_limits is not None:
+        missing = [i.name for i in insts if i.name not in time_limits]
+        if missing and set(cfg.solvers) & {"cpsat", "cpsat_game"}:
+            raise ValueError(f"time_limit_from={cfg.time_limit_from!r} has no learned-solver record for "
+                             f"{len(missing)} of the instances (first: {missing[0]!r})")
     records = run_solvers(insts, cfg.solvers, cfg.time_limit, cfg.workers, cfg.seed, cfg.simulations,
-                          cfg.weights, cfg.samples)
+                          cfg.weights, cfg.samples, time_limits)
     print_table(summarise(records))
     if cfg.out:
         out = pathlib.Path(cfg.out).expanduser()
@@ -201,20 +237,75 @@ def run(cfg: EvalMallocConfig) -> list[dict]:
     return records
 
 
+def move_set_ceiling(insts: list[instance.Instance], time_limit: float = 10.0) -> dict:
+    """How much the mallocGame's move set loses: per instance, CP-SAT's optimum under the game's moves and
+    unrestricted (both must be proven), and the share of instances where they are equal."""
+    rows = []
+    for inst in insts:
+        free, game_only = cpsat.solve(inst, time_limit), cpsat.solve(inst, time_limit, game_moves=True)
+        if not (free.optimal and game_only.optimal):
+            raise RuntimeError(f"{inst.where}: CP-SAT proved no optimum in {time_limit} s")
+        rows.append({"instance": inst.name, "optimum": free.benefit, "game_optimum": game_only.benefit})
+    lost = [r for r in rows if r["game_optimum"] < r["optimum"] - 1e-9 * max(1.0, r["optimum"])]
+    return {"instances": len(rows), "game_below_optimum": len(lost),
+            "share_equal": 1 - len(lost) / max(len(rows), 1), "below": lost}
+
+
+@dataclasses.dataclass(frozen=True)
+class MoveSetCheckConfig:
+    """How often the game's move set misses the unrestricted optimum (:func:`check_move_set`).
+
+    count: Random small instances (instance.tiny_contended_instance).
+    seed: Their seed.
+    out: Write the JSON summary here.
+    """
+    count: int = 1000
+    seed: int = 0
+    out: str = ""
+
+    def __post_init__(self):
+        run_lib.require_positive(self, "count")
+        run_lib.require_output_file("out", self.out, make_parents=True)
+
+
+def check_move_set(cfg: MoveSetCheckConfig) -> dict:
+    """:func:`move_set_ceiling` on ``cfg.count`` random small instances; prints the count, writes ``cfg.out``."""
+    rng = np.random.default_rng(cfg.seed)
+    insts = [instance.tiny_contended_instance(rng, f"tiny_{k:05d}") for k in range(cfg.count)]
+    summary = {**move_set_ceiling(insts), "seed": cfg.seed,
+               "generator": "rl.malloc.instance.tiny_contended_instance"}
+    print(f"game optimum == unrestricted optimum on {summary['instances'] - summary['game_below_optimum']} of "
+          f"{summary['instances']} instances")
+    if cfg.out:
+        run_lib.write_json_atomic(pathlib.Path(cfg.out).expanduser(), summary)
+    return summary
+
+
+PROGRAMS_DIR = DEFAULT_INSTANCES.parent / "programs"
+
+
 def tour_step(workdir: pathlib.Path) -> dict:
     """Small-scale tour: every baseline, CP-SAT (2 s; unrestricted and under the game's moves) and the shipped
-    mallocMuZero network (32 simulations; one episode and best of 16) on the first 6 held-out instances."""
+    mallocMuZero network (32 simulations; MuZero search, one episode and best of 16, and the rollout search)
+    on the first 6 held-out instances; then
+    the smallest held-out whole program: heuristic, CP-SAT (5 s, with its bound) and the network (4 simulations)."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     insts = instance.load_dir(DEFAULT_INSTANCES)[:6]
-    records = run_solvers(insts, ("heuristic", "firstfit", "random", "cpsat", "cpsat_game", "muzero"),
+    records = run_solvers(insts, ("heuristic", "firstfit", "random", "cpsat", "cpsat_game", "muzero", "rollout"),
                           time_limit=2.0, workers=1, simulations=32)
     best = evaluate(insts, make_runner("muzero", simulations=32, samples=16), "muzero")
     records += [dict(r, solver="muzero_best16") for r in best]
-    run_lib.write_json_atomic(workdir / "malloc_eval.json", records)
+    program = min(instance.load_dir(PROGRAMS_DIR / "test"), key=lambda i: i.num_buffers)
+    whole = run_solvers([program], ("heuristic", "cpsat", "muzero"), time_limit=5.0, simulations=4)
+    run_lib.write_json_atomic(workdir / "malloc_eval.json", records + whole)
     summary = summarise(records)
     out = {f"{s}_mean_normalised_benefit": round(row["mean_normalised_benefit"], 4) for s, row in summary.items()}
     out.update({f"{s}_gap_to_optimum_pct": round(row["mean_gap_to_optimum_pct"], 2)
                 for s, row in summary.items() if "mean_gap_to_optimum_pct" in row})
     out["instances"] = len(insts)
+    out[f"program_{program.name}_buffers"] = program.num_buffers
+    for r in whole:
+        out[f"program_{r['solver']}_normalised_benefit"] = round(r["normalised_benefit"], 4)
+    out["program_cpsat_bound_normalised"] = round(whole[1]["bound"] / program.total_benefit, 4)
     return out

@@ -320,5 +320,63 @@ def attention_fwd_bwd(batch: int = 2, heads: int = 4, seq: int = 64, head_dim: i
     return step, (q, q + 1, q + 2)
 
 
+def _lm_params(num_layers: int, d_model: int, num_heads: int, mlp_dim: int, seq_len: int):
+    from models.transformer import DecoderLM, TransformerConfig
+    cfg = TransformerConfig(num_layers=num_layers, d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim,
+                            max_seq_len=seq_len, dtype="float32", attention="xla", init="v1")
+    return DecoderLM(cfg).init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
+
+
+def diloco_outer_step(num_layers: int = 1, d_model: int = 32, num_heads: int = 2, mlp_dim: int = 64,
+                      seq_len: int = 16, workers: int = 4, precision: str = "fp4"):
+    """Streaming DiLoCo's outer step on the DecoderLM's parameters (parallel/diloco.py): every worker's outer
+    gradient Δ_m = θ - θ_m through the ``precision`` codec (parallel/quantize.py), their mean, and the outer
+    Nesterov update; the workers are a stacked leading axis (one host's view of the all-gather)."""
+    import optax
+    from parallel import diloco, quantize
+    params = _lm_params(num_layers, d_model, num_heads, mlp_dim, seq_len)
+    local = jax.tree.map(lambda x: jnp.stack([x] * workers), params)
+    outer = diloco.outer_optimizer()
+    codec = quantize.Codec(precision=precision)
+
+    def step(global_params, local_params, outer_state):
+        delta = jax.vmap(lambda lp: diloco.outer_gradient(global_params, lp))(local_params)
+        avg = jax.tree.map(lambda d: jnp.mean(jax.vmap(lambda x: quantize.roundtrip(x, codec))(d), axis=0), delta)
+        updates, outer_state = outer.update(avg, outer_state, global_params)
+        return optax.apply_updates(global_params, updates), outer_state
+    return step, (params, local, outer.init(params))
+
+
+def algoperf_step(workload: str = "ctr", batch: int = 0):
+    """One NAdamW training step (the AlgoPerf baseline's optimiser family) of an AlgoPerf-suite workload
+    (algoperf/workloads): the workload's own model_fn and loss_fn on a batch of its input shape (``batch``
+    0: the workload's default batch size)."""
+    import importlib
+    import optax
+    from algoperf import spec
+    from algoperf.workloads import WORKLOADS
+    module, cls = WORKLOADS[workload].split(":")
+    wl = getattr(importlib.import_module(module), cls)()
+    params, model_state = wl.init_model_fn(jax.random.key(0))
+    example = np.asarray(wl.example_inputs())
+    batch = batch or wl.default_batch_size
+    inputs = jnp.zeros((batch,) + example.shape[1:], example.dtype)
+    targets = jnp.zeros((batch,) + ((example.shape[1],) if example.dtype == np.int32 else ()),
+                        jnp.int32 if example.dtype == np.int32 or workload.startswith("mnist") else jnp.float32)
+    opt = optax.nadamw(1e-3, b2=0.99, weight_decay=1e-4)
+
+    def step(params, opt_state, inputs, targets):
+        def loss(p):
+            logits, _ = wl.model_fn(p, {"inputs": inputs}, model_state, spec.ForwardPassMode.TRAIN,
+                                    jax.random.key(1), update_batch_norm=True)
+            out = wl.loss_fn(targets, logits)
+            return out["summed"] / out["n_valid_examples"]
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+    return step, (params, opt.init(params), inputs, targets)
+
+
 BUILDERS = {"lm_train_step": lm_train_step, "mnist1d_mlp_step": mnist1d_mlp_step,
-            "attention_fwd_bwd": attention_fwd_bwd}
+            "attention_fwd_bwd": attention_fwd_bwd, "diloco_outer_step": diloco_outer_step,
+            "algoperf_step": algoperf_step}

@@ -234,3 +234,14 @@ def random_instance(rng: np.random.Generator, num_buffers: int = 16, horizon: in
     if capacity is None:
         capacity = max(1, int(capacity_fraction * inst.peak_live_bytes()))
     return dataclasses.replace(inst, capacity=int(capacity), meta={"generator": "random_instance"})
+
+
+def tiny_contended_instance(rng: np.random.Generator, name: str = "tiny") -> Instance:
+    """A 4-9 buffer instance with integer sizes 1-5, benefits 1-19, lifetimes on 3-8 steps and a capacity of
+    3-9 bytes: small enough to solve exactly in milliseconds, contended enough that the mallocGame's move
+    set matters (the completeness checks of rl/malloc/game.py)."""
+    n, horizon = int(rng.integers(4, 10)), int(rng.integers(3, 9))
+    starts = rng.integers(0, horizon, n)
+    return Instance(name, sizes=rng.integers(1, 6, n), starts=starts,
+                    ends=np.minimum(starts + rng.integers(0, horizon, n), horizon),
+                    benefits=rng.integers(1, 20, n).astype(float), capacity=int(rng.integers(3, 10)))

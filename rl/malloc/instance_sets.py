@@ -1,6 +1,17 @@
-r"""The shipped mallocGame instance set, regenerated from the toolkit's own programs (and random instances).
+r"""The shipped mallocGame instance sets, regenerated from the toolkit's own programs (and random instances).
 
-``make(MakeInstancesConfig())`` (``scripts/make_malloc_instances.py``) writes rl/malloc/instances/{train,test}/.
+``make(MakeInstancesConfig())`` (``scripts/make_malloc_instances.py``) writes the windows,
+rl/malloc/instances/{train,test}/, and the whole programs, rl/malloc/instances/programs/{train,test}/.
+
+Whole programs (``WHOLE_PROGRAMS``): every buffer of the scheduled entry computation of a real training
+step of this toolkit at the sizes people train (hundreds to ~1,800 buffers): the byte-level LM's AdamW step
+at width 512 and at the GPT-2-small shape (12 layers, width 768, 12 heads, MLP 3072, 4 x 1,024 tokens),
+the MoE LM (8 experts, top 2), the Streaming DiLoCo outer step (4 workers' fp4 outer gradients, outer
+Nesterov) and AlgoPerf workloads' NAdamW steps. Capacity rule, the same as the windows': fast memory =
+``capacity_fraction`` (25 %) of the program's peak live bytes (so that it is contended and the largest
+buffers, at most 16 % of the peak, still fit), rounded down to a multiple of the greatest common divisor of
+the buffer sizes (4 bytes or more), the JAX game's address unit (``game.address_unit``). Train and held-out programs differ in program, not only size.
+
 Each program (rl/malloc/extract.py builders at the sizes below) is compiled by XLA on the default backend,
 its scheduled entry computation turned into buffers (roofline benefits, ``extract.CostModel`` defaults)
 and cut into consecutive schedule windows of at most ``max_buffers`` buffers, each with a fast-memory
@@ -15,7 +26,7 @@ import pathlib
 import numpy as np
 from absl import logging
 
-from rl.malloc import extract, instance
+from rl.malloc import extract, game, instance
 from training import run as run_lib
 
 INSTANCES_DIR = pathlib.Path(extract.__file__).parent / "instances"
@@ -39,11 +50,28 @@ PROGRAMS = (
 )
 
 
+# (split, name, builder, kwargs) of the whole-program instances: held-out programs are other programs.
+_LM512 = dict(num_layers=4, d_model=512, num_heads=8, mlp_dim=2048, seq_len=256)
+_GPT2_SMALL = dict(num_layers=12, d_model=768, num_heads=12, mlp_dim=3072, seq_len=1024)
+WHOLE_PROGRAMS = (
+    ("train", "lm_d512_step", "lm_train_step", dict(_LM512, batch=8)),
+    ("train", "diloco_d512_outer_step", "diloco_outer_step", dict(_LM512, workers=4, precision="fp4")),
+    ("train", "algoperf_ctr_step", "algoperf_step", dict(workload="ctr")),
+    ("train", "algoperf_mnist1d_step", "algoperf_step", dict(workload="mnist1d")),
+    ("test", "gpt2_small_step", "lm_train_step", dict(_GPT2_SMALL, batch=4)),
+    ("test", "moe_d512_e8_step", "lm_train_step", dict(_LM512, batch=8, moe_experts=8)),
+    ("test", "diloco_gpt2_small_outer_step", "diloco_outer_step", dict(_GPT2_SMALL, workers=4, precision="fp4")),
+    ("test", "algoperf_lm_step", "algoperf_step", dict(workload="lm")),
+)
+SETS = ("windows", "programs")
+
+
 @dataclasses.dataclass(frozen=True)
 class MakeInstancesConfig:
     """Where and how the instance set is written (:func:`make`).
 
-    out_dir: Where the train/ and test/ folders go.
+    out_dir: Where the train/ and test/ folders (windows) and programs/{train,test}/ (whole programs) go.
+    sets: Which sets to write, comma-separated: windows, programs.
     max_buffers: Buffers per instance window.
     capacity_fraction: Fast memory = this fraction of each window's peak live bytes.
     random: Also write this many random instances to random_dir.
@@ -51,6 +79,7 @@ class MakeInstancesConfig:
     seed: Seed of the random instances.
     """
     out_dir: str = str(INSTANCES_DIR)
+    sets: str = "windows,programs"
     max_buffers: int = 32
     capacity_fraction: float = 0.25
     random: int = 0
@@ -59,9 +88,16 @@ class MakeInstancesConfig:
 
     def __post_init__(self):
         run_lib.require_positive(self, "random", allow_zero=("random",))
+        bad = [x for x in self.set_names if x not in SETS] or ([] if self.set_names else [self.sets])
+        if bad:
+            raise ValueError(f"sets={self.sets!r}: {bad} unknown; allowed: a comma-separated list of {', '.join(SETS)}")
         if self.random and not self.random_dir:
             raise ValueError(f"random={self.random} needs random_dir={self.random_dir!r} set to a folder")
         _check_window(self.max_buffers, self.capacity_fraction)
+
+    @property
+    def set_names(self) -> list[str]:
+        return [x.strip() for x in self.sets.split(",") if x.strip()]
 
 
 def _check_window(max_buffers: int, capacity_fraction: float) -> None:
@@ -71,21 +107,40 @@ def _check_window(max_buffers: int, capacity_fraction: float) -> None:
         raise ValueError(f"capacity_fraction={capacity_fraction} must be in (0, 1]")
 
 
+def _program(name: str, builder: str, kwargs: dict, capacity_fraction: float) -> instance.Instance:
+    """The whole-program instance of one builder call, its builder and arguments in ``meta``."""
+    fn, args = extract.BUILDERS[builder](**kwargs)
+    whole = extract.extract(fn, args, name, capacity_fraction=capacity_fraction)
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    return dataclasses.replace(whole, meta={**whole.meta, "builder": builder, "builder_kwargs": plain})
+
+
 def build(out_dir: pathlib.Path, max_buffers: int = 32, capacity_fraction: float = 0.25,
           programs=PROGRAMS, min_buffers: int = 4) -> dict[str, int]:
     """Writes ``out_dir/{train,test}/<program>_w<k>.json``; returns the count per split."""
     _check_window(max_buffers, capacity_fraction)
     counts = {}
     for split, name, builder, kwargs in programs:
-        fn, args = extract.BUILDERS[builder](**kwargs)
-        whole = extract.extract(fn, args, name, capacity_fraction=capacity_fraction)
-        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
-        whole = dataclasses.replace(whole, meta={**whole.meta, "builder": builder, "builder_kwargs": plain})
+        whole = _program(name, builder, kwargs, capacity_fraction)
         kept = [w for w in extract.windows(whole, max_buffers, capacity_fraction) if w.num_buffers >= min_buffers]
         for w in kept:
             instance.save(w, out_dir / split / f"{w.name}.json")
         counts[split] = counts.get(split, 0) + len(kept)
         logging.info("%s: %d buffers -> %d windows (%s)", name, whole.num_buffers, len(kept), split)
+    return counts
+
+
+def build_programs(out_dir: pathlib.Path, capacity_fraction: float = 0.25, programs=WHOLE_PROGRAMS) -> dict[str, int]:
+    """Writes ``out_dir/{train,test}/<program>.json`` (whole programs); returns the count per split."""
+    counts = {}
+    for split, name, builder, kwargs in programs:
+        whole = _program(name, builder, kwargs, capacity_fraction)
+        aligned = whole.capacity // (g := int(np.gcd.reduce(whole.sizes))) * g
+        whole = dataclasses.replace(whole, capacity=aligned, meta={**whole.meta, "capacity_aligned_to": g})
+        game.check_fits(whole)  # the agent must be able to play it (in address units of g bytes)
+        instance.save(whole, out_dir / split / f"{name}.json")
+        counts[split] = counts.get(split, 0) + 1
+        logging.info("%s: %d buffers, capacity %d bytes (%s)", name, whole.num_buffers, whole.capacity, split)
     return counts
 
 
@@ -97,12 +152,18 @@ def write_random(out_dir: pathlib.Path, count: int, seed: int, num_buffers: int 
         instance.save(inst, out_dir / f"{inst.name}.json")
 
 
-def make(cfg: MakeInstancesConfig, programs=PROGRAMS) -> dict[str, int]:
-    """The instance windows of ``programs`` under ``cfg.out_dir`` and ``cfg.random`` random instances under
-    ``cfg.random_dir``; prints and returns the count per split."""
-    counts = build(pathlib.Path(cfg.out_dir).expanduser(), cfg.max_buffers, cfg.capacity_fraction, programs)
+def make(cfg: MakeInstancesConfig, programs=PROGRAMS, whole_programs=WHOLE_PROGRAMS) -> dict[str, dict[str, int]]:
+    """The instance windows of ``programs`` under ``cfg.out_dir``, the whole ``whole_programs`` under
+    ``cfg.out_dir``/programs and ``cfg.random`` random instances under ``cfg.random_dir``, as ``cfg.sets``
+    asks; prints and returns the count per set and split."""
+    out = pathlib.Path(cfg.out_dir).expanduser()
+    counts = {}
+    if "windows" in cfg.set_names:
+        counts["windows"] = build(out, cfg.max_buffers, cfg.capacity_fraction, programs)
+    if "programs" in cfg.set_names:
+        counts["programs"] = build_programs(out / "programs", cfg.capacity_fraction, whole_programs)
     if cfg.random:
         write_random(pathlib.Path(cfg.random_dir).expanduser(), cfg.random, cfg.seed, cfg.max_buffers)
-    print(f"wrote {counts} instance windows under {cfg.out_dir}" + (
+    print(f"wrote {counts} instances under {cfg.out_dir}" + (
         f", {cfg.random} random under {cfg.random_dir}" if cfg.random else ""))
     return counts

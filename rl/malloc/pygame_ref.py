@@ -2,10 +2,11 @@
 
 It is the obviously-correct reference the JAX game is tested against (``tests/test_malloc_muzero.py``) and
 the baseline of ``scripts/bench_malloc.py``. Rules (see ``game.py``'s docstring): buffers are decided in
-schedule order; with ``n`` buffers there are ``n + 2`` moves: 0 slow, 1 offset 0, ``2 + j`` on top of slot
-``j`` (a slot already in fast memory whose live interval overlaps the current one). A candidate is legal
-iff the buffer fits under the capacity and overlaps no time-overlapping placed buffer; a candidate whose
-offset equals a lower-numbered legal candidate's is masked; slow is always legal; an illegal move plays slow.
+schedule order; with ``n`` buffers there are ``2 n + 3`` moves: 0 slow, 1 offset 0, 2 offset capacity - size,
+``3 + j`` on top of slot ``j``, ``3 + n + j`` ending at the bottom of slot ``j`` (a slot already in fast memory
+whose live interval overlaps the current one). A candidate is legal iff the buffer lies inside [0, capacity)
+and overlaps no time-overlapping placed buffer; a candidate whose offset equals a lower-numbered legal
+candidate's is masked; slow is always legal; an illegal move plays slow.
 """
 from __future__ import annotations
 
@@ -35,20 +36,32 @@ class PyMallocGame:
     def done(self) -> bool:
         return self.t >= self.n
 
+    def candidates(self) -> dict[int, int]:
+        """{move: offset} of the current buffer's candidate moves (legal or not)."""
+        cur, n = self.t, self.n
+        size = self.size[cur]
+        cands = {1: 0, 2: self.capacity - size}
+        for j in self._live_placed():
+            cands[3 + j] = self.offset[j] + self.size[j]
+            cands[3 + n + j] = self.offset[j] - size
+        return cands
+
+    def _live_placed(self) -> list[int]:
+        cur = self.t
+        return [j for j in range(self.n) if j != cur and self.offset[j] >= 0
+                and self.start[j] <= self.end[cur] and self.start[cur] <= self.end[j]]
+
     def legal_actions(self) -> list[bool]:
-        """[n + 2] legal moves for the current buffer."""
-        legal = [False] * (self.n + 2)
+        """[2 n + 3] legal moves for the current buffer."""
+        legal = [False] * (2 * self.n + 3)
         legal[0] = True
         if self.done:
             return legal
-        cur = self.t
-        size = self.size[cur]
-        over = [j for j in range(self.n) if j != cur and self.offset[j] >= 0
-                and self.start[j] <= self.end[cur] and self.start[cur] <= self.end[j]]
-        cands = [(1, 0)] + [(2 + j, self.offset[j] + self.size[j]) for j in over]
+        size = self.size[self.t]
+        over = self._live_placed()
         seen = set()
-        for a, off in sorted(cands):
-            if off + size > self.capacity or off in seen:
+        for a, off in sorted(self.candidates().items()):
+            if off < 0 or off + size > self.capacity or off in seen:
                 continue
             if any(off < self.offset[j] + self.size[j] and self.offset[j] < off + size for j in over):
                 continue
@@ -63,7 +76,7 @@ class PyMallocGame:
         cur = self.t
         reward = 0.0
         if action != 0 and self.legal_actions()[action]:
-            self.offset[cur] = 0 if action == 1 else self.offset[action - 2] + self.size[action - 2]
+            self.offset[cur] = self.candidates()[action]
             reward = self.benefit[cur] / self.total
         self.t += 1
         self.ret += reward

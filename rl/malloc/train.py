@@ -223,16 +223,24 @@ def train(cfg: TrainMallocConfig) -> dict:
     return summary
 
 
+ROLLOUT_Q_SCALES = (0.1, 0.3, 1.0, 3.0)  # the rollout search's values are exact-ish returns: larger weights
+
+
 def export(cfg: TrainMallocConfig, model, params, shipped: list[instance.Instance], summary: dict) -> None:
-    """Writes the network to ``cfg.export_dir`` with its provenance and the search's ``q_scale``."""
-    q_scale, by_q = cfg.muzero.q_scale, {}
+    """Writes the network to ``cfg.export_dir`` with its provenance and the searches' ``q_scale`` (MuZero /
+    AlphaZero, and the rollout search's)."""
+    q_scale, by_q, rollout_q, by_rollout_q = cfg.muzero.q_scale, {}, 1.0, {}
     if shipped:  # the search's Q weight, chosen on the training instances (the held-out ones stay unseen)
         q_scale, by_q = muzero.select_q_scale(shipped, model, params, cfg.eval_simulations,
                                               cfg.muzero.max_considered)
-    logging.info("search q_scale %s (mean benefit on the training instances per q_scale: %s)", q_scale, by_q)
+        rollout_q, by_rollout_q = muzero.select_q_scale(shipped, model, params, cfg.eval_simulations,
+                                                        cfg.muzero.max_considered, ROLLOUT_Q_SCALES, "rollout")
+    logging.info("search q_scale %s, rollout search %s (mean benefit on the training instances per q_scale: %s, "
+                 "%s)", q_scale, rollout_q, by_q, by_rollout_q)
     muzero.save_network(cfg.export_dir, params, cfg.net, {
         "trained_by": run_lib.command_line("scripts.train_malloc", cfg),
         "search_config": {"max_considered": cfg.muzero.max_considered, "q_scale": q_scale,
-                          "simulations": cfg.eval_simulations, "train_benefit_by_q_scale": by_q},
+                          "simulations": cfg.eval_simulations, "train_benefit_by_q_scale": by_q,
+                          "rollout_q_scale": rollout_q, "train_benefit_by_rollout_q_scale": by_rollout_q},
         "train_config": config_lib.to_flat(cfg), "summary": summary})
     logging.info("exported the network to %s", cfg.export_dir)

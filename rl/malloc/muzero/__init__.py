@@ -27,11 +27,15 @@ normalised benefits in [0, 1]), plus an auxiliary binary cross-entropy on the le
 ``legal_coef``), used inside the learned-model search to push down the prior logits of moves the model
 believes illegal (the root is masked with the game's exact ``legal_actions``).
 
-Two searches share one network (``models/malloc_muzero.py``):
+Three searches share one network (``models/malloc_muzero.py``):
 - ``"muzero"``: the recurrent function is the learned dynamics (``make_muzero_recurrent_fn``);
 - ``"alphazero"`` (the ablation): the recurrent function is the true ``game.step``; the prior and value
   come from representation + prediction on the true next observation, illegal moves are masked at every
   node, terminal states have discount 0 (``make_alphazero_recurrent_fn``).
+- ``"rollout"``: the true game and the network's prior as in ``"alphazero"``, but every leaf is valued by a
+  first-fit rollout to the end of the episode (``game.first_fit_return``; AlphaGo's fast rollouts, Silver et
+  al. 2016, with mixing weight 1) instead of the value head, whose errors the deeper searches exploit
+  (``make_rollout_recurrent_fn``). Its cost grows with N^2 per move, so it is for windows, not whole programs.
 - ``"policy"`` (no search): the arg-max of the masked prior, for reference.
 
 By default training is pure RL from self-play. Optionally (not in the paper; ``rl/malloc/demos.py``) a fixed
@@ -52,7 +56,8 @@ Modules (everything below is re-exported here, so ``from rl.malloc import muzero
 from rl.malloc.muzero.inference import (Q_SCALES, TRAINED_DIR, load_network, padded_size, save_network,
                                         select_q_scale, solve, solve_batch)
 from rl.malloc.muzero.mcts import (GLOBAL_FEATURES, SEARCHES, SLOT_FEATURES, SearchOut, check_search_args,
-                                   make_alphazero_recurrent_fn, make_muzero_recurrent_fn, observation, search)
+                                   make_alphazero_recurrent_fn, make_muzero_recurrent_fn, make_rollout_recurrent_fn,
+                                   observation, search)
 from rl.malloc.muzero.replay import (Batch, Episodes, Replay, demo_replay, replay_add, replay_init, replay_sample,
                                      value_targets)
 from rl.malloc.muzero.training import (MuZeroConfig, TrainState, init_params, init_train_state, loss_fn, make_model,
@@ -61,7 +66,7 @@ from rl.malloc.muzero.training import (MuZeroConfig, TrainState, init_params, in
 __all__ = [
     # mcts
     "SEARCHES", "SLOT_FEATURES", "GLOBAL_FEATURES", "observation", "make_muzero_recurrent_fn",
-    "make_alphazero_recurrent_fn", "SearchOut", "search", "check_search_args",
+    "make_alphazero_recurrent_fn", "make_rollout_recurrent_fn", "SearchOut", "search", "check_search_args",
     # replay
     "Episodes", "value_targets", "Replay", "replay_init", "replay_add", "Batch", "replay_sample", "demo_replay",
     # training

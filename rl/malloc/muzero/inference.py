@@ -71,15 +71,15 @@ Q_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def select_q_scale(instances: list[Instance], model, params, num_simulations: int = 32, max_considered: int = 16,
-                   candidates=Q_SCALES) -> tuple[float, dict]:
+                   candidates=Q_SCALES, kind: str = "muzero") -> tuple[float, dict]:
     """The ``q_scale`` (weight of the search's Q-values against the prior, see :func:`search`) of highest mean
-    normalised benefit of the deterministic MuZero search on ``instances`` (training ones: the held-out set
+    normalised benefit of the deterministic ``kind`` search on ``instances`` (training ones: the held-out set
     stays unseen; ties: the smaller scale), and that mean for each candidate."""
     from rl.malloc import validate  # local import: validate is NumPy-only and not needed for training
 
     means = {}
     for q in candidates:
-        offsets = solve_batch(instances, model, params, "muzero", num_simulations, max_considered, q_scale=q)
+        offsets = solve_batch(instances, model, params, kind, num_simulations, max_considered, q_scale=q)
         means[q] = float(np.mean([validate.normalised_benefit(i, o) for i, o in zip(instances, offsets)]))
     best = max(candidates, key=lambda q: (means[q], -q))
     return best, {str(q): v for q, v in means.items()}

@@ -12,24 +12,25 @@ import mctx
 from models.malloc_muzero import NEG, Latent, MallocMuZeroNet
 from rl.malloc import game
 
-SEARCHES = ("muzero", "alphazero", "policy")
-SLOT_FEATURES = 11
-GLOBAL_FEATURES = 10 + game.OCCUPANCY_BINS + 1
+SEARCHES = ("muzero", "alphazero", "rollout", "policy")
+SLOT_FEATURES = 12
+GLOBAL_FEATURES = 10 + game.OCCUPANCY_BINS + 2
 
 
 # --------------------------------------------------------------------------- observation and network
 
 def observation(inst: game.Padded, state: game.State):
-    """(slots [N, 11], glob [27], slot_valid [N]) for ONE padded instance: ``game.buffer_features`` plus
-    the slot's root legality and time overlap with the current buffer; ``game.observe`` plus the
-    legality of offset 0."""
+    """(slots [N, 12], glob [28], slot_valid [N]) for ONE padded instance: ``game.buffer_features`` plus
+    the root legality of the slot's two moves (on top, under) and its time overlap with the current buffer;
+    ``game.observe`` plus the legality of the floor and the ceiling."""
     n = inst.size.shape[-1]
-    legal = game.legal_actions(inst, state)
+    legal = game.legal_actions(inst, state).astype(jnp.float32)
     cur = jnp.minimum(state.t, n - 1)
     overlap = (inst.start <= inst.end[cur]) & (inst.start[cur] <= inst.end) & inst.valid
-    slots = jnp.concatenate([game.buffer_features(inst, state), legal[2:, None].astype(jnp.float32),
+    slot_legal = legal[game.FIXED_MOVES:].reshape(2, n).T
+    slots = jnp.concatenate([game.buffer_features(inst, state), slot_legal,
                              overlap[:, None].astype(jnp.float32)], axis=-1)
-    glob = jnp.concatenate([game.observe(inst, state), legal[1:2].astype(jnp.float32)])
+    glob = jnp.concatenate([game.observe(inst, state), legal[game.ZERO:game.FIXED_MOVES]])
     return slots, glob, inst.valid
 
 
@@ -74,6 +75,24 @@ def make_alphazero_recurrent_fn(model: MallocMuZeroNet):
     return recurrent_fn
 
 
+def make_rollout_recurrent_fn(model: MallocMuZeroNet):
+    """The true game as recurrent function, like :func:`make_alphazero_recurrent_fn`, with the network's prior
+    but the leaf value of a first-fit rollout to the end of the episode (``game.first_fit_return``) instead of
+    the value head: AlphaGo's fast-rollout evaluation (Silver et al. 2016, mixing weight lambda = 1)."""
+    def recurrent_fn(params, key, action, embedding):
+        del key
+        inst, state = embedding
+        nxt, reward, done = jax.vmap(game.step)(inst, state, action)
+        pred = _predict(model, params, _represent(model, params, inst, nxt))
+        legal = jax.vmap(game.legal_actions)(inst, nxt)
+        value = jax.vmap(game.first_fit_return)(inst, nxt)
+        out = mctx.RecurrentFnOutput(reward=reward, discount=jnp.where(done, 0.0, 1.0),
+                                     prior_logits=jnp.where(legal, pred.logits, NEG),
+                                     value=jnp.where(done, 0.0, value))
+        return out, (inst, nxt)
+    return recurrent_fn
+
+
 class SearchOut(NamedTuple):
     action: jax.Array        # int32 [B]
     policy: jax.Array        # float32 [B, A]: improved policy (training target)
@@ -97,11 +116,15 @@ def search(model, params, key, inst: game.Padded, state: game.State, kind: str, 
     logits = jnp.where(legal, pred.logits, NEG)
     if kind == "policy":
         return SearchOut(jnp.argmax(logits, -1).astype(jnp.int32), jax.nn.softmax(logits), pred.value, legal)
+    root_value = pred.value
     if kind == "muzero":
         recurrent_fn, embedding = make_muzero_recurrent_fn(model), latent
-    else:
+    elif kind == "alphazero":
         recurrent_fn, embedding = make_alphazero_recurrent_fn(model), (inst, state)
-    root = mctx.RootFnOutput(prior_logits=logits, value=pred.value, embedding=embedding)
+    else:
+        recurrent_fn, embedding = make_rollout_recurrent_fn(model), (inst, state)
+        root_value = jax.vmap(game.first_fit_return)(inst, state)
+    root = mctx.RootFnOutput(prior_logits=logits, value=root_value, embedding=embedding)
     out = mctx.gumbel_muzero_policy(params, key, root, recurrent_fn, num_simulations, invalid_actions=~legal,
                                     max_depth=inst.size.shape[-1], max_num_considered_actions=max_considered,
                                     gumbel_scale=gumbel_scale, qtransform=functools.partial(

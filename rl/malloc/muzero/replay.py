@@ -56,7 +56,7 @@ def replay_init(capacity: int, max_buffers: int) -> Replay:
     inst = game.Padded(size=z((n,), jnp.int32) + 1, start=z((n,), jnp.int32), end=z((n,), jnp.int32) - 1,
                        benefit=z((n,), jnp.float32), valid=z((n,), bool), order=z((n,), jnp.int32) - 1,
                        capacity=z((), jnp.int32) + 1, num=z((), jnp.int32) + 1, total_benefit=z((), jnp.float32) + 1,
-                       horizon=z((), jnp.int32) + 1)
+                       horizon=z((), jnp.int32) + 1, unit=z((), jnp.int32) + 1)
     return Replay(inst, z((n, n), jnp.int32) - 1, z((n,), jnp.float32), z((n,), jnp.int32), z((n, a), jnp.float32),
                   z((n,), jnp.float32), z((n,), jnp.float32), z((n, a), bool), z((n,), bool),
                   jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))

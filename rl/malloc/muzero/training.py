@@ -21,7 +21,7 @@ from rl.malloc.muzero.replay import Batch, Episodes, Replay, replay_add, replay_
 class MuZeroConfig:
     """Self-play, search and learning hyper-parameters (the network has ``MuZeroNetConfig``).
 
-    max_buffers: Padded buffer count N of every training batch (actions: N + 2).
+    max_buffers: Padded buffer count N of every training batch (actions: 2 N + 3).
     batch: Self-play episodes (instances) per iteration.
     num_simulations: Search simulations per move in self-play.
     max_considered: Gumbel-top-k actions considered at the root.
@@ -169,7 +169,7 @@ def loss_fn(model, params, batch: Batch, cfg: MuZeroConfig):
     """
     latent = _represent(model, params, batch.inst, batch.state)
     k_steps = batch.actions.shape[1]
-    action_ok = jnp.concatenate([jnp.ones((batch.mask.shape[0], 2), bool), batch.inst.valid], -1)
+    action_ok = game.existing_actions(batch.inst.valid)
     pol = val = rew = leg = 0.0
     for k in range(k_steps + 1):
         pred = _predict(model, params, latent)
