@@ -150,7 +150,8 @@ def test_replay_is_fifo_and_batches_mask_past_the_end(tiny, insts16):
     assert float(jnp.abs(jnp.where(b.mask, 0.0, b.value)).max()) == 0.0
 
 
-@pytest.mark.slow  # about 20 s; the loss terms are checked against NumPy in tests/test_rl_losses.py, the train loop by the resume test
+# about 20 s; the loss terms are checked against NumPy in tests/test_rl_losses.py, the train loop by the resume test
+@pytest.mark.slow
 def test_one_training_iteration_lowers_the_loss_on_a_fixed_batch(tiny, insts16):
     model, params = tiny
     cfg = muzero.MuZeroConfig(max_buffers=N, batch=16, num_simulations=4, max_considered=4, replay_episodes=16,

@@ -405,6 +405,30 @@ def test_malloc_table(tables):
     check(row[4], [f(s["wall"], 2)], "CP-SAT time")
 
 
+def test_malloc_programs_table(tables):
+    """results/malloc_programs_*.json: per held-out whole program, the heuristic, CP-SAT at the agent's wall
+    time and at 300 s (with its bound), and the agent (benefit, wall time)."""
+    files = {k: {r["instance"]: r for r in load(f"malloc_programs_{k}.json")}
+             for k in ("heuristic", "cpsat_agent_time", "cpsat300", "muzero4")}
+    assert all(len(v) == 4 for v in files.values()), "the held-out whole-program set has 4 programs"
+    table = section(tables, "mallocGame")[1]
+    for name in files["heuristic"]:
+        row = table.row(f"`{name}`")
+        h, c_t, c_300, agent = (files[k][name] for k in ("heuristic", "cpsat_agent_time", "cpsat300", "muzero4"))
+        check(row[1], [str(len(h["placement"]))], f"{name} buffers")
+        check(row[2], [f(h["normalised_benefit"], 3)], f"{name} heuristic")
+        assert c_t["time_limit_s"] == agent["wall_time_s"], f"{name}: CP-SAT was not given the agent's time"
+        check(row[3], [f(c_t["normalised_benefit"], 3), f(c_t["time_limit_s"], 0)],
+              f"{name} CP-SAT at the agent's time")
+        check(row[4], [f(c_300["normalised_benefit"], 3), f(c_300["bound"] / c_300["total_benefit"], 3)],
+              f"{name} CP-SAT 300 s and bound")
+        check(row[5], [f(agent["normalised_benefit"], 3), f(agent["wall_time_s"], 0)], f"{name} agent")
+    firstfit = {r["instance"]: r["normalised_benefit"] for r in load("malloc_programs_firstfit.json")}
+    shown = " / ".join(f(firstfit[name.strip("`")], 3) for name in (r[0] for r in table.rows))
+    prose = " ".join((ROOT / "README.md").read_text().split())  # line breaks as spaces
+    assert f"First-fit decreasing: {shown}." in prose, f"README's first-fit figures on the programs: {shown}"
+
+
 # --------------------------------------------------------------------------- job-shop scheduling
 
 def jssp_means(name: str) -> dict[str, float]:

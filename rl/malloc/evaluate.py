@@ -10,7 +10,10 @@ the mallocGame's moves: the best return any game-playing agent can reach), muzer
 MuZero search, ``simulations`` per move, over the learned model of the network in ``weights``, default the
 shipped one in rl/malloc/trained/), alphazero (the same network and search, but the true game as recurrent
 function) and rollout (the true game, the network's prior, first-fit rollouts as leaf values); all keep the
-best (true return) of the deterministic episode and ``samples`` - 1 Gumbel-noised ones. Every placement is checked by the independent validator (rl/malloc/validate.py) before it is reported.
+best (true return) of the deterministic episode and ``samples`` - 1 Gumbel-noised ones. Every placement is
+checked by the independent validator (rl/malloc/validate.py) before it is reported. A learned solver's wall
+time excludes XLA's compilation for the padded size of the first instance only (one warm-up call): on a set
+of whole programs, each of its own size, the others' times include their compilation.
 
 ``out`` is a JSON list, one record per (instance, solver): instance, solver, benefit, total_benefit,
 normalised_benefit, wall_time_s, placement ({buffer name: offset or "slow"}), and for cpsat optimal, bound.
@@ -47,12 +50,13 @@ class EvalMallocConfig:
     instances: Directory of instance JSON files.
     time_limit: CP-SAT seconds per instance.
     time_limit_from: cpsat/cpsat_game: instead of time_limit, give each instance the wall time a learned
-      solver (muzero or alphazero) took on it, read from this earlier --out file (CP-SAT at the agent's time).
+      solver (muzero, alphazero or rollout) took on it, read from this earlier --out file (CP-SAT at the
+      agent's time).
     workers: CP-SAT search workers.
     seed: Seed of the random solver (and of the muzero/alphazero search).
     simulations: muzero/alphazero/rollout: search simulations per move.
-    samples: muzero/alphazero/rollout: keep the best (true game return) of the deterministic episode and samples-1
-      episodes with Gumbel noise at the root.
+    samples: muzero/alphazero/rollout: keep the best (true game return) of the deterministic episode and
+      samples-1 episodes with Gumbel noise at the root.
     weights: muzero/alphazero/rollout: network directory (muzero.msgpack + muzero.json); default the shipped
       rl/malloc/trained.
     out: Write the per-instance records here (JSON list).
@@ -102,8 +106,8 @@ def agent_wall_times(path: str) -> dict[str, float]:
         raise ValueError(f"time_limit_from={path!r}: not an eval_malloc --out file ({type(e).__name__}: {e})")
     times = dict(learned)
     if not times or len(times) != len(learned) or min(times.values()) <= 0:
-        raise ValueError(f"time_limit_from={path!r}: needs exactly one muzero/alphazero/rollout record per instance with "
-                         f"wall_time_s > 0; found {len(learned)} records for {len(times)} instances")
+        raise ValueError(f"time_limit_from={path!r}: needs exactly one muzero/alphazero/rollout record per "
+                         f"instance with wall_time_s > 0; found {len(learned)} records for {len(times)} instances")
     return times
 
 
@@ -307,5 +311,5 @@ def tour_step(workdir: pathlib.Path) -> dict:
     out[f"program_{program.name}_buffers"] = program.num_buffers
     for r in whole:
         out[f"program_{r['solver']}_normalised_benefit"] = round(r["normalised_benefit"], 4)
-    out["program_cpsat_bound_normalised"] = round(whole[1]["bound"] / program.total_benefit, 4)
+    out["program_cpsat_bound_normalised"] = round(float(whole[1]["bound"]) / program.total_benefit, 4)
     return out

@@ -8,9 +8,10 @@ step of this toolkit at the sizes people train (hundreds to ~1,800 buffers): the
 at width 512 and at the GPT-2-small shape (12 layers, width 768, 12 heads, MLP 3072, 4 x 1,024 tokens),
 the MoE LM (8 experts, top 2), the Streaming DiLoCo outer step (4 workers' fp4 outer gradients, outer
 Nesterov) and AlgoPerf workloads' NAdamW steps. Capacity rule, the same as the windows': fast memory =
-``capacity_fraction`` (25 %) of the program's peak live bytes (so that it is contended and the largest
-buffers, at most 16 % of the peak, still fit), rounded down to a multiple of the greatest common divisor of
-the buffer sizes (4 bytes or more), the JAX game's address unit (``game.address_unit``). Train and held-out programs differ in program, not only size.
+``capacity_fraction`` (25 %) of the program's peak live bytes (so that it is contended while every buffer
+still fits: the largest is 0.8-22 % of the peak), rounded down to a multiple of the greatest common divisor of
+the buffer sizes (4 bytes or more), the JAX game's address unit (``game.address_unit``). Train and held-out
+programs differ in program, not only size.
 
 Each program (rl/malloc/extract.py builders at the sizes below) is compiled by XLA on the default backend,
 its scheduled entry computation turned into buffers (roofline benefits, ``extract.CostModel`` defaults)
