@@ -260,10 +260,9 @@ def lm_train_step(num_layers: int = 1, d_model: int = 32, num_heads: int = 2, ml
     """One AdamW step of the byte-level DecoderLM (the loss and update of scripts/train_lm.py); with
     ``moe_experts > 0`` every FFN is parallel.moe's dropless top-2 MoE (expert width mlp_dim / 2)."""
     import optax
-    from models.transformer import DecoderLM, TransformerConfig
+    from models.transformer import DecoderLM
     from parallel import moe as moe_lib
-    cfg = TransformerConfig(num_layers=num_layers, d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim,
-                            max_seq_len=seq_len, dtype="float32", attention="xla", init="v1")  # the programs as extracted
+    cfg = _lm_config(num_layers, d_model, num_heads, mlp_dim, seq_len)
     if moe_experts:
         factory = moe_lib.moe_ffn_factory(moe_lib.MoEConfig(num_experts=moe_experts, top_k=2), None,
                                           hidden=max(1, mlp_dim // 2))
@@ -320,10 +319,16 @@ def attention_fwd_bwd(batch: int = 2, heads: int = 4, seq: int = 64, head_dim: i
     return step, (q, q + 1, q + 2)
 
 
+def _lm_config(num_layers: int, d_model: int, num_heads: int, mlp_dim: int, seq_len: int):
+    """The DecoderLM of the extracted programs: float32, XLA attention, the v1 initialisation."""
+    from models.transformer import TransformerConfig
+    return TransformerConfig(num_layers=num_layers, d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim,
+                             max_seq_len=seq_len, dtype="float32", attention="xla", init="v1")
+
+
 def _lm_params(num_layers: int, d_model: int, num_heads: int, mlp_dim: int, seq_len: int):
-    from models.transformer import DecoderLM, TransformerConfig
-    cfg = TransformerConfig(num_layers=num_layers, d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim,
-                            max_seq_len=seq_len, dtype="float32", attention="xla", init="v1")
+    from models.transformer import DecoderLM
+    cfg = _lm_config(num_layers, d_model, num_heads, mlp_dim, seq_len)
     return DecoderLM(cfg).init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
 
 

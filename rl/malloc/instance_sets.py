@@ -136,8 +136,9 @@ def build_programs(out_dir: pathlib.Path, capacity_fraction: float = 0.25, progr
     counts = {}
     for split, name, builder, kwargs in programs:
         whole = _program(name, builder, kwargs, capacity_fraction)
-        aligned = whole.capacity // (g := int(np.gcd.reduce(whole.sizes))) * g
-        whole = dataclasses.replace(whole, capacity=aligned, meta={**whole.meta, "capacity_aligned_to": g})
+        g = int(np.gcd.reduce(whole.sizes))  # the game's address unit once the capacity is a multiple of it
+        whole = dataclasses.replace(whole, capacity=whole.capacity // g * g,
+                                    meta={**whole.meta, "capacity_aligned_to": g})
         game.check_fits(whole)  # the agent must be able to play it (in address units of g bytes)
         instance.save(whole, out_dir / split / f"{name}.json")
         counts[split] = counts.get(split, 0) + 1
