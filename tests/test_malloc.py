@@ -356,6 +356,9 @@ def test_shipped_instances_and_evaluation():
     ge = np.mean([by["cpsat_game", i.name] >= by["heuristic", i.name] - 1e-9 for i in test[:2]])
     assert summary["cpsat_game"]["share_ge_heuristic"] == pytest.approx(ge)
     assert "share_ge_heuristic" not in summary["heuristic"]
+    bound_gaps = [1 - r["benefit"] / r["bound"] for r in records if r["solver"] == "cpsat"]
+    assert summary["cpsat"]["mean_gap_to_own_bound_pct"] == pytest.approx(100 * np.mean(bound_gaps))
+    assert "mean_gap_to_own_bound_pct" not in summary["heuristic"]
 
 
 def test_shipped_whole_programs_are_playable_and_held_out_by_program():
