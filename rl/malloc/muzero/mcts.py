@@ -60,8 +60,10 @@ def make_muzero_recurrent_fn(model: MallocMuZeroNet):
     return recurrent_fn
 
 
-def make_alphazero_recurrent_fn(model: MallocMuZeroNet):
-    """The ablation: the true game as recurrent function; embedding = (Padded batch, State batch)."""
+def _true_game_recurrent_fn(model: MallocMuZeroNet, leaf_value):
+    """mctx recurrent function over the true game; embedding = (Padded batch, State batch). The prior comes
+    from representation + prediction on the true next observation (illegal moves masked), the value from
+    ``leaf_value(inst, next state, prediction)``; terminal states have value and discount 0."""
     def recurrent_fn(params, key, action, embedding):
         del key
         inst, state = embedding
@@ -70,27 +72,21 @@ def make_alphazero_recurrent_fn(model: MallocMuZeroNet):
         legal = jax.vmap(game.legal_actions)(inst, nxt)
         out = mctx.RecurrentFnOutput(reward=reward, discount=jnp.where(done, 0.0, 1.0),
                                      prior_logits=jnp.where(legal, pred.logits, NEG),
-                                     value=jnp.where(done, 0.0, pred.value))
+                                     value=jnp.where(done, 0.0, leaf_value(inst, nxt, pred)))
         return out, (inst, nxt)
     return recurrent_fn
+
+
+def make_alphazero_recurrent_fn(model: MallocMuZeroNet):
+    """The ablation: the true game as recurrent function, the value head's value at the leaves."""
+    return _true_game_recurrent_fn(model, lambda inst, state, pred: pred.value)
 
 
 def make_rollout_recurrent_fn(model: MallocMuZeroNet):
     """The true game as recurrent function, like :func:`make_alphazero_recurrent_fn`, with the network's prior
     but the leaf value of a first-fit rollout to the end of the episode (``game.first_fit_return``) instead of
     the value head: AlphaGo's fast-rollout evaluation (Silver et al. 2016, mixing weight lambda = 1)."""
-    def recurrent_fn(params, key, action, embedding):
-        del key
-        inst, state = embedding
-        nxt, reward, done = jax.vmap(game.step)(inst, state, action)
-        pred = _predict(model, params, _represent(model, params, inst, nxt))
-        legal = jax.vmap(game.legal_actions)(inst, nxt)
-        value = jax.vmap(game.first_fit_return)(inst, nxt)
-        out = mctx.RecurrentFnOutput(reward=reward, discount=jnp.where(done, 0.0, 1.0),
-                                     prior_logits=jnp.where(legal, pred.logits, NEG),
-                                     value=jnp.where(done, 0.0, value))
-        return out, (inst, nxt)
-    return recurrent_fn
+    return _true_game_recurrent_fn(model, lambda inst, state, pred: jax.vmap(game.first_fit_return)(inst, state))
 
 
 class SearchOut(NamedTuple):
