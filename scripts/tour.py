@@ -112,7 +112,8 @@ def main(argv):
          lambda: _in_subprocess("training.diloco", root / "diloco", host_devices=8)),
         ("mallocGame baselines, CP-SAT and mallocMuZero (6 held-out windows, one held-out whole program)",
          lambda: _imported("rl.malloc.evaluate").tour_step(root / "malloc")),
-        ("job-shop (rules, agent, CP-SAT on ta01-ta02)", lambda: _imported("rl.jssp.evaluate").tour_step(root / "jssp")),
+        ("job-shop (rules, agent, CP-SAT, agent + CP-SAT on ta01-ta02)",
+         lambda: _imported("rl.jssp.evaluate").tour_step(root / "jssp")),
         ("job-shop self-labelling (3 steps from the shipped policy, 5 families)",
          lambda: _imported("rl.jssp.train").tour_step(root / "jssp_self_label")),
     ]

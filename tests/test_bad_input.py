@@ -139,6 +139,8 @@ CASES = [
          slow=True),
     Case("eval_jssp", "out_is_a_directory", ("--out={row}/outdir",), "--out=", files={"outdir/keep": ""}, slow=True),
     Case("eval_jssp", "samples_without_agent", ("--solver=spt", "--samples=4"), "--samples=4", slow=True),
+    Case("eval_jssp", "bad_cpsat_search", ("--solver=cpsat", "--cpsat_search=lns"),
+         "--cpsat_search='lns'; allowed: default, portfolio", slow=True),
     Case("eval_jssp", "time_limit_from_nonexistent",
          ("--solver=cpsat", "--time_limit_from={row}/nonexistent.json", "--out={row}/r.json"), "nonexistent.json"),
     Case("eval_jssp", "policy_dir_nonexistent", ("--solver=agent", "--policy_dir={row}/nonexistent"),

@@ -28,7 +28,8 @@ def test_agent_cpsat_is_never_worse_than_the_agent_and_reaches_the_optimum():
     pair = evaluate.make_runner("agent_cpsat", samples=0, time_limit=5.0)
     for inst in insts:
         agent_cmax, _, agent_wall = agent_run(inst)
-        cmax, start, wall = pair(inst)
+        cmax, start, wall, agent_part = pair(inst)
+        assert agent_part["agent_makespan"] == agent_cmax and agent_part["agent_schedules"] == 1  # greedy only
         assert validate.check_schedule(inst.machines, inst.durations, start) == cmax
         assert cmax <= agent_cmax
         assert cmax == cpsat.solve(inst.machines, inst.durations, time_limit_s=10.0).makespan  # tiny: optimal
@@ -43,8 +44,40 @@ def test_agent_cpsat_falls_back_to_the_agent_schedule_when_cpsat_finds_nothing(m
     def no_time(*args, **kwargs):  # 1 microsecond: CP-SAT stops before its first solution
         return real_solve(*args, **{**kwargs, "time_limit_s": 1e-6})
     monkeypatch.setattr(cpsat, "solve", no_time)
-    cmax, start, _ = evaluate.make_runner("agent_cpsat", time_limit=1.0)(inst)
+    cmax, start, *_ = evaluate.make_runner("agent_cpsat", time_limit=1.0)(inst)
     assert cmax <= agent_cmax and validate.check_schedule(inst.machines, inst.durations, start) == cmax
+
+
+@pytest.mark.parametrize("search", cpsat.SEARCHES)
+def test_both_cpsat_searches_reach_the_optimum_of_a_small_instance(search):
+    inst = small_instances()[1]
+    # each search proves its optimum (its own lower bound meets it), the other search agrees, the validator too
+    res = cpsat.solve(inst.machines, inst.durations, time_limit_s=10.0, search=search)
+    assert res.optimal and res.lower_bound == res.makespan
+    assert validate.check_schedule(inst.machines, inst.durations, res.start_times) == res.makespan
+    assert res.makespan == cpsat.solve(inst.machines, inst.durations, time_limit_s=10.0,
+                                       search=cpsat.SEARCHES[1 - cpsat.SEARCHES.index(search)]).makespan
+    with pytest.raises(ValueError, match="search='lns'; allowed: default, portfolio"):
+        cpsat.solve(inst.machines, inst.durations, search="lns")
+
+
+def test_agent_cpsat_without_the_bound_keeps_the_agent_schedule_when_cpsat_ends_worse(monkeypatch):
+    inst = small_instances()[0]
+    agent_cmax, agent_start, _ = evaluate.make_runner("agent")(inst)
+    J, M = inst.durations.shape
+    serial = np.cumsum(np.concatenate([[0], inst.durations.ravel()[:-1]])).reshape(J, M)  # one op at a time
+    worse = int(inst.durations.sum())
+    assert validate.check_schedule(inst.machines, inst.durations, serial) == worse > agent_cmax
+    seen = {}
+
+    def ends_worse(*args, **kwargs):
+        seen.update(kwargs)
+        return cpsat.CPResult(worse, serial, False, 0, 0.0, "FEASIBLE")
+    monkeypatch.setattr(cpsat, "solve", ends_worse)
+    cmax, start, *_ = evaluate.make_runner("agent_cpsat", time_limit=1.0, hint_bound=False,
+                                           cpsat_search="portfolio")(inst)
+    assert seen["upper_bound"] is None and seen["search"] == "portfolio"
+    assert cmax == agent_cmax and np.array_equal(start, agent_start)
 
 
 @pytest.mark.parametrize("name, text", [

@@ -454,8 +454,10 @@ def test_jssp_table(tables):
                ("PPO policy, best of 128 samples, temperature 0.5", ["jssp_eval_agent_s128.json",
                                                                      "jssp_eval_agent_s128_large.json"]),
                ("CP-SAT at the PPO policy's sampling wall time", ["jssp_eval_cpsat_agent_time.json"]),
-               ("CP-SAT alone, 60 s", ["jssp_eval_cpsat60.json"]),
-               ("PPO policy greedy + CP-SAT", ["jssp_eval_agent_cpsat60.json"])]
+               ("CP-SAT alone, 60 s (1 worker, default", ["jssp_eval_cpsat60.json"]),
+               ("PPO policy greedy + CP-SAT", ["jssp_eval_agent_cpsat60.json"]),
+               ("CP-SAT alone, 60 s (1 worker, portfolio", ["jssp_eval_cpsat60_portfolio.json"]),
+               ("self-labelled policy + CP-SAT", ["jssp_eval_agent_cpsat60_portfolio.json"])]
     for fragment, files in sources:
         means = {k: v for name in files for k, v in jssp_means(name).items()}
         exact = [r for r in table.rows if r[0] == fragment]  # "MWKR" is also in "FDD/MWKR"

@@ -15,14 +15,15 @@ Public API (import the module; nothing is loaded here, so ``import rl.jssp.insta
   batch_reset / batch_step / batch_observe / batch_is_done / batch_makespan
 - ``validate``: check_schedule, is_feasible, InfeasibleSchedule
 - ``rules``: RULES, solve, solve_batch
-- ``cpsat``: solve, CPResult, schedule_to_actions, left_shift
+- ``cpsat``: solve, SEARCHES (default, portfolio), CPResult, schedule_to_actions, left_shift
 - ``pyenv``: PyJobShopEnv, run_spt (the plain-Python reference environment)
 - ``agent``: PPOConfig, make_model, make_optimizer, init_state, make_train_step, make_solver, best_of,
   cpsat_demonstrations, make_threshold_sweep, best_noop_threshold, select_noop_threshold,
   select_sampling_temperature, save_policy, load_policy, TRAINED_DIR (the shipped policy)
 - ``self_label``: SelfLabelConfig, sample_schedules, pick_labels, label_cross_entropy, make_self_label_step
 - ``train``: TrainJSSPConfig, train, refreshes_demos, step_plan, validation_set, keep_best (``scripts/train_jssp.py``)
-- ``evaluate``: EvalConfig, run, load_instances, make_runner, evaluate, group_table, tour_step
+- ``evaluate``: EvalConfig, run, load_instances, make_runner, policy_solver, anytime_agent_runner,
+  hinted_cpsat_runner, evaluate, group_table, tour_step
   (``scripts/eval_jssp.py``); TuneConfig, tune (``scripts/tune_jssp_sampling.py``); MakeSetConfig, make_set
   (``scripts/make_jssp_instances.py``)
 - ``bench``: BenchJSSPConfig, run (``scripts/bench_jssp.py``)

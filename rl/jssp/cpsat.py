@@ -3,6 +3,13 @@ agent's schedules (Tassel et al., ICAPS'23, Sec. 4: the CP solver refines the ag
 
 One interval variable per operation, ``AddNoOverlap`` per machine, job precedence, minimise the
 makespan; an optional hint (e.g. the agent's schedule) seeds the search.
+
+Two searches (:data:`SEARCHES`) for a given number of workers: ``default`` is CP-SAT's own choice, which for
+one worker is a single tree search (no large-neighbourhood search, LNS: from a hint it hardly moves);
+``portfolio`` sets CP-SAT's ``interleave_search`` (experimental in OR-Tools 9.x): its subsolvers, LNS ones
+included, take turns on the workers, so one worker runs the whole portfolio, deterministically apart from
+where the time limit falls. On job shop it is much the stronger one-worker search (README, job-shop
+results), and the one where a good hint pays: LNS starts from it.
 """
 from __future__ import annotations
 
@@ -11,6 +18,9 @@ import time
 
 import numpy as np
 from ortools.sat.python import cp_model
+
+
+SEARCHES = ("default", "portfolio")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,14 +34,16 @@ class CPResult:
 
 
 def solve(machines, durations, time_limit_s: float = 10.0, hint=None, workers: int = 1,
-          seed: int = 0, upper_bound: int | None = None) -> CPResult:
+          seed: int = 0, upper_bound: int | None = None, search: str = "default") -> CPResult:
     """Minimises the makespan with CP-SAT under ``time_limit_s``; ``hint`` [J, M] start times (optional);
     ``upper_bound``: the makespan must not exceed it (e.g. the hint's own: the search then only looks at
-    schedules at least as good, and CP-SAT's presolve prunes with it)."""
+    schedules at least as good, and CP-SAT's presolve prunes with it); ``search``: one of :data:`SEARCHES`."""
     if not time_limit_s > 0:
         raise ValueError(f"time_limit_s={time_limit_s!r} must be > 0")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an integer >= 1")
+    if search not in SEARCHES:
+        raise ValueError(f"search={search!r}; allowed: {', '.join(SEARCHES)}")
     machines, durations = np.asarray(machines), np.asarray(durations)
     J, M = machines.shape
     horizon = int(durations.sum())
@@ -63,6 +75,7 @@ def solve(machines, durations, time_limit_s: float = 10.0, hint=None, workers: i
     solver.parameters.max_time_in_seconds = float(time_limit_s)
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = seed
+    solver.parameters.interleave_search = search == "portfolio"
     t0 = time.perf_counter()
     status = solver.Solve(model)
     wall = time.perf_counter() - t0

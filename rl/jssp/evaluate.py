@@ -3,17 +3,20 @@ choosing a trained policy's sampling temperature.
 
 Solvers (:func:`make_runner`): the dispatching rules spt, mwkr, mopnr, fdd_mwkr (:mod:`rl.jssp.rules`, in
 the JAX environment), cpsat (OR-Tools, ``time_limit`` s per instance, or each instance's ``wall_time_s``
-from ``time_limit_from``, e.g. the agent's) and agent (the policy in ``policy_dir``, default the shipped
-one; ``samples=0`` greedy, with the policy's ``greedy_noop_threshold`` from its policy.json, ``B > 0``: B
-sampled schedules in parallel at the policy's ``sampling_temperature`` (set by :func:`tune`; 1 if absent)
-or ``temperature``, the best kept). Every schedule is checked by the independent validator
-(:mod:`rl.jssp.validate`) before it is reported (:func:`evaluate`).
+from ``time_limit_from``, e.g. the agent's; ``cpsat_search``: CP-SAT's one-worker tree search or its
+interleaved portfolio, :data:`rl.jssp.cpsat.SEARCHES`), agent_cpsat (:func:`hinted_cpsat_runner`) and
+agent (the policy in ``policy_dir``, default the shipped one; ``samples=0`` greedy, with the policy's
+``greedy_noop_threshold`` from its policy.json, ``B > 0``: B sampled schedules in parallel at the policy's
+``sampling_temperature`` (set by :func:`tune`; 1 if absent) or ``temperature``, the best kept). Every
+schedule is checked by the independent validator (:mod:`rl.jssp.validate`) before it is reported
+(:func:`evaluate`).
 
 :func:`run` is ``scripts/eval_jssp.py``: its records (``out``) are a JSON list, one per instance:
 instance (file stem), size, solver, makespan, start_times (jobs x operations, in each job's processing
 order), gap (% to the best known upper bound, when known) and wall_time_s (compilation excluded: each shape
-is warmed up first); it prints the mean gap per instance-size group (:func:`group_table`).
-:func:`tour_step` is the tour's small-scale run.
+is warmed up first); CP-SAT solvers add cpsat_search, agent_cpsat also hint_bound, agent_share and the
+agent's part (agent_makespan, agent_schedules: how many it made, agent_wall_time_s). It prints the mean
+gap per instance-size group (:func:`group_table`). :func:`tour_step` is the tour's small-scale run.
 
 :func:`tune` is ``scripts/tune_jssp_sampling.py``: on fresh random instances (never Taillard) each
 candidate temperature gets the mean best-of-``samples`` makespan (``agent.select_sampling_temperature``),
@@ -44,13 +47,19 @@ class EvalConfig:
     """One solver on a set of instances (``scripts/eval_jssp.py``).
 
     solver: Which solver: spt, mwkr, mopnr, fdd_mwkr, cpsat, agent or agent_cpsat (the agent's best schedule
-      as CP-SAT's hint and its makespan as CP-SAT's upper bound, both within time_limit in all).
+      as CP-SAT's hint, and its makespan as CP-SAT's upper bound if hint_bound, both within time_limit in all).
     instances: 'taillard' (the shipped 80) or a directory of instance files.
     sizes: Only these size groups, e.g. 15x15,20x15 (empty: all).
-    samples: Agent: 0 greedy, B > 0 sample B schedules and keep the best.
+    samples: Agent: 0 greedy, B > 0 sample B schedules and keep the best. agent_cpsat: the greedy schedule,
+      then rounds of B samples within agent_share of the time limit.
     time_limit: CP-SAT seconds per instance.
     time_limit_from: CP-SAT: per-instance limits = wall_time_s of this eval JSON.
     workers: CP-SAT search workers.
+    cpsat_search: CP-SAT's search: default (one worker: a single tree search) or portfolio (its subsolvers,
+      LNS included, interleaved on the workers).
+    hint_bound: agent_cpsat: the agent's makespan is also CP-SAT's upper bound.
+    agent_share: agent_cpsat: the agent's share of each instance's time limit (sampling rounds stop before
+      it would be exceeded; CP-SAT gets the rest).
     policy_dir: Agent: directory with policy.msgpack + policy.json.
     seed: Sampling seed.
     temperature: Agent sampling temperature (default: the policy's sampling_temperature, else 1).
@@ -65,6 +74,9 @@ class EvalConfig:
     time_limit: float = 10.0
     time_limit_from: str = ""
     workers: int = 1
+    cpsat_search: str = "default"
+    hint_bound: bool = True
+    agent_share: float = 0.2
     policy_dir: str = str(agent.TRAINED_DIR)
     seed: int = 0
     temperature: float | None = None
@@ -75,6 +87,11 @@ class EvalConfig:
         if self.solver not in SOLVERS:
             raise ValueError(f"solver={self.solver!r}; allowed: {', '.join(SOLVERS)}")
         run_lib.require_positive(self, "samples", "workers", allow_zero=("samples",))
+        if self.cpsat_search not in cpsat.SEARCHES:
+            raise ValueError(f"cpsat_search={self.cpsat_search!r}; allowed: {', '.join(cpsat.SEARCHES)}")
+        if not 0 < self.agent_share < 1:
+            raise ValueError(f"agent_share={self.agent_share!r} must be in (0, 1) (the agent's share of the time "
+                             "limit; CP-SAT gets the rest)")
         if not self.solver.startswith("agent") and (self.samples or self.temperature is not None):
             raise ValueError(f"samples={self.samples} / temperature={self.temperature} apply only to "
                              "solver=agent or agent_cpsat")
@@ -96,21 +113,23 @@ def load_instances(spec: str, sizes: str = "") -> list[instances.Instance]:
 
 
 def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits: dict | None = None,
-                workers: int = 1, policy_dir: str | None = None, seed: int = 0, temperature: float | None = None):
+                workers: int = 1, policy_dir: str | None = None, seed: int = 0, temperature: float | None = None,
+                cpsat_search: str = "default", hint_bound: bool = True, agent_share: float = 0.2):
     """``run(instance) -> (makespan, start_times, wall_time_s)`` for ``solver`` (compilation excluded)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r}; allowed: {', '.join(SOLVERS)}")
     if solver in ("cpsat", "agent_cpsat") and not time_limit > 0:
         raise ValueError(f"time_limit={time_limit} must be > 0 seconds")
     if solver == "agent_cpsat":
-        return hinted_cpsat_runner(make_runner("agent", samples, policy_dir=policy_dir, seed=seed,
-                                               temperature=temperature), time_limit, limits, workers, seed)
+        return hinted_cpsat_runner(anytime_agent_runner(samples, policy_dir, seed, temperature), time_limit,
+                                   limits, workers, seed, cpsat_search, hint_bound, agent_share)
     if solver == "cpsat":
 
         def run_cp(inst):
             limit = max(float(limits[inst.name]), 0.05) if limits is not None else time_limit
             t0 = time.perf_counter()
-            res = cpsat.solve(inst.machines, inst.durations, time_limit_s=limit, workers=workers, seed=seed)
+            res = cpsat.solve(inst.machines, inst.durations, time_limit_s=limit, workers=workers, seed=seed,
+                              search=cpsat_search)
             return res.makespan, res.start_times, time.perf_counter() - t0
         return run_cp
 
@@ -120,12 +139,9 @@ def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits:
             state = rules.solve_batch(m[None], d[None], solver)
             return jax.tree.map(lambda x: x[0][None], state)
     else:
-        model, params, info = agent.load_policy(policy_dir or agent.TRAINED_DIR)
-        if temperature is None:
-            temperature = float(info.get("sampling_temperature", 1.0))
-        solve = agent.make_solver(model, info.get("greedy_noop_threshold"), temperature)
+        solve = policy_solver(policy_dir, temperature)
         key = jax.random.PRNGKey(seed)
-        fn = lambda m, d: solve(params, m, d, key, samples)  # noqa: E731
+        fn = lambda m, d: solve(m, d, key, samples)  # noqa: E731
 
     def run(inst):
         m, d = jnp.asarray(inst.machines), jnp.asarray(inst.durations)
@@ -140,34 +156,89 @@ def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits:
     return run
 
 
-def hinted_cpsat_runner(agent_run, time_limit: float, limits: dict | None, workers: int, seed: int):
+def policy_solver(policy_dir: str | None, temperature: float | None):
+    """``solve(machines, durations, key, samples) -> final states`` of the policy in ``policy_dir`` (default:
+    the shipped one) at ``temperature`` (default: its policy.json's sampling_temperature, else 1)."""
+    model, params, info = agent.load_policy(policy_dir or agent.TRAINED_DIR)
+    if temperature is None:
+        temperature = float(info.get("sampling_temperature", 1.0))
+    solve = agent.make_solver(model, info.get("greedy_noop_threshold"), temperature)
+    return lambda m, d, key, samples: solve(params, m, d, key, samples)
+
+
+def anytime_agent_runner(samples: int, policy_dir: str | None = None, seed: int = 0,
+                         temperature: float | None = None):
+    """``run(instance, allowance_s) -> (makespan, start_times, wall_time_s, schedules)``: the greedy schedule,
+    then rounds of ``samples`` sampled ones (none if 0) while the next round is predicted to end within
+    ``allowance_s``; the best of all. A round is predicted to last as long as the previous one; the first as
+    long as one timed per instance shape while warming up (outside the clock, like the compilation), so the
+    agent's share of a budget holds from 15x15 (many rounds) to 100x20 (greedy alone)."""
+    solve = policy_solver(policy_dir, temperature)
+    round_s: dict = {}
+
+    def run(inst, allowance_s: float):
+        m, d = jnp.asarray(inst.machines), jnp.asarray(inst.durations)
+        if inst.machines.shape not in round_s:
+            jax.block_until_ready(solve(m, d, jax.random.PRNGKey(seed), 0))
+            round_s[inst.machines.shape] = 0.0
+            if samples:
+                for _ in range(2):  # compile, then time
+                    t = time.perf_counter()
+                    jax.block_until_ready(solve(m, d, jax.random.PRNGKey(seed), samples))
+                    round_s[inst.machines.shape] = time.perf_counter() - t
+        key = jax.random.PRNGKey(seed)
+        t0 = time.perf_counter()
+        best = agent.best_of(solve(m, d, key, 0))
+        predicted, rounds = round_s[inst.machines.shape], 0
+        while samples and time.perf_counter() - t0 + predicted <= allowance_s:
+            t = time.perf_counter()
+            cmax, start = agent.best_of(solve(m, d, jax.random.fold_in(key, rounds), samples))
+            predicted, rounds = time.perf_counter() - t, rounds + 1
+            if cmax < best[0]:
+                best = (cmax, start)
+        return best[0], best[1], time.perf_counter() - t0, 1 + rounds * samples
+    return run
+
+
+def hinted_cpsat_runner(agent_run, time_limit: float, limits: dict | None, workers: int, seed: int,
+                        search: str = "default", hint_bound: bool = True, agent_share: float = 0.2):
     """Agent + CP-SAT within one budget per instance (``time_limit``, or the instance's entry of ``limits``):
-    the agent's best schedule, then CP-SAT for the rest of the budget with that schedule as its hint and its
-    makespan as an upper bound, so the result is never worse than the agent's and the pair spends what CP-SAT
-    alone would (Tassel et al., ICAPS'23, Sec. 4, use the solver to refine the agent's solutions)."""
+    the agent's best schedule within ``agent_share`` of the budget (:func:`anytime_agent_runner`), then
+    CP-SAT (``search``) for the rest of the budget with that schedule as its hint (and, if ``hint_bound``,
+    its makespan as an upper bound), so the result is never worse than the agent's and the pair spends what
+    CP-SAT alone would (Tassel et al., ICAPS'23, Sec. 4, use the solver to refine the agent's solutions).
+    With the portfolio search the hint is where CP-SAT's LNS starts."""
     def run(inst):
         budget = float(limits[inst.name]) if limits is not None else time_limit
-        agent_cmax, agent_start, agent_wall = agent_run(inst)
+        agent_cmax, agent_start, agent_wall, schedules = agent_run(inst, agent_share * budget)
+        logging.info("%s: agent %d from %d schedules in %.2fs", inst.name, agent_cmax, schedules, agent_wall)
         left = max(budget - agent_wall, 0.05)
         t0 = time.perf_counter()
         res = cpsat.solve(inst.machines, inst.durations, time_limit_s=left, hint=agent_start, workers=workers,
-                          seed=seed, upper_bound=agent_cmax)
-        return res.makespan, res.start_times, agent_wall + time.perf_counter() - t0
+                          seed=seed, upper_bound=agent_cmax if hint_bound else None, search=search)
+        wall = agent_wall + time.perf_counter() - t0
+        agent_part = {"agent_makespan": int(agent_cmax), "agent_schedules": schedules,
+                      "agent_wall_time_s": agent_wall}
+        if res.makespan > agent_cmax:  # without the bound CP-SAT may end on a worse schedule than its hint
+            return agent_cmax, agent_start, wall, agent_part
+        return res.makespan, res.start_times, wall, agent_part
     return run
 
 
 def evaluate(insts, run, solver: str, bounds: dict) -> list[dict]:
-    """One record per instance (see the module docstring), each schedule checked by the validator."""
+    """One record per instance (see the module docstring), each schedule checked by the validator; a runner
+    may return a fourth item, a dict of extra fields for the record (agent_cpsat: the agent's part)."""
     records = []
     for inst in insts:
-        cmax, start, wall = run(inst)
+        cmax, start, wall, *extra = run(inst)
         checked = validate.check_schedule(inst.machines, inst.durations, start)
         if checked != cmax:
             raise RuntimeError(f"{inst.name}: solver reports makespan {cmax}, validator recomputes {checked}")
         ub = bounds.get(inst.name, {}).get("upper_bound")
         rec = {"instance": inst.name, "size": inst.size, "solver": solver, "makespan": int(cmax),
                "start_times": np.asarray(start).astype(int).tolist(),
-               "gap": None if ub is None else 100.0 * (cmax - ub) / ub, "wall_time_s": wall}
+               "gap": None if ub is None else 100.0 * (cmax - ub) / ub, "wall_time_s": wall,
+               **(extra[0] if extra else {})}
         records.append(rec)
         logging.info("%s %s: makespan %d gap %s (%.2fs)", solver, inst.name, cmax,
                      "n/a" if ub is None else f"{rec['gap']:.2f}%", wall)
@@ -215,8 +286,12 @@ def run(cfg: EvalConfig) -> list[dict]:
     if cfg.out:
         pathlib.Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     runner = make_runner(cfg.solver, cfg.samples, cfg.time_limit, limits, cfg.workers, cfg.policy_dir, cfg.seed,
-                         cfg.temperature)
+                         cfg.temperature, cfg.cpsat_search, cfg.hint_bound, cfg.agent_share)
     records = evaluate(insts, runner, cfg.solver, bounds)
+    if "cpsat" in cfg.solver:
+        for r in records:
+            r.update(cpsat_search=cfg.cpsat_search, **({"hint_bound": cfg.hint_bound, "agent_share": cfg.agent_share}
+                                                       if cfg.solver == "agent_cpsat" else {}))
     _, table = group_table(records)
     label = cfg.solver + (f" (samples={cfg.samples})" if cfg.solver.startswith("agent") else "")
     print(f"{label} on {cfg.instances}\n{table}")
@@ -226,7 +301,8 @@ def run(cfg: EvalConfig) -> list[dict]:
 
 
 def tour_step(workdir: pathlib.Path) -> dict:
-    """Small-scale tour: SPT, MWKR, the shipped agent (greedy, 8 samples) and CP-SAT (2 s) on ta01-ta02."""
+    """Small-scale tour on ta01-ta02: SPT, MWKR, the shipped agent (greedy, 8 samples), CP-SAT (2 s) and the
+    agent's schedule as the hint of CP-SAT's one-worker portfolio search (2 s in all)."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     insts = [i for i in instances.load_taillard(("15x15",)) if i.name in ("ta01", "ta02")]
@@ -234,7 +310,9 @@ def tour_step(workdir: pathlib.Path) -> dict:
     out = {}
     for name, runner in (("spt", make_runner("spt")), ("mwkr", make_runner("mwkr")),
                          ("agent_greedy", make_runner("agent")), ("agent_8_samples", make_runner("agent", 8)),
-                         ("cpsat_2s", make_runner("cpsat", time_limit=2.0, workers=2))):
+                         ("cpsat_2s", make_runner("cpsat", time_limit=2.0, workers=2)),
+                         ("agent_cpsat_2s", make_runner("agent_cpsat", 8, time_limit=2.0, cpsat_search="portfolio",
+                                                        hint_bound=False))):
         records = evaluate(insts, runner, name, bounds)
         run_lib.write_json_atomic(workdir / f"{name}.json", records)
         out[f"{name}_mean_gap_pct"] = round(float(np.mean([r["gap"] for r in records])), 2)
