@@ -162,6 +162,21 @@ def test_generated_test_set_files_and_bounds_read_back(tmp_path):
         evaluate.make_set(evaluate.MakeSetConfig())
 
 
+def test_generated_set_bounds_fall_back_to_the_rule_when_cpsat_finds_no_schedule(monkeypatch):
+    from rl.jssp import cpsat, evaluate, rules
+    inst = instances.random_instance(np.random.default_rng(5), 6, 4, name="r")
+    real_solve = cpsat.solve
+    monkeypatch.setattr(cpsat, "solve", lambda *a, **k: real_solve(*a, **{**k, "time_limit_s": 1e-6}))
+    row = evaluate.bounds_row(inst, time_limit_s=5.0, workers=1, seed=0)
+    rule_cmax, rule_start = rules.solve(inst.machines, inst.durations, "fdd_mwkr")
+    assert validate.check_schedule(inst.machines, inst.durations, rule_start) == rule_cmax
+    assert row == {"upper_bound": rule_cmax, "status": "RULE",
+                   "lower_bound": instances.simple_lower_bound(inst.machines, inst.durations)}
+    monkeypatch.setattr(cpsat, "solve", real_solve)
+    optimal = evaluate.bounds_row(inst, time_limit_s=5.0, workers=1, seed=0)
+    assert optimal["status"] == "OPTIMAL" and optimal["lower_bound"] == optimal["upper_bound"] <= rule_cmax
+
+
 def test_self_labelling_run_exports_the_best_validated_step(tmp_path):
     """A tiny train_jssp run: validation at steps 0..3, the exported policy is the step of smallest validation
     gap (re-measured from the exported files), and the run's files say so."""

@@ -23,6 +23,10 @@ from ortools.sat.python import cp_model
 SEARCHES = ("default", "portfolio")
 
 
+class NoScheduleFound(RuntimeError):
+    """CP-SAT stopped (time limit) before its first schedule, and no hint was given to fall back on."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CPResult:
     makespan: int
@@ -82,7 +86,7 @@ def solve(machines, durations, time_limit_s: float = 10.0, hint=None, workers: i
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         if hint is not None:  # no solution found in time: the hint itself is feasible
             return CPResult(int((hint + durations).max()), hint.astype(np.int64), False, 0, wall, "HINT")
-        raise RuntimeError(f"CP-SAT found no schedule in {time_limit_s}s (status {solver.StatusName(status)})")
+        raise NoScheduleFound(f"CP-SAT found no schedule in {time_limit_s}s (status {solver.StatusName(status)})")
     start = np.array([[solver.Value(starts[j][o]) for o in range(M)] for j in range(J)], np.int64)
     return CPResult(int(solver.ObjectiveValue()), start, status == cp_model.OPTIMAL,
                     int(solver.BestObjectiveBound()), wall, solver.StatusName(status))
