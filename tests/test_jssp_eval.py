@@ -61,6 +61,12 @@ def test_both_cpsat_searches_reach_the_optimum_of_a_small_instance(search):
         cpsat.solve(inst.machines, inst.durations, search="lns")
 
 
+def test_cpsat_without_a_schedule_in_its_time_limit_names_the_setting():
+    inst = small_instances()[0]
+    with pytest.raises(ValueError, match=r"time_limit=1e-06: 1e-06 s for r0 \(6x4\) is too short, CP-SAT found no"):
+        evaluate.make_runner("cpsat", time_limit=1e-6)(inst)
+
+
 def test_agent_cpsat_without_the_bound_keeps_the_agent_schedule_when_cpsat_ends_worse(monkeypatch):
     inst = small_instances()[0]
     agent_cmax, agent_start, _ = evaluate.make_runner("agent")(inst)

@@ -128,8 +128,13 @@ def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits:
         def run_cp(inst):
             limit = max(float(limits[inst.name]), 0.05) if limits is not None else time_limit
             t0 = time.perf_counter()
-            res = cpsat.solve(inst.machines, inst.durations, time_limit_s=limit, workers=workers, seed=seed,
-                              search=cpsat_search)
+            try:
+                res = cpsat.solve(inst.machines, inst.durations, time_limit_s=limit, workers=workers, seed=seed,
+                                  search=cpsat_search)
+            except cpsat.NoScheduleFound:  # a limit too short for this instance: the user's setting
+                setting = "time_limit_from: its" if limits is not None else f"time_limit={limit}:"
+                raise ValueError(f"{setting} {limit} s for {inst.name} ({inst.size}) is too short, CP-SAT found no "
+                                 "schedule in it; allowed: a limit long enough for a first schedule") from None
             return res.makespan, res.start_times, time.perf_counter() - t0
         return run_cp
 
