@@ -15,7 +15,8 @@ Public API (import the module; nothing is loaded here, so ``import rl.jssp.insta
   batch_reset / batch_step / batch_observe / batch_is_done / batch_makespan
 - ``validate``: check_schedule, is_feasible, InfeasibleSchedule
 - ``rules``: RULES, solve, solve_batch
-- ``cpsat``: solve, SEARCHES (default, portfolio), CPResult, NoScheduleFound, schedule_to_actions, left_shift
+- ``cpsat``: solve, SEARCHES (default, portfolio), check_search, CPResult, NoScheduleFound,
+  schedule_to_actions, left_shift
 - ``pyenv``: PyJobShopEnv, run_spt (the plain-Python reference environment)
 - ``agent``: PPOConfig, make_model, make_optimizer, init_state, make_train_step, make_solver, best_of,
   cpsat_demonstrations, make_threshold_sweep, best_noop_threshold, select_noop_threshold,

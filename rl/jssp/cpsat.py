@@ -23,6 +23,12 @@ from ortools.sat.python import cp_model
 SEARCHES = ("default", "portfolio")
 
 
+def check_search(search: str, setting: str = "search") -> None:
+    """ValueError naming ``setting`` unless ``search`` is one of :data:`SEARCHES`."""
+    if search not in SEARCHES:
+        raise ValueError(f"{setting}={search!r}; allowed: {', '.join(SEARCHES)}")
+
+
 class NoScheduleFound(RuntimeError):
     """CP-SAT stopped (time limit) before its first schedule, and no hint was given to fall back on."""
 
@@ -46,8 +52,7 @@ def solve(machines, durations, time_limit_s: float = 10.0, hint=None, workers: i
         raise ValueError(f"time_limit_s={time_limit_s!r} must be > 0")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an integer >= 1")
-    if search not in SEARCHES:
-        raise ValueError(f"search={search!r}; allowed: {', '.join(SEARCHES)}")
+    check_search(search)
     machines, durations = np.asarray(machines), np.asarray(durations)
     J, M = machines.shape
     horizon = int(durations.sum())

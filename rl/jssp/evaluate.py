@@ -87,8 +87,7 @@ class EvalConfig:
         if self.solver not in SOLVERS:
             raise ValueError(f"solver={self.solver!r}; allowed: {', '.join(SOLVERS)}")
         run_lib.require_positive(self, "samples", "workers", allow_zero=("samples",))
-        if self.cpsat_search not in cpsat.SEARCHES:
-            raise ValueError(f"cpsat_search={self.cpsat_search!r}; allowed: {', '.join(cpsat.SEARCHES)}")
+        cpsat.check_search(self.cpsat_search, "cpsat_search")
         if not 0 < self.agent_share < 1:
             raise ValueError(f"agent_share={self.agent_share!r} must be in (0, 1) (the agent's share of the time "
                              "limit; CP-SAT gets the rest)")
@@ -115,7 +114,8 @@ def load_instances(spec: str, sizes: str = "") -> list[instances.Instance]:
 def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits: dict | None = None,
                 workers: int = 1, policy_dir: str | None = None, seed: int = 0, temperature: float | None = None,
                 cpsat_search: str = "default", hint_bound: bool = True, agent_share: float = 0.2):
-    """``run(instance) -> (makespan, start_times, wall_time_s)`` for ``solver`` (compilation excluded)."""
+    """``run(instance) -> (makespan, start_times, wall_time_s)`` for ``solver`` (compilation excluded);
+    agent_cpsat's adds a fourth item, the agent's part of the record (:func:`hinted_cpsat_runner`)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r}; allowed: {', '.join(SOLVERS)}")
     if solver in ("cpsat", "agent_cpsat") and not time_limit > 0:
