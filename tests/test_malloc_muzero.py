@@ -59,17 +59,22 @@ def test_network_shapes_and_padding(tiny):
                  method=model.predict).logits.shape == (2, game.num_actions(2 * N))
 
 
+def _jax_and_python_games(inst):
+    """``inst`` padded to N slots with its initial JAX state, the plain-Python reference game, and the map
+    from the reference's move numbers (n slots) to the padded game's (N slots: same blocks, other offsets)."""
+    n = inst.num_buffers
+    padded = jax.tree.map(lambda x: x[0], game.pad([inst], N))
+    padded_move = [a if a < 3 + n else a - n + N for a in range(2 * n + 3)]
+    return padded, game.init(padded), pygame_ref.PyMallocGame(inst), padded_move
+
+
 def test_python_game_agrees_with_jax_game():
     step = jax.jit(game.step)
     legal_fn = jax.jit(game.legal_actions)
     for k, inst in enumerate(_instances(6, seed=1)):
         n = inst.num_buffers
-        padded = jax.tree.map(lambda x: x[0], game.pad([inst], N))
-        ref = pygame_ref.PyMallocGame(inst)
-        state = game.init(padded)
+        padded, state, ref, padded_move = _jax_and_python_games(inst)
         rng = random.Random(k)
-        # the reference numbers its moves for n slots, the padded game for N: same blocks, other offsets
-        padded_move = [a if a < 3 + n else a - n + N for a in range(2 * n + 3)]
         while not ref.done:
             legal = np.asarray(legal_fn(padded, state))
             assert [bool(legal[a]) for a in padded_move] == ref.legal_actions()
@@ -90,14 +95,12 @@ def test_first_fit_rollout_matches_the_python_game():
     rollout = jax.jit(game.first_fit_return)
     step = jax.jit(game.step)
     for k, inst in enumerate(_instances(6, seed=4)):
-        n = inst.num_buffers
-        padded = jax.tree.map(lambda x: x[0], game.pad([inst], N))
-        ref = pygame_ref.PyMallocGame(inst)
-        state, rng = game.init(padded), random.Random(k)
-        for _ in range(rng.randrange(n)):  # a random prefix of legal moves
+        padded, state, ref, padded_move = _jax_and_python_games(inst)
+        rng = random.Random(k)
+        for _ in range(rng.randrange(inst.num_buffers)):  # a random prefix of legal moves
             move = rng.choice([a for a, ok in enumerate(ref.legal_actions()) if ok])
             ref.step(move)
-            state, _, _ = step(padded, state, move if move < 3 + n else move - n + N)
+            state, _, _ = step(padded, state, padded_move[move])
         before = ref.ret
         while not ref.done:
             cands = ref.candidates()
