@@ -1,6 +1,7 @@
 """mallocMuZero (rl/malloc/muzero/, models/malloc_muzero.py, rl/malloc/train.py): fast tests on tiny
 instances (N = 8 padded slots, width 16, a handful of simulations)."""
 import dataclasses
+import functools
 import shutil
 import json
 import pathlib
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from models.malloc_muzero import MuZeroNetConfig
-from rl.malloc import game, instance, muzero, pygame_ref, validate
+from rl.malloc import baselines, game, instance, muzero, pygame_ref, validate
 
 N = 8
 TINY_NET = MuZeroNetConfig(width=16, num_heads=2, mlp_dim=32, repr_layers=1, dyn_layers=1)
@@ -107,6 +108,43 @@ def test_first_fit_rollout_matches_the_python_game():
             legal = [a for a, ok in enumerate(ref.legal_actions()) if ok and a != 0]
             ref.step(min(legal, key=lambda a: (cands[a], a)) if legal else 0)
         assert float(rollout(padded, state)) == pytest.approx(ref.ret - before, rel=1e-5, abs=1e-6)
+
+
+def test_heuristic_completion_matches_numpy_xla_heuristic():
+    """game.heuristic_return (a leaf value of the rollout search) from the initial state equals the NumPy
+    XLA heuristic's normalised benefit, and from random mid-episode states that heuristic run over the
+    undecided buffers only, the decided ones fixed (baselines.xla_heuristic with ``decided``); restricted to
+    game moves, the completion replays as legal moves of the game and returns what it promised."""
+    completion, step, legal_actions = jax.jit(game.heuristic_return), jax.jit(game.step), jax.jit(game.legal_actions)
+    in_moves = jax.jit(functools.partial(game.heuristic_completion, game_moves=True))
+    completion_in_moves = jax.jit(functools.partial(game.heuristic_return, game_moves=True))
+    rng = np.random.default_rng(11)
+    for _ in range(48):  # 16 buffers, fast memory at 80 % of the peak: gaps of several sizes to choose from
+        inst = instance.random_instance(rng, num_buffers=16, horizon=12, max_size=16, capacity_fraction=0.8)
+        padded = jax.tree.map(lambda x: x[0], game.pad([inst], 16))
+        state = game.init(padded)
+        full = baselines.xla_heuristic(inst)
+        assert float(completion(padded, state)) == pytest.approx(validate.normalised_benefit(inst, full), rel=1e-5)
+        for _ in range(int(rng.integers(1, inst.num_buffers))):  # a random prefix of legal moves
+            state, _, _ = step(padded, state, int(rng.choice(np.flatnonzero(legal_actions(padded, state)))))
+        decided = np.zeros(inst.num_buffers, bool)
+        decided[np.asarray(padded.order)[:int(state.t)]] = True
+        completed = baselines.xla_heuristic(inst, game.offsets_in_instance_order(padded, state), decided)
+        assert validate.violations(inst, completed) == []
+        gained = inst.benefits[(completed >= 0) & ~decided].sum() / inst.total_benefit
+        assert float(completion(padded, state)) == pytest.approx(gained, rel=1e-5, abs=1e-6)
+        # in game moves (the rollout search's leaf value): the completion is a game trajectory from the state
+        offsets = np.asarray(in_moves(padded, state))
+        replay, before = state, float(state.ret)
+        while not bool(game.done(padded, replay)):
+            want = offsets[int(replay.t)]
+            moves = np.flatnonzero(np.asarray(legal_actions(padded, replay))
+                                   & (np.asarray(game.candidate_offsets(padded, replay)) == want))
+            moves = [game.SLOW] if want < 0 else [a for a in moves if a != game.SLOW]
+            assert moves, f"offset {want} of slot {int(replay.t)} is no legal move"
+            replay, _, _ = step(padded, replay, int(moves[0]))
+        assert list(np.asarray(replay.offset)) == list(offsets)
+        assert float(completion_in_moves(padded, state)) == pytest.approx(float(replay.ret) - before, abs=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["muzero", "alphazero", "rollout", "policy"])

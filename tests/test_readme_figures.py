@@ -386,6 +386,8 @@ def test_malloc_table(tables):
          [of("malloc_eval.json", "alphazero"), of("malloc_eval_alphazero64.json")], 2, (1, 2)),
         ("best of 128 episodes", [of("malloc_eval_muzero32_best128.json")], 2, (1, 1)),
         ("rollout search", [of("malloc_eval_rollout32.json"), of("malloc_eval_rollout64.json")], 2, (1, 2)),
+        ("first-fit leaf rollouts", [of("malloc_eval_rollout_firstfit32.json"),
+                                     of("malloc_eval_rollout_firstfit64.json")], 2, (1, 2)),
     ]
     for fragment, summaries, gap_decimals, (scale, wall_decimals) in rows:
         row, what = table.row(fragment), f"malloc {fragment!r}"

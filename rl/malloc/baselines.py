@@ -29,11 +29,12 @@ def free_gaps(instance: Instance, offsets: np.ndarray, i: int) -> list[tuple[int
     return gaps
 
 
-def place_in_order(instance: Instance, order, fit: str = "best") -> np.ndarray:
-    """Place buffers in ``order`` at the best-fitting ('best') or lowest ('first') free gap, else slow."""
+def place_in_order(instance: Instance, order, fit: str = "best", placed: np.ndarray | None = None) -> np.ndarray:
+    """Place buffers in ``order`` at the best-fitting ('best') or lowest ('first') free gap, else slow;
+    ``placed`` (offsets, -1 slow) are decided already and stay where they are."""
     if fit not in ("best", "first"):
         raise ValueError(f"fit={fit!r}; allowed: 'best', 'first'")
-    offsets = np.full(instance.num_buffers, -1, np.int64)
+    offsets = np.full(instance.num_buffers, -1, np.int64) if placed is None else np.array(placed, np.int64)
     for i in order:
         size = int(instance.sizes[i])
         fitting = [(hi - lo, lo) for lo, hi in free_gaps(instance, offsets, i) if hi - lo >= size]
@@ -42,11 +43,15 @@ def place_in_order(instance: Instance, order, fit: str = "best") -> np.ndarray:
     return offsets
 
 
-def xla_heuristic(instance: Instance) -> np.ndarray:
-    """XLA MSA order (benefit / sqrt(size), descending; zero-benefit buffers skipped), best fit."""
+def xla_heuristic(instance: Instance, placed: np.ndarray | None = None,
+                  decided: np.ndarray | None = None) -> np.ndarray:
+    """XLA MSA order (benefit / sqrt(size), descending; zero-benefit buffers skipped), best fit. To complete
+    a partial placement, ``decided`` (bool [n]) marks the buffers already decided, at ``placed`` (offsets,
+    -1 slow); only the others are visited."""
     key = instance.benefits / np.sqrt(instance.sizes)
-    order = [i for i in np.lexsort((np.arange(instance.num_buffers), -key)) if instance.benefits[i] > 0]
-    return place_in_order(instance, order, fit="best")
+    todo = np.ones(instance.num_buffers, bool) if decided is None else ~np.asarray(decided, bool)
+    order = [i for i in np.lexsort((np.arange(instance.num_buffers), -key)) if instance.benefits[i] > 0 and todo[i]]
+    return place_in_order(instance, order, fit="best", placed=placed)
 
 
 def first_fit_decreasing(instance: Instance) -> np.ndarray:

@@ -290,6 +290,51 @@ def first_fit_return(inst: Padded, state: State) -> jax.Array:
     return rewards.sum()
 
 
+def heuristic_completion(inst: Padded, state: State, game_moves: bool = False) -> jax.Array:
+    """int32 [N]: ``state.offset`` with the undecided buffers placed by XLA's memory-space-assignment rule
+    (``baselines.xla_heuristic``): those of positive benefit by decreasing benefit / sqrt(size) (ties:
+    instance index), each at the best fit over its live interval (the candidate in the smallest free gap,
+    lowest address first) given the decided buffers and those placed before it, else -1 (slow).
+
+    ``game_moves=False``: the candidates are both ends of every free gap, as in XLA; the offsets need not be
+    game moves (a gap's floor may be the top of a buffer that starts later). ``game_moves=True``: only the
+    game's own moves are candidates (the floor, the ceiling and the faces of placed live buffers EARLIER in
+    schedule order), so every buffer's offset is a legal move when its turn comes and the completion is a
+    game trajectory: its return is reachable from ``state``."""
+    n = inst.size.shape[-1]
+    k = jnp.arange(n)
+    big = jnp.iinfo(jnp.int32).max
+    todo = inst.valid & (k >= state.t) & (inst.benefit > 0)
+    priority = inst.benefit / jnp.sqrt(inst.size.astype(jnp.float32))
+    visit = jnp.lexsort((inst.order, -jnp.where(todo, priority, -1.0)))  # decided / zero-benefit last (skipped)
+
+    def place(offset, i):
+        size = inst.size[i]
+        live = (offset >= 0) & (inst.start <= inst.end[i]) & (inst.start[i] <= inst.end) & (k != i)
+        face = live & (k < i) if game_moves else live
+        lo, hi = offset, offset + inst.size
+        cand = jnp.concatenate([jnp.stack([jnp.zeros((), jnp.int32), inst.capacity - size]),
+                                jnp.where(face, hi, -1), jnp.where(face, lo - size, -1)])
+        clash = ((cand[:, None] < hi[None]) & (lo[None] < cand[:, None] + size) & live[None]).any(axis=1)
+        fits = (cand >= 0) & (cand + size <= inst.capacity) & ~clash
+        gap_lo = jnp.where(live[None] & (hi[None] <= cand[:, None]), hi[None], 0).max(axis=1)
+        gap_hi = jnp.where(live[None] & (lo[None] >= cand[:, None] + size), lo[None], inst.capacity).min(axis=1)
+        gap = jnp.where(fits, gap_hi - gap_lo, big)
+        best = jnp.where(fits & (gap == gap.min()), cand, big).min()
+        return offset.at[i].set(jnp.where(todo[i] & fits.any(), best, offset[i])), None
+
+    offset, _ = jax.lax.scan(place, state.offset, visit)
+    return offset
+
+
+def heuristic_return(inst: Padded, state: State, game_moves: bool = False) -> jax.Array:
+    """float32 []: the return-to-go of :func:`heuristic_completion`, a leaf value of the ``rollout`` search
+    (rl/malloc/muzero/mcts.py) that sees what first fit in schedule order cannot: which LATER buffers
+    deserve the room. With ``game_moves=False`` it may promise a return no game trajectory reaches."""
+    added = (heuristic_completion(inst, state, game_moves) >= 0) & (state.offset < 0)
+    return (jnp.where(added, inst.benefit, 0.0).sum() / inst.total_benefit).astype(jnp.float32)
+
+
 def random_policy(inst, state, legal, key):
     """Uniform over legal moves."""
     return jax.random.categorical(key, jnp.where(legal, 0.0, -jnp.inf))

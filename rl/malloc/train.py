@@ -223,7 +223,7 @@ def train(cfg: TrainMallocConfig) -> dict:
     return summary
 
 
-ROLLOUT_Q_SCALES = (0.1, 0.3, 1.0, 3.0)  # the rollout search's values are exact-ish returns: larger weights
+ROLLOUT_Q_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0)  # the rollout search's values are reachable returns: larger weights
 
 
 def export(cfg: TrainMallocConfig, model, params, shipped: list[instance.Instance], summary: dict) -> None:

@@ -33,9 +33,10 @@ Three searches share one network (``models/malloc_muzero.py``):
   come from representation + prediction on the true next observation, illegal moves are masked at every
   node, terminal states have discount 0 (``make_alphazero_recurrent_fn``).
 - ``"rollout"``: the true game and the network's prior as in ``"alphazero"``, but every leaf is valued by a
-  first-fit rollout to the end of the episode (``game.first_fit_return``; AlphaGo's fast rollouts, Silver et
-  al. 2016, with mixing weight 1) instead of the value head, whose errors the deeper searches exploit
-  (``make_rollout_recurrent_fn``). Its cost grows with N^2 per move, so it is for windows, not whole programs.
+  rollout to the end of the episode with XLA's heuristic restricted to game moves (``rollout_value``;
+  AlphaGo's fast rollouts, Silver et al. 2016, with mixing weight 1) instead of the value head, whose errors
+  the deeper searches exploit (``make_rollout_recurrent_fn``). Its cost grows with N^3 per move, so it is
+  for windows, not whole programs.
 - ``"policy"`` (no search): the arg-max of the masked prior, for reference.
 
 By default training is pure RL from self-play. Optionally (not in the paper; ``rl/malloc/demos.py``) a fixed
@@ -57,7 +58,7 @@ from rl.malloc.muzero.inference import (Q_SCALES, TRAINED_DIR, load_network, pad
                                         select_q_scale, solve, solve_batch)
 from rl.malloc.muzero.mcts import (GLOBAL_FEATURES, SEARCHES, SLOT_FEATURES, SearchOut, check_search_args,
                                    make_alphazero_recurrent_fn, make_muzero_recurrent_fn, make_rollout_recurrent_fn,
-                                   observation, search)
+                                   observation, rollout_value, search)
 from rl.malloc.muzero.replay import (Batch, Episodes, Replay, demo_replay, replay_add, replay_init, replay_sample,
                                      value_targets)
 from rl.malloc.muzero.training import (MuZeroConfig, TrainState, init_params, init_train_state, loss_fn, make_model,
@@ -66,7 +67,7 @@ from rl.malloc.muzero.training import (MuZeroConfig, TrainState, init_params, in
 __all__ = [
     # mcts
     "SEARCHES", "SLOT_FEATURES", "GLOBAL_FEATURES", "observation", "make_muzero_recurrent_fn",
-    "make_alphazero_recurrent_fn", "make_rollout_recurrent_fn", "SearchOut", "search", "check_search_args",
+    "make_alphazero_recurrent_fn", "make_rollout_recurrent_fn", "rollout_value", "SearchOut", "search", "check_search_args",
     # replay
     "Episodes", "value_targets", "Replay", "replay_init", "replay_add", "Batch", "replay_sample", "demo_replay",
     # training

