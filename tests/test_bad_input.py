@@ -139,6 +139,8 @@ CASES = [
          slow=True),
     Case("eval_jssp", "out_is_a_directory", ("--out={row}/outdir",), "--out=", files={"outdir/keep": ""}, slow=True),
     Case("eval_jssp", "samples_without_agent", ("--solver=spt", "--samples=4"), "--samples=4", slow=True),
+    Case("eval_jssp", "agent_share_without_agent_cpsat", ("--solver=cpsat", "--agent_share=0.5"),
+         "--agent_share=0.5 applies only to --solver=agent_cpsat, not --solver=cpsat", slow=True),
     Case("eval_jssp", "bad_cpsat_search", ("--solver=cpsat", "--cpsat_search=lns"),
          "--cpsat_search='lns'; allowed: default, portfolio", slow=True),
     Case("eval_jssp", "cpsat_time_limit_too_short", ("--solver=cpsat", "--time_limit=0.001", "--sizes=100x20",

@@ -211,6 +211,26 @@ def test_one_training_iteration_lowers_the_loss_on_a_fixed_batch(tiny, insts16):
     assert np.isfinite(before) and loss(new_params) < before
 
 
+@pytest.mark.parametrize("search", ["rollout"])  # muzero self-play: test_train_malloc_tiny_run_resumes_bit_for_bit
+def test_self_play_iteration_records_the_searchs_episodes(insts16, search):
+    """One self-play iteration with the rollout search (the search as improvement operator) fills the replay
+    with the batch's episodes: policy targets are distributions over the legal moves, the replayed rewards sum to the
+    reported self-play return, and the parameters move."""
+    cfg = muzero.MuZeroConfig(max_buffers=N, batch=16, num_simulations=4, max_considered=4, replay_episodes=16,
+                              train_batch=8, unroll=2, updates_per_iter=1, search=search)
+    model = muzero.make_model(TINY_NET)
+    opt = muzero.make_optimizer(cfg)
+    state = muzero.init_train_state(model, opt, cfg, seed=0)
+    new, metrics = jax.jit(muzero.make_train_iteration(model, opt, cfg))(state, game.pad(insts16, N))
+    r = new.replay
+    assert int(r.size) == 16
+    assert float(jnp.abs(jnp.where(r.legal, 0.0, r.policy)).max()) == 0.0
+    assert bool(jnp.all(jnp.where(r.active, jnp.abs(r.policy.sum(-1) - 1) < 1e-5, True)))
+    assert float(r.reward.sum(-1).mean()) == pytest.approx(float(metrics["selfplay_return"]), rel=1e-4)
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, new.params)
+    assert max(jax.tree.leaves(moved)) > 0
+
+
 def test_solve_batch_returns_valid_offsets_in_instance_order(tiny):
     model, params = tiny
     insts = _instances(5, seed=6)

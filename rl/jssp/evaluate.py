@@ -42,6 +42,10 @@ from training import run as run_lib
 SOLVERS = rules.RULES + ("cpsat", "agent", "agent_cpsat")
 
 
+SOLVER_ONLY_SETTINGS = {"cpsat_search": ("cpsat", "agent_cpsat"), "hint_bound": ("agent_cpsat",),
+                        "agent_share": ("agent_cpsat",)}
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """One solver on a set of instances (``scripts/eval_jssp.py``).
@@ -94,6 +98,11 @@ class EvalConfig:
         if not self.solver.startswith("agent") and (self.samples or self.temperature is not None):
             raise ValueError(f"samples={self.samples} / temperature={self.temperature} apply only to "
                              "solver=agent or agent_cpsat")
+        for name, solvers in SOLVER_ONLY_SETTINGS.items():  # a non-default value the solver would ignore
+            value, default = getattr(self, name), next(f.default for f in dataclasses.fields(self) if f.name == name)
+            if value != default and self.solver not in solvers:
+                raise ValueError(f"{name}={value!r} applies only to solver={' or '.join(solvers)}, not "
+                                 f"solver={self.solver}")
         run_lib.require_output_file("out", self.out)
 
 

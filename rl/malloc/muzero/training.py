@@ -14,6 +14,8 @@ from rl.malloc import game
 from rl.malloc.muzero.mcts import GLOBAL_FEATURES, SLOT_FEATURES, _predict, _represent, search
 from rl.malloc.muzero.replay import Batch, Episodes, Replay, replay_add, replay_init, replay_sample
 
+SELF_PLAY_SEARCHES = ("muzero", "alphazero", "rollout")
+
 
 # --------------------------------------------------------------------------- configuration and network
 
@@ -27,7 +29,9 @@ class MuZeroConfig:
     max_considered: Gumbel-top-k actions considered at the root.
     q_scale: Scale of the completed Q-values in the improved policy (value_scale of
       mctx.qtransform_completed_by_mix_value; 1: no rescaling).
-    search: Recurrent function of self-play: the learned model (muzero) or the true game (alphazero).
+    search: The search of self-play: over the learned model (muzero), the true game (alphazero), or the true
+      game with heuristic rollouts as leaf values (rollout: its improved policy becomes the prior's target,
+      the search as improvement operator).
     unroll: K, the unroll steps of the MuZero loss.
     n_step: n of the value targets (>= max_buffers: Monte-Carlo return).
     replay_episodes: Replay capacity in episodes (FIFO).
@@ -67,8 +71,8 @@ class MuZeroConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r} must be an integer >= 1")
-        if self.search not in ("muzero", "alphazero"):
-            raise ValueError(f"search={self.search!r}; allowed: muzero, alphazero")
+        if self.search not in SELF_PLAY_SEARCHES:
+            raise ValueError(f"search={self.search!r}; allowed: {', '.join(SELF_PLAY_SEARCHES)}")
         if self.replay_episodes < self.batch:
             raise ValueError(f"replay_episodes={self.replay_episodes} must be >= batch={self.batch}")
         for name in ("lr", "grad_clip", "q_scale"):
