@@ -49,12 +49,68 @@ def check_against_reference(params, x, cot, cfg, mesh=None):
     ("blocked", "softmax", False, 1, 0),
     ("ragged", "softmax", True, 2, 0),
     ("ragged", "sigmoid", True, 2, 0),
+    ("pallas", "softmax", True, 2, 4),     # Pallas kernels in interpret mode (rows read by index)
+    ("pallas", "sigmoid", False, 3, 0),
 ])
 def test_dropless_matches_numpy_reference_outputs_and_gradients(impl, gating, renormalize, top_k, block):
     params, x, cot = make_problem(seed=1, tokens=24, d=8, h=12, experts=8)
     cfg = moe.MoEConfig(num_experts=8, top_k=top_k, gating=gating, renormalize=renormalize, impl=impl,
                         block_rows=block)
     check_against_reference(params, x, cot, cfg)
+
+
+def test_pallas_gather_matmul_equals_gathered_blocked_matmul():
+    """pallas_gemm.gather_matmul reads x by index inside the kernel: equal to blocked_matmul on the rows
+    gathered by XLA (an empty slot, index = len(x), reads a zero row), outputs and both gradients."""
+    from parallel.moe import pallas_gemm
+    key = jax.random.PRNGKey(0)
+    tokens, d, h, e, k, bm = 40, 16, 32, 4, 2, 8
+    x = jax.random.normal(key, (tokens, d))
+    w = jax.random.normal(jax.random.fold_in(key, 1), (e, d, h))
+    groups = moe.make_groups(jax.random.randint(jax.random.fold_in(key, 2), (tokens * k,), 0, e), e, bm)
+    token = jnp.arange(tokens * k) // k
+    index = jnp.where(groups.row_of_slot < tokens * k, token[jnp.minimum(groups.row_of_slot, tokens * k - 1)],
+                      tokens)
+    assert int((index == tokens).sum()) > 0  # some empty slots
+
+    def gathered(x, w):
+        return moe.blocked_matmul(jnp.concatenate([x, jnp.zeros((1, d))])[index], w, groups.block_expert,
+                                  groups.num_blocks, bm)
+
+    def by_index(x, w):
+        return pallas_gemm.gather_matmul(x, index, w, groups.block_expert, groups.num_blocks, bm)
+    np.testing.assert_allclose(by_index(x, w), gathered(x, w), rtol=1e-5, atol=1e-5)
+    cot = jax.random.normal(jax.random.fold_in(key, 3), (index.shape[0], h))
+    grads = lambda fn: jax.grad(lambda x, w: jnp.sum(fn(x, w) * cot), argnums=(0, 1))(x, w)  # noqa: E731
+    for got, want in zip(grads(by_index), grads(gathered)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_pallas_layer_in_bfloat16_tracks_float32():
+    """bf16 activations and weights through the Pallas kernels (f32 accumulation inside): the layer's output
+    stays within bf16 rounding of the float32 layer's (relative error of the output norm < 1 %)."""
+    params, x, _ = make_problem(seed=4, tokens=32, d=16, h=32, experts=8)
+    cfg = moe.MoEConfig(num_experts=8, top_k=2, impl="pallas", block_rows=16)
+    y32, _ = moe.moe_ffn(as32(params), jnp.asarray(x, jnp.float32), cfg)
+    p16 = {k: jnp.asarray(v, jnp.float32 if k == "router" else jnp.bfloat16) for k, v in params.items()}
+    y16, _ = moe.moe_ffn(p16, jnp.asarray(x, jnp.bfloat16), cfg)
+    assert y16.dtype == jnp.bfloat16
+    err = float(jnp.linalg.norm(y16.astype(jnp.float32) - y32) / jnp.linalg.norm(y32))
+    assert 0 < err < 1e-2
+
+
+@pytest.mark.parametrize("tokens,experts", [(1, 8), (5, 16)])
+def test_pallas_single_token_and_empty_experts(tokens, experts):
+    """The Pallas kernels with one token, and with most of 16 experts receiving no row (their weight
+    gradients must be exactly zero, their blocks absent)."""
+    params, x, cot = make_problem(seed=5, tokens=tokens, d=8, h=12, experts=experts)
+    cfg = moe.MoEConfig(num_experts=experts, top_k=2, impl="pallas", block_rows=4)
+    check_against_reference(params, x, cot, cfg)
+    _, _, _, _, gp = jax_loss_and_grads(params, x, cot, cfg)
+    used = np.unique(np.asarray(moe.route(jnp.asarray(x, jnp.float32), jnp.asarray(params["router"], jnp.float32),
+                                          2).experts))
+    unused = np.setdiff1d(np.arange(experts), used)
+    assert unused.size and all(float(np.abs(gp[w][unused]).max()) == 0.0 for w in ("w_gate", "w_up", "w_down"))
 
 
 @pytest.mark.parametrize("factor", [0.3, 1.0, 4.0])

@@ -34,6 +34,13 @@ def test_sharded_bucketed_matches_reference(devices, spec):
     run_case(devices, spec, 2, impl="bucketed")
 
 
+@pytest.mark.parametrize("spec", ["expert:4,tensor:2", pytest.param("expert:8", marks=pytest.mark.slow)])
+def test_sharded_pallas_matches_reference(devices, spec):
+    """The Pallas grouped GEMMs (interpret mode) inside shard_map: through the expert all_to_all and the
+    tensor collective-matmul rings (there the rows arrive gathered; the kernels read them in place)."""
+    run_case(devices, spec, 2, impl="pallas")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("spec,chunks", GRID)
 def test_sharded_matches_reference_full_grid(devices, spec, chunks):

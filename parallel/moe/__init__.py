@@ -9,6 +9,9 @@ router balanced. One module per idea:
   * :mod:`~parallel.moe.routing`      -- top-k gating, the combine, load-balance and router z-losses.
   * :mod:`~parallel.moe.grouped_gemm` -- expert-sorted layouts and grouped GEMMs (blocked with a hand-written
     VJP, bucketed, ragged), the dropless expert SwiGLU :func:`expert_rows`.
+  * :mod:`~parallel.moe.pallas_gemm`  -- the same grouped GEMMs as Pallas kernels reading rows by index
+    (``impl="pallas"``), with their VJP (a transposed grouped GEMM for the weights).
+  * :mod:`~parallel.moe.vma`          -- varying-mesh-axes casts for custom VJPs and kernels in shard_map.
   * :mod:`~parallel.moe.capacity`     -- the GShard capacity-factor one-hot dispatch baseline.
   * :mod:`~parallel.moe.overlap`      -- Comet's chunk cost model and the expert-parallel shard_map body.
   * :mod:`~parallel.moe.layer`        -- :func:`moe_ffn` (picks the path), parameters, checks, and the Flax

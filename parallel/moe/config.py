@@ -8,7 +8,7 @@ import dataclasses
 import math
 
 GATINGS = ("softmax", "sigmoid")
-IMPLS = ("auto", "bucketed", "blocked", "ragged")
+IMPLS = ("auto", "bucketed", "blocked", "ragged", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,8 +23,9 @@ class MoEConfig:
       (times experts per device), later ones are dropped (GShard priority: all first choices, then second ...).
     num_chunks: Comet chunks C; 0 = chosen by the cost model :func:`choose_num_chunks`.
     impl: grouped-GEMM implementation: ``bucketed`` (per-expert bulk batched GEMM + blocked overflow),
-      ``blocked`` (padded row blocks), ``ragged`` (lax.ragged_dot) or ``auto`` (:func:`resolve_impl`:
-      blocked on CPU, bucketed on GPU, ragged on TPU).
+      ``blocked`` (padded row blocks), ``ragged`` (lax.ragged_dot), ``pallas`` (the blocked layout in Pallas
+      kernels that read rows by index, :mod:`parallel.moe.pallas_gemm`; interpret mode off GPU) or ``auto``
+      (:func:`resolve_impl`: blocked on CPU, bucketed on GPU, ragged on TPU).
     block_rows: rows per block of the blocked layout (bucketed: of its overflow region); 0 = automatic
       (:func:`auto_block_rows`, :func:`overflow_block_rows`).
     bucket_factor: bucketed bulk capacity per expert as a multiple of its mean load; 0 = per-backend

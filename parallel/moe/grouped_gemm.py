@@ -2,7 +2,7 @@
 block-sparse / grouped GEMMs instead of capacity-padded batches, so no token is dropped).
 
 Rows (token, expert) are sorted by expert and laid out by :func:`make_groups`; the expert SwiGLU
-``(silu(x W_gate_e) * x W_up_e) W_down_e`` then runs as grouped GEMMs in one of three layouts
+``(silu(x W_gate_e) * x W_up_e) W_down_e`` then runs as grouped GEMMs in one of four layouts
 (``impl``, :func:`resolve_impl`):
   * ``blocked`` (CPU default): each group padded to a multiple of a block of rows, one ``[block, d] @
     [d, h]`` GEMM per *occupied* block in a while-loop; its VJP is written by hand
@@ -12,6 +12,10 @@ Rows (token, expert) are sorted by expert and laid out by :func:`make_groups`; t
     blocked loop, so the layer stays dropless.
   * ``ragged`` (``lax.ragged_dot``; TPU default): a native grouped GEMM on TPU, but a dense masked product
     (E x the FLOPs) on XLA:CPU and on XLA:GPU (measured on an H100, jax 0.11.2).
+  * ``pallas``: the blocked layout as Pallas kernels (:mod:`parallel.moe.pallas_gemm`) that read the rows
+    by index, so on one device the gate/up GEMM gathers token rows itself (no ``x[token]`` or padded copy);
+    written for the GPU (Triton lowering), interpret mode elsewhere; not yet timed on a GPU, so ``auto``
+    does not pick it.
 Chosen by scripts/bench_moe.py. Inside shard_map :func:`expert_rows` runs the same GEMMs as collective
 matmuls over the ``tensor`` ring (:mod:`parallel.collective_matmul`).
 """
@@ -26,6 +30,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from parallel import collective_matmul as cm
+from parallel.moe import pallas_gemm
+from parallel.moe.vma import sum_to_vma_of, varying_like
 from parallel.moe.config import MoEConfig
 
 
@@ -112,32 +118,12 @@ def make_groups(expert_of_row: jax.Array, num_experts: int, block: int, capacity
                   (blocks * block).astype(jnp.int32))
 
 
-def _vma(x) -> set:
-    """The mesh axes over which ``x`` varies inside shard_map (empty outside)."""
-    mat = getattr(jax.typeof(x), "manual_axis_type", None)
-    return set(getattr(mat, "varying", ()) or ())
-
-
-def _varying_like(z: jax.Array, *refs) -> jax.Array:
-    """Marks ``z`` as varying over every mesh axis that ``refs`` vary over (shard_map's check_vma types
-    loop carries; a fresh ``jnp.zeros`` varies over none)."""
-    missing = set().union(*(_vma(r) for r in refs)) - _vma(z)
-    return lax.pcast(z, tuple(sorted(missing)), to="varying") if missing else z
-
-
-def _sum_to_vma_of(ct: jax.Array, primal: jax.Array) -> jax.Array:
-    """A cotangent that varies over more mesh axes than its primal is summed over them: the transpose of
-    the implicit broadcast (``pcast`` to varying) of the primal in the forward computation."""
-    extra = _vma(ct) - _vma(primal)
-    return lax.psum(ct, tuple(sorted(extra))) if extra else ct
-
-
 def _blocked_forward(x, w, block_expert, num_blocks, block):
     def body(b, out):
         xb = lax.dynamic_slice_in_dim(x, b * block, block)
         wb = lax.dynamic_index_in_dim(w, block_expert[b], keepdims=False)
         return lax.dynamic_update_slice_in_dim(out, (xb @ wb).astype(out.dtype), b * block, 0)
-    out = _varying_like(jnp.zeros((x.shape[0], w.shape[-1]), x.dtype), x, w, block_expert, num_blocks)
+    out = varying_like(jnp.zeros((x.shape[0], w.shape[-1]), x.dtype), x, w, block_expert, num_blocks)
     return lax.fori_loop(0, num_blocks, body, out)
 
 
@@ -166,8 +152,8 @@ def _blocked_bwd(block, res, g):
         gb = lax.dynamic_slice_in_dim(g, b * block, block)
         upd = lax.dynamic_index_in_dim(dw, e, keepdims=True) + (xb.T @ gb)[None].astype(dw.dtype)
         return lax.dynamic_update_index_in_dim(dw, upd[0], e, 0)
-    dw = lax.fori_loop(0, num_blocks, body, _varying_like(jnp.zeros(w.shape, w.dtype), x, g, w, block_expert))
-    return _sum_to_vma_of(dx, x), _sum_to_vma_of(dw, w), None, None
+    dw = lax.fori_loop(0, num_blocks, body, varying_like(jnp.zeros(w.shape, w.dtype), x, g, w, block_expert))
+    return sum_to_vma_of(dx, x), sum_to_vma_of(dw, w), None, None
 
 
 blocked_matmul.defvjp(_blocked_fwd, _blocked_bwd)
@@ -178,6 +164,9 @@ def grouped_matmul(x: jax.Array, w: jax.Array, groups: Groups, impl: str, block:
     """Rows ``x`` [n_pad, d] in the layout of ``groups`` times their expert's ``w`` [E, d, h]."""
     if impl == "ragged":
         return lax.ragged_dot(x, w, groups.group_sizes)
+    if impl == "pallas":
+        slots = jnp.arange(x.shape[0], dtype=jnp.int32)
+        return pallas_gemm.gather_matmul(x, slots, w, groups.block_expert, groups.num_blocks, block)
     if impl == "bucketed":
         e, bulk = w.shape[0], w.shape[0] * capacity
         dense = jnp.einsum("ecd,edh->ech", x[:bulk].reshape(e, capacity, x.shape[1]), w)
@@ -223,25 +212,39 @@ def plan_grouped_gemm(cfg: "MoEConfig", expected_rows: int, num_experts: int) ->
         return GemmPlan("ragged", 1)
     if impl == "blocked":
         return GemmPlan("blocked", cfg.block_rows or auto_block_rows(expected_rows, num_experts))
+    if impl == "pallas":  # at least 16 rows: the smallest tile of a GPU (Triton) dot
+        return GemmPlan("pallas", cfg.block_rows or max(16, auto_block_rows(expected_rows, num_experts)))
     factor = cfg.bucket_factor or BUCKET_FACTOR.get(jax.default_backend(), BUCKET_FACTOR["gpu"])
     capacity = bucket_capacity(expected_rows, num_experts, factor)
     return GemmPlan("bucketed", cfg.block_rows or overflow_block_rows(capacity), capacity)
 
 
 def expert_rows(rows: jax.Array, expert_of_row: jax.Array, w_gate, w_up, w_down, plan: GemmPlan,
-                tensor_axis: str | None = None, bidirectional: bool = True) -> jax.Array:
-    """``SwiGLU_{e_r}(rows[r])`` for every row (0 for rows whose expert id is outside [0, E)).
+                tensor_axis: str | None = None, bidirectional: bool = True,
+                row_index: jax.Array | None = None) -> jax.Array:
+    """``SwiGLU_{e_r}(rows[r])`` for every row (0 for rows whose expert id is outside [0, E)); with
+    ``row_index``, row r's input is ``rows[row_index[r]]`` (e.g. the token activations and each row's token).
 
     With ``tensor_axis`` (inside shard_map) the rows are this device's share of the rows of the tensor
     ring and the weights hold this device's slice of the hidden dimension: the gate/up GEMM is an
     all-gather collective matmul over the ring and the down GEMM a reduce-scatter collective matmul.
+    Locally, the ``pallas`` impl reads the rows by index inside its kernel (no gathered or padded copy).
     """
     num_experts = w_gate.shape[0]
     impl, block, capacity = plan
     groups = make_groups(expert_of_row, num_experts, block, capacity)
+    w_gu = _gate_up(w_gate, w_up)
+    if impl == "pallas" and tensor_axis is None:
+        m = expert_of_row.shape[0]
+        source = groups.row_of_slot if row_index is None else jnp.append(row_index, rows.shape[0])[groups.row_of_slot]
+        source = jnp.where(groups.row_of_slot < m, source, rows.shape[0])       # empty slot: no row
+        hidden = _swiglu_hidden(pallas_gemm.gather_matmul(rows, source, w_gu, groups.block_expert,
+                                                          groups.num_blocks, block))
+        return _rows_of_slots(grouped_matmul(hidden, w_down, groups, impl, block, capacity), groups)
+    if row_index is not None:
+        rows = rows[row_index]
     zero = jnp.zeros((1, rows.shape[1]), rows.dtype)
     padded = jnp.concatenate([rows, zero])[groups.row_of_slot]
-    w_gu = _gate_up(w_gate, w_up)
     if tensor_axis is None:
         hidden = _swiglu_hidden(grouped_matmul(padded, w_gu, groups, impl, block, capacity))
         out = grouped_matmul(hidden, w_down, groups, impl, block, capacity)
@@ -256,5 +259,10 @@ def expert_rows(rows: jax.Array, expert_of_row: jax.Array, w_gate, w_up, w_down,
             g_j = jax.tree.map(lambda a: jnp.take(a, j, axis=0), all_groups)
             return grouped_matmul(jnp.take(hidden, j, axis=0), w_down[..., lo:hi], g_j, impl, block, capacity)
         out = cm.matmul_reduce_scatter(second, tensor_axis, w_down.shape[-1], bidirectional=bidirectional)
+    return _rows_of_slots(out, groups)
+
+
+def _rows_of_slots(out: jax.Array, groups: Groups) -> jax.Array:
+    """Each row's result from the padded layout (0 for invalid rows, whose slot is past the end)."""
     out = jnp.concatenate([out, jnp.zeros((1, out.shape[1]), out.dtype)])
     return out[jnp.minimum(groups.slot_of_row, out.shape[0] - 1)]

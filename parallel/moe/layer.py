@@ -30,6 +30,7 @@ from absl import logging
 from jax.sharding import Mesh, PartitionSpec as P
 
 from parallel.moe.capacity import moe_capacity_onehot
+from parallel.moe import pallas_gemm
 from parallel.moe.config import MoEConfig
 from parallel.moe.grouped_gemm import expert_rows, plan_grouped_gemm
 from parallel.moe.overlap import TOKEN_AXES, _axis, _sharded_body, choose_num_chunks, mesh_token_axes, shard_specs
@@ -82,7 +83,8 @@ def moe_dropless_local(params: dict, x: jax.Array, cfg: MoEConfig) -> tuple[jax.
     r = route(x, params["router"], cfg.top_k, cfg.gating, cfg.renormalize)
     plan = plan_grouped_gemm(cfg, t * cfg.top_k, cfg.num_experts)
     token = jnp.arange(t * cfg.top_k) // cfg.top_k
-    out = expert_rows(x[token], r.experts.reshape(-1), params["w_gate"], params["w_up"], params["w_down"], plan)
+    out = expert_rows(x, r.experts.reshape(-1), params["w_gate"], params["w_up"], params["w_down"], plan,
+                      row_index=token)
     counts, probs = load_balance_terms(r, cfg.num_experts)
     return _combine(r.weights, out, x.dtype), _aux(cfg, counts, probs, router_z_loss(r.logits), t)
 
@@ -117,7 +119,11 @@ def moe_ffn(params: dict, x: jax.Array, cfg: MoEConfig, mesh: Mesh | None = None
     aux_specs = {"load_balance_loss": P(), "router_z_loss": P(), "aux_loss": P(), "expert_fraction": P()}
     body = functools.partial(_sharded_body, cfg=cfg, ep=ep, tp=tp, chunks=chunks, plan=plan,
                              token_axes=token_axes, total_tokens=x2.shape[0])
-    y, aux = jax.shard_map(body, mesh=mesh, in_specs=(param_specs, tok), out_specs=(tok, aux_specs))(
+    # Pallas's interpret mode (off GPU) runs a kernel body with program ids that vary over no mesh axis,
+    # which shard_map's varying-axes check rejects (jax 0.10.2): the pallas impl runs with the check off.
+    check_vma = not (plan.impl == "pallas" and pallas_gemm.interpret())
+    y, aux = jax.shard_map(body, mesh=mesh, in_specs=(param_specs, tok), out_specs=(tok, aux_specs),
+                           check_vma=check_vma)(
         {k: params[k] for k in param_specs}, x2)
     return y.reshape(shape), aux
 

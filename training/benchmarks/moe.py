@@ -43,7 +43,8 @@ class BenchMoEConfig:
     tokens: Tokens per call.
     d_model: Model width; the expert width keeps the real model's ratio.
     dtype: Activations and weights: float32 or bfloat16.
-    impl: Grouped GEMM of the dropless layer (MoEConfig.impl): auto, bucketed, blocked or ragged.
+    impl: Grouped GEMM of the dropless layer (MoEConfig.impl): auto, bucketed, blocked, ragged or pallas
+      (Pallas kernels; interpret mode off GPU, slow there).
     repeats: Timed repeats per variant (medians).
     capacity_factor: Capacity factor of the one-hot baseline.
     grouped: Grouped-GEMM-only comparison (the expert SwiGLU on expert-sorted rows), comma-separated from

@@ -1,0 +1,143 @@
+"""Grouped expert GEMMs as Pallas kernels that read their rows BY INDEX (issue 17: no padded copy of the
+activations): ``out[s] = x[index[s]] @ w[block_expert[s // bm]]`` over the blocked expert-sorted layout of
+:func:`parallel.moe.grouped_gemm.make_groups`, and its hand-written VJP.
+
+MegaBlocks (Gale et al. 2022, Sec. 5) avoids padding by block-sparse kernels over the expert-sorted rows;
+Comet (Zhang et al. 2025, Sec. 3) goes further and reads each GEMM tile's rows straight from the unsorted
+tokens. Here the gate/up GEMM's kernel gathers token rows inside the K loop (``x_ref[rows, k-slice]``), so
+neither ``x[token]`` nor the padded ``[n_pad, d]`` copy is ever written; the down GEMM reads the hidden
+rows in place (identity index). The weight gradient is a transposed grouped GEMM (``tgmm``, megablox's
+name) that gathers the same rows again: ``dw[e] = sum_{blocks b of e} x[index_b]^T g_b``.
+
+Three kernels, one program per output tile, f32 accumulation whatever the input dtype:
+  * :func:`_gmm_kernel` grid (row blocks, N tiles): K loop of ``[bm, bk] @ [bk, bn]``; blocks past the
+    occupied ones write zeros;
+  * the input gradient is the same kernel on ``w`` transposed, then one scatter-add of the slots' rows
+    into token order (XLA);
+  * :func:`_tgmm_kernel` grid (experts, K tiles, N tiles): a loop over that expert's blocks (contiguous
+    in the blocked layout).
+
+Tile sizes (:data:`GPU_TILES`): bm = 64 rows, bk = 64, bn = 128, a Triton-friendly starting point for
+Hopper (bf16 tiles of 8-16 KB, f32 accumulator of 32 KB); they are NOT yet tuned on a GPU: no GPU was
+available in the session that wrote this module (``scripts/device_check_moe.sh`` measures them). On CPU the
+kernels run in Pallas interpret mode (``interpret=True``, chosen automatically off GPU): correct, slow,
+used by the tests only. ``auto`` never picks them on CPU.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from parallel.moe.vma import aligned, shape_like, sum_to_vma_of
+
+
+class Tiles(NamedTuple):
+    bk: int   # reduction (K) tile
+    bn: int   # output column (N) tile
+
+
+GPU_TILES = Tiles(bk=64, bn=128)
+
+
+def _tile(dim: int, want: int) -> int:
+    """The largest power of two <= ``want`` dividing ``dim`` (at least 1)."""
+    t = want
+    while t > 1 and dim % t:
+        t //= 2
+    return t
+
+
+def interpret() -> bool:
+    """Pallas interpret mode: everywhere but on a GPU (the kernels are written for its Triton lowering)."""
+    return jax.default_backend() != "gpu"
+
+
+def _gmm_kernel(index_ref, block_expert_ref, num_blocks_ref, x_ref, w_ref, o_ref, *, bm, bk, bn, rows_in):
+    b, n = pl.program_id(0), pl.program_id(1)
+    cols = pl.ds(n * bn, bn)
+
+    @pl.when(b < num_blocks_ref[0])
+    def _():
+        index = index_ref[pl.ds(b * bm, bm)]
+        valid = (index < rows_in)[:, None]
+        safe = jnp.minimum(index, rows_in - 1)
+        e = block_expert_ref[b]
+
+        def k_step(k, acc):
+            xk = jnp.where(valid, x_ref[safe, pl.ds(k * bk, bk)], 0).astype(x_ref.dtype)
+            return acc + jnp.dot(xk, w_ref[e, pl.ds(k * bk, bk), cols], preferred_element_type=jnp.float32)
+        acc = lax.fori_loop(0, x_ref.shape[1] // bk, k_step, jnp.zeros((bm, bn), jnp.float32))
+        o_ref[pl.ds(b * bm, bm), cols] = acc.astype(o_ref.dtype)
+
+    @pl.when(b >= num_blocks_ref[0])
+    def _():
+        o_ref[pl.ds(b * bm, bm), cols] = jnp.zeros((bm, bn), o_ref.dtype)
+
+
+def gmm(x, index, w, block_expert, num_blocks, bm: int, tiles: Tiles = GPU_TILES):
+    """``out[s] = x[index[s]] @ w[block_expert[s // bm]]`` for s in the occupied blocks, 0 elsewhere and for
+    ``index[s] >= len(x)`` (an empty slot). x [R, K], index [S] (S a multiple of bm), w [E, K, N]."""
+    s, (_, k_dim, n_dim) = index.shape[0], w.shape
+    bk, bn = _tile(k_dim, tiles.bk), _tile(n_dim, tiles.bn)
+    kernel = functools.partial(_gmm_kernel, bm=bm, bk=bk, bn=bn, rows_in=x.shape[0])
+    args = aligned(index.astype(jnp.int32), block_expert.astype(jnp.int32),
+                   jnp.reshape(num_blocks, (1,)).astype(jnp.int32), x, w)
+    return pl.pallas_call(kernel, out_shape=shape_like((s, n_dim), x.dtype, args[-1]),
+                          grid=(s // bm, n_dim // bn), interpret=interpret())(*args)
+
+
+def _tgmm_kernel(first_ref, count_ref, index_ref, x_ref, g_ref, o_ref, *, bm, bk, bn, rows_in):
+    e, kt, n = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    ks, cols = pl.ds(kt * bk, bk), pl.ds(n * bn, bn)
+    first = first_ref[e]
+
+    def block_step(i, acc):
+        b = first + i
+        index = index_ref[pl.ds(b * bm, bm)]
+        valid = (index < rows_in)[:, None]
+        xb = jnp.where(valid, x_ref[jnp.minimum(index, rows_in - 1), ks], 0).astype(x_ref.dtype)
+        gb = g_ref[pl.ds(b * bm, bm), cols]
+        return acc + jnp.dot(xb.T, gb, preferred_element_type=jnp.float32)
+    acc = lax.fori_loop(0, count_ref[e], block_step, jnp.zeros((bk, bn), jnp.float32))
+    o_ref[e, ks, cols] = acc.astype(o_ref.dtype)
+
+
+def tgmm(x, index, g, block_expert, num_blocks, num_experts: int, bm: int, tiles: Tiles = GPU_TILES):
+    """``dw[e] = sum over the occupied blocks b of expert e of x[index_b]^T @ g_b`` -> [E, K, N]."""
+    k_dim, n_dim = x.shape[1], g.shape[1]
+    bk, bn = _tile(k_dim, tiles.bk), _tile(n_dim, tiles.bn)
+    occupied = jnp.arange(block_expert.shape[0]) < num_blocks
+    count = jnp.zeros((num_experts,), jnp.int32).at[block_expert].add(occupied.astype(jnp.int32))
+    first = (jnp.cumsum(count) - count).astype(jnp.int32)   # an expert's blocks are contiguous
+    kernel = functools.partial(_tgmm_kernel, bm=bm, bk=bk, bn=bn, rows_in=x.shape[0])
+    args = aligned(first, count, index.astype(jnp.int32), x, g)
+    return pl.pallas_call(kernel, out_shape=shape_like((num_experts, k_dim, n_dim), g.dtype, args[-1]),
+                          grid=(num_experts, k_dim // bk, n_dim // bn), interpret=interpret())(*args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def gather_matmul(x, index, w, block_expert, num_blocks, bm: int):
+    """Differentiable :func:`gmm` (in x and w). The input gradient scatters each slot's ``g_s @ w^T`` back
+    to row ``index[s]`` (rows read by several slots sum their gradients)."""
+    return gmm(x, index, w, block_expert, num_blocks, bm)
+
+
+def _gather_matmul_fwd(x, index, w, block_expert, num_blocks, bm):
+    return gmm(x, index, w, block_expert, num_blocks, bm), (x, index, w, block_expert, num_blocks)
+
+
+def _gather_matmul_bwd(bm, res, g):
+    x, index, w, block_expert, num_blocks = res
+    slots = jnp.arange(index.shape[0], dtype=jnp.int32)
+    dx_slots = gmm(g, slots, jnp.swapaxes(w, 1, 2), block_expert, num_blocks, bm)
+    dx = jnp.zeros(x.shape, dx_slots.dtype).at[index].add(dx_slots, mode="drop").astype(x.dtype)
+    dw = tgmm(x, index, g, block_expert, num_blocks, w.shape[0], bm).astype(w.dtype)
+    return sum_to_vma_of(dx, x), None, sum_to_vma_of(dw, w), None, None
+
+
+gather_matmul.defvjp(_gather_matmul_fwd, _gather_matmul_bwd)
