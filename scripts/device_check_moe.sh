@@ -6,11 +6,13 @@
 #   2. scripts/bench_moe.py at GPU scale (d_model 1024, 16k tokens, bfloat16): MoE (auto = bucketed) vs
 #      dense-equivalent vs one-hot, the grouped GEMM alone (bucketed, blocked, ragged_dot, per-expert
 #      loop, dense), and the layer with --impl=ragged and with --impl=pallas (parallel/moe/pallas_gemm.py:
-#      rows read by index in the kernel; its first GPU run: tiles not tuned yet);
+#      rows read by index in the kernel; its first GPU run: tiles not tuned yet), and Comet's overlap
+#      PREDICTED on one GPU (--overlap=predict: each chunk's compute measured for C = 1..8, the exchange
+#      modelled over the cost model's link bandwidth for 8-way expert parallelism);
 #   3. a MoE LM trained for 300 steps by scripts/train_lm.py with the async-collective XLA flags set
 #      (parallel/xla_flags.py), which XLA would reject at start-up if it did not know them.
 # Figures land in $OUT (the device tool's output folder; ./device_out elsewhere). The step limits add up
-# to 7 minutes (90 + 150 + 75 + 75 + 30 s for start-up), inside the device tool's 8-minute budget.
+# to 7 minutes (90 + 180 + 60 + 60 s, and 30 s for start-up), inside the device tool's 8-minute budget.
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
@@ -32,12 +34,13 @@ JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest timeout 90 \
 echo "== 2. bench_moe at GPU scale"
 # (the README's H100 figures came from four shorter runs: this step's first version ran past its limit)
 GPU_SCALE="--d_model=1024 --tokens=16384 --dtype=bfloat16 --repeats=5"
-timeout 150 python3 -m scripts.bench_moe $GPU_SCALE --out="$OUT/bench_moe_gpu.json" 2>&1 | grep -v "^[IW][0-9]"
-timeout 75 python3 -m scripts.bench_moe $GPU_SCALE --impl=pallas --grouped=none \
+timeout 180 python3 -m scripts.bench_moe $GPU_SCALE --overlap=predict --out="$OUT/bench_moe_gpu.json" 2>&1 \
+  | grep -v "^[IW][0-9]"
+timeout 60 python3 -m scripts.bench_moe $GPU_SCALE --impl=pallas --grouped=none \
   --out="$OUT/bench_moe_gpu_pallas.json" 2>&1 | grep -v "^[IW][0-9]"
 
 echo "== 3. MoE LM on the GPU with the async-collective flags"
-timeout 75 python3 -m scripts.train_lm --workdir=/tmp/moe_lm --moe_num_experts=8 --moe_top_k=2 --steps=300 \
+timeout 60 python3 -m scripts.train_lm --workdir=/tmp/moe_lm --moe_num_experts=8 --moe_top_k=2 --steps=300 \
   --eval_every=300 --log_every=100 2>&1 | grep -i "xla_flags\|async\|step\|loss\|error\|Unknown" | tail -12
 cp /tmp/moe_lm/summary.json "$OUT/train_lm_moe_gpu_summary.json" 2>/dev/null
 echo "== done"

@@ -49,6 +49,23 @@ def test_moe_run_tiny():
     assert "mixtral" in bench_moe.format_table(record)
 
 
+def test_moe_overlap_prediction_follows_the_pipeline_model():
+    """overlap=predict: per C, the measured chunk compute g and the exchange a = latency + bytes / (2 C bw)
+    combine as T(C) = 2a + g + (C - 1) max(g, 2a) (written out here, not the library's function), the best
+    C minimises it, and the record says it is a prediction."""
+    record = bench_moe.predict_overlap(["mixtral"], tokens=64, repeats=1, ep=4, bandwidth=1e9, d_model=16)
+    r, = record
+    assert r["local_experts"] == 2 and "prediction" in r["kind"]
+    comm = 2 * 4 * 64 * 2 * 16 * 2 * 3 / 4   # fwd+bwd, float32, tokens * k * d, dispatch + combine, (ep-1)/ep
+    for c in ("1", "2", "4", "8"):
+        a = r["latency_s"] + comm / (2 * int(c) * 1e9)
+        g = r["chunk_compute_s"][c]
+        assert g > 0 and r["chunk_exchange_s"][c] == pytest.approx(a)
+        assert r["predicted_s"][c] == pytest.approx(2 * a + g + (int(c) - 1) * max(g, 2 * a))
+    assert r["predicted_s"][str(r["best_chunks"])] == min(r["predicted_s"].values())
+    assert r["predicted_gain"] == pytest.approx(r["predicted_s"]["1"] / min(r["predicted_s"].values()))
+
+
 @pytest.mark.slow  # about 20 s: compiles the DP and DiLoCo inner steps on 8 devices
 def test_diloco_run_tiny(devices):
     cfg = bench_diloco.BenchDiLoCoConfig(num_layers=1, d_model=16, mlp_dim=32, batch_size=8, seq_len=8, steps=1,

@@ -43,8 +43,19 @@ def chunk_time(num_chunks: int, gemm_flops: float, comm_bytes: float, flops: flo
     GEMM and the link: T(C) = 2a + g + (C - 1) max(g, 2a). Smaller chunks hide more but pay the fixed
     latencies C times, so T has an interior minimum when communication and compute are comparable.
     """
-    a = latency + comm_bytes / (2 * num_chunks * bandwidth)
     g = overhead + gemm_flops / (num_chunks * flops)
+    return pipeline_time(num_chunks, g, exchange_time(num_chunks, comm_bytes, bandwidth, latency))
+
+
+def exchange_time(num_chunks: int, comm_bytes: float, bandwidth: float, latency: float) -> float:
+    """One chunk's dispatch (or combine) ``all_to_all``: a = latency + comm_bytes / (2 C bandwidth)."""
+    return latency + comm_bytes / (2 * num_chunks * bandwidth)
+
+
+def pipeline_time(num_chunks: int, chunk_compute_s: float, chunk_exchange_s: float) -> float:
+    """T(C) = 2a + g + (C - 1) max(g, 2a) for per-chunk compute g and per-chunk dispatch / combine a (see
+    :func:`chunk_time`); also used with g MEASURED on one device to predict the overlap (bench_moe)."""
+    g, a = chunk_compute_s, chunk_exchange_s
     return 2 * a + g + (num_chunks - 1) * max(g, 2 * a)
 
 

@@ -32,7 +32,7 @@ from training.benchmarks.timing import time_variants
 MODELS = {"mixtral": (8, 2, 3.5), "qwen2_moe": (64, 4, 0.6875), "phi35_moe": (16, 2, 1.5625)}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 GROUPED = ("ragged_dot", "per_expert_loop", "blocked", "bucketed", "dense_equivalent")
-OVERLAP_CHOICES = ("auto", "on", "off")
+OVERLAP_CHOICES = ("auto", "on", "off", "predict")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +50,13 @@ class BenchMoEConfig:
     grouped: Grouped-GEMM-only comparison (the expert SwiGLU on expert-sorted rows), comma-separated from
       ragged_dot, per_expert_loop, blocked, bucketed, dense_equivalent; 'auto': all on GPU/TPU, all but
       ragged_dot on CPU (a dense masked product there); 'none': skip.
-    overlap: Time the sharded layer with C = 1 against the cost model's C on overlap_mesh (auto, on or off);
-      auto: on multi-device GPU/TPU only (on CPU the figure means nothing: XLA:CPU does not overlap
-      collectives with compute).
+    overlap: Time the sharded layer with C = 1 against the cost model's C on overlap_mesh (auto, on, off or
+      predict); auto: on multi-device GPU/TPU only (on CPU the figure means nothing: XLA:CPU does not overlap
+      collectives with compute); predict: on one device, time each chunk's expert compute for C = 1..8 and
+      PREDICT the pipeline with the exchange modelled over link_bandwidth (:func:`predict_overlap`).
     overlap_mesh: Mesh of the overlap comparison.
+    predict_ep: overlap=predict: the expert-parallel width assumed (each device holds E / predict_ep experts).
+    link_bandwidth: overlap=predict: bytes/s of the expert-axis link (0: the backend's cost-model default).
     """
     models: str = ",".join(MODELS)
     tokens: int = 2048
@@ -65,9 +68,13 @@ class BenchMoEConfig:
     grouped: str = "auto"
     overlap: str = "auto"
     overlap_mesh: str = "expert:-1"
+    predict_ep: int = 8
+    link_bandwidth: float = 0.0
 
     def __post_init__(self):
-        run_lib.require_positive(self, "tokens", "repeats")
+        run_lib.require_positive(self, "tokens", "repeats", "predict_ep")
+        if not (math.isfinite(self.link_bandwidth) and self.link_bandwidth >= 0):
+            raise ValueError(f"link_bandwidth={self.link_bandwidth!r} must be a finite number >= 0 (0: default)")
         if not isinstance(self.d_model, int) or self.d_model < 8:
             raise ValueError(f"d_model={self.d_model!r} must be an integer >= 8")
         for name, allowed in (("dtype", tuple(DTYPES)), ("impl", moe_lib.IMPLS), ("overlap", OVERLAP_CHOICES)):
@@ -239,6 +246,45 @@ def bench_overlap(models, tokens, repeats, mesh, d_model=256, dtype=jnp.float32)
     return rows
 
 
+def predict_overlap(models, tokens, repeats, ep: int, bandwidth: float = 0.0, d_model=256, dtype=jnp.float32,
+                    impl="auto", max_chunks: int = 8) -> list[dict]:
+    """Comet's overlap on ONE device, as a prediction: for each C dividing ``tokens`` (<= max_chunks), the
+    MEASURED fwd+bwd time g of one chunk's expert SwiGLU (``tokens / C * k`` rows, uniformly routed over the
+    E / ep experts a device holds under ``ep``-way expert parallelism) and the MODELLED dispatch / combine
+    a = latency + bytes / (2 C bandwidth) (bytes: the (ep-1)/ep share of 2 * tokens * k * d values that leaves
+    the device, forward and backward), combined by :func:`parallel.moe.overlap.pipeline_time`."""
+    defaults = moe_lib.COST_DEFAULTS["cpu" if jax.default_backend() == "cpu" else "gpu"]
+    bandwidth, latency = bandwidth or defaults["link_bandwidth"], defaults["collective_latency_s"]
+    rows = []
+    for name in models:
+        e, k, d, h = model_shape(name, d_model)
+        local_e = max(1, e // ep)
+        params = moe_lib.init_params(jax.random.PRNGKey(0), d, h, local_e, dtype)
+        chunks = [c for c in range(1, max_chunks + 1) if tokens % c == 0]
+        fns = {}
+        for c in chunks:
+            m = tokens // c * k
+            x = jax.random.normal(jax.random.PRNGKey(c), (m, d), dtype)
+            ids = jax.random.randint(jax.random.PRNGKey(100 + c), (m,), 0, local_e)
+            plan = moe_lib.plan_grouped_gemm(moe_lib.MoEConfig(num_experts=local_e, top_k=1, impl=impl), m, local_e)
+            loss = lambda xx, p, ids=ids, plan=plan: _sum_sq(moe_lib.expert_rows(  # noqa: E731
+                xx, ids, p["w_gate"], p["w_up"], p["w_down"], plan))
+            fns[c] = (jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), (x, params))
+        med, _ = time_variants(fns, repeats)
+        comm_bytes = 2 * jnp.dtype(dtype).itemsize * tokens * k * d * 2 * (ep - 1) / ep
+        exchange = {c: moe_lib.exchange_time(c, comm_bytes, bandwidth, latency) for c in chunks}
+        predicted = {c: moe_lib.pipeline_time(c, med[c], exchange[c]) for c in chunks}
+        best = min(predicted, key=lambda c: (predicted[c], c))
+        rows.append({"model": name, "experts": e, "top_k": k, "d_model": d, "hidden": h, "tokens": tokens,
+                     "ep": ep, "local_experts": local_e, "link_bandwidth": bandwidth, "latency_s": latency,
+                     "chunk_compute_s": {str(c): med[c] for c in chunks},
+                     "chunk_exchange_s": {str(c): exchange[c] for c in chunks},
+                     "predicted_s": {str(c): predicted[c] for c in chunks}, "best_chunks": best,
+                     "predicted_gain": predicted[1] / predicted[best],
+                     "kind": "prediction: measured per-chunk compute on one device, modelled exchange"})
+    return rows
+
+
 def grouped_variants(value: str, backend: str | None = None) -> list[str]:
     """The grouped-GEMM variants of the setting ``grouped`` on ``backend`` (default: JAX's)."""
     if value == "none":
@@ -271,7 +317,11 @@ def run(cfg: BenchMoEConfig) -> dict:
     dtype = DTYPES[cfg.dtype]
     rows = bench(models, cfg.tokens, cfg.repeats, cfg.capacity_factor, cfg.d_model, dtype, cfg.impl)
     grouped_rows = bench_grouped(models, cfg.tokens, cfg.repeats, grouped, cfg.d_model, dtype) if grouped else []
-    if mesh is not None:
+    if cfg.overlap == "predict":
+        overlap = {"note": "predicted, not measured (one device)",
+                   "rows": predict_overlap(models, cfg.tokens, cfg.repeats, cfg.predict_ep, cfg.link_bandwidth,
+                                           cfg.d_model, dtype, cfg.impl)}
+    elif mesh is not None:
         overlap = bench_overlap(models, cfg.tokens, cfg.repeats, mesh, cfg.d_model, dtype)
         if jax.default_backend() == "cpu":
             overlap = {"note": OVERLAP_NOTE + " (timed anyway with overlap=on: not an overlap figure)",
@@ -303,6 +353,11 @@ def format_table(record: dict) -> str:
         lines.append(f"\n{overlap}")
     else:
         for r in overlap["rows"] if isinstance(overlap, dict) else overlap:
+            if "predicted_s" in r:
+                c, p = r["best_chunks"], r["predicted_s"]
+                lines.append(f"overlap {r['model']} PREDICTED (ep={r['ep']}, {r['link_bandwidth']:.3g} B/s): "
+                             f"C=1 {p['1']:.4g} s, C={c} {p[str(c)]:.4g} s, gain {r['predicted_gain']:.2f}x")
+                continue
             c = r["chosen_chunks"]
             lines.append(f"overlap {r['model']}: C=1 {r['median_s']['chunks_1']:.4g} s, C={c} "
                          f"{r['median_s'][f'chunks_{c}']:.4g} s, gain {r['overlap_gain']:.2f}x")
