@@ -219,30 +219,36 @@ def plan_grouped_gemm(cfg: "MoEConfig", expected_rows: int, num_experts: int) ->
     return GemmPlan("bucketed", cfg.block_rows or overflow_block_rows(capacity), capacity)
 
 
+def expert_ffn_by_index(x: jax.Array, experts: jax.Array, weights: jax.Array, w_gate, w_up, w_down,
+                        plan: GemmPlan) -> jax.Array:
+    """The whole dropless expert FFN on one device in Pallas kernels (``plan.impl == "pallas"``):
+    ``y_t = sum_j weights[t, j] SwiGLU_{experts[t, j]}(x_t)`` for x [T, d], experts / weights [T, k]. The
+    gate/up kernel gathers each slot's token row from ``x`` itself, the down kernel reads the hidden rows in
+    place, and the combine kernel reads each token's k outputs by index and writes y in token order: no
+    ``x[token]``, padded or per-row copy is materialised (MegaBlocks' no-padding goal, Comet's rows read
+    straight from the tokens)."""
+    t, k = experts.shape
+    groups = make_groups(experts.reshape(-1), w_gate.shape[0], plan.block)
+    m = t * k
+    token = jnp.where(groups.row_of_slot < m, groups.row_of_slot // k, t)      # empty slot: no token
+    hidden = _swiglu_hidden(pallas_gemm.gather_matmul(x, token, _gate_up(w_gate, w_up), groups.block_expert,
+                                                      groups.num_blocks, plan.block))
+    out = grouped_matmul(hidden, w_down, groups, "pallas", plan.block)
+    return pallas_gemm.combine(out, groups.slot_of_row, weights, groups.row_of_slot)
+
+
 def expert_rows(rows: jax.Array, expert_of_row: jax.Array, w_gate, w_up, w_down, plan: GemmPlan,
-                tensor_axis: str | None = None, bidirectional: bool = True,
-                row_index: jax.Array | None = None) -> jax.Array:
-    """``SwiGLU_{e_r}(rows[r])`` for every row (0 for rows whose expert id is outside [0, E)); with
-    ``row_index``, row r's input is ``rows[row_index[r]]`` (e.g. the token activations and each row's token).
+                tensor_axis: str | None = None, bidirectional: bool = True) -> jax.Array:
+    """``SwiGLU_{e_r}(rows[r])`` for every row (0 for rows whose expert id is outside [0, E)).
 
     With ``tensor_axis`` (inside shard_map) the rows are this device's share of the rows of the tensor
     ring and the weights hold this device's slice of the hidden dimension: the gate/up GEMM is an
     all-gather collective matmul over the ring and the down GEMM a reduce-scatter collective matmul.
-    Locally, the ``pallas`` impl reads the rows by index inside its kernel (no gathered or padded copy).
     """
     num_experts = w_gate.shape[0]
     impl, block, capacity = plan
     groups = make_groups(expert_of_row, num_experts, block, capacity)
     w_gu = _gate_up(w_gate, w_up)
-    if impl == "pallas" and tensor_axis is None:
-        m = expert_of_row.shape[0]
-        source = groups.row_of_slot if row_index is None else jnp.append(row_index, rows.shape[0])[groups.row_of_slot]
-        source = jnp.where(groups.row_of_slot < m, source, rows.shape[0])       # empty slot: no row
-        hidden = _swiglu_hidden(pallas_gemm.gather_matmul(rows, source, w_gu, groups.block_expert,
-                                                          groups.num_blocks, block))
-        return _rows_of_slots(grouped_matmul(hidden, w_down, groups, impl, block, capacity), groups)
-    if row_index is not None:
-        rows = rows[row_index]
     zero = jnp.zeros((1, rows.shape[1]), rows.dtype)
     padded = jnp.concatenate([rows, zero])[groups.row_of_slot]
     if tensor_axis is None:
@@ -259,10 +265,5 @@ def expert_rows(rows: jax.Array, expert_of_row: jax.Array, w_gate, w_up, w_down,
             g_j = jax.tree.map(lambda a: jnp.take(a, j, axis=0), all_groups)
             return grouped_matmul(jnp.take(hidden, j, axis=0), w_down[..., lo:hi], g_j, impl, block, capacity)
         out = cm.matmul_reduce_scatter(second, tensor_axis, w_down.shape[-1], bidirectional=bidirectional)
-    return _rows_of_slots(out, groups)
-
-
-def _rows_of_slots(out: jax.Array, groups: Groups) -> jax.Array:
-    """Each row's result from the padded layout (0 for invalid rows, whose slot is past the end)."""
     out = jnp.concatenate([out, jnp.zeros((1, out.shape[1]), out.dtype)])
     return out[jnp.minimum(groups.slot_of_row, out.shape[0] - 1)]

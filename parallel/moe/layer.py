@@ -32,7 +32,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from parallel.moe.capacity import moe_capacity_onehot
 from parallel.moe import pallas_gemm
 from parallel.moe.config import MoEConfig
-from parallel.moe.grouped_gemm import expert_rows, plan_grouped_gemm
+from parallel.moe.grouped_gemm import expert_ffn_by_index, expert_rows, plan_grouped_gemm
 from parallel.moe.overlap import TOKEN_AXES, _axis, _sharded_body, choose_num_chunks, mesh_token_axes, shard_specs
 from parallel.moe.routing import _aux, _combine, load_balance_terms, route, router_z_loss
 
@@ -82,11 +82,14 @@ def moe_dropless_local(params: dict, x: jax.Array, cfg: MoEConfig) -> tuple[jax.
     t = x.shape[0]
     r = route(x, params["router"], cfg.top_k, cfg.gating, cfg.renormalize)
     plan = plan_grouped_gemm(cfg, t * cfg.top_k, cfg.num_experts)
-    token = jnp.arange(t * cfg.top_k) // cfg.top_k
-    out = expert_rows(x, r.experts.reshape(-1), params["w_gate"], params["w_up"], params["w_down"], plan,
-                      row_index=token)
+    if plan.impl == "pallas":
+        y = expert_ffn_by_index(x, r.experts, r.weights, params["w_gate"], params["w_up"], params["w_down"], plan)
+    else:
+        token = jnp.arange(t * cfg.top_k) // cfg.top_k
+        out = expert_rows(x[token], r.experts.reshape(-1), params["w_gate"], params["w_up"], params["w_down"], plan)
+        y = _combine(r.weights, out, x.dtype)
     counts, probs = load_balance_terms(r, cfg.num_experts)
-    return _combine(r.weights, out, x.dtype), _aux(cfg, counts, probs, router_z_loss(r.logits), t)
+    return y.astype(x.dtype), _aux(cfg, counts, probs, router_z_loss(r.logits), t)
 
 
 def moe_ffn(params: dict, x: jax.Array, cfg: MoEConfig, mesh: Mesh | None = None) -> tuple[jax.Array, dict]:

@@ -9,13 +9,17 @@ neither ``x[token]`` nor the padded ``[n_pad, d]`` copy is ever written; the dow
 rows in place (identity index). The weight gradient is a transposed grouped GEMM (``tgmm``, megablox's
 name) that gathers the same rows again: ``dw[e] = sum_{blocks b of e} x[index_b]^T g_b``.
 
-Three kernels, one program per output tile, f32 accumulation whatever the input dtype:
+Kernels, one program per output tile, f32 accumulation whatever the input dtype:
   * :func:`_gmm_kernel` grid (row blocks, N tiles): K loop of ``[bm, bk] @ [bk, bn]``; blocks past the
     occupied ones write zeros;
   * the input gradient is the same kernel on ``w`` transposed, then one scatter-add of the slots' rows
     into token order (XLA);
   * :func:`_tgmm_kernel` grid (experts, K tiles, N tiles): a loop over that expert's blocks (contiguous
-    in the blocked layout).
+    in the blocked layout);
+  * :func:`combine` (grid: token tiles, column tiles): the gate-weighted sum of each token's k expert
+    outputs, read from the padded layout by index and written in token order; its VJP is two more
+    gathers by index (each slot holds one row, so d out_slots needs no scatter) and a row-dot kernel for
+    the gate weights.
 
 Tile sizes (:data:`GPU_TILES`): bm = 64 rows, bk = 64, bn = 128, a Triton-friendly starting point for
 Hopper (bf16 tiles of 8-16 KB, f32 accumulator of 32 KB); they are NOT yet tuned on a GPU: no GPU was
@@ -141,3 +145,90 @@ def _gather_matmul_bwd(bm, res, g):
 
 
 gather_matmul.defvjp(_gather_matmul_fwd, _gather_matmul_bwd)
+
+
+# --------------------------------------------------------------------------- combine in token order
+
+COMBINE_TILES = Tiles(bk=32, bn=128)   # (tokens per program, columns per program)
+
+
+def _combine_kernel(slot_ref, weight_ref, x_ref, o_ref, *, bt, bd, top_k, rows_in):
+    t, n = pl.program_id(0), pl.program_id(1)
+    tokens, cols = pl.ds(t * bt, bt), pl.ds(n * bd, bd)
+    acc = jnp.zeros((bt, bd), jnp.float32)
+    for j in range(top_k):
+        slot = slot_ref[j, tokens]
+        rows = jnp.where((slot < rows_in)[:, None], x_ref[jnp.minimum(slot, rows_in - 1), cols], 0)
+        acc += weight_ref[j, tokens].astype(jnp.float32)[:, None] * rows.astype(jnp.float32)
+    o_ref[tokens, cols] = acc.astype(o_ref.dtype)
+
+
+def _spread_kernel(row_ref, weight_ref, dy_ref, o_ref, *, bs, bd, top_k, rows_in):
+    s, n = pl.program_id(0), pl.program_id(1)
+    cols = pl.ds(n * bd, bd)
+    row = row_ref[pl.ds(s * bs, bs)]
+    valid = row < rows_in
+    safe = jnp.minimum(row, rows_in - 1)
+    weight = jnp.where(valid, weight_ref[safe], 0).astype(jnp.float32)
+    o_ref[pl.ds(s * bs, bs), cols] = (weight[:, None] * dy_ref[safe // top_k, cols].astype(jnp.float32)).astype(
+        o_ref.dtype)
+
+
+def _weight_grad_kernel(slot_ref, x_ref, dy_ref, o_ref, *, bt, bd, top_k, rows_in):
+    t = pl.program_id(0)
+    tokens = pl.ds(t * bt, bt)
+    for j in range(top_k):
+        slot = slot_ref[j, tokens]
+        valid = (slot < rows_in)[:, None]
+        safe = jnp.minimum(slot, rows_in - 1)
+
+        def d_step(n, acc):
+            cols = pl.ds(n * bd, bd)
+            rows = jnp.where(valid, x_ref[safe, cols], 0).astype(jnp.float32)
+            return acc + jnp.sum(rows * dy_ref[tokens, cols].astype(jnp.float32), axis=1)
+        o_ref[j, tokens] = lax.fori_loop(0, x_ref.shape[1] // bd, d_step, jnp.zeros((bt,), jnp.float32))
+
+
+def _combine_call(kernel, grid, out_shape, *args):
+    args = aligned(*args)
+    return pl.pallas_call(kernel, out_shape=shape_like(out_shape[0], out_shape[1], args[-1]), grid=grid,
+                          interpret=interpret())(*args)
+
+
+@jax.custom_vjp
+def combine(out_slots, slot_of_row, weights, row_of_slot):
+    """``y[t] = sum_j weights[t, j] * out_slots[slot_of_row[t * k + j]]`` in float32, cast to out_slots' dtype:
+    the gate-weighted combine written in token order by a kernel that reads each token's k expert outputs
+    from the padded layout by index (a slot past the end reads zero). ``row_of_slot`` (the inverse map, for
+    the VJP) comes with them from :func:`parallel.moe.grouped_gemm.make_groups`."""
+    t, k = weights.shape
+    d = out_slots.shape[1]
+    bt, bd = _tile(t, COMBINE_TILES.bk), _tile(d, COMBINE_TILES.bn)
+    kernel = functools.partial(_combine_kernel, bt=bt, bd=bd, top_k=k, rows_in=out_slots.shape[0])
+    return _combine_call(kernel, (t // bt, d // bd), ((t, d), out_slots.dtype),
+                         slot_of_row.reshape(t, k).T.astype(jnp.int32), weights.T, out_slots)
+
+
+def _combine_fwd(out_slots, slot_of_row, weights, row_of_slot):
+    return combine(out_slots, slot_of_row, weights, row_of_slot), (out_slots, slot_of_row, weights, row_of_slot)
+
+
+def _combine_bwd(res, dy):
+    """d out_slots[s] = w[r] dy[r // k] for the row r = row_of_slot[s] (one row per slot, so a gather, not a
+    scatter); d weights[t, j] = <dy[t], out_slots[slot_of_row[t k + j]]>."""
+    out_slots, slot_of_row, weights, row_of_slot = res
+    t, k = weights.shape
+    n_slots, d = out_slots.shape
+    bs, bd = _tile(n_slots, COMBINE_TILES.bk), _tile(d, COMBINE_TILES.bn)
+    spread = functools.partial(_spread_kernel, bs=bs, bd=bd, top_k=k, rows_in=t * k)
+    d_slots = _combine_call(spread, (n_slots // bs, d // bd), ((n_slots, d), out_slots.dtype),
+                            row_of_slot.astype(jnp.int32), weights.reshape(-1), dy)
+    bt = _tile(t, COMBINE_TILES.bk)
+    grad_w = functools.partial(_weight_grad_kernel, bt=bt, bd=bd, top_k=k, rows_in=n_slots)
+    d_weights = _combine_call(grad_w, (t // bt,), ((k, t), jnp.float32),
+                              slot_of_row.reshape(t, k).T.astype(jnp.int32), out_slots, dy).T
+    return (sum_to_vma_of(d_slots, out_slots), None, sum_to_vma_of(d_weights.astype(weights.dtype), weights),
+            None)
+
+
+combine.defvjp(_combine_fwd, _combine_bwd)
