@@ -127,29 +127,39 @@ def test_train_malloc_demo_settings_fail_before_any_work(tmp_path):
 
 
 def test_shipped_network_command_line_still_builds_its_config(tmp_path):
-    """The shipped network's ``trained_by`` line (written before the settings were renamed) still gives the
-    config it was trained with; regenerated from that config, it names the settings by their current names."""
+    """The shipped network's ``trained_by`` line (stage 2: rollout-search self-play from the stage-1 network)
+    gives back the config it recorded, and the stage-1 line it was initialised from (written before the
+    settings were renamed) still parses to that run's settings; regenerated, both name the settings by
+    their current names."""
     from rl.malloc import train as train_lib
     from training import config as config_lib
     from training import run as run_lib
 
-    _, _, info = muzero.load_network()
-    words = info["trained_by"].split()
-    assert words[:3] == ["python", "-m", "scripts.train_malloc"]
     types = {f.name: f.type for f in config_lib.flat_fields(train_lib.TrainMallocConfig)}
     types.update({old: types[new] for old, new in config_lib.renamed(train_lib.TrainMallocConfig).items()})
-    flat = {}
-    for word in words[3:]:
-        name, value = word[2:].split("=", 1)
-        flat[name] = value == "True" if types[name] is bool else types[name](value)
-    cfg = _train_config(tmp_path, **flat)
-    assert cfg.muzero.pretrain_iters == 1000 and cfg.muzero.num_simulations == 16 and cfg.demos == 1500
-    recorded = config_lib.upgrade_flat(train_lib.TrainMallocConfig, info["train_config"])  # old names
-    now = config_lib.to_flat(cfg)
-    assert {k: v for k, v in recorded.items() if k != "workdir"} == {k: now[k] for k in recorded if k != "workdir"}
-    again = run_lib.command_line("scripts.train_malloc", cfg)
+
+    def config_of(line: str, **overrides):
+        words = line.split()
+        assert words[:3] == ["python", "-m", "scripts.train_malloc"]
+        flat = {}
+        for word in words[3:]:
+            name, value = word[2:].split("=", 1)
+            flat[name] = value == "True" if types[name] is bool else types[name](value)
+        return _train_config(tmp_path, **{**flat, **overrides})
+
+    _, _, info = muzero.load_network()
+    stage2 = config_of(info["trained_by"], init_from=str(muzero.TRAINED_DIR))  # a network dir that exists here
+    assert stage2.muzero.search == "rollout" and stage2.muzero.num_simulations == 32 and stage2.steps == 150
+    recorded = config_lib.upgrade_flat(train_lib.TrainMallocConfig, info["train_config"])
+    now = config_lib.to_flat(stage2)
+    assert {k: v for k, v in recorded.items() if k not in ("workdir", "init_from")} == {
+        k: now[k] for k in recorded if k not in ("workdir", "init_from")}
+    assert "--search=rollout" in run_lib.command_line("scripts.train_malloc", stage2)
+    assert MuZeroNetConfig(**info["net_config"]) == stage2.net
+    stage1 = config_of(info["initialised_from"]["trained_by"])
+    assert stage1.muzero.pretrain_iters == 1000 and stage1.muzero.num_simulations == 16 and stage1.demos == 1500
+    again = run_lib.command_line("scripts.train_malloc", stage1)
     assert "--pretrain_iters=1000" in again and "--demos=1500" in again
-    assert MuZeroNetConfig(**info["net_config"]) == cfg.net
 
 
 def test_init_from_loads_an_exported_network_and_checks_its_architecture(tmp_path):
