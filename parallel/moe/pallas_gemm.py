@@ -139,7 +139,7 @@ def _gather_matmul_bwd(bm, res, g):
     x, index, w, block_expert, num_blocks = res
     slots = jnp.arange(index.shape[0], dtype=jnp.int32)
     dx_slots = gmm(g, slots, jnp.swapaxes(w, 1, 2), block_expert, num_blocks, bm)
-    dx = jnp.zeros(x.shape, dx_slots.dtype).at[index].add(dx_slots, mode="drop").astype(x.dtype)
+    dx = jnp.zeros(x.shape, jnp.float32).at[index].add(dx_slots.astype(jnp.float32), mode="drop").astype(x.dtype)
     dw = tgmm(x, index, g, block_expert, num_blocks, w.shape[0], bm).astype(w.dtype)
     return sum_to_vma_of(dx, x), None, sum_to_vma_of(dw, w), None, None
 
@@ -149,7 +149,8 @@ gather_matmul.defvjp(_gather_matmul_fwd, _gather_matmul_bwd)
 
 # --------------------------------------------------------------------------- combine in token order
 
-COMBINE_TILES = Tiles(bk=32, bn=128)   # (tokens per program, columns per program)
+COMBINE_TOKENS, COMBINE_COLUMNS = 32, 128   # per program of the combine kernels (and rows per program of
+                                            # its slot-gradient kernel)
 
 
 def _combine_kernel(slot_ref, weight_ref, x_ref, o_ref, *, bt, bd, top_k, rows_in):
@@ -203,7 +204,7 @@ def combine(out_slots, slot_of_row, weights, row_of_slot):
     the VJP) comes with them from :func:`parallel.moe.grouped_gemm.make_groups`."""
     t, k = weights.shape
     d = out_slots.shape[1]
-    bt, bd = _tile(t, COMBINE_TILES.bk), _tile(d, COMBINE_TILES.bn)
+    bt, bd = _tile(t, COMBINE_TOKENS), _tile(d, COMBINE_COLUMNS)
     kernel = functools.partial(_combine_kernel, bt=bt, bd=bd, top_k=k, rows_in=out_slots.shape[0])
     return _combine_call(kernel, (t // bt, d // bd), ((t, d), out_slots.dtype),
                          slot_of_row.reshape(t, k).T.astype(jnp.int32), weights.T, out_slots)
@@ -219,11 +220,11 @@ def _combine_bwd(res, dy):
     out_slots, slot_of_row, weights, row_of_slot = res
     t, k = weights.shape
     n_slots, d = out_slots.shape
-    bs, bd = _tile(n_slots, COMBINE_TILES.bk), _tile(d, COMBINE_TILES.bn)
+    bs, bd = _tile(n_slots, COMBINE_TOKENS), _tile(d, COMBINE_COLUMNS)
     spread = functools.partial(_spread_kernel, bs=bs, bd=bd, top_k=k, rows_in=t * k)
     d_slots = _combine_call(spread, (n_slots // bs, d // bd), ((n_slots, d), out_slots.dtype),
                             row_of_slot.astype(jnp.int32), weights.reshape(-1), dy)
-    bt = _tile(t, COMBINE_TILES.bk)
+    bt = _tile(t, COMBINE_TOKENS)
     grad_w = functools.partial(_weight_grad_kernel, bt=bt, bd=bd, top_k=k, rows_in=n_slots)
     d_weights = _combine_call(grad_w, (t // bt,), ((k, t), jnp.float32),
                               slot_of_row.reshape(t, k).T.astype(jnp.int32), out_slots, dy).T
