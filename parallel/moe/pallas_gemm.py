@@ -61,6 +61,19 @@ def interpret() -> bool:
     return jax.default_backend() != "gpu"
 
 
+def _rows_by_index(ref, index, cols, rows_in: int):
+    """``ref[index, cols]`` inside a kernel, with rows for ``index >= rows_in`` (an empty slot) read as 0."""
+    rows = ref[jnp.minimum(index, rows_in - 1), cols]
+    return jnp.where((index < rows_in)[:, None], rows, 0).astype(ref.dtype)
+
+
+def _call(kernel, grid, shape, dtype, *args):
+    """``pallas_call`` with the inputs and the output typed alike inside shard_map (:mod:`parallel.moe.vma`)."""
+    args = aligned(*args)
+    return pl.pallas_call(kernel, out_shape=shape_like(shape, dtype, args[-1]), grid=grid,
+                          interpret=interpret())(*args)
+
+
 def _gmm_kernel(index_ref, block_expert_ref, num_blocks_ref, x_ref, w_ref, o_ref, *, bm, bk, bn, rows_in):
     b, n = pl.program_id(0), pl.program_id(1)
     cols = pl.ds(n * bn, bn)
@@ -68,12 +81,10 @@ def _gmm_kernel(index_ref, block_expert_ref, num_blocks_ref, x_ref, w_ref, o_ref
     @pl.when(b < num_blocks_ref[0])
     def _():
         index = index_ref[pl.ds(b * bm, bm)]
-        valid = (index < rows_in)[:, None]
-        safe = jnp.minimum(index, rows_in - 1)
         e = block_expert_ref[b]
 
         def k_step(k, acc):
-            xk = jnp.where(valid, x_ref[safe, pl.ds(k * bk, bk)], 0).astype(x_ref.dtype)
+            xk = _rows_by_index(x_ref, index, pl.ds(k * bk, bk), rows_in)
             return acc + jnp.dot(xk, w_ref[e, pl.ds(k * bk, bk), cols], preferred_element_type=jnp.float32)
         acc = lax.fori_loop(0, x_ref.shape[1] // bk, k_step, jnp.zeros((bm, bn), jnp.float32))
         o_ref[pl.ds(b * bm, bm), cols] = acc.astype(o_ref.dtype)
@@ -89,10 +100,8 @@ def gmm(x, index, w, block_expert, num_blocks, bm: int, tiles: Tiles = GPU_TILES
     s, (_, k_dim, n_dim) = index.shape[0], w.shape
     bk, bn = _tile(k_dim, tiles.bk), _tile(n_dim, tiles.bn)
     kernel = functools.partial(_gmm_kernel, bm=bm, bk=bk, bn=bn, rows_in=x.shape[0])
-    args = aligned(index.astype(jnp.int32), block_expert.astype(jnp.int32),
-                   jnp.reshape(num_blocks, (1,)).astype(jnp.int32), x, w)
-    return pl.pallas_call(kernel, out_shape=shape_like((s, n_dim), x.dtype, args[-1]),
-                          grid=(s // bm, n_dim // bn), interpret=interpret())(*args)
+    return _call(kernel, (s // bm, n_dim // bn), (s, n_dim), x.dtype, index.astype(jnp.int32),
+                 block_expert.astype(jnp.int32), jnp.reshape(num_blocks, (1,)).astype(jnp.int32), x, w)
 
 
 def _tgmm_kernel(first_ref, count_ref, index_ref, x_ref, g_ref, o_ref, *, bm, bk, bn, rows_in):
@@ -102,9 +111,7 @@ def _tgmm_kernel(first_ref, count_ref, index_ref, x_ref, g_ref, o_ref, *, bm, bk
 
     def block_step(i, acc):
         b = first + i
-        index = index_ref[pl.ds(b * bm, bm)]
-        valid = (index < rows_in)[:, None]
-        xb = jnp.where(valid, x_ref[jnp.minimum(index, rows_in - 1), ks], 0).astype(x_ref.dtype)
+        xb = _rows_by_index(x_ref, index_ref[pl.ds(b * bm, bm)], ks, rows_in)
         gb = g_ref[pl.ds(b * bm, bm), cols]
         return acc + jnp.dot(xb.T, gb, preferred_element_type=jnp.float32)
     acc = lax.fori_loop(0, count_ref[e], block_step, jnp.zeros((bk, bn), jnp.float32))
@@ -119,9 +126,8 @@ def tgmm(x, index, g, block_expert, num_blocks, num_experts: int, bm: int, tiles
     count = jnp.zeros((num_experts,), jnp.int32).at[block_expert].add(occupied.astype(jnp.int32))
     first = (jnp.cumsum(count) - count).astype(jnp.int32)   # an expert's blocks are contiguous
     kernel = functools.partial(_tgmm_kernel, bm=bm, bk=bk, bn=bn, rows_in=x.shape[0])
-    args = aligned(first, count, index.astype(jnp.int32), x, g)
-    return pl.pallas_call(kernel, out_shape=shape_like((num_experts, k_dim, n_dim), g.dtype, args[-1]),
-                          grid=(num_experts, k_dim // bk, n_dim // bn), interpret=interpret())(*args)
+    return _call(kernel, (num_experts, k_dim // bk, n_dim // bn), (num_experts, k_dim, n_dim), g.dtype,
+                 first, count, index.astype(jnp.int32), x, g)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -158,8 +164,7 @@ def _combine_kernel(slot_ref, weight_ref, x_ref, o_ref, *, bt, bd, top_k, rows_i
     tokens, cols = pl.ds(t * bt, bt), pl.ds(n * bd, bd)
     acc = jnp.zeros((bt, bd), jnp.float32)
     for j in range(top_k):
-        slot = slot_ref[j, tokens]
-        rows = jnp.where((slot < rows_in)[:, None], x_ref[jnp.minimum(slot, rows_in - 1), cols], 0)
+        rows = _rows_by_index(x_ref, slot_ref[j, tokens], cols, rows_in)
         acc += weight_ref[j, tokens].astype(jnp.float32)[:, None] * rows.astype(jnp.float32)
     o_ref[tokens, cols] = acc.astype(o_ref.dtype)
 
@@ -180,20 +185,12 @@ def _weight_grad_kernel(slot_ref, x_ref, dy_ref, o_ref, *, bt, bd, top_k, rows_i
     tokens = pl.ds(t * bt, bt)
     for j in range(top_k):
         slot = slot_ref[j, tokens]
-        valid = (slot < rows_in)[:, None]
-        safe = jnp.minimum(slot, rows_in - 1)
 
-        def d_step(n, acc):
+        def d_step(n, acc, slot=slot):
             cols = pl.ds(n * bd, bd)
-            rows = jnp.where(valid, x_ref[safe, cols], 0).astype(jnp.float32)
+            rows = _rows_by_index(x_ref, slot, cols, rows_in).astype(jnp.float32)
             return acc + jnp.sum(rows * dy_ref[tokens, cols].astype(jnp.float32), axis=1)
         o_ref[j, tokens] = lax.fori_loop(0, x_ref.shape[1] // bd, d_step, jnp.zeros((bt,), jnp.float32))
-
-
-def _combine_call(kernel, grid, out_shape, *args):
-    args = aligned(*args)
-    return pl.pallas_call(kernel, out_shape=shape_like(out_shape[0], out_shape[1], args[-1]), grid=grid,
-                          interpret=interpret())(*args)
 
 
 @jax.custom_vjp
@@ -206,8 +203,8 @@ def combine(out_slots, slot_of_row, weights, row_of_slot):
     d = out_slots.shape[1]
     bt, bd = _tile(t, COMBINE_TOKENS), _tile(d, COMBINE_COLUMNS)
     kernel = functools.partial(_combine_kernel, bt=bt, bd=bd, top_k=k, rows_in=out_slots.shape[0])
-    return _combine_call(kernel, (t // bt, d // bd), ((t, d), out_slots.dtype),
-                         slot_of_row.reshape(t, k).T.astype(jnp.int32), weights.T, out_slots)
+    return _call(kernel, (t // bt, d // bd), (t, d), out_slots.dtype,
+                 slot_of_row.reshape(t, k).T.astype(jnp.int32), weights.T, out_slots)
 
 
 def _combine_fwd(out_slots, slot_of_row, weights, row_of_slot):
@@ -222,12 +219,12 @@ def _combine_bwd(res, dy):
     n_slots, d = out_slots.shape
     bs, bd = _tile(n_slots, COMBINE_TOKENS), _tile(d, COMBINE_COLUMNS)
     spread = functools.partial(_spread_kernel, bs=bs, bd=bd, top_k=k, rows_in=t * k)
-    d_slots = _combine_call(spread, (n_slots // bs, d // bd), ((n_slots, d), out_slots.dtype),
-                            row_of_slot.astype(jnp.int32), weights.reshape(-1), dy)
+    d_slots = _call(spread, (n_slots // bs, d // bd), (n_slots, d), out_slots.dtype,
+                    row_of_slot.astype(jnp.int32), weights.reshape(-1), dy)
     bt = _tile(t, COMBINE_TOKENS)
     grad_w = functools.partial(_weight_grad_kernel, bt=bt, bd=bd, top_k=k, rows_in=n_slots)
-    d_weights = _combine_call(grad_w, (t // bt,), ((k, t), jnp.float32),
-                              slot_of_row.reshape(t, k).T.astype(jnp.int32), out_slots, dy).T
+    d_weights = _call(grad_w, (t // bt,), (k, t), jnp.float32,
+                      slot_of_row.reshape(t, k).T.astype(jnp.int32), out_slots, dy).T
     return (sum_to_vma_of(d_slots, out_slots), None, sum_to_vma_of(d_weights.astype(weights.dtype), weights),
             None)
 
