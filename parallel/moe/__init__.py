@@ -33,8 +33,8 @@ from parallel.moe.grouped_gemm import (
     grouped_matmul, make_groups, overflow_block_rows, plan_grouped_gemm, resolve_impl)
 from parallel.moe.layer import (
     LayerFn, MoEFFN, init_params, moe_dropless_local, moe_ffn, moe_ffn_factory, sown_aux_loss, validate)
-from parallel.moe.overlap import (COST_DEFAULTS, TOKEN_AXES, choose_num_chunks, chunk_time, exchange_time,
-                                  mesh_token_axes, pipeline_time, shard_specs)
+from parallel.moe.overlap import (COST_DEFAULTS, TOKEN_AXES, choose_num_chunks, chunk_time, cost_defaults,
+                                  exchange_time, mesh_token_axes, pipeline_time, shard_specs)
 from parallel.moe.routing import Routing, load_balance_loss, load_balance_terms, route, router_z_loss
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
     # capacity
     "priority_positions", "expert_capacity", "moe_capacity_onehot",
     # overlap
-    "COST_DEFAULTS", "TOKEN_AXES", "chunk_time", "exchange_time", "pipeline_time", "choose_num_chunks", "mesh_token_axes", "shard_specs",
+    "COST_DEFAULTS", "TOKEN_AXES", "cost_defaults", "chunk_time", "exchange_time", "pipeline_time", "choose_num_chunks", "mesh_token_axes", "shard_specs",
     # layer
     "init_params", "validate", "moe_dropless_local", "moe_ffn", "LayerFn", "MoEFFN", "moe_ffn_factory",
     "sown_aux_loss",

@@ -59,6 +59,12 @@ def pipeline_time(num_chunks: int, chunk_compute_s: float, chunk_exchange_s: flo
     return 2 * a + g + (num_chunks - 1) * max(g, 2 * a)
 
 
+def cost_defaults(backend: str | None = None) -> dict:
+    """:data:`COST_DEFAULTS` of ``backend`` (default: JAX's; cuda / rocm count as gpu, anything unknown as cpu)."""
+    backend = backend or jax.default_backend()
+    return COST_DEFAULTS.get(backend if backend in COST_DEFAULTS else ("gpu" if backend in ("cuda", "rocm") else "cpu"))
+
+
 def choose_num_chunks(cfg: MoEConfig, local_tokens: int, d_model: int, hidden: int, ep: int, tp: int,
                       itemsize: int = 4, backend: str | None = None) -> tuple[int, dict]:
     """Comet's C: the divisor of ``local_tokens`` (<= cfg.max_chunks) minimising :func:`chunk_time`.
@@ -67,9 +73,7 @@ def choose_num_chunks(cfg: MoEConfig, local_tokens: int, d_model: int, hidden: i
     plus combine ``all_to_all`` (the (ep-1)/ep share of 2 * tokens * k * d values that leaves the device)
     plus the tensor rings ((tp-1)/tp of the gathered rows and of the reduce-scattered partials).
     """
-    backend = backend or jax.default_backend()
-    defaults = COST_DEFAULTS.get(backend if backend in COST_DEFAULTS else ("gpu" if backend in ("cuda", "rocm")
-                                                                          else "cpu"))
+    defaults = cost_defaults(backend)
     flops = cfg.device_flops or defaults["device_flops"]
     bandwidth = cfg.link_bandwidth or defaults["link_bandwidth"]
     latency = cfg.collective_latency_s or defaults["collective_latency_s"]

@@ -253,7 +253,7 @@ def predict_overlap(models, tokens, repeats, ep: int, bandwidth: float = 0.0, d_
     E / ep experts a device holds under ``ep``-way expert parallelism) and the MODELLED dispatch / combine
     a = latency + bytes / (2 C bandwidth) (bytes: the (ep-1)/ep share of 2 * tokens * k * d values that leaves
     the device, forward and backward), combined by :func:`parallel.moe.overlap.pipeline_time`."""
-    defaults = moe_lib.COST_DEFAULTS["cpu" if jax.default_backend() == "cpu" else "gpu"]
+    defaults = moe_lib.cost_defaults()
     bandwidth, latency = bandwidth or defaults["link_bandwidth"], defaults["collective_latency_s"]
     rows = []
     for name in models:
