@@ -164,10 +164,17 @@ def _current(inst: Padded, state: State) -> jax.Array:
     return jnp.minimum(state.t, inst.size.shape[-1] - 1)
 
 
-def _time_overlapping_fast(inst: Padded, state: State, cur) -> jax.Array:
-    """bool [N]: slots in fast memory whose live interval overlaps the current buffer's."""
-    return ((state.offset >= 0) & (inst.start <= inst.end[cur]) & (inst.start[cur] <= inst.end)
+def _time_overlapping_fast(inst: Padded, offset: jax.Array, cur) -> jax.Array:
+    """bool [N]: slots in fast memory (``offset`` >= 0) whose live interval overlaps slot ``cur``'s."""
+    return ((offset >= 0) & (inst.start <= inst.end[cur]) & (inst.start[cur] <= inst.end)
             & (jnp.arange(inst.size.shape[-1]) != cur))
+
+
+def _clashes(inst: Padded, offset: jax.Array, over: jax.Array, cand: jax.Array, size) -> jax.Array:
+    """bool [C]: whether a buffer of ``size`` at each candidate offset overlaps, in addresses, a slot of
+    ``over`` (placed at ``offset``)."""
+    lo, hi = offset, offset + inst.size
+    return ((cand[:, None] < hi[None, :]) & (lo[None, :] < cand[:, None] + size) & over[None, :]).any(axis=1)
 
 
 def candidate_offsets(inst: Padded, state: State) -> jax.Array:
@@ -184,14 +191,12 @@ def candidate_offsets(inst: Padded, state: State) -> jax.Array:
 def legal_actions(inst: Padded, state: State) -> jax.Array:
     """bool [2 N + 3]: which moves are legal for the current buffer (see the module docstring)."""
     cur = _current(inst, state)
-    over = _time_overlapping_fast(inst, state, cur)
+    over = _time_overlapping_fast(inst, state.offset, cur)
     offs = candidate_offsets(inst, state)
     is_candidate = jnp.concatenate([jnp.array([False, True, True]), over, over])
     size = inst.size[cur]
     fits = (offs >= 0) & (offs + size <= inst.capacity)
-    lo, hi = state.offset, state.offset + inst.size
-    clash = (offs[:, None] < hi[None, :]) & (lo[None, :] < offs[:, None] + size) & over[None, :]
-    ok = is_candidate & fits & ~clash.any(axis=1)
+    ok = is_candidate & fits & ~_clashes(inst, state.offset, over, offs, size)
     a = jnp.arange(offs.shape[0])
     earlier_same = (offs[:, None] == offs[None, :]) & (a[None, :] < a[:, None]) & ok[None, :]
     ok = ok & ~earlier_same.any(axis=1) & ~done(inst, state)
@@ -216,7 +221,7 @@ def occupancy(inst: Padded, state: State, bins: int = OCCUPANCY_BINS) -> jax.Arr
     """float32 [bins]: fraction of each address bin of [0, capacity) used by placed buffers that are live
     at some point of the current buffer's interval (1 = the bin is blocked for some of that interval)."""
     cur = _current(inst, state)
-    over = _time_overlapping_fast(inst, state, cur)
+    over = _time_overlapping_fast(inst, state.offset, cur)
     cap = inst.capacity.astype(jnp.float32)
     edges = jnp.arange(bins + 1, dtype=jnp.float32) * cap / bins
     lo = state.offset.astype(jnp.float32)
@@ -310,13 +315,12 @@ def heuristic_completion(inst: Padded, state: State, game_moves: bool = False) -
 
     def place(offset, i):
         size = inst.size[i]
-        live = (offset >= 0) & (inst.start <= inst.end[i]) & (inst.start[i] <= inst.end) & (k != i)
+        live = _time_overlapping_fast(inst, offset, i)
         face = live & (k < i) if game_moves else live
         lo, hi = offset, offset + inst.size
         cand = jnp.concatenate([jnp.stack([jnp.zeros((), jnp.int32), inst.capacity - size]),
                                 jnp.where(face, hi, -1), jnp.where(face, lo - size, -1)])
-        clash = ((cand[:, None] < hi[None]) & (lo[None] < cand[:, None] + size) & live[None]).any(axis=1)
-        fits = (cand >= 0) & (cand + size <= inst.capacity) & ~clash
+        fits = (cand >= 0) & (cand + size <= inst.capacity) & ~_clashes(inst, offset, live, cand, size)
         gap_lo = jnp.where(live[None] & (hi[None] <= cand[:, None]), hi[None], 0).max(axis=1)
         gap_hi = jnp.where(live[None] & (lo[None] >= cand[:, None] + size), lo[None], inst.capacity).min(axis=1)
         gap = jnp.where(fits, gap_hi - gap_lo, big)
