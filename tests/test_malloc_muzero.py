@@ -90,26 +90,6 @@ def test_python_game_agrees_with_jax_game():
         assert validate.normalised_benefit(inst, offsets) == pytest.approx(ref.ret, rel=1e-5)
 
 
-def test_first_fit_rollout_matches_the_python_game():
-    """game.first_fit_return (the rollout search's leaf value) from random mid-episode states equals a
-    plain-Python first-fit completion in pygame_ref (lowest legal offset, else slow)."""
-    rollout = jax.jit(game.first_fit_return)
-    step = jax.jit(game.step)
-    for k, inst in enumerate(_instances(6, seed=4)):
-        padded, state, ref, padded_move = _jax_and_python_games(inst)
-        rng = random.Random(k)
-        for _ in range(rng.randrange(inst.num_buffers)):  # a random prefix of legal moves
-            move = rng.choice([a for a, ok in enumerate(ref.legal_actions()) if ok])
-            ref.step(move)
-            state, _, _ = step(padded, state, padded_move[move])
-        before = ref.ret
-        while not ref.done:
-            cands = ref.candidates()
-            legal = [a for a, ok in enumerate(ref.legal_actions()) if ok and a != 0]
-            ref.step(min(legal, key=lambda a: (cands[a], a)) if legal else 0)
-        assert float(rollout(padded, state)) == pytest.approx(ref.ret - before, rel=1e-5, abs=1e-6)
-
-
 def test_heuristic_completion_matches_numpy_xla_heuristic():
     """game.heuristic_return (a leaf value of the rollout search) from the initial state equals the NumPy
     XLA heuristic's normalised benefit, and from random mid-episode states that heuristic run over the

@@ -278,23 +278,6 @@ def rollout(inst: Padded, policy: Callable, key: jax.Array) -> tuple[State, jax.
     return state, rewards
 
 
-def first_fit_move(inst: Padded, state: State) -> jax.Array:
-    """The legal placement of lowest offset (first fit), or slow when nothing fits."""
-    place = legal_actions(inst, state).at[SLOW].set(False)
-    offs = jnp.where(place, candidate_offsets(inst, state), jnp.iinfo(jnp.int32).max)
-    return jnp.where(place.any(), jnp.argmin(offs), SLOW).astype(jnp.int32)
-
-
-def first_fit_return(inst: Padded, state: State) -> jax.Array:
-    """float32 []: the return-to-go of finishing the episode from ``state`` with :func:`first_fit_move`, a
-    fast rollout policy (the leaf value of the ``rollout`` search, rl/malloc/muzero/mcts.py)."""
-    def body(st, _):
-        st, reward, _ = step(inst, st, first_fit_move(inst, st))
-        return st, reward
-    _, rewards = jax.lax.scan(body, state, None, length=inst.size.shape[-1])
-    return rewards.sum()
-
-
 def heuristic_completion(inst: Padded, state: State, game_moves: bool = False) -> jax.Array:
     """int32 [N]: ``state.offset`` with the undecided buffers placed by XLA's memory-space-assignment rule
     (``baselines.xla_heuristic``): those of positive benefit by decreasing benefit / sqrt(size) (ties:

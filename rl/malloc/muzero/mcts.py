@@ -85,10 +85,10 @@ def make_alphazero_recurrent_fn(model: MallocMuZeroNet):
 def rollout_value(inst: game.Padded, state: game.State) -> jax.Array:
     """float32 [B]: the rollout search's leaf value, the return of finishing the episode with XLA's heuristic
     in game moves (``game.heuristic_return(..., game_moves=True)``): a return some game trajectory reaches,
-    so the search never chases a value it cannot play. On the training windows it beat a first-fit rollout
-    in schedule order (``game.first_fit_return``, mean benefit 0.380 vs 0.365 at 32 simulations, each at its
-    best q_scale): first fit fills memory with whatever comes first, the heuristic keeps room for the
-    buffers that deserve it."""
+    so the search never chases a value it cannot play. On the training windows it beat the previous leaf
+    value, a first-fit rollout in schedule order (``game.first_fit_return`` up to commit c2f8bc8; mean benefit
+    0.380 vs 0.365 at 32 simulations, each at its best q_scale): first fit fills memory with whatever comes
+    first, the heuristic keeps room for the buffers that deserve it."""
     return jax.vmap(functools.partial(game.heuristic_return, game_moves=True))(inst, state)
 
 
