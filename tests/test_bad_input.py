@@ -188,6 +188,8 @@ CASES = [
     Case("eval_malloc", "time_limit_from_without_agent", ("--solver=cpsat", "--time_limit_from={row}/h.json"),
          "needs exactly one muzero/alphazero/rollout record per instance",
          files={"h.json": json.dumps([{"instance": "t", "solver": "heuristic", "wall_time_s": 0.1}])}),
+    Case("eval_malloc", "keep_best_without_rollout", ("--solver=muzero", "--keep_best", "--out={row}/r.json"),
+         "--keep_best=True needs --solver=rollout; --solver='muzero'", slow=True),
     # ---------------------------------------------------------------- check_malloc_moves
     Case("check_malloc_moves", "count_zero", ("--count=0", "--out={row}/m.json"), "--count=0", slow=True),
     # ---------------------------------------------------------------- make_malloc_instances

@@ -2,6 +2,7 @@
 instances (N = 8 padded slots, width 16, a handful of simulations)."""
 import dataclasses
 import functools
+import types
 import shutil
 import json
 import pathlib
@@ -125,6 +126,9 @@ def test_heuristic_completion_matches_numpy_xla_heuristic():
             replay, _, _ = step(padded, replay, int(moves[0]))
         assert list(np.asarray(replay.offset)) == list(offsets)
         assert float(completion_in_moves(padded, state)) == pytest.approx(float(replay.ret) - before, abs=1e-6)
+        finished = game.heuristic_finish(padded, state)  # keep_best's terminal state: that same trajectory
+        assert list(np.asarray(finished.offset)) == list(offsets) and bool(game.done(padded, finished))
+        assert float(finished.ret) == pytest.approx(float(replay.ret), abs=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["muzero", "alphazero", "rollout", "policy"])
@@ -143,6 +147,83 @@ def test_search_masks_the_root_and_placements_pass_the_validator(tiny, insts16, 
         offsets = game.offsets_in_instance_order(one(batch), one(final))
         assert offsets.dtype == np.int64 and validate.violations(inst, offsets) == []
         assert validate.normalised_benefit(inst, offsets) == pytest.approx(float(final.ret[j]), rel=1e-5, abs=1e-6)
+
+
+def test_sorted_gap_search_matches_the_dense_one(monkeypatch):
+    """game._free_gaps_sorted (whole programs) against _free_gaps_dense (all pairs) at random placements and
+    candidates, every slot live included: the same clashes, and the same gap wherever a candidate fits; and
+    the heuristic completion is the same offsets through either."""
+    rng = np.random.default_rng(5)
+    dense, fast = jax.jit(game._free_gaps_dense), jax.jit(game._free_gaps_sorted)
+    for trial in range(60):
+        inst = instance.random_instance(rng, num_buffers=int(rng.integers(2, 24)), horizon=10, max_size=16,
+                                        capacity_fraction=float(rng.uniform(0.3, 1.0)))
+        padded = jax.tree.map(lambda x: x[0], game.pad([inst], 24))
+        cap = int(padded.capacity)
+        offset = np.where(rng.uniform(size=24) < 0.7, rng.integers(0, cap, 24), -1)
+        if trial % 3 == 0:  # every slot live, all in the upper half: room below the lowest one
+            offset = rng.integers(cap // 2, cap, 24)
+        live = jnp.asarray(offset >= 0) if trial % 3 == 0 else game._time_overlapping_fast(
+            padded, jnp.asarray(offset, jnp.int32), int(rng.integers(0, inst.num_buffers)))
+        cand = jnp.asarray(rng.integers(-3, cap + 3, 40), jnp.int32).at[0].set(0)
+        size = jnp.asarray(int(rng.integers(1, max(2, cap // 2))), jnp.int32)
+        a, b = (f(padded, jnp.asarray(offset, jnp.int32), live, cand, size) for f in (dense, fast))
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+        free = ~np.asarray(a[0])
+        for x, y in zip(a[1:], b[1:]):
+            np.testing.assert_array_equal(np.asarray(x)[free], np.asarray(y)[free])
+    insts = _instances(6, seed=12, max_n=24)
+    batch = game.pad(insts, 24)
+    start = jax.vmap(game.init)(batch)
+    complete = lambda: np.asarray(jax.vmap(functools.partial(game.heuristic_completion, game_moves=True))(batch, start))
+    monkeypatch.setattr(game, "SORTED_GAPS_FROM", 10**9)
+    with_dense = complete()
+    monkeypatch.setattr(game, "SORTED_GAPS_FROM", 0)
+    np.testing.assert_array_equal(with_dense, complete())
+
+
+def test_best_rollout_node_is_the_best_visited_path_plus_rollout():
+    """mcts.best_rollout_node against a NumPy argmax over a hand-made tree: return so far + the node's
+    rollout value, visited nodes only (an unvisited node's zero-filled slot never wins)."""
+    rng = np.random.default_rng(4)
+    b, nodes = 3, 7
+    ret = rng.uniform(0, 0.5, (b, nodes)).astype(np.float32)
+    raw = rng.uniform(0, 0.5, (b, nodes)).astype(np.float32)
+    visits = rng.integers(0, 3, (b, nodes)).astype(np.int32)
+    visits[:, 0], visits[:, -1], raw[:, -1] = 1, 0, 9.0  # the root is visited; the best-looking node is not
+    states = game.State(offset=jnp.asarray(np.arange(b * nodes).reshape(b, nodes, 1), jnp.int32),
+                        t=jnp.zeros((b, nodes), jnp.int32), ret=jnp.asarray(ret))
+    tree = types.SimpleNamespace(embeddings=(None, states), raw_values=jnp.asarray(raw),
+                                 node_visits=jnp.asarray(visits))
+    best_ret, best_state = muzero.best_rollout_node(tree)
+    total = np.where(visits > 0, ret + raw, -np.inf)
+    want = np.argmax(total, axis=1)
+    np.testing.assert_allclose(np.asarray(best_ret), total[np.arange(b), want], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(best_state.offset)[:, 0], np.arange(b) * nodes + want)
+
+
+def test_keep_best_answers_with_the_best_trajectory_the_searches_evaluated(tiny, insts16):
+    """The rollout search with ``keep_best``: the episode played is unchanged, the answer is never worse than
+    it nor than the heuristic's own game-move completion from the start (the first root's rollout), it is a
+    valid placement whose benefit is the return reported, and on some instances it is strictly better than
+    the episode (the path is really taken). Other searches refuse it (their trees hold no true returns)."""
+    model, params = tiny
+    batch = game.pad(insts16, N)
+    play = jax.jit(muzero.play, static_argnums=(0, 4, 5, 6, 7, 8, 9))
+    key = jax.random.PRNGKey(3)
+    final, ep = play(model, params, key, batch, "rollout", 4, 4, 0.0, 1.0, False)
+    best, ep_best = play(model, params, key, batch, "rollout", 4, 4, 0.0, 1.0, True)
+    np.testing.assert_array_equal(np.asarray(ep.action), np.asarray(ep_best.action))
+    heuristic = jax.vmap(functools.partial(game.heuristic_return, game_moves=True))(batch, jax.vmap(game.init)(batch))
+    assert bool(jnp.all(best.ret >= final.ret)) and bool(jnp.all(best.ret >= heuristic - 1e-6))
+    assert float(jnp.max(best.ret - final.ret)) > 0
+    for j, inst in enumerate(insts16):
+        one = lambda tree: jax.tree.map(lambda x: x[j], tree)
+        offsets = game.offsets_in_instance_order(one(batch), one(best))
+        assert validate.violations(inst, offsets) == []
+        assert validate.normalised_benefit(inst, offsets) == pytest.approx(float(best.ret[j]), rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="keep_best needs the rollout search"):
+        muzero.solve_batch(insts16[:1], model, params, "muzero", 4, keep_best=True)
 
 
 def test_value_targets_match_a_loop():

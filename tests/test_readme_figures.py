@@ -385,7 +385,9 @@ def test_malloc_table(tables):
         ("AlphaZero ablation (true game in the search), 32 / 64 simulations",
          [of("malloc_eval.json", "alphazero"), of("malloc_eval_alphazero64.json")], 2, (1, 2)),
         ("best of 128 episodes", [of("malloc_eval_muzero32_best128.json")], 2, (1, 1)),
-        ("rollout search", [of("malloc_eval_rollout32.json"), of("malloc_eval_rollout64.json")], 2, (1, 2)),
+        ("rollout search** (true game", [of("malloc_eval_rollout32.json"), of("malloc_eval_rollout64.json")], 2, (1, 2)),
+        ("best trajectory it evaluated", [of("malloc_eval_rollout32_keep_best.json"),
+                                          of("malloc_eval_rollout64_keep_best.json")], 2, (1, 2)),
         ("first-fit leaf rollouts", [of("malloc_eval_rollout_firstfit32.json"),
                                      of("malloc_eval_rollout_firstfit64.json")], 2, (1, 2)),
     ]

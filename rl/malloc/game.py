@@ -278,6 +278,41 @@ def rollout(inst: Padded, policy: Callable, key: jax.Array) -> tuple[State, jax.
     return state, rewards
 
 
+SORTED_GAPS_FROM = 128  # padded N from which the O(N log N) gap search beats the O(N^2) one (CPU, measured)
+
+
+def _free_gaps_dense(inst: Padded, offset, live, cand, size):
+    """(clash [C], gap_lo [C], gap_hi [C]) of a buffer of ``size`` at each candidate offset against the slots
+    of ``live`` (placed at ``offset``): whether it overlaps one in addresses, and, where it does not, the
+    free gap around it (the highest top at or below it, else 0; the lowest bottom at or above its end, else
+    the capacity). All pairs: O(C N)."""
+    lo, hi = offset, offset + inst.size
+    gap_lo = jnp.where(live[None] & (hi[None] <= cand[:, None]), hi[None], 0).max(axis=1)
+    gap_hi = jnp.where(live[None] & (lo[None] >= cand[:, None] + size), lo[None], inst.capacity).min(axis=1)
+    return _clashes(inst, offset, live, cand, size), gap_lo, gap_hi
+
+
+def _free_gaps_sorted(inst: Padded, offset, live, cand, size):
+    """:func:`_free_gaps_dense` in O((C + N) log N), for whole programs: with the live slots sorted by
+    bottom, those starting below a candidate's end are a prefix, and the candidate clashes iff the highest
+    top in that prefix is above it (live slots may overlap each other in addresses when their times do not
+    meet, so it is the prefix maximum, not the last one); the gap's ends are binary searches in the sorted
+    bottoms and tops. (On windows, N = 32, the dense form is 4x faster on CPU; at 937 buffers this is 15x.)"""
+    big = jnp.iinfo(jnp.int32).max
+    lo = jnp.where(live, offset, big)                 # not live: sorted after every candidate's end
+    hi = jnp.where(live, offset + inst.size, -1)      # not live: below every candidate
+    by_bottom = jnp.argsort(lo)
+    lo_sorted, top_so_far = lo[by_bottom], jax.lax.cummax(hi[by_bottom])
+    below_end = jnp.searchsorted(lo_sorted, cand + size, side="left")   # live slots with bottom < cand + size
+    clash = (below_end > 0) & (top_so_far[jnp.maximum(below_end - 1, 0)] > cand)
+    hi_sorted = jnp.sort(hi)
+    under = jnp.searchsorted(hi_sorted, cand, side="right") - 1         # the highest top <= cand
+    gap_lo = jnp.where(under >= 0, jnp.maximum(hi_sorted[jnp.maximum(under, 0)], 0), 0)
+    gap_hi = jnp.minimum(lo_sorted[jnp.minimum(below_end, lo.shape[0] - 1)], inst.capacity)
+    gap_hi = jnp.where(below_end < lo.shape[0], gap_hi, inst.capacity)
+    return clash, gap_lo, gap_hi
+
+
 def heuristic_completion(inst: Padded, state: State, game_moves: bool = False) -> jax.Array:
     """int32 [N]: ``state.offset`` with the undecided buffers placed by XLA's memory-space-assignment rule
     (``baselines.xla_heuristic``): those of positive benefit by decreasing benefit / sqrt(size) (ties:
@@ -303,9 +338,9 @@ def heuristic_completion(inst: Padded, state: State, game_moves: bool = False) -
         lo, hi = offset, offset + inst.size
         cand = jnp.concatenate([jnp.stack([jnp.zeros((), jnp.int32), inst.capacity - size]),
                                 jnp.where(face, hi, -1), jnp.where(face, lo - size, -1)])
-        fits = (cand >= 0) & (cand + size <= inst.capacity) & ~_clashes(inst, offset, live, cand, size)
-        gap_lo = jnp.where(live[None] & (hi[None] <= cand[:, None]), hi[None], 0).max(axis=1)
-        gap_hi = jnp.where(live[None] & (lo[None] >= cand[:, None] + size), lo[None], inst.capacity).min(axis=1)
+        clash, gap_lo, gap_hi = (_free_gaps_sorted if n >= SORTED_GAPS_FROM else _free_gaps_dense)(
+            inst, offset, live, cand, size)
+        fits = (cand >= 0) & (cand + size <= inst.capacity) & ~clash
         gap = jnp.where(fits, gap_hi - gap_lo, big)
         best = jnp.where(fits & (gap == gap.min()), cand, big).min()
         return offset.at[i].set(jnp.where(todo[i] & fits.any(), best, offset[i])), None
@@ -318,8 +353,20 @@ def heuristic_return(inst: Padded, state: State, game_moves: bool = False) -> ja
     """float32 []: the return-to-go of :func:`heuristic_completion`, a leaf value of the ``rollout`` search
     (rl/malloc/muzero/mcts.py) that sees what first fit in schedule order cannot: which LATER buffers
     deserve the room. With ``game_moves=False`` it may promise a return no game trajectory reaches."""
-    added = (heuristic_completion(inst, state, game_moves) >= 0) & (state.offset < 0)
+    return _gain(inst, state, heuristic_completion(inst, state, game_moves))
+
+
+def _gain(inst: Padded, state: State, offset: jax.Array) -> jax.Array:
+    """float32 []: the normalised benefit that ``offset`` places beyond what ``state`` already has."""
+    added = (offset >= 0) & (state.offset < 0)
     return (jnp.where(added, inst.benefit, 0.0).sum() / inst.total_benefit).astype(jnp.float32)
+
+
+def heuristic_finish(inst: Padded, state: State) -> State:
+    """The terminal state that finishing ``state`` with XLA's heuristic in game moves reaches (the trajectory
+    behind :func:`heuristic_return` with ``game_moves=True``)."""
+    offset = heuristic_completion(inst, state, game_moves=True)
+    return State(offset=offset, t=jnp.maximum(state.t, inst.num), ret=state.ret + _gain(inst, state, offset))
 
 
 def random_policy(inst, state, legal, key):

@@ -56,7 +56,8 @@ Modules (everything below is re-exported here, so ``from rl.malloc import muzero
 """
 from rl.malloc.muzero.inference import (Q_SCALES, TRAINED_DIR, load_network, padded_size, save_network,
                                         select_q_scale, solve, solve_batch)
-from rl.malloc.muzero.mcts import (GLOBAL_FEATURES, SEARCHES, SLOT_FEATURES, SearchOut, check_search_args,
+from rl.malloc.muzero.mcts import (GLOBAL_FEATURES, SEARCHES, SLOT_FEATURES, SearchOut, best_rollout_node,
+                                   check_search_args,
                                    make_alphazero_recurrent_fn, make_muzero_recurrent_fn, make_rollout_recurrent_fn,
                                    observation, rollout_value, search)
 from rl.malloc.muzero.replay import (Batch, Episodes, Replay, demo_replay, replay_add, replay_init, replay_sample,
@@ -68,6 +69,7 @@ __all__ = [
     # mcts
     "SEARCHES", "SLOT_FEATURES", "GLOBAL_FEATURES", "observation", "make_muzero_recurrent_fn",
     "make_alphazero_recurrent_fn", "make_rollout_recurrent_fn", "rollout_value", "SearchOut", "search", "check_search_args",
+    "best_rollout_node",
     # replay
     "Episodes", "value_targets", "Replay", "replay_init", "replay_add", "Batch", "replay_sample", "demo_replay",
     # training

@@ -104,6 +104,21 @@ class SearchOut(NamedTuple):
     policy: jax.Array        # float32 [B, A]: improved policy (training target)
     value: jax.Array         # float32 [B]: root search value
     legal: jax.Array         # bool [B, A]
+    best_return: jax.Array   # float32 [B]: rollout search: the best whole-episode return it saw (else -inf)
+    best_state: game.State   # [B]: the node whose heuristic completion reaches it (else the root)
+
+
+def best_rollout_node(tree: mctx.Tree) -> tuple[jax.Array, game.State]:
+    """([B] return, [B] state) of the expanded node of a rollout search's tree whose path from the episode's
+    start plus its heuristic rollout (the node's raw value; 0 at terminal nodes) is the best whole-episode
+    return the search evaluated: single-player MCTS keeps the best sequence it has seen (Schadd et al.,
+    SP-MCTS, 2008), since a rollout here is a game trajectory it can play again. The root counts: its rollout
+    is the heuristic's own completion of the episode so far."""
+    _, states = tree.embeddings
+    total = jnp.where(tree.node_visits > 0, states.ret + tree.raw_values, -jnp.inf)
+    best = jnp.argmax(total, axis=-1)
+    rows = jnp.arange(total.shape[0])
+    return total[rows, best], jax.tree.map(lambda x: x[rows, best], states)
 
 
 def search(model, params, key, inst: game.Padded, state: game.State, kind: str, num_simulations: int,
@@ -120,8 +135,10 @@ def search(model, params, key, inst: game.Padded, state: game.State, kind: str, 
     latent = _represent(model, params, inst, state)
     pred = _predict(model, params, latent)
     logits = jnp.where(legal, pred.logits, NEG)
+    no_best = jnp.full(pred.value.shape, -jnp.inf, jnp.float32), state
     if kind == "policy":
-        return SearchOut(jnp.argmax(logits, -1).astype(jnp.int32), jax.nn.softmax(logits), pred.value, legal)
+        return SearchOut(jnp.argmax(logits, -1).astype(jnp.int32), jax.nn.softmax(logits), pred.value, legal,
+                         *no_best)
     root_value = pred.value
     if kind == "muzero":
         recurrent_fn, embedding = make_muzero_recurrent_fn(model), latent
@@ -136,7 +153,9 @@ def search(model, params, key, inst: game.Padded, state: game.State, kind: str, 
                                     gumbel_scale=gumbel_scale, qtransform=functools.partial(
                                         mctx.qtransform_completed_by_mix_value, value_scale=q_scale,
                                         rescale_values=False))
-    return SearchOut(out.action.astype(jnp.int32), out.action_weights, out.search_tree.summary().value, legal)
+    best = best_rollout_node(out.search_tree) if kind == "rollout" else no_best
+    return SearchOut(out.action.astype(jnp.int32), out.action_weights, out.search_tree.summary().value, legal,
+                     *best)
 
 
 def check_search_args(num_simulations, samples) -> None:

@@ -100,23 +100,43 @@ def init_params(model: MallocMuZeroNet, key: jax.Array, max_buffers: int = 8):
 # --------------------------------------------------------------------------- self-play
 
 def play(model, params, key, inst: game.Padded, kind: str, num_simulations: int, max_considered: int = 16,
-         gumbel_scale: float = 1.0, q_scale: float = 1.0) -> tuple[game.State, Episodes]:
+         gumbel_scale: float = 1.0, q_scale: float = 1.0, keep_best: bool = False) -> tuple[game.State, Episodes]:
     """Plays a batch of whole episodes with search at every move (vmap over instances, lax.scan over N
-    moves). Returns (final states, the recorded episodes)."""
+    moves). Returns (final states, the recorded episodes). ``keep_best`` (rollout search only): the final
+    state is the best whole trajectory any move's search evaluated (``mcts.best_rollout_node`` finished by
+    the heuristic, ``game.heuristic_finish``) where it beats the episode played; the episode itself, and so
+    every recovery the search makes after a worse-looking move, is unchanged."""
+    if keep_best and kind != "rollout":
+        raise ValueError(f"keep_best needs the rollout search; search kind={kind!r}")
     b, n = inst.size.shape
 
-    def body(state, k):
+    def body(carry, k):
+        state, best_ret, best_state = carry
         out = search(model, params, k, inst, state, kind, num_simulations, max_considered, gumbel_scale, q_scale)
         active = ~jax.vmap(game.done)(inst, state)
         nxt, reward, _ = jax.vmap(game.step)(inst, state, out.action)
+        better = active & (out.best_return > best_ret)
+        best_ret = jnp.where(better, out.best_return, best_ret)
+        best_state = jax.tree.map(lambda new, old: jnp.where(_rows(better, new), new, old), out.best_state,
+                                  best_state)
         rec = (state.offset, state.ret, out.action, out.policy, jnp.where(active, out.value, 0.0), reward,
                out.legal, active)
-        return nxt, rec
+        return (nxt, best_ret, best_state), rec
 
     state0 = jax.vmap(game.init)(inst)
-    final, recs = jax.lax.scan(body, state0, jax.random.split(key, n))
+    carry0 = (state0, jnp.full((b,), -jnp.inf, jnp.float32), state0)
+    (final, best_ret, best_state), recs = jax.lax.scan(body, carry0, jax.random.split(key, n))
+    if keep_best:
+        finished = jax.vmap(game.heuristic_finish)(inst, best_state)
+        take = finished.ret > final.ret
+        final = jax.tree.map(lambda f, p: jnp.where(_rows(take, f), f, p), finished, final)
     recs = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), recs)
     return final, Episodes(inst, *recs)
+
+
+def _rows(mask: jax.Array, like: jax.Array) -> jax.Array:
+    """``mask`` [B] broadcast against ``like`` [B, ...]."""
+    return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
 
 
 # --------------------------------------------------------------------------- learning
