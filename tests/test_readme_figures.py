@@ -415,6 +415,9 @@ def test_malloc_programs_table(tables):
     files = {k: {r["instance"]: r for r in load(f"malloc_programs_{k}.json")}
              for k in ("heuristic", "cpsat_agent_time", "cpsat300", "muzero4")}
     assert all(len(v) == 4 for v in files.values()), "the held-out whole-program set has 4 programs"
+    rollouts = {r["instance"]: r for r in load("malloc_programs_rollout2_keep_best.json")}
+    assert len(rollouts) == 4 and all(r["keep_best"] and r["simulations"] == 2 for r in rollouts.values())
+    cpsat_at_rollout_time = {r["instance"]: r for r in load("malloc_programs_cpsat_rollout_time.json")}
     table = section(tables, "mallocGame")[1]
     for name in files["heuristic"]:
         row = table.row(f"`{name}`")
@@ -427,6 +430,13 @@ def test_malloc_programs_table(tables):
         check(row[4], [f(c_300["normalised_benefit"], 3), f(c_300["bound"] / c_300["total_benefit"], 3)],
               f"{name} CP-SAT 300 s and bound")
         check(row[5], [f(agent["normalised_benefit"], 3), f(agent["wall_time_s"], 0)], f"{name} agent")
+        rollout, cpsat_then = rollouts[name], cpsat_at_rollout_time.get(name)
+        check(row[6], [f(rollout["normalised_benefit"], 3), f(rollout["wall_time_s"], 0)], f"{name} rollout agent")
+        if cpsat_then is None:
+            assert row[7] in MISSING, f"{name}: {row[7]!r} but no CP-SAT record at the rollout agent's time"
+        else:
+            assert cpsat_then["time_limit_s"] == rollout["wall_time_s"], f"{name}: CP-SAT not given the agent's time"
+            check(row[7], [f(cpsat_then["normalised_benefit"], 3)], f"{name} CP-SAT at the rollout agent's time")
     firstfit = {r["instance"]: r["normalised_benefit"] for r in load("malloc_programs_firstfit.json")}
     shown = " / ".join(f(firstfit[name.strip("`")], 3) for name in (r[0] for r in table.rows))
     prose = " ".join((ROOT / "README.md").read_text().split())  # line breaks as spaces
