@@ -113,7 +113,7 @@ def best_rollout_node(tree: mctx.Tree) -> tuple[jax.Array, game.State]:
     start plus its heuristic rollout (the node's raw value; 0 at terminal nodes) is the best whole-episode
     return the search evaluated: single-player MCTS keeps the best sequence it has seen (Schadd et al.,
     SP-MCTS, 2008), since a rollout here is a game trajectory it can play again. The root counts: its rollout
-    is the heuristic's own completion of the episode so far."""
+    is the heuristic's completion (in game moves) of the episode so far."""
     _, states = tree.embeddings
     total = jnp.where(tree.node_visits > 0, states.ret + tree.raw_values, -jnp.inf)
     best = jnp.argmax(total, axis=-1)
