@@ -115,10 +115,11 @@ def play(model, params, key, inst: game.Padded, kind: str, num_simulations: int,
         out = search(model, params, k, inst, state, kind, num_simulations, max_considered, gumbel_scale, q_scale)
         active = ~jax.vmap(game.done)(inst, state)
         nxt, reward, _ = jax.vmap(game.step)(inst, state, out.action)
-        better = active & (out.best_return > best_ret)
-        best_ret = jnp.where(better, out.best_return, best_ret)
-        best_state = jax.tree.map(lambda new, old: jnp.where(_rows(better, new), new, old), out.best_state,
-                                  best_state)
+        if keep_best:  # static: self-play and the plain searches carry the initial values untouched
+            better = active & (out.best_return > best_ret)
+            best_ret = jnp.where(better, out.best_return, best_ret)
+            best_state = jax.tree.map(lambda new, old: jnp.where(_rows(better, new), new, old), out.best_state,
+                                      best_state)
         rec = (state.offset, state.ret, out.action, out.policy, jnp.where(active, out.value, 0.0), reward,
                out.legal, active)
         return (nxt, best_ret, best_state), rec
