@@ -50,7 +50,7 @@ class PPOConfig:
     num_jobs: Jobs of the random training instances.
     num_machines: Machines of the random training instances.
     batch: Instances (environments) per iteration (self-labelling too).
-    rollout_factor: Rollout length in units of J*M steps, No-Ops included (self-labelling's sampling horizon too).
+    rollout_factor: Rollout length in units of J*M steps, No-Ops included (self-labelling's with label_waits).
     epochs: PPO (or self-labelling) epochs per iteration.
     minibatches: PPO (or self-labelling) minibatches per epoch.
     gamma: Discount factor.

@@ -8,8 +8,10 @@ label's trajectory, here averaged over its decisions). As the policy improves, s
 
 Here the policy and environment are this package's (:mod:`models.jssp_policy`, :mod:`rl.jssp.env`, whose
 action set has the No-Op of Tassel et al.); the label is a whole action sequence, which takes No-Ops only
-with ``label_waits`` (see :class:`SelfLabelConfig`). A sample that
-has not finished within ``rollout_factor * J * M`` actions never becomes a label.
+with ``label_waits`` (see :class:`SelfLabelConfig`). Among the jobs only, every action dispatches one
+operation (the environment advances the time by itself when nothing can start), so each sample ends in
+exactly ``J * M`` actions, the label search's horizon (:func:`label_horizon`); with ``label_waits`` it is
+``rollout_factor * J * M``, and a sample that has not finished by then never becomes a label.
 
 One iteration (generate ``batch`` instances, sample ``batch * beta`` schedules, pick the labels, replay
 them to get their states, ``epochs`` x ``minibatches`` cross-entropy updates) is the pure function
@@ -69,6 +71,13 @@ def sample_schedules(model: JobShopPolicy, params, problems: env.Problem, key: j
     return actions.T, final
 
 
+def label_horizon(shape: agent.PPOConfig, cfg: SelfLabelConfig) -> int:
+    """Actions sampled per schedule: ``J * M`` among the jobs only (one dispatch each; a longer horizon only
+    pads finished samples, and halving it halves the sampling, most of a step's time), else the
+    rollout length (No-Ops included)."""
+    return shape.rollout_len if cfg.label_waits else shape.num_jobs * shape.num_machines
+
+
 def pick_labels(actions: jax.Array, makespans: jax.Array, finished: jax.Array) -> tuple[jax.Array, jax.Array,
                                                                                         jax.Array]:
     """The pseudo-labels: per instance, the finished sample of smallest makespan (the first on ties).
@@ -94,7 +103,7 @@ def make_self_label_step(model: JobShopPolicy, optimizer: optax.GradientTransfor
                          cfg: SelfLabelConfig, distribution: instances.Distribution):
     """``step(state: TrainState) -> (state, metrics)``: one self-labelling iteration (module docstring) on
     ``shape.batch`` instances of ``shape.num_jobs`` x ``shape.num_machines`` drawn from ``distribution``."""
-    B, beta, T, W = shape.batch, cfg.beta, shape.rollout_len, model.cfg.window
+    B, beta, T, W = shape.batch, cfg.beta, label_horizon(shape, cfg), model.cfg.window
 
     def loss_fn(params, obs, actions, mask):
         logits, _ = model.apply({"params": params}, obs)
