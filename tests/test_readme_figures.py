@@ -493,6 +493,20 @@ def test_jssp_table(tables):
             check(cell, [f(spn[key][size], 1)], f"JSSP {fragment} {size}")
 
 
+def test_jssp_self_label_continuation_prose():
+    """results/jssp_self_label_continuation.json: the validation range of both runs and the best-of-128
+    validation makespans quoted in the job-shop prose."""
+    data = load("jssp_self_label_continuation.json")
+    prose = " ".join((ROOT / "README.md").read_text().split())
+    gaps = [r["val_gap_lb_pct"] for run in data["runs"].values() for r in run["validation"]]
+    start = data["runs"]["A"]["validation"][0]["val_gap_lb_pct"]
+    assert (f"stayed between {f(min(gaps), 2)} and {f(max(gaps), 2)} % (step 0: {f(start, 2)} %)" in prose)
+    by_size = data["best_of_128_validation"]["by_size"]
+    s15, s20 = (list(by_size[s].values()) for s in ("15x15", "20x15"))
+    assert (f"15x15 {f(s15[0], 1)} shipped, {f(s15[2], 1)} after 120 steps, {f(s15[1], 1)} at step 20" in prose
+            and f"{f(s15[3], 1)} at lr 10⁻⁴ after 70; 20x15 {f(s20[0], 1)} / {f(s20[2], 1)} / {f(s20[1], 1)}." in prose)
+
+
 FAMILIES = ["taillard", "wide", "short", "two_sets", "flow"]
 
 
