@@ -11,10 +11,20 @@
 #   3. eval_jssp greedy and best of 128 (JSON per instance in $OUT, a table of mean gaps on stdout).
 # Time: at most 30 s of start-up + TRAIN_S (default 180 s) + 40 s of export + 60 s of tuning + 90 + 150 s
 # of evaluation (each step under its own timeout) = 550 s, inside the device tool's 10-minute limit; on an
-# H200 the tuning and evaluation should take well under their limits. On CPU (a smoke test of this script) set e.g. PY=.venv/bin/python TRAIN_S=60 BETA=8 BATCH=2
-# S128_SIZES=15x15.
+# H200 the tuning and evaluation should take well under their limits. A smoke test on CPU:
+#   PY=.venv/bin/python OUT=/tmp/dc TRAIN_S=90 BETA=8 BATCH=2 S128_SIZES=15x15 bash scripts/device_check_jssp.sh
+# Device call: run(command="bash scripts/device_check_jssp.sh", carry=[".whl"], timeout_s=600).
+# The H200 image has jax, flax, optax and orbax but not OR-Tools (rl/jssp imports CP-SAT): carry its wheels.
+# Here, once: echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all:
+#   --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
+#   -d .whl ortools==9.15.6755 immutabledict==4.3.1 protobuf==6.33.6      (30 MB; the device call: carry .whl)
 set -u
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
+if command -v nvidia-smi >/dev/null && ls .whl/*.whl >/dev/null 2>&1; then  # on the GPU machine only
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
 TRAIN_S=${TRAIN_S:-180}; BETA=${BETA:-256}; BATCH=${BATCH:-32}
 S128_SIZES=${S128_SIZES:-15x15,20x15,20x20,30x15,30x20,50x15,50x20}
