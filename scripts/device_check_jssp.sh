@@ -29,12 +29,14 @@ OUT=${OUT:-device_out}; mkdir -p "$OUT"
 TRAIN_S=${TRAIN_S:-180}; BETA=${BETA:-256}; BATCH=${BATCH:-32}
 S128_SIZES=${S128_SIZES:-15x15,20x15,20x20,30x15,30x20,50x15,50x20}
 WORK=${WORK:-/tmp/jssp_sl_gpu}; PY=${PY:-python3}
+# Another start or shape, e.g. from scratch: INIT_FROM= LR=2e-4 POLICY_FLAGS="--d_model=64 --mlp_dim=128 --job_layers=3"
+INIT_FROM=${INIT_FROM-rl/jssp/trained}; POLICY_FLAGS=${POLICY_FLAGS:-}; LR=${LR:-3e-5}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())"
 
-TRAIN="$PY -m scripts.train_jssp --workdir=$WORK --algorithm=self_label --init_from=rl/jssp/trained
+TRAIN="$PY -m scripts.train_jssp --workdir=$WORK --algorithm=self_label ${INIT_FROM:+--init_from=$INIT_FROM} $POLICY_FLAGS
   --curriculum=15x15:0,20x20:1,20x15:2 --batch=$BATCH --beta=$BETA --label_temperature=1.0 --rollout_factor=1
-  --lr=3e-5 --minibatches=4 --epochs=1 --eval_every=10 --eval_instances=16 --log_every=5 --checkpoint_every=10"
+  --lr=$LR --minibatches=4 --epochs=1 --eval_every=10 --eval_instances=16 --log_every=5 --checkpoint_every=10"
 echo "== 1. self-labelling for ${TRAIN_S} s (beta $BETA, batch $BATCH)"
 timeout -s TERM "$TRAIN_S" $TRAIN --steps=100000 2>&1 | grep "train step\|validation\|done at\|rror" | tail -30
 REACHED=$($PY -c "import json; print(json.load(open('$WORK/summary.json'))['step'])") || exit 1
