@@ -507,6 +507,20 @@ def test_jssp_self_label_continuation_prose():
             and f"{f(s15[3], 1)} at lr 10⁻⁴ after 70; 20x15 {f(s20[0], 1)} / {f(s20[2], 1)} / {f(s20[1], 1)}." in prose)
 
 
+def test_jssp_self_label_width_prose():
+    """results/jssp_self_label_width.json: the from-scratch runs' best validation, steps and references."""
+    data = load("jssp_self_label_width.json")
+    prose = " ".join((ROOT / "README.md").read_text().split())
+    ref, narrow, wide = data["reference_on_this_validation"], data["runs"]["narrow"], data["runs"]["wide"]
+    best = {k: f(min(r["val_gap_lb_pct"] for r in run["validation"]), 2) for k, run in data["runs"].items()}
+    at = {k: {r["step"]: f(r["val_gap_lb_pct"], 2) for r in run["validation"]} for k, run in data["runs"].items()}
+    last = wide["steps"] // 10 * 10
+    assert (f"FDD/MWKR's gap is {f(ref['fdd_mwkr'], 2)} % and the shipped policy's {f(ref['shipped_policy'], 2)} %"
+            f"): this network reached {best['narrow']} % at best in {narrow['steps']} steps" in prose)
+    assert (f"{wide['parameters']:,} parameters" in prose and f"{best['wide']} % in {wide['steps']}" in prose
+            and f"(step {last}: {at['wide'][last]} vs {at['narrow'][last]} %)" in prose)
+
+
 FAMILIES = ["taillard", "wide", "short", "two_sets", "flow"]
 
 
