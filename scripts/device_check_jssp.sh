@@ -9,7 +9,7 @@
 #      parameters to $OUT/policy;
 #   2. tune the sampling temperature on 16 generated 15x15 instances (scripts/tune_jssp_sampling.py);
 #   3. eval_jssp greedy and best of 128 (JSON per instance in $OUT, a table of mean gaps on stdout).
-# Time: at most 30 s of start-up + TRAIN_S (default 180 s) + 40 s of export + 60 s of tuning + 90 + 150 s
+# Time: at most 30 s of start-up + TRAIN_S (default 150 s) + 40 s of export + 60 s of tuning + 120 + 150 s
 # of evaluation (each step under its own timeout) = 550 s, inside the device tool's 10-minute limit; on an
 # H200 the tuning and evaluation should take well under their limits. A smoke test on CPU:
 #   PY=.venv/bin/python OUT=/tmp/dc TRAIN_S=90 BETA=8 BATCH=2 S128_SIZES=15x15 bash scripts/device_check_jssp.sh
@@ -26,7 +26,7 @@ if command -v nvidia-smi >/dev/null && ls .whl/*.whl >/dev/null 2>&1; then  # on
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
-TRAIN_S=${TRAIN_S:-180}; BETA=${BETA:-256}; BATCH=${BATCH:-32}
+TRAIN_S=${TRAIN_S:-150}; BETA=${BETA:-256}; BATCH=${BATCH:-32}
 S128_SIZES=${S128_SIZES:-15x15,20x15,20x20,30x15,30x20,50x15,50x20}
 WORK=${WORK:-/tmp/jssp_sl_gpu}; PY=${PY:-python3}
 # Another start or shape, e.g. from scratch: INIT_FROM= LR=2e-4 POLICY_FLAGS="--d_model=64 --mlp_dim=128 --job_layers=3"
@@ -57,7 +57,7 @@ print("sampling temperature", info["sampling_temperature"], info.get("sampling_t
 EOF
 
 echo "== 3. Taillard: greedy (80 instances), best of 128 ($S128_SIZES)"
-timeout 90 $PY -m scripts.eval_jssp --solver=agent --policy_dir="$OUT/policy" --out="$OUT/jssp_eval_greedy.json" 2>&1 \
+timeout 120 $PY -m scripts.eval_jssp --solver=agent --policy_dir="$OUT/policy" --out="$OUT/jssp_eval_greedy.json" 2>&1 \
   | grep -v "^[IW][0-9]" | tail -12
 timeout 150 $PY -m scripts.eval_jssp --solver=agent --policy_dir="$OUT/policy" --samples=128 --sizes="$S128_SIZES" \
   --out="$OUT/jssp_eval_s128.json" 2>&1 | grep -v "^[IW][0-9]" | tail -12
