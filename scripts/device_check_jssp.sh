@@ -35,7 +35,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())"
 
 TRAIN="$PY -m scripts.train_jssp --workdir=$WORK --algorithm=self_label ${INIT_FROM:+--init_from=$INIT_FROM} $POLICY_FLAGS
-  --curriculum=15x15:0,20x20:1,20x15:2 --batch=$BATCH --beta=$BETA --label_temperature=1.0 --rollout_factor=1
+  --curriculum=15x15:0,20x20:1,20x15:2 --batch=$BATCH --beta=$BETA --label_temperature=1.0
   --lr=$LR --minibatches=4 --epochs=1 --eval_every=10 --eval_instances=16 --log_every=5 --checkpoint_every=10"
 echo "== 1. self-labelling for ${TRAIN_S} s (beta $BETA, batch $BATCH)"
 timeout -s TERM "$TRAIN_S" $TRAIN --steps=100000 2>&1 | grep "train step\|validation\|done at\|rror" | tail -30

@@ -92,14 +92,13 @@ def test_sampled_labels_replay_to_the_best_valid_schedule():
     assert validate.check_schedule(np.asarray(m[0]), np.asarray(d[0]), np.asarray(state.start)) == min(cmax)
     assert (np.asarray(actions) == 4).any()  # this policy waits ...
     # ... unless told not to; then every sample ends within the label horizon J * M (one dispatch per action)
-    horizon = self_label.label_horizon(agent.PPOConfig(num_jobs=4, num_machines=3, rollout_factor=8.0),
-                                       self_label.SelfLabelConfig())
+    shape = agent.PPOConfig(num_jobs=4, num_machines=3, rollout_factor=8.0)
+    horizon = self_label.label_horizon(shape, self_label.SelfLabelConfig())
     assert horizon == 4 * 3
     no_wait, final = self_label.sample_schedules(model, params, rep, jax.random.PRNGKey(2), horizon, 1.0, waits=False)
     assert bool(env.batch_is_done(rep, final).all()) and not (np.asarray(no_wait) == 4).any()
     assert (np.asarray(no_wait) >= 0).all()  # no action after the last dispatch: the horizon is tight
-    assert self_label.label_horizon(agent.PPOConfig(num_jobs=4, num_machines=3, rollout_factor=8.0),
-                                    self_label.SelfLabelConfig(label_waits=True)) == 4 * 3 * 8
+    assert self_label.label_horizon(shape, self_label.SelfLabelConfig(label_waits=True)) == 4 * 3 * 8
 
 
 @pytest.mark.slow  # 7 s of compile; the tiny training run below runs the same step by default

@@ -87,6 +87,11 @@ def pct(value: float, decimals: int = 0) -> str:
     return f(100 * value, decimals)
 
 
+def readme_prose() -> str:
+    """The README with its line breaks as spaces, for figures quoted in running text."""
+    return " ".join((ROOT / "README.md").read_text().split())
+
+
 def load(name: str):
     path = RESULTS / name
     assert path.is_file(), f"results/{name} (a README figure's source) is missing"
@@ -439,7 +444,7 @@ def test_malloc_programs_table(tables):
             check(row[7], [f(cpsat_then["normalised_benefit"], 3)], f"{name} CP-SAT at the rollout agent's time")
     firstfit = {r["instance"]: r["normalised_benefit"] for r in load("malloc_programs_firstfit.json")}
     shown = " / ".join(f(firstfit[name.strip("`")], 3) for name in (r[0] for r in table.rows))
-    prose = " ".join((ROOT / "README.md").read_text().split())  # line breaks as spaces
+    prose = readme_prose()
     assert f"First-fit decreasing: {shown}." in prose, f"README's first-fit figures on the programs: {shown}"
 
 
@@ -497,20 +502,22 @@ def test_jssp_self_label_continuation_prose():
     """results/jssp_self_label_continuation.json: the validation range of both runs and the best-of-128
     validation makespans quoted in the job-shop prose."""
     data = load("jssp_self_label_continuation.json")
-    prose = " ".join((ROOT / "README.md").read_text().split())
+    prose = readme_prose()
     gaps = [r["val_gap_lb_pct"] for run in data["runs"].values() for r in run["validation"]]
     start = data["runs"]["A"]["validation"][0]["val_gap_lb_pct"]
     assert (f"stayed between {f(min(gaps), 2)} and {f(max(gaps), 2)} % (step 0: {f(start, 2)} %)" in prose)
     by_size = data["best_of_128_validation"]["by_size"]
-    s15, s20 = (list(by_size[s].values()) for s in ("15x15", "20x15"))
-    assert (f"15x15 {f(s15[0], 1)} shipped, {f(s15[2], 1)} after 120 steps, {f(s15[1], 1)} at step 20" in prose
-            and f"{f(s15[3], 1)} at lr 10⁻⁴ after 70; 20x15 {f(s20[0], 1)} / {f(s20[2], 1)} / {f(s20[1], 1)}." in prose)
+    shipped, last, pick = "shipped (step 0)", "run A step 120 (last)", "run A step 20 (greedy-validation pick)"
+    s15, s20 = by_size["15x15"], by_size["20x15"]
+    assert (f"15x15 {f(s15[shipped], 1)} shipped, {f(s15[last], 1)} after 120 steps, {f(s15[pick], 1)} at step 20"
+            in prose and f"{f(s15['run B step 70 (lr 1e-4)'], 1)} at lr 10⁻⁴ after 70; 20x15 {f(s20[shipped], 1)} / "
+            f"{f(s20[last], 1)} / {f(s20[pick], 1)}." in prose)
 
 
 def test_jssp_self_label_width_prose():
     """results/jssp_self_label_width.json: the from-scratch runs' best validation, steps and references."""
     data = load("jssp_self_label_width.json")
-    prose = " ".join((ROOT / "README.md").read_text().split())
+    prose = readme_prose()
     ref, narrow, wide = data["reference_on_this_validation"], data["runs"]["narrow"], data["runs"]["wide"]
     best = {k: f(min(r["val_gap_lb_pct"] for r in run["validation"]), 2) for k, run in data["runs"].items()}
     at = {k: {r["step"]: f(r["val_gap_lb_pct"], 2) for r in run["validation"]} for k, run in data["runs"].items()}
