@@ -72,20 +72,29 @@ def step_preempt_and_resume(workdir: pathlib.Path) -> dict:
             "save_blocking_s_total": round(final["checkpoint_blocking_s"], 4)}
 
 
-def _in_subprocess(module: str, workdir: pathlib.Path, host_devices: int) -> dict:
+def _in_subprocess(module: str, workdir: pathlib.Path, host_devices: int, min_devices: int) -> dict:
     """Runs ``module.tour_step(workdir)`` in a fresh process with ``host_devices`` virtual CPU devices
-    (the device count is fixed when JAX starts, so a step needing a mesh of CPU devices runs apart)."""
+    (the device count is fixed when JAX starts, so a step needing a mesh of CPU devices runs apart). On an
+    accelerator with fewer than ``min_devices`` devices (one GPU) the step runs on the host CPU devices
+    (``JAX_PLATFORMS=cpu``): its mesh of workers needs at least that many devices."""
     import os
+
+    import jax
 
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={host_devices}".strip()
+    on_host = jax.default_backend() != "cpu" and jax.device_count() < min_devices
+    if on_host:
+        env["JAX_PLATFORMS"] = "cpu"
     code = (f"import json, pathlib; from {module} import tour_step; "
             f"print('TOUR_RESULT=' + json.dumps(tour_step(pathlib.Path({str(workdir)!r}))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"{module}.tour_step failed:\n{out.stderr[-3000:]}")
     line = [l for l in out.stdout.splitlines() if l.startswith("TOUR_RESULT=")][-1]
-    return json.loads(line.split("=", 1)[1])
+    platform = f"cpu ({host_devices} host devices: {jax.device_count()} {jax.default_backend()} device(s) " \
+               f"< {min_devices})" if on_host else jax.default_backend()
+    return json.loads(line.split("=", 1)[1]) | {"platform": platform}
 
 
 def _imported(module: str):
@@ -109,7 +118,7 @@ def main(argv):
         ("MoE layer vs dense and one-hot (2,048 tokens)",
          lambda: _imported("training.benchmarks.moe").tour_step(root / "moe")),
         ("Streaming DiLoCo vs DP (M=2, fp4)",
-         lambda: _in_subprocess("training.diloco", root / "diloco", host_devices=8)),
+         lambda: _in_subprocess("training.diloco", root / "diloco", host_devices=8, min_devices=2)),
         ("mallocGame baselines, CP-SAT and mallocMuZero (6 held-out windows, one held-out whole program)",
          lambda: _imported("rl.malloc.evaluate").tour_step(root / "malloc")),
         ("job-shop (rules, agent, CP-SAT, agent + CP-SAT on ta01-ta02)",
@@ -117,17 +126,41 @@ def main(argv):
         ("job-shop self-labelling (3 steps from the shipped policy, 5 families)",
          lambda: _imported("rl.jssp.train").tour_step(root / "jssp_self_label")),
     ]
-    results = {}
-    for name, run in steps:
-        logging.info("tour: %s", name)
-        start = time.perf_counter()
-        results[name] = {**run(), "tour_step_s": round(time.perf_counter() - start, 1)}
-    run_lib.write_json_atomic(root / "tour_summary.json", results)
+    results = run_steps(steps, root / "tour_summary.json")
     width = max(len(n) for n in results)
     print("\njaxsys tour summary")
     for name, figures in results.items():
         print(f"  {name:<{width}}  " + "  ".join(f"{k}={v}" for k, v in figures.items()))
     print(f"(details under {root})")
+    failed = [n for n, r in results.items() if "error" in r]
+    if failed:
+        common.fail(f"tour: {len(failed)} of {len(results)} steps failed: {'; '.join(failed)} (errors above and "
+                    f"in {root / 'tour_summary.json'})")
+
+
+def run_steps(steps, summary_path: pathlib.Path) -> dict:
+    """Runs every step even when one fails (its error is its record), rewriting the summary after each
+    step, so a tour stopped part-way (a time limit) still leaves the finished steps' figures."""
+    import traceback
+
+    results = {}
+    for name, run in steps:
+        logging.info("tour: %s", name)
+        start = time.perf_counter()
+        try:
+            figures = run()
+        except Exception as e:  # noqa: BLE001 (the step's failure is reported; the other steps still run)
+            logging.error("tour step %r failed:\n%s", name, traceback.format_exc())
+            figures = {"error": f"{type(e).__name__}: {str(e).strip()[-1500:]}"}
+        results[name] = {**figures, "tour_step_s": round(time.perf_counter() - start, 1)}
+        run_lib.write_json_atomic(summary_path, {"platform": _platform(), **results})
+    return results
+
+
+def _platform() -> str:
+    import jax
+
+    return f"{jax.default_backend()}: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}"
 
 
 if __name__ == "__main__":

@@ -130,23 +130,24 @@ def tgmm(x, index, g, block_expert, num_blocks, num_experts: int, bm: int, tiles
                  first, count, index.astype(jnp.int32), x, g)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def gather_matmul(x, index, w, block_expert, num_blocks, bm: int):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def gather_matmul(x, index, w, block_expert, num_blocks, bm: int, tiles: Tiles = GPU_TILES):
     """Differentiable :func:`gmm` (in x and w). The input gradient scatters each slot's ``g_s @ w^T`` back
-    to row ``index[s]`` (rows read by several slots sum their gradients)."""
-    return gmm(x, index, w, block_expert, num_blocks, bm)
+    to row ``index[s]`` (rows read by several slots sum their gradients). ``tiles``: the K and N tiles of
+    every kernel of the call (forward and backward)."""
+    return gmm(x, index, w, block_expert, num_blocks, bm, tiles)
 
 
-def _gather_matmul_fwd(x, index, w, block_expert, num_blocks, bm):
-    return gmm(x, index, w, block_expert, num_blocks, bm), (x, index, w, block_expert, num_blocks)
+def _gather_matmul_fwd(x, index, w, block_expert, num_blocks, bm, tiles):
+    return gmm(x, index, w, block_expert, num_blocks, bm, tiles), (x, index, w, block_expert, num_blocks)
 
 
-def _gather_matmul_bwd(bm, res, g):
+def _gather_matmul_bwd(bm, tiles, res, g):
     x, index, w, block_expert, num_blocks = res
     slots = jnp.arange(index.shape[0], dtype=jnp.int32)
-    dx_slots = gmm(g, slots, jnp.swapaxes(w, 1, 2), block_expert, num_blocks, bm)
+    dx_slots = gmm(g, slots, jnp.swapaxes(w, 1, 2), block_expert, num_blocks, bm, tiles)
     dx = jnp.zeros(x.shape, jnp.float32).at[index].add(dx_slots.astype(jnp.float32), mode="drop").astype(x.dtype)
-    dw = tgmm(x, index, g, block_expert, num_blocks, w.shape[0], bm).astype(w.dtype)
+    dw = tgmm(x, index, g, block_expert, num_blocks, w.shape[0], bm, tiles).astype(w.dtype)
     return sum_to_vma_of(dx, x), None, sum_to_vma_of(dw, w), None, None
 
 

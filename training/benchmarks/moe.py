@@ -23,15 +23,20 @@ from jax.sharding import NamedSharding
 
 from parallel import mesh as mesh_lib
 from parallel import moe as moe_lib
+from parallel.moe import pallas_gemm
 from training import run as run_lib
 from training.benchmarks import parse_list
-from training.benchmarks.timing import time_variants
+from training.benchmarks.timing import compile_variants, time_variants
 
 # (experts, top-k, expert hidden / d_model) of the real models: Mixtral 14336/4096, Qwen2-MoE 1408/2048,
-# Phi-3.5-MoE 6400/4096; scaled down to d_model (256 on CPU: hidden 896, 176, 400).
-MODELS = {"mixtral": (8, 2, 3.5), "qwen2_moe": (64, 4, 0.6875), "phi35_moe": (16, 2, 1.5625)}
+# Phi-3.5-MoE 6400/4096, Qwen1.5-MoE-A2.7B 1408/2048 (60 experts, top-4), DeepSeekMoE-16B 1408/2048 (64
+# fine-grained experts, top-6; its 2 shared experts are a dense FFN beside the layer, left out); scaled down
+# to d_model (256 on CPU: hidden 896, 176, 400, 176, 176).
+MODELS = {"mixtral": (8, 2, 3.5), "qwen2_moe": (64, 4, 0.6875), "phi35_moe": (16, 2, 1.5625),
+          "qwen15_moe": (60, 4, 0.6875), "deepseek_moe": (64, 6, 0.6875)}
+DEFAULT_MODELS = ("mixtral", "qwen2_moe", "phi35_moe")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-GROUPED = ("ragged_dot", "per_expert_loop", "blocked", "bucketed", "dense_equivalent")
+GROUPED = ("ragged_dot", "per_expert_loop", "blocked", "bucketed", "pallas", "dense_equivalent")
 OVERLAP_CHOICES = ("auto", "on", "off", "predict")
 
 
@@ -39,17 +44,22 @@ OVERLAP_CHOICES = ("auto", "on", "off", "predict")
 class BenchMoEConfig:
     """MoE benchmark settings.
 
-    models: Configurations to run (comma-separated: mixtral, qwen2_moe, phi35_moe).
+    models: Configurations to run (comma-separated: mixtral, qwen2_moe, phi35_moe, qwen15_moe, deepseek_moe).
     tokens: Tokens per call.
     d_model: Model width; the expert width keeps the real model's ratio.
     dtype: Activations and weights: float32 or bfloat16.
     impl: Grouped GEMM of the dropless layer (MoEConfig.impl): auto, bucketed, blocked, ragged or pallas
       (Pallas kernels; interpret mode off GPU, slow there).
+    layer_impls: More dropless layers timed beside it, one per impl (comma-separated from bucketed, blocked,
+      ragged, pallas; '' for none): each row then names the fastest and whether ``auto`` resolves to it.
     repeats: Timed repeats per variant (medians).
     capacity_factor: Capacity factor of the one-hot baseline.
     grouped: Grouped-GEMM-only comparison (the expert SwiGLU on expert-sorted rows), comma-separated from
-      ragged_dot, per_expert_loop, blocked, bucketed, dense_equivalent; 'auto': all on GPU/TPU, all but
-      ragged_dot on CPU (a dense masked product there); 'none': skip.
+      ragged_dot, per_expert_loop, blocked, bucketed, pallas, dense_equivalent; 'auto': all but pallas on
+      GPU/TPU, all but ragged_dot and pallas on CPU (a dense masked product, an interpreted kernel there);
+      'none': skip.
+    pallas_tiles: Pallas tile sizes tried in the grouped-GEMM comparison, comma-separated BMxBKxBN (rows per
+      block of the layout, K tile, N tile; e.g. 64x64x128), each a variant ``pallas_BMxBKxBN``; '' for none.
     overlap: Time the sharded layer with C = 1 against the cost model's C on overlap_mesh (auto, on, off or
       predict); auto: on multi-device GPU/TPU only (on CPU the figure means nothing: XLA:CPU does not overlap
       collectives with compute); predict: on one device, time each chunk's expert compute for C = 1..8 and
@@ -58,14 +68,16 @@ class BenchMoEConfig:
     predict_ep: overlap=predict: the expert-parallel width assumed (each device holds E / predict_ep experts).
     link_bandwidth: overlap=predict: bytes/s of the expert-axis link (0: the backend's cost-model default).
     """
-    models: str = ",".join(MODELS)
+    models: str = ",".join(DEFAULT_MODELS)
     tokens: int = 2048
     d_model: int = 256
     dtype: str = "float32"
     impl: str = "auto"
+    layer_impls: str = ""
     repeats: int = 5
     capacity_factor: float = 1.25
     grouped: str = "auto"
+    pallas_tiles: str = ""
     overlap: str = "auto"
     overlap_mesh: str = "expert:-1"
     predict_ep: int = 8
@@ -84,10 +96,34 @@ class BenchMoEConfig:
             raise ValueError(f"capacity_factor={self.capacity_factor} must be > 0")
         parse_list("models", self.models, str, tuple(MODELS))
         grouped_variants(self.grouped, "cpu")
+        self.layer_impls_list, self.pallas_tiles_list  # noqa: B018 (validates both)
 
     @property
     def models_list(self) -> list[str]:
         return parse_list("models", self.models, str, tuple(MODELS))
+
+    @property
+    def layer_impls_list(self) -> list[str]:
+        return parse_list("layer_impls", self.layer_impls, str, LAYER_IMPLS) if self.layer_impls else []
+
+    @property
+    def pallas_tiles_list(self) -> list[tuple[int, int, int]]:
+        return [parse_tiles(t) for t in self.pallas_tiles.split(",") if t.strip()]
+
+
+LAYER_IMPLS = tuple(i for i in moe_lib.IMPLS if i != "auto")
+
+
+def parse_tiles(text: str) -> tuple[int, int, int]:
+    """``"BMxBKxBN"`` -> (bm, bk, bn), each a power of two >= 16 (a Triton dot's smallest tile)."""
+    try:
+        tiles = tuple(int(v) for v in text.strip().split("x"))
+    except ValueError:
+        tiles = ()
+    if len(tiles) != 3 or any(t < 16 or t & (t - 1) for t in tiles):
+        raise ValueError(f"pallas_tiles entry {text.strip()!r} must be BMxBKxBN, each a power of two >= 16 "
+                         "(e.g. 64x64x128)")
+    return tiles
 
 
 def model_shape(name: str, d_model: int) -> tuple[int, int, int, int]:
@@ -107,8 +143,9 @@ def _sum_sq(y):
 
 
 def make_variants(name: str, tokens: int, capacity_factor: float, d_model: int = 256,
-                  dtype=jnp.float32, impl: str = "auto") -> tuple[dict, dict]:
-    """Jitted fwd+bwd callables (with their arguments) for one configuration."""
+                  dtype=jnp.float32, impl: str = "auto", layer_impls=()) -> tuple[dict, dict]:
+    """Jitted fwd+bwd callables (with their arguments) for one configuration: ``dense_equivalent``,
+    ``moe_dropless`` (``impl``), ``onehot_capacity`` and ``moe_<i>`` for each of ``layer_impls``."""
     e, k, d, h = model_shape(name, d_model)
     params = moe_lib.init_params(jax.random.PRNGKey(0), d, h, e, dtype)
     x = jax.random.normal(jax.random.PRNGKey(1), (tokens, d), dtype)
@@ -126,6 +163,8 @@ def make_variants(name: str, tokens: int, capacity_factor: float, d_model: int =
         "moe_dropless": (grad_of(dropless), (params, x)),
         "onehot_capacity": (grad_of(moe_lib.MoEConfig(num_experts=e, top_k=k, capacity_factor=capacity_factor)),
                             (params, x)),
+        **{f"moe_{i}": (grad_of(moe_lib.MoEConfig(num_experts=e, top_k=k, impl=i)), (params, x))
+           for i in layer_impls},
     }
     info = {"experts": e, "top_k": k, "d_model": d, "hidden": h, "tokens": tokens,
             "dtype": jnp.dtype(dtype).name,
@@ -145,12 +184,14 @@ def per_expert_matmul(x: jax.Array, w: jax.Array, sizes: tuple[int, ...]) -> jax
 
 
 def make_grouped_variants(name: str, tokens: int, variants: list[str], d_model: int = 256,
-                          dtype=jnp.float32) -> tuple[dict, dict]:
+                          dtype=jnp.float32, pallas_tiles=()) -> tuple[dict, dict]:
     """Fwd+bwd of the expert SwiGLU alone on rows already sorted by expert (the router's real top-k
     assignment), one grouped-GEMM implementation per variant: ``ragged_dot`` (lax.ragged_dot),
     ``per_expert_loop`` (E GEMMs on static slices), ``blocked`` (rows padded to blocks, one GEMM per
     block), ``bucketed`` (parallel/moe's default on GPU: one batched GEMM over a per-expert bulk
-    capacity plus blocked overflow) and ``dense_equivalent`` (the same rows through one expert's weights: the limit)."""
+    capacity plus blocked overflow), ``pallas`` (the blocked layout in :mod:`parallel.moe.pallas_gemm`'s
+    kernels, default tiles; ``pallas_BMxBKxBN`` for each of ``pallas_tiles``) and ``dense_equivalent`` (the
+    same rows through one expert's weights: the limit)."""
     e, k, d, h = model_shape(name, d_model)
     params = moe_lib.init_params(jax.random.PRNGKey(0), d, h, e, dtype)
     x = jax.random.normal(jax.random.PRNGKey(1), (tokens, d), dtype)
@@ -160,17 +201,24 @@ def make_grouped_variants(name: str, tokens: int, variants: list[str], d_model: 
     sorted_experts = experts[order]
     sizes = tuple(int(n) for n in np.bincount(np.asarray(experts), minlength=e))
 
-    def layout(impl):  # the rows in parallel/moe's padded layout for ``impl`` and its grouped matmul
-        plan = moe_lib.plan_grouped_gemm(moe_lib.MoEConfig(num_experts=e, top_k=k, impl=impl), tokens * k, e)
+    def layout(impl, tiles=None):  # the rows in parallel/moe's padded layout for ``impl``, its grouped matmul
+        plan = moe_lib.plan_grouped_gemm(moe_lib.MoEConfig(num_experts=e, top_k=k, impl=impl,
+                                                           block_rows=tiles[0] if tiles else 0), tokens * k, e)
         groups = moe_lib.make_groups(sorted_experts, e, plan.block, plan.capacity)
         padded = jnp.concatenate([rows, jnp.zeros((1, d), dtype)])[groups.row_of_slot]
+        if tiles:
+            slots = jnp.arange(padded.shape[0], dtype=jnp.int32)
+            return padded, plan, lambda a, w: pallas_gemm.gather_matmul(
+                a, slots, w, groups.block_expert, groups.num_blocks, plan.block, pallas_gemm.Tiles(*tiles[1:]))
         return padded, plan, lambda a, w: moe_lib.grouped_matmul(a, w, groups, impl, plan.block, plan.capacity)
 
-    layouts = {impl: layout(impl) for impl in ("blocked", "bucketed")}
+    layouts = {impl: layout(impl) for impl in ("blocked", "bucketed", "pallas")}
+    layouts |= {"pallas_" + "x".join(map(str, t)): layout("pallas", t) for t in pallas_tiles}
     gmm = {"ragged_dot": lambda a, w: lax.ragged_dot(a, w, jnp.asarray(sizes, jnp.int32)),
            "per_expert_loop": lambda a, w: per_expert_matmul(a, w, sizes),
-           "blocked": layouts["blocked"][2], "bucketed": layouts["bucketed"][2],
+           **{v: lay[2] for v, lay in layouts.items()},
            "dense_equivalent": lambda a, w: a @ w[0]}
+    variants = list(variants) + [v for v in layouts if v.startswith("pallas_")]
 
     def grad_of(matmul):
         def loss(a, w_gu, w_down):
@@ -185,16 +233,26 @@ def make_grouped_variants(name: str, tokens: int, variants: list[str], d_model: 
     info = {"experts": e, "top_k": k, "d_model": d, "hidden": h, "tokens": tokens, "rows": tokens * k,
             "dtype": jnp.dtype(dtype).name, "max_group": max(sizes), "min_group": min(sizes),
             **{f"{impl}_plan": layouts[impl][1]._asdict() | {"padded_rows": int(layouts[impl][0].shape[0])}
-               for impl in layouts}}
+               for impl in layouts if impl in variants},
+            "pallas_default_tiles": {"bk": pallas_gemm.GPU_TILES.bk, "bn": pallas_gemm.GPU_TILES.bn}}
     return out, info
 
 
-def bench(models, tokens, repeats, capacity_factor, d_model=256, dtype=jnp.float32, impl="auto") -> list[dict]:
+def bench(models, tokens, repeats, capacity_factor, d_model=256, dtype=jnp.float32, impl="auto",
+          layer_impls=()) -> list[dict]:
     rows = []
     for name in models:
-        variants, info = make_variants(name, tokens, capacity_factor, d_model, dtype, impl)
+        variants, info = make_variants(name, tokens, capacity_factor, d_model, dtype, impl, layer_impls)
+        variants, errors = compile_variants(variants)
         med, times = time_variants(variants, repeats)
-        rows.append({"model": name, **info, "median_s": med, "all_s": times,
+        dropless = {v: t for v, t in med.items() if v.startswith("moe_")}
+        fastest = min(dropless, key=dropless.get)
+        impls = {v: (moe_lib.resolve_impl(impl) if v == "moe_dropless" else v[4:]) for v in dropless}
+        rows.append({"model": name, **info, "median_s": med, "all_s": times, "errors": errors,
+                     **{f"{v}_over_dense": t / med["dense_equivalent"] for v, t in dropless.items()
+                        if v != "moe_dropless"},
+                     "fastest_dropless": impls[fastest], "impl_resolves_to": impls["moe_dropless"],
+                     "impl_is_fastest": impls[fastest] == impls["moe_dropless"],
                      "moe_over_dense": med["moe_dropless"] / med["dense_equivalent"],
                      "onehot_over_moe": med["onehot_capacity"] / med["moe_dropless"],
                      "goal_moe_over_dense_le_1.3": med["moe_dropless"] / med["dense_equivalent"] <= 1.3,
@@ -203,11 +261,13 @@ def bench(models, tokens, repeats, capacity_factor, d_model=256, dtype=jnp.float
     return rows
 
 
-def bench_grouped(models, tokens, repeats, variants, d_model=256, dtype=jnp.float32) -> list[dict]:
+def bench_grouped(models, tokens, repeats, variants, d_model=256, dtype=jnp.float32, pallas_tiles=()) -> list[dict]:
     rows = []
     for name in models:
-        fns, info = make_grouped_variants(name, tokens, variants, d_model, dtype)
+        fns, info = make_grouped_variants(name, tokens, variants, d_model, dtype, pallas_tiles)
+        fns, errors = compile_variants(fns)
         med, times = time_variants(fns, repeats)
+        info["errors"] = errors
         ratios = {f"{v}_over_dense": med[v] / med["dense_equivalent"] for v in med
                   if v != "dense_equivalent" and "dense_equivalent" in med}
         if "ragged_dot" in med and "per_expert_loop" in med:
@@ -291,7 +351,7 @@ def grouped_variants(value: str, backend: str | None = None) -> list[str]:
         return []
     if value == "auto":
         accel = (backend or jax.default_backend()) in ("gpu", "tpu")
-        return [v for v in GROUPED if accel or v != "ragged_dot"]
+        return [v for v in GROUPED if v != "pallas" and (accel or v != "ragged_dot")]
     return parse_list("grouped", value, str, GROUPED)
 
 
@@ -315,8 +375,12 @@ def run(cfg: BenchMoEConfig) -> dict:
     except ValueError as e:
         raise ValueError(f"overlap_mesh={cfg.overlap_mesh!r}: {e}") from None
     dtype = DTYPES[cfg.dtype]
-    rows = bench(models, cfg.tokens, cfg.repeats, cfg.capacity_factor, cfg.d_model, dtype, cfg.impl)
-    grouped_rows = bench_grouped(models, cfg.tokens, cfg.repeats, grouped, cfg.d_model, dtype) if grouped else []
+    rows = bench(models, cfg.tokens, cfg.repeats, cfg.capacity_factor, cfg.d_model, dtype, cfg.impl,
+                 cfg.layer_impls_list)
+    if cfg.pallas_tiles_list and "dense_equivalent" not in grouped:
+        grouped = grouped + ["dense_equivalent"]   # the tile sweep's reference
+    grouped_rows = (bench_grouped(models, cfg.tokens, cfg.repeats, grouped, cfg.d_model, dtype, cfg.pallas_tiles_list)
+                    if grouped else [])
     if cfg.overlap == "predict":
         overlap = {"note": "predicted, not measured (one device)",
                    "rows": predict_overlap(models, cfg.tokens, cfg.repeats, cfg.predict_ep, cfg.link_bandwidth,
@@ -341,6 +405,14 @@ def format_table(record: dict) -> str:
         lines.append(f"{r['model']:<10} {r['experts']:>3} {r['top_k']:>2} {r['tokens']:>6} "
                      f"{m['dense_equivalent']:>8.4f} {m['moe_dropless']:>8.4f} {m['onehot_capacity']:>9.4f} "
                      f"{r['moe_over_dense']:>9.2f} {r['onehot_over_moe']:>10.2f}")
+    for r in record["rows"]:
+        more = "  ".join(f"{n[:-len('_over_dense')]} {r[n]:.2f}" for n in r
+                         if n.startswith("moe_") and n.endswith("_over_dense") and n != "moe_over_dense")
+        if more:
+            lines.append(f"{r['model']:<10} layer / dense by impl: {more}  |  fastest {r['fastest_dropless']}, "
+                         f"impl resolves to {r['impl_resolves_to']}")
+        for v, err in r.get("errors", {}).items():
+            lines.append(f"{r['model']:<10} {v} FAILED: {err}")
     if record["grouped_gemm"]:
         lines.append("\ngrouped GEMM only (expert SwiGLU on sorted rows), fwd+bwd median s:")
         for r in record["grouped_gemm"]:
@@ -348,6 +420,8 @@ def format_table(record: dict) -> str:
             ratios = "  ".join(f"{n} {r[n]:.2f}" for n in r
                                if n.endswith("_over_dense") or n.endswith("_over_ragged_dot"))
             lines.append(f"{r['model']:<10} {cells}  |  {ratios}")
+            for v, err in r.get("errors", {}).items():
+                lines.append(f"{r['model']:<10} grouped {v} FAILED: {err}")
     overlap = record["overlap"]
     if isinstance(overlap, str):
         lines.append(f"\n{overlap}")

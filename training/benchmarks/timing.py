@@ -29,6 +29,19 @@ def timed_call(fn: Callable, *args) -> float:
     return time.perf_counter() - t0
 
 
+def compile_variants(variants: dict) -> tuple[dict, dict]:
+    """Each jitted variant ``{name: (fn, args)}`` compiled ahead for its arguments: ``(compiled variants,
+    {name: first line of the error}`` for those that failed to lower or compile, so one kernel that does not
+    build on a backend costs its own figure, not the whole benchmark)."""
+    ok, errors = {}, {}
+    for name, (fn, args) in variants.items():
+        try:
+            ok[name] = (fn.lower(*args).compile(), args)
+        except Exception as e:  # noqa: BLE001 (any lowering/compile error is reported, not raised)
+            errors[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e).strip() else ''}"
+    return ok, errors
+
+
 def time_variants(variants: dict, repeats: int) -> tuple[dict, dict]:
     """Medians (and all times) of each variant's call ``fn(*args)`` (``variants = {name: (fn, args)}``);
     compilation and one warm-up call excluded, the variants interleaved within each repeat."""
