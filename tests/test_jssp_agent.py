@@ -282,3 +282,14 @@ def test_eval_cli_writes_validated_records(tmp_path):
     inst = instances.read_instance(d / "a.txt")
     assert validate.check_schedule(inst.machines, inst.durations, record["start_times"]) == record["makespan"]
     assert "4x3" in out.stdout
+
+
+def test_best_of_skips_unfinished_schedules_in_the_arrays_own_int_type():
+    """An unfinished sample (a start < 0) never wins, whatever its makespan; the sentinel stays in the
+    arrays' int32 (NumPy 2.5 on the H200 refused an int64 sentinel beside int32 makespans)."""
+    import types
+
+    start = np.array([[[0, 1]], [[0, -1]], [[0, 2]]], np.int32)          # sample 1 unfinished
+    job_ready = np.array([[7, 9], [3, 4], [8, 6]], np.int32)             # makespans 9, 4, 8
+    cmax, best_start = agent.best_of(types.SimpleNamespace(start=start, job_ready=job_ready))
+    assert cmax == 8 and best_start.tolist() == [[0, 2]]

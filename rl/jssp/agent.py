@@ -418,7 +418,7 @@ def best_of(states: env.State) -> tuple[int, np.ndarray]:
     """(makespan, start times) of the best finished schedule of a batch of final states."""
     start = np.asarray(states.start)
     cmax = np.asarray(states.job_ready).max(-1)
-    cmax = np.where((start >= 0).all((-1, -2)), cmax, np.iinfo(np.int64).max)
+    cmax = np.where((start >= 0).all((-1, -2)), cmax, np.iinfo(cmax.dtype).max)  # NumPy 2.5 refuses a wider int
     i = int(np.argmin(cmax))
     return int(cmax[i]), start[i]
 
