@@ -38,7 +38,7 @@ import shutil
 import signal
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
@@ -127,6 +127,23 @@ def _ensure_writable(directory: pathlib.Path) -> None:
         raise ValueError(f"checkpoint directory {str(directory)!r} is not writable: {e}") from None
 
 
+def multiprocess_options() -> dict:
+    """Orbax options for a run of several processes: every barrier through the coordination service's
+    key-value store, none through a device collective.
+
+    By default Orbax synchronises the processes with ``multihost_utils.sync_global_devices``, a jitted psum
+    over every device. Its async save issues that barrier from Orbax's background thread, where it can
+    interleave with the training step's own collectives in a different order on each process: with gloo on
+    CPU both processes then wait in different collectives for ever (seen: 5 of 6 two-process runs saving
+    every 50 steps stopped after a save). Naming the active processes makes Orbax use the distributed
+    client's barrier (with a timeout) instead; Orbax then leaves the directory's creation to the caller
+    (:func:`_ensure_writable` makes it)."""
+    if jax.process_count() < 2:
+        return {}
+    return {"create": False, "multiprocessing_options": ocp.options.MultiprocessingOptions(
+        active_processes=set(range(jax.process_count())))}
+
+
 class Checkpointer:
     """Saves and restores ``(state pytree, JSON meta)`` steps under ``directory``; see the module doc."""
 
@@ -144,9 +161,9 @@ class Checkpointer:
         _ensure_writable(self.directory)
         if jax.process_index() == 0:
             remove_temporary_dirs(self.directory)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-            enable_async_checkpointing=(mode != "sync"))
+        options = ocp.CheckpointManagerOptions(**{
+            "max_to_keep": keep, "create": True, "cleanup_tmp_directories": True,
+            "enable_async_checkpointing": mode != "sync", **multiprocess_options()})
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
             STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()})
         self._executor = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lazy-ckpt")
@@ -476,24 +493,74 @@ def check_resume_config(saved: dict, given: dict, directory, ignore: Iterable[st
 
 class PreemptionGuard:
     """Context manager turning SIGTERM and SIGINT (Ctrl-C) into a flag (``requested``) that the training
-    loop polls: the loop checkpoints and ends cleanly instead of losing the steps since the last save."""
+    loop polls: the loop checkpoints and ends cleanly instead of losing the steps since the last save.
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
+    Python runs signal handlers only when the main thread returns to the interpreter, so a step stuck inside
+    XLA (a stalled collective) would never see the flag. With ``on_stalled`` given, a watcher thread learns of
+    each signal through :func:`signal.set_wakeup_fd` (written by the C-level handler even then) and, if the
+    Python handler has not run within ``stall_grace_s``, calls ``on_stalled(message)`` (which ends the
+    process). A second signal while the first is being served ends the run at once the same way.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT), *,
+                 on_stalled: Callable[[str], None] | None = None, stall_grace_s: float = 60.0):
         self.signals = signals
         self.requested = False
+        self.on_stalled, self.stall_grace_s = on_stalled, stall_grace_s
         self._previous: dict[int, Any] = {}
+        self._served = threading.Event()
+        self._pipe: tuple[int, int] | None = None
+        self._previous_wakeup = -1
+        self._watcher: threading.Thread | None = None
 
     def _handler(self, signum, frame):  # noqa: ARG002
+        if self.requested and self.on_stalled is not None:
+            self.on_stalled(f"received signal {signum} a second time while finishing: stopping at once; the last "
+                            "complete checkpoint is intact")
+            return
         logging.warning("received signal %d: will checkpoint and exit", signum)
         self.requested = True
+        self._served.set()
+
+    def _watch(self, read_fd: int) -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            got = [b for b in data if b in self.signals]
+            if got and not self._served.wait(self.stall_grace_s) and self._pipe is not None:
+                self.on_stalled(f"received signal {got[0]} but the training loop did not answer within "
+                                f"{self.stall_grace_s:.0f} s (a step or collective is stalled): stopping without a "
+                                "final checkpoint; the last complete checkpoint is intact")
+                return
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handler)
+            if self.on_stalled is not None:
+                read_fd, write_fd = os.pipe()
+                os.set_blocking(write_fd, False)
+                self._pipe = (read_fd, write_fd)
+                self._previous_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+                self._watcher = threading.Thread(target=self._watch, args=(read_fd,), name="jaxsys-signal-watch",
+                                                 daemon=True)
+                self._watcher.start()
         return self
 
     def __exit__(self, *exc):
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            read_fd, write_fd = self._pipe
+            self._pipe = None
+            self._served.set()          # a watcher waiting out its grace stops waiting
+            os.close(write_fd)          # ... and its read returns end-of-file
+            if self._watcher is not None:
+                self._watcher.join(timeout=5)
+            os.close(read_fd)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()

@@ -119,3 +119,24 @@ def to_host(x) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def host_mean(x, key: str, timeout_s: float = 60.0) -> float:
+    """The mean of a global array's elements, on every process, WITHOUT a device collective: each process
+    sums the distinct shards it holds and the (sum, count) pairs meet in ``jax.distributed``'s key-value
+    store under ``key`` (unique per call, the same on every process). For readouts (a logged loss) while a
+    collective runs in another thread: a second collective over the same devices would share its
+    communicator. One process: ``np.mean`` of the whole array."""
+    if jax.process_count() == 1 or getattr(x, "is_fully_addressable", True):
+        return float(np.mean(to_host(x)))
+    from jax._src import distributed
+
+    shards = {str(s.index): np.asarray(s.data) for s in x.addressable_shards}.values()
+    local_sum, local_count = float(sum(np.sum(s, dtype=np.float64) for s in shards)), sum(s.size for s in shards)
+    client = distributed.global_state.client
+    client.key_value_set(f"{key}/{jax.process_index()}", f"{local_sum!r} {local_count}")
+    total, count = 0.0, 0
+    for process in range(jax.process_count()):
+        s, n = client.blocking_key_value_get(f"{key}/{process}", int(timeout_s * 1000)).split()
+        total, count = total + float(s), count + int(n)
+    return total / count

@@ -300,3 +300,30 @@ def test_a_diverged_worker_stops_the_run_naming_it(devices, precision):
     with pytest.raises(diloco.NonFiniteOuterGradient, match=r"worker\(s\) \[1\] .* inner step 6, fragment 1"):
         for t in range(4, 7):
             state, _ = trainer.step(state, jax.device_put(data[t % 4], trainer.batch_sharding), t)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp4"])
+def test_syncs_from_the_background_thread_equal_inline_syncs_bit_for_bit(devices, precision):
+    """sync_dispatch="thread" (a fragment's sync runs beside the next τ inner steps and is folded in at its
+    merge) changes when work runs, not what it computes: parameters, θ and outer states equal the inline
+    run bit for bit wherever the run settles (a checkpoint or evaluation, mid-window included) and at the end."""
+    cfg = diloco.DiLoCoConfig(algo="streaming", workers=2, inner_steps=4, fragments=2, overlap_tau=1, alpha=0.6,
+                              outer_precision=precision)
+    params, data = init_params(), batches(9)
+    runs = {}
+    for dispatch in ("inline", "thread"):
+        trainer = diloco.DiLoCo(cfg, loss_fn, optax.adam(LR), diloco.make_worker_mesh(2), params.keys(),
+                                sync_dispatch=dispatch)
+        assert trainer.sync_dispatch == dispatch
+        state, seen, in_flight = trainer.init(params), [], []
+        for t, batch in enumerate(data, start=1):
+            state, _ = trainer.step(state, jax.device_put(batch, trainer.batch_sharding), t)
+            in_flight.append(trainer.syncs_in_flight)
+            if t % 3 == 0 or t == len(data):
+                state = trainer.settle(state)
+                seen.append(jax.tree.map(np.asarray, state))
+        trainer.close()
+        runs[dispatch] = seen, in_flight
+    assert any(runs["thread"][1]) and not any(runs["inline"][1])   # syncs were in flight across steps
+    for a, b in zip(runs["inline"][0], runs["thread"][0]):
+        jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -38,6 +38,9 @@ class TrainDiLoCoConfig(run_lib.RunConfig, lm.LMSetup):
 
     backend: shard_map (default) or pmap (one device per worker).
     stop_after: Stop (checkpointed, resumable) after this step; 0: run to steps.
+    sync_dispatch: auto (a background thread issues the outer syncs where the workers span processes and
+      overlap_tau >= 1, so they travel while the next inner steps compute), inline or thread.
+    timeline: Write timeline.<process>.jsonl: each inner step's and each sync's start and end (monotonic s).
     """
     batch_size: int = 16
     steps: int = 1200
@@ -49,6 +52,8 @@ class TrainDiLoCoConfig(run_lib.RunConfig, lm.LMSetup):
     diloco: diloco.DiLoCoConfig = group(lambda: diloco.DiLoCoConfig(inner_steps=60))
     backend: str = "shard_map"
     stop_after: int = 0
+    sync_dispatch: str = "auto"
+    timeline: bool = False
 
     def __post_init__(self):
         run_lib.RunConfig.__post_init__(self)
@@ -59,6 +64,8 @@ class TrainDiLoCoConfig(run_lib.RunConfig, lm.LMSetup):
                              "train_diloco's inner steps take no random key, so dropout must be 0")
         if self.backend not in diloco.BACKENDS:
             raise ValueError(f"backend={self.backend!r}; allowed: {', '.join(diloco.BACKENDS)}")
+        if self.sync_dispatch not in diloco.SYNC_DISPATCH:
+            raise ValueError(f"sync_dispatch={self.sync_dispatch!r}; allowed: {', '.join(diloco.SYNC_DISPATCH)}")
         d = self.diloco
         if d.algo == "streaming" and d.fragments > self.model.num_layers:
             raise ValueError(f"fragments={d.fragments} exceeds num_layers={self.model.num_layers} "
@@ -68,7 +75,7 @@ class TrainDiLoCoConfig(run_lib.RunConfig, lm.LMSetup):
 
 
 # Settings that may change on resumption (besides RunConfig's).
-RESUME_IGNORE = ("log_every", "stop_after", "attention", "remat")
+RESUME_IGNORE = ("log_every", "stop_after", "attention", "remat", "sync_dispatch", "timeline")
 
 
 def _byte_row(counter: comm_sim.ByteCounter) -> dict:
@@ -91,12 +98,33 @@ def init_params(model: DecoderLM, seq_len: int, seed: int) -> dict:
         jax.random.PRNGKey(seed))
 
 
-def make_trainer(cfg: TrainDiLoCoConfig, model: DecoderLM, mesh, params) -> diloco.DiLoCo:
+def make_trainer(cfg: TrainDiLoCoConfig, model: DecoderLM, mesh, params, timeline=None) -> diloco.DiLoCo:
     """The DiLoCo trainer of ``cfg``: the LM's loss and inner optimiser, one fragment key per top-level
-    parameter group."""
+    parameter group; ``timeline(event)`` receives its step and sync intervals."""
     loss_fn = lambda p, b: lm.next_token_loss(model, p, b)  # noqa: E731
     return diloco.DiLoCo(cfg.diloco, loss_fn, lm.make_optimizer(cfg.optim, cfg.steps), mesh, list(params.keys()),
-                         backend=cfg.backend)
+                         backend=cfg.backend, sync_dispatch=cfg.sync_dispatch, timeline=timeline)
+
+
+class TimelineWriter:
+    """Appends the trainer's events to ``timeline.<process>.jsonl`` (one JSON object per line, with the
+    process index; the sync thread and the loop both write, hence the lock). A resumed run appends."""
+
+    def __init__(self, path: pathlib.Path):
+        import threading
+
+        self.path, self._lock = path, threading.Lock()
+        self._file = open(path, "a")
+
+    def __call__(self, event: dict) -> None:
+        line = json.dumps({"process": jax.process_index(), **event}) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
 
 
 def check_devices(cfg: TrainDiLoCoConfig) -> None:
@@ -116,7 +144,8 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
 
     model = DecoderLM(cfg.model)
     params = init_params(model, cfg.seq_len, cfg.seed)
-    trainer = make_trainer(cfg, model, mesh, params)
+    timeline = TimelineWriter(workdir / f"timeline.{jax.process_index()}.jsonl") if cfg.timeline else None
+    trainer = make_trainer(cfg, model, mesh, params, timeline)
     shapes = trainer.fragment_shapes(params)
     state = trainer.init(params)
     run = run_lib.open_run(cfg, workdir, ckpt_lib.abstract_like(state), resume_ignore=RESUME_IGNORE)
@@ -128,6 +157,8 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
     n_params = sum(x.size for x in jax.tree.leaves(params))
 
     def save(step):
+        nonlocal state
+        state = trainer.settle(state)  # a sync in flight is part of the state
         meta = run.meta(data={"seed": cfg.seed, "position": step}, bytes=counter.as_dict())
         return run.checkpointer.save(step, state, meta)
 
@@ -147,16 +178,23 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
         counter.add_step(trainer.step_bytes(step, shapes), syncs=len(trainer.events(step)[0]))
         row = {}
         if step % cfg.log_every == 0 or step == cfg.steps:
-            row.update(loss=float(np.mean(mesh_lib.to_host(losses))), **_byte_row(counter))
+            # no device collective while a sync may be in flight in the sync thread
+            row.update(loss=mesh_lib.host_mean(losses, f"jaxsys/diloco/loss/{step}"), **_byte_row(counter))
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            state = trainer.settle(state)
             last_eval = lm.evaluate(eval_loss, trainer.eval_params(state), eval_data, mesh_for_eval(mesh))
             row.update(last_eval)
         return row
 
     last_step = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
-    end = run.loop(one_step, save, last_step=last_step, total_steps=cfg.steps,
-                   progress_keys=("loss", "val_loss"),
-                   rate_column=False)  # metrics rows stay identical between a straight and a resumed run
+    try:
+        end = run.loop(one_step, save, last_step=last_step, total_steps=cfg.steps,
+                       progress_keys=("loss", "val_loss"),
+                       rate_column=False)  # metrics rows stay identical between a straight and a resumed run
+    finally:
+        trainer.close()
+        if timeline is not None:
+            timeline.close()
     preempted = end.preempted or end.step < cfg.steps
     summary = {"step": end.step, "preempted": preempted, "wall_time_s": end.wall_s, "algo": dcfg.algo,
                "workers": dcfg.workers, "inner_steps": dcfg.inner_steps if dcfg.algo != "dp" else 1,

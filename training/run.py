@@ -48,6 +48,10 @@ class RunConfig:
     checkpoint_mode: lazy (the save goes to a background thread; the device-to-host copy overlaps the next
       step), async (plain Orbax async) or sync (blocking save).
     overwrite: Start afresh in a workdir whose checkpoints were made with another config.
+    peer_timeout_s: Multihost: a process whose heartbeat is silent this many seconds is lost, and every other
+      process exits with one line naming it (training/watchdog.py).
+    stall_timeout_s: Multihost: exit with one line when no step finishes for this many seconds (a stalled
+      collective; the first step, which compiles, gets 3x; 0: never).
     """
     workdir: str = ""
     seed: int = 0
@@ -59,9 +63,16 @@ class RunConfig:
     keep_checkpoints: int = 2
     checkpoint_mode: str = "lazy"
     overwrite: bool = False
+    peer_timeout_s: float = 20.0
+    stall_timeout_s: float = 600.0
 
     def __post_init__(self):
         from parallel.checkpoint import validate_options
+
+        for name, low in (("peer_timeout_s", 2.0), ("stall_timeout_s", 0.0)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
+                raise ValueError(f"{name}={value!r} must be a number >= {low:g}")
 
         require_positive(self, "checkpoint_every", "num_processes", "process_id",
                          allow_zero=("checkpoint_every", "num_processes", "process_id"))
@@ -84,7 +95,7 @@ class TrainState:
 
 # Settings that may change between a run and its resumption without changing the trajectory.
 RUN_RESUME_IGNORE = ("workdir", "overwrite", "multihost", "coordinator_address", "num_processes", "process_id",
-                     "checkpoint_every", "keep_checkpoints", "checkpoint_mode")
+                     "checkpoint_every", "keep_checkpoints", "checkpoint_mode", "peer_timeout_s", "stall_timeout_s")
 
 
 def require_positive(config, *names: str, allow_zero: Iterable[str] = ()) -> None:
@@ -274,7 +285,7 @@ class LoopEnd:
 def run_checkpointed_steps(start_step: int, last_step: int, one_step, *, save, checkpointer,
                            checkpoint_every: int, total_steps: int, metrics: MetricsWriter,
                            progress: Progress, progress_keys: Iterable[str] | None = None,
-                           rate_column: bool = True) -> LoopEnd:
+                           rate_column: bool = True, watchdog=None) -> LoopEnd:
     """The step loop every training experiment shares.
 
     ``one_step(step) -> row`` runs steps ``start_step + 1 .. last_step``; a non-empty row is written to
@@ -283,17 +294,25 @@ def run_checkpointed_steps(start_step: int, last_step: int, one_step, *, save, c
     steps (not at ``total_steps``) and then for the last step run unless it was just saved. SIGTERM/SIGINT
     (:class:`parallel.checkpoint.PreemptionGuard`) or the checkpointer's preemption notice end the loop
     early, checkpointed; the checkpointer is closed (its background writes finished) before returning,
-    also when a step or a save raises (the error then reaches the caller unchanged).
+    also when a step or a save raises (the error then reaches the caller unchanged). ``watchdog``
+    (:class:`training.watchdog.Watchdog`, multi-process runs) watches the peers and the loop's progress
+    from the first step to the checkpointer's close.
     """
+    import contextlib
+
     from parallel import checkpoint as ckpt_lib
 
     keys = None if progress_keys is None else set(progress_keys)
     wall_start = time.perf_counter()
     preempted, last_saved, step, blocked = False, start_step, start_step, 0.0
-    with ckpt_lib.PreemptionGuard() as guard:
+    noted = watchdog.progress if watchdog is not None else (lambda step: None)
+    from training.watchdog import exit_with_line
+
+    with ckpt_lib.PreemptionGuard(on_stalled=exit_with_line) as guard, (watchdog or contextlib.nullcontext()):
         try:
             for step in range(start_step + 1, last_step + 1):
                 row = one_step(step)
+                noted(step)
                 if row:
                     rate = {"steps_per_sec": progress.steps_per_sec(step)} if rate_column else {}
                     metrics.write({"step": step, **row, **rate})
@@ -301,16 +320,35 @@ def run_checkpointed_steps(start_step: int, last_step: int, one_step, *, save, c
                 if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
                     blocked += save(step)
                     last_saved = step
+                    noted(step)
                 if guard.requested or checkpointer.reached_preemption(step):
                     preempted = True
                     break
             if step != last_saved:
                 blocked += save(step)
+                noted(step)
         except BaseException:
             checkpointer.abort()  # background writes end before the error reaches the user
             raise
         checkpointer.close()
     return LoopEnd(step, preempted, time.perf_counter() - wall_start, blocked)
+
+
+def make_watchdog(cfg: RunConfig, checkpoint_dir: pathlib.Path):
+    """The :class:`training.watchdog.Watchdog` of a multi-process run (None for one process)."""
+    import jax
+
+    from training import watchdog as watchdog_lib
+
+    if not cfg.multihost or jax.process_count() < 2:
+        return None
+    stall = cfg.stall_timeout_s
+    wd_cfg = watchdog_lib.WatchdogConfig(beat_s=min(1.0, cfg.peer_timeout_s / 4), lost_after_s=cfg.peer_timeout_s,
+                                         stall_after_s=stall, first_stall_after_s=3 * stall)
+    hint = (f"Rerun the same command on every process to resume from the last complete checkpoint under "
+            f"{checkpoint_dir}")
+    return watchdog_lib.Watchdog(watchdog_lib.DistributedStore(), jax.process_index(), jax.process_count(), wd_cfg,
+                                 resume_hint=lambda: hint)
 
 
 def plot_curves(path: pathlib.Path, rows: list[dict], keys: Iterable[str], title: str,
@@ -406,7 +444,8 @@ class Run:
         return run_checkpointed_steps(
             self.start_step, last_step, one_step, save=save, checkpointer=self.checkpointer,
             checkpoint_every=self.cfg.checkpoint_every, total_steps=total_steps, metrics=self.metrics,
-            progress=Progress(total_steps, self.start_step), progress_keys=progress_keys, rate_column=rate_column)
+            progress=Progress(total_steps, self.start_step), progress_keys=progress_keys, rate_column=rate_column,
+            watchdog=make_watchdog(self.cfg, self.workdir / "checkpoints"))
 
     def finish(self, summary: dict, curves: Iterable[tuple[str, tuple[str, ...], str, str]] = (),
                done: str = "done") -> dict:
