@@ -565,7 +565,7 @@ def run(cfg: BenchDiLoCoLinkConfig) -> dict:
                 record["rows"] = [r for r in record["rows"] if r.get("key") != row.key] + [result]
                 _write(cfg, record, layout, out_path)
     except workers.Terminated as e:
-        logging.warning("%s: stopped; the namespace is removed, %d rows are in %s (a rerun continues)", e,
+        logging.warning("%s: stopped; the namespace is removed, %d finished rows are in %s (a rerun continues)", e,
                         sum(r.get("status") == "ok" for r in record["rows"]), out_path)
         raise SystemExit(128 + e.signum) from None
     _write(cfg, record, layout, out_path)
