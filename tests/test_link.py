@@ -416,9 +416,13 @@ def test_finished_rows_are_skipped_only_with_the_same_flags():
 
     cfg = _cfg(processes="2")
     row = cfg.plan()[1]
-    flags = diloco_link.flag_list(cfg.row_settings(row))
-    record = {"rows": [{"key": row.key, "status": "ok", "devices": 2, "flags": flags + ["--timeline=true"]}]}
+    flags = diloco_link.flag_list(diloco_link.run_settings(cfg, row))
+    record = {"rows": [{"key": row.key, "status": "ok", "devices": 2, "flags": flags}]}
     assert diloco_link.finished(record, cfg, row)
+    has_timeline = diloco_link._trainer_has_timeline()
+    record["rows"][0]["flags"] = [f for f in flags if not f.startswith("--timeline")]
+    assert diloco_link.finished(record, cfg, row) is not has_timeline  # run again once timelines exist
+    record["rows"][0]["flags"] = flags
     assert not diloco_link.finished(record, _cfg(processes="2", steps=150), row)
     assert not diloco_link.finished(record, _cfg(processes="2", devices=4), row)
     record["rows"][0]["status"] = "timeout"

@@ -349,9 +349,7 @@ def worker_commands(link: netns.Link, run_dir: pathlib.Path, settings: dict, m: 
 def run_row(cfg: BenchDiLoCoLinkConfig, row: RowSpec, name: str) -> dict:
     """Runs one row in a namespace made for it (removed on every exit path); its raw measurements."""
     train_cfg = cfg.train_config(row)
-    settings = cfg.row_settings(row)
-    if _trainer_has_timeline():
-        settings["timeline"] = True
+    settings = run_settings(cfg, row)
     run_dir = pathlib.Path(cfg.workdir).expanduser().resolve() / "runs" / row.key
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished earlier try: start the row afresh
@@ -506,12 +504,21 @@ def load_record(path: pathlib.Path) -> dict:
 
 
 def finished(record: dict, cfg: BenchDiLoCoLinkConfig, row: RowSpec) -> bool:
-    """True if ``record`` holds this row, finished (status ok), run with the same flags and devices."""
-    settings = cfg.row_settings(row)
+    """True if ``record`` holds this row, finished (status ok), run with the same flags and devices
+    (:func:`run_settings`)."""
     for r in record["rows"]:
         if r.get("key") == row.key and r.get("status") == "ok" and r.get("devices") == cfg.devices_for(row.processes):
-            return [f for f in r.get("flags", []) if not f.startswith("--timeline")] == flag_list(settings)
+            return r.get("flags") == flag_list(run_settings(cfg, row))
     return False
+
+
+def run_settings(cfg: BenchDiLoCoLinkConfig, row: RowSpec) -> dict[str, Any]:
+    """The row's settings as run: with ``timeline`` once train_diloco has that setting (so rows run before
+    it existed are run again, with timelines)."""
+    settings = cfg.row_settings(row)
+    if _trainer_has_timeline():
+        settings["timeline"] = True
+    return settings
 
 
 def plan_table(cfg: BenchDiLoCoLinkConfig) -> list[dict]:
