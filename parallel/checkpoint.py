@@ -455,7 +455,11 @@ def read_latest_raw(directory) -> tuple[int, Any]:
     ck = Checkpointer(directory, keep=2, mode="sync")
     try:
         step = ck.latest_step()
-        tree = ck._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(None)))["state"]
+        # onto this process's first device: the saving run's mesh (other processes, other devices) may not exist
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                              ck._manager.item_metadata(step)["state"])
+        tree = ck._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     finally:
         ck.close()
     return step, jax.tree.map(np.asarray, tree)

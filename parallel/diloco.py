@@ -322,8 +322,9 @@ class DiLoCo:
                  timeline: Callable[[dict], None] | None = None):
         """``sync_dispatch``: inline (a sync runs when due, blocking the loop), thread (from a background
         thread, folded in at its merge) or auto (thread where the mesh spans processes and τ ≥ 1).
-        ``timeline(event)``: called with ``{"kind": "inner" | "sync", "step", "fragment", "start", "end"}``
-        (monotonic seconds) for each inner step and each sync."""
+        ``timeline(event)``: called with ``{"kind": "compute" | "sync", "step", "fragment", "start", "end"}``
+        (monotonic seconds) for each inner step (until its losses are ready) and each sync (until its
+        result is on the host)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}; allowed: {', '.join(BACKENDS)}")
         if sync_dispatch not in SYNC_DISPATCH:
@@ -493,7 +494,8 @@ class DiLoCo:
         start = time.monotonic()
         state, losses = self.inner_step(state, batch, donate)
         if self.timeline is not None:
-            self.timeline({"kind": "inner", "step": t, "start": start, "end": time.monotonic()})
+            jax.block_until_ready(losses)
+            self.timeline({"kind": "compute", "step": t, "start": start, "end": time.monotonic()})
         syncs, merges = self.events(t)
         for p in syncs:
             state = self._start_sync(state, p, t)

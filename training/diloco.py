@@ -13,6 +13,7 @@ finished runs against the data-parallel one.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +30,7 @@ from parallel import comm_sim, diloco
 from parallel import mesh as mesh_lib
 from training import lm
 from training import run as run_lib
+from training.link import timeline as link_timeline
 from training.config import group
 
 
@@ -40,7 +42,8 @@ class TrainDiLoCoConfig(run_lib.RunConfig, lm.LMSetup):
     stop_after: Stop (checkpointed, resumable) after this step; 0: run to steps.
     sync_dispatch: auto (a background thread issues the outer syncs where the workers span processes and
       overlap_tau >= 1, so they travel while the next inner steps compute), inline or thread.
-    timeline: Write timeline.<process>.jsonl: each inner step's and each sync's start and end (monotonic s).
+    timeline: Write timeline.<process>.jsonl (training/link/timeline.py): each inner step's, sync's, evaluation's
+      and save's start and end (monotonic seconds).
     """
     batch_size: int = 16
     steps: int = 1200
@@ -106,27 +109,6 @@ def make_trainer(cfg: TrainDiLoCoConfig, model: DecoderLM, mesh, params, timelin
                          backend=cfg.backend, sync_dispatch=cfg.sync_dispatch, timeline=timeline)
 
 
-class TimelineWriter:
-    """Appends the trainer's events to ``timeline.<process>.jsonl`` (one JSON object per line, with the
-    process index; the sync thread and the loop both write, hence the lock). A resumed run appends."""
-
-    def __init__(self, path: pathlib.Path):
-        import threading
-
-        self.path, self._lock = path, threading.Lock()
-        self._file = open(path, "a")
-
-    def __call__(self, event: dict) -> None:
-        line = json.dumps({"process": jax.process_index(), **event}) + "\n"
-        with self._lock:
-            self._file.write(line)
-            self._file.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            self._file.close()
-
-
 def check_devices(cfg: TrainDiLoCoConfig) -> None:
     """``workers`` divides the devices and the batch splits over ``workers x data`` (ValueError if not)."""
     lm.for_platform(cfg.model)  # a dtype or attention kernel this platform lacks fails before any work
@@ -144,8 +126,10 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
 
     model = DecoderLM(cfg.model)
     params = init_params(model, cfg.seq_len, cfg.seed)
-    timeline = TimelineWriter(workdir / f"timeline.{jax.process_index()}.jsonl") if cfg.timeline else None
-    trainer = make_trainer(cfg, model, mesh, params, timeline)
+    timeline = (link_timeline.TimelineWriter.for_run(workdir, jax.process_index()) if cfg.timeline else None)
+    trainer = make_trainer(cfg, model, mesh, params, None if timeline is None else (
+        lambda e: timeline.record(e["kind"], e["start"], e["end"], step=e["step"], fragment=e.get("fragment"))))
+    span = timeline.span if timeline is not None else (lambda kind, **fields: contextlib.nullcontext())
     shapes = trainer.fragment_shapes(params)
     state = trainer.init(params)
     run = run_lib.open_run(cfg, workdir, ckpt_lib.abstract_like(state), resume_ignore=RESUME_IGNORE)
@@ -158,9 +142,10 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
 
     def save(step):
         nonlocal state
-        state = trainer.settle(state)  # a sync in flight is part of the state
-        meta = run.meta(data={"seed": cfg.seed, "position": step}, bytes=counter.as_dict())
-        return run.checkpointer.save(step, state, meta)
+        with span("save", step=step):
+            state = trainer.settle(state)  # a sync in flight is part of the state
+            meta = run.meta(data={"seed": cfg.seed, "position": step}, bytes=counter.as_dict())
+            return run.checkpointer.save(step, state, meta)
 
     logging.info("%s %s, M=%d, H=%d, P=%d, tau=%d, %s outer gradients, mesh %s, %d parameters, fragments %s",
                  "resumed at step %d:" % run.start_step if run.restored else "from scratch:", dcfg.algo,
@@ -181,8 +166,9 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
             # no device collective while a sync may be in flight in the sync thread
             row.update(loss=mesh_lib.host_mean(losses, f"jaxsys/diloco/loss/{step}"), **_byte_row(counter))
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            state = trainer.settle(state)
-            last_eval = lm.evaluate(eval_loss, trainer.eval_params(state), eval_data, mesh_for_eval(mesh))
+            with span("eval", step=step):
+                state = trainer.settle(state)
+                last_eval = lm.evaluate(eval_loss, trainer.eval_params(state), eval_data, mesh_for_eval(mesh))
             row.update(last_eval)
         return row
 
