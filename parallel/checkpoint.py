@@ -150,13 +150,8 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, *, keep: int = 2, mode: str = "lazy"):
         validate_options(keep, mode)
         self.directory = pathlib.Path(directory).expanduser().resolve()
-        if mode == "lazy" and jax.process_count() > 1:
-            # Orbax's save synchronises the processes with a collective; from the lazy background thread it
-            # would interleave with the training step's collectives in a different order on each process
-            # and deadlock (seen with gloo on CPU). Orbax's own async save keeps that barrier on this thread.
-            logging.warning("checkpoint_mode=lazy is single-process only: using async on %d processes",
-                            jax.process_count())
-            mode = "async"
+        # On several processes Orbax's barriers go through the coordination service (multiprocess_options),
+        # so the lazy background thread may save: no device collective leaves the main thread.
         self.mode = mode
         _ensure_writable(self.directory)
         if jax.process_index() == 0:

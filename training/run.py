@@ -176,6 +176,28 @@ def machine_info() -> dict:
             "platform": platform.platform(), "jax": jax.__version__}
 
 
+def provenance(command: str) -> dict:
+    """What every results file records about how it was made: the command, the commit (with "(with local
+    changes)" when the tree differs from it), the UTC date and the machine (with its load average)."""
+    import datetime
+    import subprocess
+
+    repo = pathlib.Path(__file__).resolve().parent.parent
+
+    def git(*args) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"command": command,
+            "commit": (git("rev-parse", "--short", "HEAD") or "unknown") + (" (with local changes)" if dirty else ""),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {**machine_info(), "load_average": [round(x, 2) for x in os.getloadavg()]}}
+
+
 def maybe_initialize_distributed(cfg: RunConfig) -> None:
     """``jax.distributed.initialize`` for a multihost run (explicit coordinator settings, or the cluster's own
     environment when they are empty); on CPU the cross-process collectives go through gloo."""

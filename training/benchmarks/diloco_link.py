@@ -475,20 +475,8 @@ def _measured(r: dict) -> tuple[float | None, str]:
 
 
 # ----------------------------------------------------------------------------- the sweep
-def _git(*args) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
 def provenance(cfg: BenchDiLoCoLinkConfig) -> dict:
-    dirty = bool(_git("status", "--porcelain"))
-    return {"command": run_lib.command_line("scripts.bench_diloco_link", cfg, skip=()),
-            "commit": (_git("rev-parse", "--short", "HEAD") or "unknown") + (" (with local changes)" if dirty else ""),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {**run_lib.machine_info(), "load_average": os.getloadavg()}}
+    return run_lib.provenance(run_lib.command_line("scripts.bench_diloco_link", cfg, skip=()))
 
 
 def load_record(path: pathlib.Path) -> dict:
