@@ -6,8 +6,9 @@ Two parts:
   cross-worker collective (an all-reduce of FP32 gradients or outer gradients, or an all-gather of encoded
   low-precision ones, see parallel/quantize.py); ``wire`` bytes are what a bandwidth-optimal ring moves
   per participant: ``2 (M-1)/M · payload`` for an all-reduce, ``(M-1) · payload`` for an all-gather
-  (Patarasuk & Yuan 2009). tests/test_comm_sim.py checks the payloads against the operands of the
-  collectives in the compiled HLO. Every method is counted over the same link, **between the M workers**
+  (Patarasuk & Yuan 2009). Payloads are exact (:func:`parallel.quantize.payload_nbytes`: packed codes, their
+  scales, top-k indices at their integer width); tests/test_comm_sim.py checks them against the operands of
+  the collectives in the compiled HLO. Every method is counted over the same link, **between the M workers**
   (the slow link DiLoCo is about: data-parallel all-reduces its gradients across the M worker groups every
   step, 2 (M-1)/M of their bytes), and separately over the **whole mesh** (every device's ring traffic,
   including the gradient all-reduce inside a worker).
@@ -35,8 +36,9 @@ BITS_PER_BYTE = 8
 
 # ----------------------------------------------------------------------------- byte accounting
 def collective_kind(codec: quantize.Codec) -> str:
-    """FP32 outer gradients are all-reduced; encoded ones are all-gathered and summed in FP32."""
-    return "all-reduce" if codec.precision == "fp32" else "all-gather"
+    """Dense FP32 outer gradients are all-reduced; encoded or top-k sparsified ones (each worker keeps other
+    entries) are all-gathered and summed in FP32."""
+    return "all-reduce" if codec.lossless else "all-gather"
 
 
 def wire_bytes(payload: int, kind: str, workers: int) -> float:
