@@ -98,6 +98,14 @@ CASES = [
     Case("train_diloco", "bad_algo", ("--workdir={row}/w", "--algo=bogus"), "--algo='bogus'", slow=True),
     Case("train_diloco", "bad_outer_precision", ("--workdir={row}/w", "--outer_precision=fp3"),
          "--outer_precision='fp3'", slow=True),
+    Case("train_diloco", "topk_fraction_zero", ("--workdir={row}/w", "--topk_fraction=0"),
+         "--topk_fraction=0.0 must be in (0, 1]", slow=True),
+    Case("train_diloco", "error_feedback_fp32", ("--workdir={row}/w", "--error_feedback"),
+         "--error_feedback=True with --outer_precision=fp32 and --topk_fraction=1.0 sends every outer gradient "
+         "exactly: nothing to feed back"),
+    Case("train_diloco", "error_feedback_dp", ("--workdir={row}/w", "--algo=dp", "--outer_precision=int2",
+                                               "--error_feedback"),
+         "--error_feedback=True needs --algo=diloco or streaming", slow=True),
     # ---------------------------------------------------------------- train_jssp
     Case("train_jssp", "bad_curriculum", ("--workdir={row}/w", "--curriculum=10x:0"), "10x", slow=True),
     Case("train_jssp", "steps_zero", ("--workdir={row}/w", "--steps=0"), "--steps=0", slow=True),
