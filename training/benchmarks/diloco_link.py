@@ -214,10 +214,11 @@ class RowSpec:
 
 
 # ----------------------------------------------------------------------------- train_flags
-def parse_train_flags(text: str) -> dict[str, Any]:
+def parse_train_flags(text: str, owned=HARNESS_SETTINGS,
+                      owned_hint: str = "see processes, methods, inner_steps, fragments, tau and steps") -> dict[str, Any]:
     """``"--d_model=64 --nesterov --nonesterov"`` -> flat train_diloco settings with their types.
-    ValueError naming train_flags for a malformed, unknown or harness-owned flag, or a value of the
-    wrong type."""
+    ValueError naming train_flags for a malformed, unknown or harness-owned (``owned``) flag, or a value of
+    the wrong type."""
     from training import diloco as diloco_exp
 
     fields = {f.name: f for f in config_lib.flat_fields(diloco_exp.TrainDiLoCoConfig)}
@@ -236,9 +237,8 @@ def parse_train_flags(text: str) -> dict[str, Any]:
         field = fields.get(name)
         if field is None:
             raise ValueError(f"train_flags={text!r}: --{name} is not a train_diloco flag")
-        if field.name in HARNESS_SETTINGS or name in HARNESS_SETTINGS:
-            raise ValueError(f"train_flags={text!r}: --{name} is set by the harness (see processes, methods, "
-                             "inner_steps, fragments, tau and steps)")
+        if field.name in owned or name in owned:
+            raise ValueError(f"train_flags={text!r}: --{name} is set by the harness ({owned_hint})")
         if not eq:
             if field.type is not bool:
                 raise ValueError(f"train_flags={text!r}: --{name} needs a value (--{name}=...)")
