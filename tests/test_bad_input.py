@@ -251,6 +251,11 @@ CASES = [
     Case("bench_checkpoint", "out_in_missing_dir", ("--out={row}/missing/b.json",), "--out="),
     Case("bench_diloco", "workers_3_on_8_devices", ("--workers=3", "--batch_size=24", "--out={row}/b.json"),
          "--workers=3 must divide the number of devices 8"),
+    # diloco_study
+    Case("diloco_study", "unknown_row", ("--workdir={row}/w", "--rows=dp,nope"), "--rows='dp,nope': unknown row(s) ['nope']"),
+    Case("diloco_study", "row_setting_in_train_flags", ("--workdir={row}/w", "--train_flags=--workers=4"),
+         "--workers is set by the harness (see rows and seeds)", slow=True),
+    Case("diloco_study", "workdir_missing", ("--plan_only",), "--workdir=''", slow=True),
     # bench_diloco_link: one row per flag (not root, a namespace in use: tests/test_link.py)
     Case("bench_diloco_link", "rate_zero", ("--workdir={row}/w", "--rates=0mbit"),
          "--rates='0mbit' must be between 1bit and 1000gbit"),
