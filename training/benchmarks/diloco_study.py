@@ -182,7 +182,7 @@ def command_line(cfg: DiLoCoStudyConfig) -> str:
     """The study's command for its provenance: the settings that differ from their defaults, shell-quoted."""
     given, defaults = config_lib.to_flat(cfg), config_lib.to_flat(DiLoCoStudyConfig())
     return " ".join(["python -m scripts.diloco_study"] + [
-        shlex.quote(f"--{k}={v}") for k, v in given.items() if k != "plan_only" and v != defaults[k]])
+        shlex.quote(f"--{k}={v}") for k, v in given.items() if v != defaults[k]])
 
 
 # ----------------------------------------------------------------------------- runs
@@ -333,7 +333,7 @@ def build_record(cfg: DiLoCoStudyConfig, configs: dict, budgets: dict, summaries
         rows.append(row)
     record = {"provenance": run_lib.provenance(command), "study": dataclasses.asdict(cfg),
               "train_defaults": {**TRAIN_DEFAULTS, **cfg.train_flat},
-              "num_params": next((s["num_params"] for s in summaries.values()), None),
+              "num_params": _num_params(next(iter(configs.values()))),
               "rows": rows, "goals": evaluate_goals(rows, len(cfg.seed_list)),
               "runs": [{"row": r.row, "seed": r.seed, "val_loss": s.get("val_loss"), "wall_time_s": s.get("wall_time_s"),
                         "bytes_sent": s["bytes_sent"], "resumed_from": s.get("resumed_from")}
@@ -342,6 +342,10 @@ def build_record(cfg: DiLoCoStudyConfig, configs: dict, budgets: dict, summaries
     if session.get("steps"):
         record["session"] = {**session, "s_per_step": session["wall_s"] / session["steps"]}
     return record
+
+
+def _num_params(train_cfg) -> int:
+    return int(sum(math.prod(shape) for shapes in diloco_link.param_layout(train_cfg).values() for shape in shapes))
 
 
 def evaluate_goals(rows: list[dict], seeds: int) -> list[dict]:
@@ -409,7 +413,8 @@ def write_outputs(cfg: DiLoCoStudyConfig, record: dict) -> None:
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text(markdown(record))
     tmp.replace(out.with_suffix(".md"))
-    _plot(out.with_suffix(".png"), record)
+    if any(r.get("paired_ratio_to_dp") and r["row"] != "dp" for r in record["rows"]):
+        _plot(out.with_suffix(".png"), record)
 
 
 def _plot(path: pathlib.Path, record: dict) -> None:
