@@ -958,6 +958,10 @@ def test_readme_headline_table():
     best, worst = max(scores["scores"], key=scores["scores"].get), min(scores["scores"], key=scores["scores"].get)
     assert bold(row[1]) == [f(scores["scores"][best], 3), f(scores["scores"][worst], 3)]
     assert f"({BASELINE_NAMES[best]})" in row[1] and f"({BASELINE_NAMES[worst]})" in row[1]
+    self_tuning = load("algoperf/scores/self/scores.json")["trial_times_s"]
+    trials = sum(_reached(per, w)[1] for scored in (scores["trial_times_s"], self_tuning)
+                 for per in scored.values() for w in scores["base_workloads"])
+    assert row[1].endswith(f", {trials} trials"), row[1]
 
     keep, heur = malloc_of("malloc_eval_rollout32_keep_best.json"), malloc_of("malloc_eval.json", "heuristic")
     row = table.row("mallocMuZero")
