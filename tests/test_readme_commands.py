@@ -161,7 +161,7 @@ def _tiny(c: Command, tmp: pathlib.Path) -> list[str]:
     if c.script == "train_diloco":
         if "--compare" in given:
             return []
-        return ["--steps=4", "--inner_steps=2", "--warmup_steps=1", "--eval_every=4", "--eval_batches=1",
+        return ["--steps=8", "--inner_steps=4", "--warmup_steps=1", "--eval_every=8", "--eval_batches=1",
                 "--log_every=1", "--batch_size=8", "--seq_len=32"]
     if c.script == "bench_diloco":
         return ["--steps=1", "--repeats=1", "--outer_precisions=fp4", "--batch_size=8", "--seq_len=32"]
@@ -170,7 +170,7 @@ def _tiny(c: Command, tmp: pathlib.Path) -> list[str]:
     if c.script == "bench_moe":
         return ["--tokens=128", "--d_model=32", "--repeats=1", "--models=mixtral"]
     if c.script == "run_algoperf":
-        return ["--num_tuning_trials=1", "--num_studies=1", "--max_global_steps=3"]
+        return ["--num_tuning_trials=1", "--num_studies=1"]  # one trial within the workload's budget (an evaluation)
     if c.script == "algoperf_suite":
         return ["--workloads=mnist1d", "--baselines=nadamw", "--num_studies=1", "--num_tuning_trials=1",
                 "--noself_tuning"]
