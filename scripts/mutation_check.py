@@ -1,7 +1,7 @@
 r"""Mutation check: plants the named bugs of training/mutants.py one at a time in a private copy of the
 checkout and runs the tests each must trip; prints the caught/survived table and the catch rate.
 
-    python -m scripts.mutation_check --out=results/mutation_check.json
+    python -m scripts.mutation_check --out=results/project/mutation_check.json
     python -m scripts.mutation_check --only=fp4_ties_round_up,ppo_pg_sign_flip --timeout=120
     python -m scripts.mutation_check --list_mutants        # which mutants still apply (STALE otherwise)
 

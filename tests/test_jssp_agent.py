@@ -102,7 +102,7 @@ def test_eval_records_and_group_table(tmp_path):
         evaluate.make_runner("edd")
 
 
-@pytest.mark.slow  # about 17 s; the tour and results/jssp_eval_* run the shipped policy
+@pytest.mark.slow  # about 17 s; the tour and results/jssp/jssp_eval_* run the shipped policy
 def test_shipped_policy_loads_and_solves():
     model, params, info = agent.load_policy(agent.TRAINED_DIR)
     assert "trained_by" in info

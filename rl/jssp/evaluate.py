@@ -283,7 +283,10 @@ def read_time_limits(path: str, insts) -> dict[str, float]:
     file = pathlib.Path(path)
     if not file.is_file():
         raise ValueError(f"time_limit_from={path!r} does not exist")
-    limits = {r["instance"]: r["wall_time_s"] for r in json.loads(file.read_text())}
+    records = json.loads(file.read_text())
+    if isinstance(records, dict) and "records" in records:  # a results file: {"provenance", "records"}
+        records = records["records"]
+    limits = {r["instance"]: r["wall_time_s"] for r in records}
     missing = [i.name for i in insts if i.name not in limits]
     if missing:
         raise ValueError(f"time_limit_from={path!r} has no wall_time_s for {missing[:5]}")

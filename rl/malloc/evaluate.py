@@ -108,6 +108,8 @@ def agent_wall_times(path: str) -> dict[str, float]:
     file = pathlib.Path(path).expanduser()
     try:
         records = json.loads(file.read_text())
+        if isinstance(records, dict) and "records" in records:  # a results file: {"provenance", "records"}
+            records = records["records"]
         learned = [(r["instance"], float(r["wall_time_s"])) for r in records if r.get("solver") in LEARNED]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise ValueError(f"time_limit_from={path!r}: not an eval_malloc --out file ({type(e).__name__}: {e})")
