@@ -70,6 +70,9 @@ CASES = [
     Case("train_lm", "not_an_integer", ("--workdir={row}/w", "--steps=abc"), "--steps=abc", slow=True),
     Case("train_lm", "unknown_flag", ("--workdir={row}/w", "--bogus=1"), "'bogus'"),
     Case("train_lm", "mesh_over_devices", ("--workdir={row}/w", "--mesh=data:3"), "mesh spec 'data:3'", slow=True),
+    Case("train_lm", "mesh_larger_than_the_devices", ("--workdir={row}/w", "--moe_num_experts=8", "--batch_size=16",
+                                                      "--mesh=data:4,expert:2,tensor:2"),
+         "to simulate 16 devices on CPU, run with XLA_FLAGS=--xla_force_host_platform_device_count=16"),
     # (--batch_size=16: the default 12 does not split over the 8 host devices)
     Case("train_lm", "missing_data_dir", ("--workdir={row}/w", "--batch_size=16", "--data_dir={row}/nonexistent"),
          "--data_dir=", slow=True),  # found after the workdir was made (and locked): it is taken back
@@ -89,6 +92,8 @@ CASES = [
     # ---------------------------------------------------------------- train_diloco
     Case("train_diloco", "dropout", ("--workdir={row}/w", "--dropout=0.1"),
          "train_diloco's inner steps take no random key", slow=True),
+    Case("train_diloco", "workers_over_the_devices", ("--workdir={row}/w", "--workers=16", "--batch_size=32"),
+         "XLA_FLAGS=--xla_force_host_platform_device_count=16", slow=True),
     Case("train_diloco", "workers_3_on_8_devices", ("--workdir={row}/w", "--workers=3", "--batch_size=24"),
          "--workers=3 must divide the number of devices 8"),
     Case("train_diloco", "workers_3_batch_16", ("--workdir={row}/w", "--workers=3"),
