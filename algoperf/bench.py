@@ -47,7 +47,7 @@ class BenchConfig:
         workloads_lib.check_workload_names("workload", self.workload)
         if self.steps < 2 or self.repeats < 1:
             raise ValueError(f"steps={self.steps} must be >= 2 and repeats={self.repeats} >= 1")
-        require_output_file("out", self.out, make_parents=True)
+        require_output_file("out", self.out)
 
 
 def _copy(tree):

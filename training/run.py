@@ -112,20 +112,23 @@ def require_workdir(workdir: str | None) -> pathlib.Path:
     return path
 
 
-def require_output_file(name: str, path: str, make_parents: bool = False) -> None:
+def require_output_file(name: str, path: str) -> None:
     """ValueError naming setting ``name`` unless ``path`` (if given) can be written as a file: not a
-    directory, in an existing directory (``make_parents``: in one the writer will create, i.e. below a
-    writable directory). Checked with the settings, so a bad path fails before the work."""
+    directory, and below a writable directory -- folders that do not exist yet are created when the file
+    is written (:func:`write_json_atomic`), the same for every ``out`` setting. Checked with the settings,
+    so a bad path fails before the work."""
     if not path:
         return
     target = pathlib.Path(path).expanduser()
     if target.is_dir():
         raise ValueError(f"{name}={path!r} is a directory; give a file path")
     parent = target.parent
-    while make_parents and not parent.exists() and parent != parent.parent:
+    while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ValueError(f"{name}={path!r}: its directory {str(parent)!r} does not exist or is not writable")
+    if not parent.is_dir():
+        raise ValueError(f"{name}={path!r}: {str(parent)!r} is a file, not a directory; give a path under a directory")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{name}={path!r}: its directory {str(parent)!r} is not writable")
 
 
 def command_line(module: str, config, skip: Iterable[str] = ("workdir", "overwrite")) -> str:
@@ -137,16 +140,19 @@ def command_line(module: str, config, skip: Iterable[str] = ("workdir", "overwri
 
 
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON through a temporary file and an atomic rename."""
-    path = pathlib.Path(path)
+    """Writes ``obj`` as indented JSON through a temporary file and an atomic rename (missing folders made)."""
+    path = pathlib.Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
 
 
 def write_csv_atomic(path: pathlib.Path, rows: list[dict], columns: list[str]) -> None:
-    """Writes ``rows`` as CSV with a header of ``columns`` through a temporary file and an atomic rename."""
-    path = pathlib.Path(path)
+    """Writes ``rows`` as CSV with a header of ``columns`` through a temporary file and an atomic rename
+    (missing folders made)."""
+    path = pathlib.Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
