@@ -346,11 +346,15 @@ def train(cfg: TrainLMConfig) -> dict:
             row.update(loss=float(step_metrics["loss"]), grad_norm=float(step_metrics["grad_norm"]))
             if cfg.moe is not None:
                 row.update(moe_aux_loss=float(step_metrics["moe_aux_loss"]))
-            now = time.perf_counter()  # float() above waited for the step: the rate since the last row
+            jax.block_until_ready(state)  # every step dispatched so far has run: the rate since the last row
+            now = time.perf_counter()
             if interval[1]:
                 row.update(rate_of((step - interval[0]) / max(now - interval[1] - interval[2], 1e-9)))
             interval[:] = [step, now, 0.0]
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            # the steps dispatched before the evaluation run first (asynchronous dispatch): their time must not
+            # count as evaluation time, which the rows' rate leaves out
+            jax.block_until_ready(state)
             t_eval = time.perf_counter()
             last_eval = evaluate(eval_loss, state.params, eval_data, mesh)
             row.update(last_eval)
