@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from event_scalars import assert_events_match_metrics
 from models.transformer import DecoderLM, TransformerConfig
 from parallel import moe as moe_lib
 from training import lm
@@ -85,6 +86,8 @@ def test_train_lm_rows_and_summary_carry_throughput(tmp_path):
     assert got["ms_per_step"] == pytest.approx(1000 * 128 / statistics.median(
         r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r))
     assert got["val_loss"] == {"6": summary["val_loss"]} and np.isfinite(got["ms_per_step"])
+    scalars = assert_events_match_metrics(tmp_path)  # TensorBoard: every number of every row, read back
+    assert [s for s, _ in scalars["tokens_per_sec"]] == [2, 4, 6] and [s for s, _ in scalars["val_loss"]] == [6]
 
 
 def test_rates_right_after_an_evaluation_match_the_others(tmp_path, monkeypatch):

@@ -5,13 +5,15 @@ An experiment is ``train(cfg) -> summary``. Its steps are always the same, and l
 1. :func:`begin` -- ``jax.distributed`` (before any JAX computation), the workdir created and probed;
 2. the experiment builds its state (its own code);
 3. :func:`open_run` -- the Orbax checkpointer opened, the latest good checkpoint restored (or a refusal
-   naming the settings that differ from the checkpoint's), ``config.json`` and ``metrics.jsonl`` opened;
+   naming the settings that differ from the checkpoint's), ``config.json`` and ``metrics.jsonl`` (with its
+   TensorBoard event files) opened;
 4. :meth:`Run.loop` -- the checkpointed step loop: metrics rows, progress log, a save every
    ``checkpoint_every`` steps, SIGTERM/SIGINT and preemption notices ending it checkpointed;
 5. :meth:`Run.finish` -- ``summary.json``, the PNG curves and the closing log line.
 
 Layout of a workdir: ``config.json`` (the config, nested as the dataclasses are), ``metrics.jsonl`` (one
-JSON object per logged step), ``summary.json``, ``checkpoints/`` and ``*.png``.
+JSON object per logged step), TensorBoard event files ``events.out.tfevents.*`` (the same numbers as
+scalars: ``tensorboard --logdir runs/``), ``summary.json``, ``checkpoints/`` and ``*.png``.
 """
 from __future__ import annotations
 
@@ -190,13 +192,18 @@ def maybe_initialize_distributed(cfg: RunConfig) -> None:
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to ``metrics.jsonl``.
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and the same numbers, as TensorBoard
+    scalars, to event files beside it (:class:`training.events.ScalarEventWriter`; ``events=False``: none).
 
-    On resume from ``resume_step``, rows logged after that step by the interrupted run are dropped
-    first, so the file of a resumed run equals that of an uninterrupted one.
+    On resume from ``resume_step``, rows (and events) logged after that step by the interrupted run are
+    dropped first, so the file of a resumed run equals that of an uninterrupted one. :meth:`close` flushes
+    and closes the event file; the run skeleton calls it on every way out of the loop.
     """
 
-    def __init__(self, path: pathlib.Path, resume_step: int | None = None, enabled: bool = True):
+    def __init__(self, path: pathlib.Path, resume_step: int | None = None, enabled: bool = True,
+                 events: bool = True):
+        from training import events as events_lib
+
         self.path = pathlib.Path(path)
         self.enabled = enabled
         self.rows: list[dict] = []
@@ -210,6 +217,8 @@ class MetricsWriter:
                 tmp = self.path.with_suffix(".jsonl.tmp")
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
                 os.replace(tmp, self.path)
+        self.events = (events_lib.ScalarEventWriter(self.path.parent, resume_step, enabled=enabled) if events
+                       else None)
 
     @staticmethod
     def read(path: pathlib.Path) -> list[dict]:
@@ -225,12 +234,19 @@ class MetricsWriter:
         return rows
 
     def write(self, row: dict) -> None:
+        if self.events is not None:
+            self.events.write(row.get("step", 0), row)
         row = {k: _plain(v) for k, v in row.items()}
         self.rows.append(row)
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
                 f.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard event file (a later ``write`` opens a new one)."""
+        if self.events is not None:
+            self.events.close()
 
 
 def _plain(value):
@@ -315,6 +331,8 @@ def run_checkpointed_steps(start_step: int, last_step: int, one_step, *, save, c
         except BaseException:
             checkpointer.abort()  # background writes end before the error reaches the user
             raise
+        finally:
+            metrics.close()  # the TensorBoard event file, on every way out (SIGTERM's early end included)
         checkpointer.close()
     return LoopEnd(step, preempted, time.perf_counter() - wall_start, blocked)
 
@@ -418,6 +436,7 @@ class Run:
                done: str = "done") -> dict:
         """Step 5: ``summary.json`` and the PNG curves ``(file, metric keys, title, y label)`` (process 0),
         and the closing log line."""
+        self.metrics.close()
         if self.is_main:
             write_json_atomic(self.workdir / "summary.json", summary)
             for name, keys, title, ylabel in curves:
