@@ -24,7 +24,8 @@ Logs have upstream's layout: ``EXPERIMENT/WORKLOAD_jax/trial_N/`` (one study, as
 ``submission_runner.py``) or ``EXPERIMENT/study_K/WORKLOAD_jax/trial_N/`` (several, as upstream's scoring
 expects), EXPERIMENT = ``experiment_dir[/experiment_name]``, with ``eval_measurements.csv`` (one row per
 evaluation), ``measurements.csv`` (also the submission's own ``metrics_logger`` rows and the final score),
-``hparams.json``, ``meta_data_P.json`` and ``flags_P.json`` (P = preemption count); each study's
+``hparams.json``, ``meta_data_P.json`` and ``flags_P.json`` (P = preemption count), and TensorBoard
+event files of the measurements' numbers; each study's
 ``summary.json`` sits beside its trial folders, where upstream's scorer does not look. Trials checkpoint
 after every evaluation through :mod:`parallel.checkpoint` and resume where they stopped
 (``resume_last_run``); a finished trial is not rerun; ``overwrite`` starts over; ``hparam_start_index`` /
@@ -53,6 +54,7 @@ from absl import logging
 from algoperf import halton, scoring, spec
 from algoperf import workloads as workloads_lib
 from parallel import checkpoint as ckpt_lib
+from training.events import ScalarEventWriter
 from training.run import require_positive, write_csv_atomic, write_json_atomic
 
 FRAMEWORK = "jax"
@@ -142,13 +144,15 @@ def resolve_eval_batch_size(submission: Submission, workload_name: str, workload
 
 # -------------------------------------------------------------------------------------- logging
 class MetricLogger:
-    """Upstream's ``MetricLogger``: ``measurements.csv`` and ``eval_measurements.csv`` (sorted columns).
+    """Upstream's ``MetricLogger``: ``measurements.csv`` and ``eval_measurements.csv`` (sorted columns), and
+    every row's numbers as TensorBoard scalars in the trial folder (:mod:`training.events`).
 
     Files are rewritten atomically with the union of the columns seen so far. On resume from step
-    ``resume_step``, rows after it (logged by the interrupted run) are dropped.
+    ``resume_step``, rows (and events) after it (logged by the interrupted run) are dropped.
     """
 
     def __init__(self, trial_dir: pathlib.Path, resume_step: Optional[int] = None):
+        self.events = ScalarEventWriter(trial_dir, resume_step)
         self.paths = {False: trial_dir / "measurements.csv", True: trial_dir / "eval_measurements.csv"}
         self.rows: dict[bool, list[dict]] = {False: [], True: []}
         for is_eval, path in self.paths.items():
@@ -169,13 +173,14 @@ class MetricLogger:
         for target in ((False, True) if is_eval else (False,)):
             self.rows[target].append(row)
             self._write(target)
+        self.events.write(global_step, {k: v for k, v in row.items() if k not in ("global_step", "preemption_count")})
 
     def _write(self, is_eval: bool) -> None:
         rows, path = self.rows[is_eval], self.paths[is_eval]
         write_csv_atomic(path, rows, sorted({k for r in rows for k in r}))
 
     def finish(self) -> None:
-        pass
+        self.events.close()
 
 
 def _plain(v):

@@ -174,8 +174,12 @@ class Checkpointer:
     def save(self, step: int, state, meta: dict | None = None) -> float:
         """Saves ``state`` and ``meta`` as ``step``; returns the seconds the caller was blocked.
 
-        Raises CheckpointError for this save or for an earlier background save that failed.
+        Raises CheckpointError for this save or for an earlier background save that failed. The steps still
+        computing ``state`` (asynchronous dispatch) finish before the clock starts where the save must read it
+        (sync and async modes), so their time is not counted as the save's.
         """
+        if self.mode != "lazy":  # (lazy only dispatches copies that queue behind those steps)
+            jax.block_until_ready(state)
         start = time.perf_counter()
         if self._failed is not None:
             raise self._failed

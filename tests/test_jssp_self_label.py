@@ -186,6 +186,7 @@ def test_generated_set_bounds_fall_back_to_the_rule_when_cpsat_finds_no_schedule
 def test_self_labelling_run_exports_the_best_validated_step(tmp_path):
     """A tiny train_jssp run: validation at steps 0..3, the exported policy is the step of smallest validation
     gap (re-measured from the exported files), and the run's files say so."""
+    from event_scalars import assert_events_match_metrics
     from rl.jssp import train
     from training.run import MetricsWriter
 
@@ -196,6 +197,8 @@ def test_self_labelling_run_exports_the_best_validated_step(tmp_path):
     summary = train.train(cfg)
     rows = [r for r in MetricsWriter.read(tmp_path / "w" / "metrics.jsonl") if "val_gap_lb_pct" in r]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    scalars = assert_events_match_metrics(tmp_path / "w")  # TensorBoard: the same numbers (step 0 included)
+    assert [s for s, _ in scalars["val_gap_lb_pct"]] == [0, 1, 2, 3]
     gaps = [r["val_gap_lb_pct"] for r in rows]
     assert len(set(gaps)) > 1  # training moved the policy (lr 0.05), so the selection has a choice
     best = int(np.argmin(gaps))
@@ -225,6 +228,7 @@ def test_a_policy_that_never_waits_samples_no_noop():
 def test_self_labelling_run_resumes_bit_for_bit_with_its_selection(tmp_path):
     """Stopped after step 2 and resumed to step 4, a run exports the same parameters, selected step and metrics
     as one that ran 4 steps straight (the kept best parameters travel in the checkpoint)."""
+    from event_scalars import assert_events_match_metrics
     from rl.jssp import train
     from training.run import MetricsWriter
 

@@ -5,13 +5,15 @@ An experiment is ``train(cfg) -> summary``. Its steps are always the same, and l
 1. :func:`begin` -- ``jax.distributed`` (before any JAX computation), the workdir created and probed;
 2. the experiment builds its state (its own code);
 3. :func:`open_run` -- the Orbax checkpointer opened, the latest good checkpoint restored (or a refusal
-   naming the settings that differ from the checkpoint's), ``config.json`` and ``metrics.jsonl`` opened;
+   naming the settings that differ from the checkpoint's), ``config.json`` and ``metrics.jsonl`` (with its
+   TensorBoard event files) opened;
 4. :meth:`Run.loop` -- the checkpointed step loop: metrics rows, progress log, a save every
    ``checkpoint_every`` steps, SIGTERM/SIGINT and preemption notices ending it checkpointed;
 5. :meth:`Run.finish` -- ``summary.json``, the PNG curves and the closing log line.
 
 Layout of a workdir: ``config.json`` (the config, nested as the dataclasses are), ``metrics.jsonl`` (one
-JSON object per logged step), ``summary.json``, ``checkpoints/`` and ``*.png``.
+JSON object per logged step), TensorBoard event files ``events.out.tfevents.*`` (the same numbers as
+scalars: ``tensorboard --logdir runs/``), ``summary.json``, ``checkpoints/`` and ``*.png``.
 """
 from __future__ import annotations
 
@@ -123,20 +125,23 @@ def require_workdir(workdir: str | None) -> pathlib.Path:
     return path
 
 
-def require_output_file(name: str, path: str, make_parents: bool = False) -> None:
+def require_output_file(name: str, path: str) -> None:
     """ValueError naming setting ``name`` unless ``path`` (if given) can be written as a file: not a
-    directory, in an existing directory (``make_parents``: in one the writer will create, i.e. below a
-    writable directory). Checked with the settings, so a bad path fails before the work."""
+    directory, and below a writable directory -- folders that do not exist yet are created when the file
+    is written (:func:`write_json_atomic`), the same for every ``out`` setting. Checked with the settings,
+    so a bad path fails before the work."""
     if not path:
         return
     target = pathlib.Path(path).expanduser()
     if target.is_dir():
         raise ValueError(f"{name}={path!r} is a directory; give a file path")
     parent = target.parent
-    while make_parents and not parent.exists() and parent != parent.parent:
+    while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ValueError(f"{name}={path!r}: its directory {str(parent)!r} does not exist or is not writable")
+    if not parent.is_dir():
+        raise ValueError(f"{name}={path!r}: {str(parent)!r} is a file, not a directory; give a path under a directory")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{name}={path!r}: its directory {str(parent)!r} is not writable")
 
 
 def command_line(module: str, config, skip: Iterable[str] = ("workdir", "overwrite")) -> str:
@@ -148,16 +153,19 @@ def command_line(module: str, config, skip: Iterable[str] = ("workdir", "overwri
 
 
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON through a temporary file and an atomic rename."""
-    path = pathlib.Path(path)
+    """Writes ``obj`` as indented JSON through a temporary file and an atomic rename (missing folders made)."""
+    path = pathlib.Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
 
 
 def write_csv_atomic(path: pathlib.Path, rows: list[dict], columns: list[str]) -> None:
-    """Writes ``rows`` as CSV with a header of ``columns`` through a temporary file and an atomic rename."""
-    path = pathlib.Path(path)
+    """Writes ``rows`` as CSV with a header of ``columns`` through a temporary file and an atomic rename
+    (missing folders made)."""
+    path = pathlib.Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -217,13 +225,18 @@ def maybe_initialize_distributed(cfg: RunConfig) -> None:
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to ``metrics.jsonl``.
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and the same numbers, as TensorBoard
+    scalars, to event files beside it (:class:`training.events.ScalarEventWriter`; ``events=False``: none).
 
-    On resume from ``resume_step``, rows logged after that step by the interrupted run are dropped
-    first, so the file of a resumed run equals that of an uninterrupted one.
+    On resume from ``resume_step``, rows (and events) logged after that step by the interrupted run are
+    dropped first, so the file of a resumed run equals that of an uninterrupted one. :meth:`close` flushes
+    and closes the event file; the run skeleton calls it on every way out of the loop.
     """
 
-    def __init__(self, path: pathlib.Path, resume_step: int | None = None, enabled: bool = True):
+    def __init__(self, path: pathlib.Path, resume_step: int | None = None, enabled: bool = True,
+                 events: bool = True):
+        from training import events as events_lib
+
         self.path = pathlib.Path(path)
         self.enabled = enabled
         self.rows: list[dict] = []
@@ -237,6 +250,8 @@ class MetricsWriter:
                 tmp = self.path.with_suffix(".jsonl.tmp")
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
                 os.replace(tmp, self.path)
+        self.events = (events_lib.ScalarEventWriter(self.path.parent, resume_step, enabled=enabled) if events
+                       else None)
 
     @staticmethod
     def read(path: pathlib.Path) -> list[dict]:
@@ -252,12 +267,19 @@ class MetricsWriter:
         return rows
 
     def write(self, row: dict) -> None:
+        if self.events is not None:
+            self.events.write(row.get("step", 0), row)
         row = {k: _plain(v) for k, v in row.items()}
         self.rows.append(row)
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
                 f.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard event file (a later ``write`` opens a new one)."""
+        if self.events is not None:
+            self.events.close()
 
 
 def _plain(value):
@@ -352,6 +374,8 @@ def run_checkpointed_steps(start_step: int, last_step: int, one_step, *, save, c
         except BaseException:
             checkpointer.abort()  # background writes end before the error reaches the user
             raise
+        finally:
+            metrics.close()  # the TensorBoard event file, on every way out (SIGTERM's early end included)
         checkpointer.close()
     return LoopEnd(step, preempted, time.perf_counter() - wall_start, blocked)
 
@@ -473,6 +497,7 @@ class Run:
                done: str = "done") -> dict:
         """Step 5: ``summary.json`` and the PNG curves ``(file, metric keys, title, y label)`` (process 0),
         and the closing log line."""
+        self.metrics.close()
         if self.is_main:
             write_json_atomic(self.workdir / "summary.json", summary)
             for name, keys, title, ylabel in curves:

@@ -300,8 +300,6 @@ def run(cfg: EvalConfig) -> list[dict]:
     bounds = instances.read_bounds(cfg.bounds) if cfg.bounds else (
         instances.load_bounds() if cfg.instances == "taillard" else {})
     limits = read_time_limits(cfg.time_limit_from, insts) if cfg.time_limit_from else None
-    if cfg.out:
-        pathlib.Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     runner = make_runner(cfg.solver, cfg.samples, cfg.time_limit, limits, cfg.workers, cfg.policy_dir, cfg.seed,
                          cfg.temperature, cfg.cpsat_search, cfg.hint_bound, cfg.agent_share)
     records = evaluate(insts, runner, cfg.solver, bounds)

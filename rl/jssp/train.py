@@ -22,9 +22,9 @@ each instance's best (:func:`rl.jssp.self_label.make_self_label_step`). On expor
 (``agent.greedy_action``) of the best validation makespan is stored in policy.json. The shipped policy's exact command is in
 rl/jssp/trained/policy.json.
 
-Writes config.json, metrics.jsonl, curves.png, summary.json, Orbax checkpoints (the training state and the
-current demonstrations; re-running resumes, SIGTERM checkpoints and exits 0) and, with ``export_dir``, the
-final policy as policy.msgpack + policy.json.
+Writes config.json, metrics.jsonl (and TensorBoard event files), curves.png, summary.json, Orbax checkpoints
+(the training state and the current demonstrations; re-running resumes, SIGTERM checkpoints and exits 0) and,
+with ``export_dir``, the final policy as policy.msgpack + policy.json.
 """
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ class EvalMallocConfig:
             agent_wall_times(self.time_limit_from)
         if self.weights:  # checked even when no solver uses it: a mistyped path is never silently ignored
             require_network_dir("weights", self.weights)
-        run_lib.require_output_file("out", self.out, make_parents=True)
+        run_lib.require_output_file("out", self.out)
 
     @property
     def solvers(self) -> list[str]:
@@ -250,9 +250,7 @@ def run(cfg: EvalMallocConfig) -> list[dict]:
                           cfg.weights, cfg.samples, time_limits, cfg.keep_best)
     print_table(summarise(records))
     if cfg.out:
-        out = pathlib.Path(cfg.out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        run_lib.write_json_atomic(out, records)
+        run_lib.write_json_atomic(pathlib.Path(cfg.out), records)
     return records
 
 
@@ -284,7 +282,7 @@ class MoveSetCheckConfig:
 
     def __post_init__(self):
         run_lib.require_positive(self, "count")
-        run_lib.require_output_file("out", self.out, make_parents=True)
+        run_lib.require_output_file("out", self.out)
 
 
 def check_move_set(cfg: MoveSetCheckConfig) -> dict:
