@@ -9,7 +9,7 @@ submissions do -- loads the submission API alone, not the suite):
 * :mod:`algoperf.workloads` -- the workload registry (``get_workload``, ``WORKLOADS``, ``VARIANTS``);
 * :mod:`algoperf.baselines` -- reference submissions and their search spaces;
 * :mod:`algoperf.halton` -- quasi-random search over a tuning search space;
-* :mod:`algoperf.runner` -- load a submission, tune, train, time, log, resume (``RunConfig``, ``run``);
+* :mod:`algoperf.runner` -- load a submission, tune, train, time, log, resume (``ExperimentConfig``, ``run``);
 * :mod:`algoperf.scoring` -- time to target, performance profiles, benchmark scores (``ScoreConfig``, ``score``);
 * :mod:`algoperf.suite` -- every baseline on every workload, then scored (``SuiteConfig``, ``run_suite``);
 * :mod:`algoperf.targets` -- upstream's target-setting procedure (``TargetsConfig``, ``set_all_targets``);
