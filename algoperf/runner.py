@@ -526,7 +526,7 @@ def check_run(cfg: ExperimentConfig) -> Submission:
     if existing and not (cfg.resume_last_run or cfg.overwrite):
         # upstream asks on the terminal; a batch job gets this line instead
         raise ValueError(f"experiment_dir={cfg.experiment_dir!r}: {existing[0]} holds trials already; "
-                         "--resume_last_run resumes them, --overwrite deletes them and starts over")
+                         "`resume_last_run` resumes them, `overwrite` deletes them and starts over")
     return submission
 
 

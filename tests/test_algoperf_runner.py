@@ -285,7 +285,7 @@ def test_upstream_runner_flags_layout_resume_overwrite(tmp_path, monkeypatch):
     assert [t["trial"] for t in study_summary["trials"]] == [2, 3]
     hparams = json.loads((tmp_path / "exp/scored/nadamw/study_0/mnist1d_jax/trial_2/hparams.json").read_text())
     assert hparams == {"learning_rate": 0.2}  # trial_N keeps the point's global index, as upstream
-    with pytest.raises(ValueError, match="holds trials already; --resume_last_run resumes them"):
+    with pytest.raises(ValueError, match="holds trials already; `resume_last_run` resumes them"):
         runner.run(cfg, clock, workload=Recording(clock))
     resumed = runner.run_experiment(dataclasses.replace(cfg, resume_last_run=True), clock, workload=Recording(clock))
     assert [t["global_step"] for t in resumed["trials"]] == [2, 2, 2, 2]  # finished trials are not rerun
