@@ -11,9 +11,9 @@ A script is ``flags -> config -> one library call``::
 :func:`define_config_flags` turns every flat setting of the config class (``training.config.flat_fields``:
 name, type, default and the help from the dataclass docstrings) into an absl flag, and every old spelling
 of a renamed setting into an alias; :func:`config_from_flags` builds the config from the parsed flags.
-Library errors name the setting (``name=value``); here the name gets its ``--``. A bad flag, or any
-``ValueError`` the run raises for what the user gave, ends the process with one line on stderr and exit
-status 1, no traceback.
+Library errors name the setting (``name=value``, or `` `name` `` without a value); here the name gets its
+``--`` (``training.config.flag_message``). A bad flag, or any ``ValueError`` the run raises for what the user
+gave, ends the process with one line on stderr and exit status 1, no traceback.
 """
 from __future__ import annotations
 
