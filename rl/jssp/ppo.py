@@ -142,8 +142,10 @@ def empty_demos(cfg: PPOConfig) -> dict:
             "weight": np.zeros((), np.float32)}
 
 
-def cpsat_demonstrations(solver, params, cfg: PPOConfig, rng: np.random.Generator, time_limit_s: float) -> dict:
-    """Greedy agent schedules on fresh random instances, improved by CP-SAT (hinted), as action sequences."""
+def cpsat_demonstrations(solver, params, cfg: PPOConfig, rng: np.random.Generator,
+                         time_limit_s: float) -> tuple[dict, float]:
+    """Greedy agent schedules on fresh random instances, improved by CP-SAT (hinted), as action sequences
+    (a batch like :func:`empty_demos`', of weight 1), and CP-SAT's mean relative gain over the agent."""
     D, J, M, T = cfg.cpsat_instances, cfg.num_jobs, cfg.num_machines, cfg.rollout_len
     out = empty_demos(cfg)
     gains = []
