@@ -410,7 +410,7 @@ def _result(train_state, global_step, eval_results, resumed_from) -> TrialResult
 
 # ----------------------------------------------------------------------------------- experiments
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class ExperimentConfig:
     """Everything ``run_experiment`` needs (upstream's submission_runner flags, with their meaning, plus
     ``num_studies`` and ``rules``); a value given is checked here, the settings a run cannot do without by
     :func:`check_run`, both before any work starts.
@@ -499,13 +499,13 @@ class RunConfig:
                       self.num_tuning_trials if self.hparam_end_index is None else self.hparam_end_index)
 
 
-def experiment_root(cfg: RunConfig) -> pathlib.Path:
+def experiment_root(cfg: ExperimentConfig) -> pathlib.Path:
     """EXPERIMENT_DIR[/EXPERIMENT_NAME], as upstream's ``logger_utils.get_log_dir``."""
     root = pathlib.Path(cfg.experiment_dir).expanduser()
     return root / cfg.experiment_name if cfg.experiment_name else root
 
 
-def workload_dirs(cfg: RunConfig) -> list[pathlib.Path]:
+def workload_dirs(cfg: ExperimentConfig) -> list[pathlib.Path]:
     """One ``WORKLOAD_jax`` folder per study: upstream's ``EXPERIMENT/WORKLOAD_jax`` for a single study,
     ``EXPERIMENT/study_K/WORKLOAD_jax`` (upstream's scoring layout) for several."""
     root = experiment_root(cfg)
@@ -515,7 +515,7 @@ def workload_dirs(cfg: RunConfig) -> list[pathlib.Path]:
     return [root / f"study_{k}" / name for k in range(cfg.num_studies)]
 
 
-def check_run(cfg: RunConfig) -> Submission:
+def check_run(cfg: ExperimentConfig) -> Submission:
     """The settings a run cannot do without, the submission, the search space and what is already in the
     experiment folder, checked before any work (ValueError naming the setting); returns the submission."""
     for name in ("workload", "submission_path", "experiment_dir"):
@@ -531,7 +531,7 @@ def check_run(cfg: RunConfig) -> Submission:
     if existing and not (cfg.resume_last_run or cfg.overwrite):
         # upstream asks on the terminal; a batch job gets this line instead
         raise ValueError(f"experiment_dir={cfg.experiment_dir!r}: {existing[0]} holds trials already; "
-                         "--resume_last_run resumes them, --overwrite deletes them and starts over")
+                         "`resume_last_run` resumes them, `overwrite` deletes them and starts over")
     return submission
 
 
@@ -540,14 +540,14 @@ def trial_seed(rng_seed: int, study: int, trial: int) -> int:
     return int(np.random.SeedSequence([rng_seed, study, trial]).generate_state(1)[0] % (2**31 - 1))
 
 
-def study_hyperparameters(cfg: RunConfig, study: int) -> list:
+def study_hyperparameters(cfg: ExperimentConfig, study: int) -> list:
     if cfg.tuning_ruleset == "self":
         return [None]
     space = halton.load_search_space(cfg.tuning_search_space)
     return halton.generate_search(space, cfg.num_tuning_trials, seed=cfg.rng_seed + study)
 
 
-def run_experiment(cfg: RunConfig, clock: Clock = time.perf_counter, workload=None,
+def run_experiment(cfg: ExperimentConfig, clock: Clock = time.perf_counter, workload=None,
                    after_trial: Optional[Callable[[dict], None]] = None) -> dict:
     """Runs ``num_studies`` x the trials of ``cfg.trial_indices`` of one submission on one workload; returns a
     summary dict (``after_trial`` gets each trial's entry as it finishes)."""
@@ -598,7 +598,7 @@ def run_experiment(cfg: RunConfig, clock: Clock = time.perf_counter, workload=No
 SUMMARY_FILE = "summary.json"
 
 
-def run(cfg: RunConfig, clock: Clock = time.perf_counter, workload=None, after_trial=None) -> dict:
+def run(cfg: ExperimentConfig, clock: Clock = time.perf_counter, workload=None, after_trial=None) -> dict:
     """``run_experiment``, then each study's ``WORKLOAD_jax/summary.json`` (beside the trial folders, where
     upstream's scorer does not look) and one log line per trial."""
     summary = run_experiment(cfg, clock, workload, after_trial)

@@ -384,7 +384,7 @@ class Checkpointer:
         self._manager.reload()
 
     def delete_all(self) -> None:
-        """Removes every step (``--overwrite``)."""
+        """Removes every step (``overwrite``)."""
         for step in self.all_steps():
             self._manager.delete(step)
         remove_temporary_dirs(self.directory)
@@ -485,13 +485,14 @@ def config_differences(saved: dict, given: dict, ignore: Iterable[str] = ()) -> 
 
 
 def check_resume_config(saved: dict, given: dict, directory, ignore: Iterable[str] = ()) -> None:
-    """ValueError naming every differing field when a workdir's checkpoints came from another config."""
+    """ValueError naming every differing field (as `` `name` ``, which the command line spells ``--name``)
+    when a workdir's checkpoints came from another config."""
     diffs = config_differences(saved, given, ignore)
     if diffs:
-        listed = "; ".join(f"--{k}: checkpoint has {a!r}, flags give {b!r}" for k, a, b in diffs)
+        listed = "; ".join(f"`{k}`: checkpoint has {a!r}, flags give {b!r}" for k, a, b in diffs)
         raise ValueError(
             f"the checkpoints under {directory} were made with a different configuration ({listed}): "
-            "use the same flags to resume, another --workdir, or --overwrite to start afresh")
+            "use the same flags to resume, another `workdir`, or `overwrite` to start afresh")
 
 
 class PreemptionGuard:
@@ -585,7 +586,7 @@ def open_for_run(directory, config: dict, abstract_state, *, keep: int, mode: st
     restored = None
     if checkpointer.latest_step() is not None:
         if overwrite:
-            logging.warning("--overwrite: deleting checkpoints %s under %s",
+            logging.warning("overwrite=True: deleting checkpoints %s under %s",
                             checkpointer.all_steps(), checkpointer.directory)
             checkpointer.delete_all()
         else:

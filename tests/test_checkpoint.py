@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from parallel import checkpoint as ckpt_lib
 from parallel import mesh as mesh_lib
+from training import config as config_lib
 
 
 def sharded_state(mesh):
@@ -219,9 +220,12 @@ def test_config_mismatch_is_refused_naming_fields_unless_overwrite(tmp_path):
     with pytest.raises(ValueError) as info:
         ckpt_lib.open_for_run(tmp_path, {"lr": 0.2, "layers": 2, "workdir": "b", "new": 1}, abstract,
                               keep=1, mode="sync", overwrite=False, resume_ignore=("workdir",))
-    message = str(info.value)
-    assert "--lr: checkpoint has 0.1, flags give 0.2" in message and "--new" in message
-    assert "--workdir: checkpoint" not in message and "--overwrite" in message
+    message = str(info.value)  # the library names the settings; the command line adds their "--"
+    assert "`lr`: checkpoint has 0.1, flags give 0.2" in message and "`new`" in message
+    assert "`workdir`: checkpoint" not in message and "`overwrite`" in message
+    cli = config_lib.flag_message(message, ["lr", "layers", "workdir", "new", "overwrite"])
+    assert "(--lr: checkpoint has 0.1, flags give 0.2; --new: checkpoint has None, flags give 1)" in cli
+    assert cli.endswith("use the same flags to resume, another --workdir, or --overwrite to start afresh")
     same, restored = ckpt_lib.open_for_run(tmp_path, {"lr": 0.1, "layers": 2, "workdir": "b"}, abstract,
                                            keep=1, mode="sync", overwrite=False, resume_ignore=("workdir",))
     assert restored.step == 4

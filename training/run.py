@@ -2,7 +2,8 @@
 
 An experiment is ``train(cfg) -> summary``. Its steps are always the same, and live here once:
 
-1. :func:`begin` -- ``jax.distributed`` (before any JAX computation), the workdir created and probed;
+1. :func:`begin` -- ``jax.distributed`` (before any JAX computation), the workdir created, probed and
+   locked (:mod:`training.workdir_lock`);
 2. the experiment builds its state (its own code);
 3. :func:`open_run` -- the Orbax checkpointer opened, the latest good checkpoint restored (or a refusal
    naming the settings that differ from the checkpoint's), ``config.json`` and ``metrics.jsonl`` (with its
@@ -32,6 +33,7 @@ import optax
 from absl import logging
 
 from training import config as config_lib
+from training import workdir_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,42 +426,13 @@ def plot_curves(path: pathlib.Path, rows: list[dict], keys: Iterable[str], title
 def begin(cfg: RunConfig, preflight: Callable[[Any], None] | None = None) -> pathlib.Path:
     """Step 1 of a run: ``jax.distributed`` when ``multihost`` (before any JAX computation), the checks
     of ``preflight(cfg)`` against the environment (devices, ...), then the workdir, created and checked
-    writable -- so a refused run leaves nothing on disk."""
+    writable (so a run the checks refuse leaves nothing on disk) and locked for this process."""
     maybe_initialize_distributed(cfg)
     if preflight is not None:
         preflight(cfg)
     workdir = require_workdir(cfg.workdir)
-    lock_workdir(workdir, cfg)
+    workdir_lock.acquire(workdir, jax.process_index() if cfg.multihost else 0)
     return workdir
-
-
-_LOCKS: dict[str, Any] = {}  # workdir -> open lock file, held until the process exits
-
-
-def lock_workdir(workdir: pathlib.Path, cfg: RunConfig) -> None:
-    """Takes ``workdir/.lock`` (one per process index) for the life of this process: a second run on a
-    live workdir would delete the first one's in-flight checkpoint. ValueError naming the holder."""
-    import fcntl
-
-    import jax
-
-    path = workdir / f".lock.{jax.process_index() if cfg.multihost else 0}"
-    if str(path) in _LOCKS:  # this process already runs here (a resumed run in a notebook or a test)
-        return
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ValueError(f"workdir={str(workdir)!r} is in use by a running training ({holder}); wait for it, "
-                         "stop it, or use another workdir") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
-    handle.flush()
-    _LOCKS[str(path)] = handle
 
 
 @dataclasses.dataclass

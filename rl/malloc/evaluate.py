@@ -101,7 +101,7 @@ class EvalMallocConfig:
 
 
 def agent_wall_times(path: str) -> dict[str, float]:
-    """{instance: wall_time_s} of the learned solver's records in the eval_malloc --out file ``path``;
+    """{instance: wall_time_s} of the learned solver's records in the eval_malloc ``out`` file ``path``;
     ValueError naming the file unless it holds exactly one muzero/alphazero/rollout record per instance."""
     import json
 
@@ -112,7 +112,7 @@ def agent_wall_times(path: str) -> dict[str, float]:
             records = records["records"]
         learned = [(r["instance"], float(r["wall_time_s"])) for r in records if r.get("solver") in LEARNED]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"time_limit_from={path!r}: not an eval_malloc --out file ({type(e).__name__}: {e})")
+        raise ValueError(f"time_limit_from={path!r}: not an eval_malloc `out` file ({type(e).__name__}: {e})")
     times = dict(learned)
     if not times or len(times) != len(learned) or min(times.values()) <= 0:
         raise ValueError(f"time_limit_from={path!r}: needs exactly one muzero/alphazero/rollout record per "

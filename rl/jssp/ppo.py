@@ -1,10 +1,8 @@
-"""The dispatching agent: PPO training in the JAX environment, CP-SAT-improved demonstrations, greedy and
-sampling inference.
+"""PPO training of the dispatching policy in the JAX environment, with CP-SAT-improved demonstrations.
 
 Tassel, Gebser & Schekotihin (ICAPS'23), Sec. 4: a policy over the CP environment's legal jobs (and the
 No-Op) trained by policy gradient; the CP solver, hinted with the agent's own schedules, returns better
-schedules that serve as an extra learning signal; at inference, beta schedules are sampled in parallel
-and the best is kept.
+schedules that serve as an extra learning signal.
 
 * PPO (Schulman et al. 2017): clipped surrogate ``-min(r A, clip(r, 1-eps, 1+eps) A)`` (eq. 7), value
   loss and entropy bonus, generalised advantage estimation (Schulman et al. 2016, eq. 16) on the
@@ -19,12 +17,11 @@ and the best is kept.
 * Reward normalisation: the environment's reward (decrease of the makespan lower bound / largest
   duration) is rescaled by ``largest duration / LB_0`` (:func:`normalise_rewards`), so an episode's
   return is ``-(C_max - LB_0) / LB_0``, a relative gap whose scale does not grow with the instance.
-* Curriculum (Tassel et al. train one size-agnostic network; L2D trains per size): the instance size of
-  each iteration comes from :func:`curriculum_size`, a mix that grows from small to larger sizes.
 * The learning rate follows a cosine decay to ``lr_end_frac * lr`` over ``lr_decay_steps`` iterations.
 
 One training iteration (sample instances, roll out, GAE, epochs x minibatches of PPO updates) is a pure
-function ``train_step(state, demos) -> (state, metrics)``, jitted once.
+function ``train_step(state, demos) -> (state, metrics)``, jitted once. The training run around it (size
+curriculum, validation, model selection, export) is :mod:`rl.jssp.train`.
 """
 from __future__ import annotations
 
@@ -36,10 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from models.attention import NEG
-from models.jssp_policy import JobShopPolicy, PolicyConfig
-from rl import export
-from rl.jssp import cpsat, env, instances
+from models.jssp_policy import JobShopPolicy
+from rl.jssp import cpsat, env, inference, instances, policy_io
 from training.run import TrainState
 
 
@@ -109,17 +104,6 @@ class PPOConfig:
         return int(round(self.rollout_factor * self.num_jobs * self.num_machines))
 
 
-def make_model(policy_cfg: PolicyConfig) -> JobShopPolicy:
-    return JobShopPolicy(policy_cfg)
-
-
-def init_params(model: JobShopPolicy, key: jax.Array, num_jobs: int = 3, num_machines: int = 3) -> dict:
-    m, d = instances.random_batch_jax(key, 1, num_jobs, num_machines)
-    problem = env.Problem(m[0], d[0])
-    obs = env.observe(problem, env.reset(problem), model.cfg.window)
-    return model.init(key, obs)["params"]
-
-
 def lr_schedule(cfg: PPOConfig) -> optax.Schedule:
     """Learning rate per optimiser update: cosine from ``lr`` to ``lr_end_frac * lr`` over
     ``lr_decay_steps`` iterations (``epochs * minibatches`` updates each), constant when 0."""
@@ -142,37 +126,10 @@ def bc_weight(step: int, bc_boost: float, boost_steps: int) -> float:
     return float(bc_boost + (1.0 - bc_boost) * frac)
 
 
-def parse_curriculum(spec: str) -> tuple[tuple[int, int, int], ...]:
-    """``"10x10:0,15x15:200"`` -> ((10, 10, 0), (15, 15, 200)): each size joins the training mix after
-    the given number of iterations; the first must start at 0 and the starts must increase."""
-    stages = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        size, _, start = part.partition(":")
-        dims = size.split("x")
-        if len(dims) != 2 or not all(d.isdigit() and int(d) >= 1 for d in dims) or not start.isdigit():
-            raise ValueError(f"curriculum={spec!r}: {part!r} is not JOBSxMACHINES:START_STEP (e.g. 15x15:200)")
-        stages.append((int(dims[0]), int(dims[1]), int(start)))
-    if not stages:
-        raise ValueError(f"curriculum={spec!r} names no size")
-    if stages[0][2] != 0 or any(b[2] <= a[2] for a, b in zip(stages, stages[1:])):
-        raise ValueError(f"curriculum={spec!r}: the first size must start at 0 and the starts must increase")
-    if len({s[:2] for s in stages}) != len(stages):
-        raise ValueError(f"curriculum={spec!r} repeats a size")
-    return tuple(stages)
-
-
-def curriculum_size(step: int, stages: tuple[tuple[int, int, int], ...]) -> tuple[int, int]:
-    """(jobs, machines) of iteration ``step`` (1-based): round robin over the sizes that have joined by
-    then (a size with start ``s`` joins at iteration ``s + 1``), newest first from the latest join, so
-    that each newly joined size trains on its first iteration."""
-    active = [s for s in stages if s[2] < step]
-    newest_first = active[::-1]
-    return newest_first[(step - 1 - active[-1][2]) % len(active)][:2]
-
-
 def init_state(model, optimizer, seed: int) -> TrainState:
+    """Step 0 of PPO training: fresh parameters and optimiser state, and the RNG key, from ``seed``."""
     pkey, rng = jax.random.split(jax.random.PRNGKey(seed))
-    params = init_params(model, pkey)
+    params = policy_io.init_params(model, pkey)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng)
 
 
@@ -183,6 +140,26 @@ def empty_demos(cfg: PPOConfig) -> dict:
     return {"machines": np.tile(np.arange(M, dtype=np.int32), (D, J, 1)),
             "durations": np.ones((D, J, M), np.int32), "actions": np.full((D, T), -1, np.int32),
             "weight": np.zeros((), np.float32)}
+
+
+def cpsat_demonstrations(solver, params, cfg: PPOConfig, rng: np.random.Generator,
+                         time_limit_s: float) -> tuple[dict, float]:
+    """Greedy agent schedules on fresh random instances, improved by CP-SAT (hinted), as action sequences
+    (a batch like :func:`empty_demos`', of weight 1), and CP-SAT's mean relative gain over the agent."""
+    D, J, M, T = cfg.cpsat_instances, cfg.num_jobs, cfg.num_machines, cfg.rollout_len
+    out = empty_demos(cfg)
+    gains = []
+    for i in range(D):
+        inst = instances.random_instance(rng, J, M)
+        greedy = solver(params, inst.machines, inst.durations, jax.random.PRNGKey(0), 0)
+        agent_cmax, start = inference.best_of(greedy)
+        res = cpsat.solve(inst.machines, inst.durations, time_limit_s=time_limit_s, hint=start)
+        actions = cpsat.schedule_to_actions(inst.machines, inst.durations, res.start_times)[:T]
+        out["machines"][i], out["durations"][i] = inst.machines, inst.durations
+        out["actions"][i, :len(actions)] = actions
+        gains.append((agent_cmax - res.makespan) / res.makespan)
+    out["weight"] = np.ones((), np.float32)
+    return out, float(np.mean(gains))
 
 
 def _log_prob(logits, actions):
@@ -351,162 +328,3 @@ def make_train_step(model: JobShopPolicy, optimizer: optax.GradientTransformatio
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
     return train_step
-
-
-# ---------------------------------------------------------------------------------------------- inference
-def greedy_action(logits: jax.Array, noop_threshold: float | None = None) -> jax.Array:
-    """The greedy decision. ``noop_threshold=None``: the argmax over jobs and the No-Op. Otherwise the
-    decision is read as two levels, wait or dispatch, then which job: wait only if the No-Op's
-    probability exceeds ``noop_threshold`` (1.0: never wait), else the most likely job. With a flat
-    argmax the No-Op, whose probability is not split among jobs, wins too often: imitating CP-SAT's
-    schedules gives it ~15-20 % mass in every state (they delay operations often), and a greedy
-    schedule that waits whenever no single job is more likely than that is poor."""
-    if noop_threshold is None:
-        return jnp.argmax(logits)
-    J = logits.shape[-1] - 1
-    wait = jax.nn.softmax(logits)[J] > noop_threshold
-    return jnp.where(wait, J, jnp.argmax(logits[:J]))
-
-
-def without_noop(logits: jax.Array) -> jax.Array:
-    """Logits with the No-Op (last) removed from the choice: a distribution over the jobs only (a running
-    instance always has a legal job: the environment advances time when none can start)."""
-    return logits.at[..., -1].set(NEG)
-
-
-def never_waits(noop_threshold: float | None) -> bool:
-    """Whether a No-Op threshold means "never wait" (1.0): such a policy (e.g. a self-labelled one, whose
-    No-Op output is untrained) neither waits greedily nor samples the No-Op."""
-    return noop_threshold is not None and noop_threshold >= 1.0
-
-
-def _policy_rollout(model: JobShopPolicy, params, problem: env.Problem, key, greedy: bool,
-                    noop_threshold: float | None = None, temperature: float = 1.0) -> env.State:
-    def choose(p, s, k):
-        logits, _ = model.apply({"params": params}, env.observe(p, s, model.cfg.window))
-        if greedy:
-            return greedy_action(logits, noop_threshold)
-        return jax.random.categorical(k, (without_noop(logits) if never_waits(noop_threshold) else logits)
-                                      / temperature)
-
-    return env.rollout(problem, choose, key)
-
-
-def make_solver(model: JobShopPolicy, noop_threshold: float | None = None, temperature: float = 1.0):
-    """``solve(params, machines, durations, key, samples) -> final states [samples]`` (jitted).
-
-    ``samples == 0`` is the greedy policy (one schedule, :func:`greedy_action` with ``noop_threshold``);
-    otherwise ``samples`` schedules are sampled in parallel (vmap) from softmax(logits / ``temperature``),
-    among the jobs only when the threshold is 1 (:func:`never_waits`), and all are returned; pick the best
-    with :func:`best_of`.
-    """
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature!r} must be > 0")
-    def solve(params, machines, durations, key, samples: int):
-        problem = env.Problem(machines, durations)
-        if samples == 0:
-            return jax.tree.map(lambda x: x[None], _policy_rollout(model, params, problem, key, True,
-                                                                   noop_threshold))
-        keys = jax.random.split(key, samples)
-        return jax.vmap(lambda k: _policy_rollout(model, params, problem, k, False, noop_threshold,
-                                                  temperature))(keys)
-
-    return jax.jit(solve, static_argnames="samples")
-
-
-def best_of(states: env.State) -> tuple[int, np.ndarray]:
-    """(makespan, start times) of the best finished schedule of a batch of final states."""
-    start = np.asarray(states.start)
-    cmax = np.asarray(states.job_ready).max(-1)
-    cmax = np.where((start >= 0).all((-1, -2)), cmax, np.iinfo(cmax.dtype).max)  # NumPy 2.5 refuses a wider int
-    i = int(np.argmin(cmax))
-    return int(cmax[i]), start[i]
-
-
-def cpsat_demonstrations(solver, params, cfg: PPOConfig, rng: np.random.Generator, time_limit_s: float) -> dict:
-    """Greedy agent schedules on fresh random instances, improved by CP-SAT (hinted), as action sequences."""
-    D, J, M, T = cfg.cpsat_instances, cfg.num_jobs, cfg.num_machines, cfg.rollout_len
-    out = empty_demos(cfg)
-    gains = []
-    for i in range(D):
-        inst = instances.random_instance(rng, J, M)
-        agent_cmax, start = best_of(solver(params, inst.machines, inst.durations, jax.random.PRNGKey(0), 0))
-        res = cpsat.solve(inst.machines, inst.durations, time_limit_s=time_limit_s, hint=start)
-        actions = cpsat.schedule_to_actions(inst.machines, inst.durations, res.start_times)[:T]
-        out["machines"][i], out["durations"][i] = inst.machines, inst.durations
-        out["actions"][i, :len(actions)] = actions
-        gains.append((agent_cmax - res.makespan) / res.makespan)
-    out["weight"] = np.ones((), np.float32)
-    return out, float(np.mean(gains))
-
-
-def make_batch_greedy(model: JobShopPolicy, noop_threshold: float | None = None):
-    """``greedy(params, machines [B,J,M], durations [B,J,M]) -> final states [B]`` (jitted)."""
-    def greedy(params, machines, durations):
-        return jax.vmap(lambda m, d: _policy_rollout(model, params, env.Problem(m, d), jax.random.PRNGKey(0),
-                                                     True, noop_threshold))(machines, durations)
-
-    return jax.jit(greedy)
-
-
-NOOP_THRESHOLDS = (None, 0.5, 0.7, 0.9, 1.0)
-
-
-def make_threshold_sweep(model: JobShopPolicy, candidates=NOOP_THRESHOLDS):
-    """``sweep(params, machines [B,J,M], durations [B,J,M]) -> {threshold: greedy makespans [B]}``, one jitted
-    greedy per candidate No-Op threshold (:func:`greedy_action`), compiled once and reused across calls."""
-    greedy = {c: make_batch_greedy(model, c) for c in candidates}
-
-    def sweep(params, machines, durations) -> dict:
-        return {c: np.asarray(g(params, machines, durations).job_ready).max(-1) for c, g in greedy.items()}
-
-    return sweep
-
-
-def best_noop_threshold(makespans: dict) -> tuple[float | None, dict]:
-    """The threshold of smallest mean makespan in a sweep's ``{threshold: makespans}`` (ties: the earlier
-    candidate), and the mean makespan of each candidate."""
-    means = {c: float(v.mean()) for c, v in makespans.items()}
-    return min(means, key=lambda c: means[c]), {str(c): v for c, v in means.items()}
-
-
-def select_noop_threshold(model: JobShopPolicy, params, machines, durations,
-                          candidates=NOOP_THRESHOLDS) -> tuple[float | None, dict]:
-    """The greedy No-Op threshold (:func:`greedy_action`) of smallest mean makespan on validation
-    instances ([B, J, M]; ties: the earlier candidate), and the mean makespan of each candidate."""
-    return best_noop_threshold(make_threshold_sweep(model, candidates)(params, machines, durations))
-
-
-SAMPLING_TEMPERATURES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-
-
-def select_sampling_temperature(model: JobShopPolicy, params, machines, durations, samples: int,
-                                candidates=SAMPLING_TEMPERATURES, seed: int = 0,
-                                noop_threshold: float | None = None) -> tuple[float, dict]:
-    """The sampling temperature of smallest mean best-of-``samples`` makespan on validation instances
-    ([B, J, M]; ties: the earlier candidate), and that mean for each candidate. A sharp policy's samples
-    differ little and a higher temperature buys diversity; a diffuse one wastes samples on poor moves and a
-lower one helps (the PPO policy's case: ``tune_jssp_sampling`` picks below 1)."""
-    means = {}
-    for t in candidates:
-        solve = make_solver(model, noop_threshold, temperature=t)
-        best = [best_of(solve(params, m, d, jax.random.PRNGKey(seed), samples))[0] for m, d in zip(machines, durations)]
-        means[t] = float(np.mean(best))
-    choice = min(candidates, key=lambda t: means[t])
-    return choice, {str(t): v for t, v in means.items()}
-
-
-def save_policy(directory, params, policy_cfg: PolicyConfig, info: dict) -> None:
-    """Writes ``policy.msgpack`` (Flax serialization) and ``policy.json`` (config + provenance)."""
-    export.save(directory, "policy", params, "policy_config", policy_cfg, info)
-
-
-def load_policy(directory) -> tuple[JobShopPolicy, dict, dict]:
-    """(model, params, info) from a directory written by :func:`save_policy`."""
-    def build(config: dict):
-        model = make_model(PolicyConfig(**config))
-        return model, init_params(model, jax.random.PRNGKey(0))
-    return export.load(directory, "policy", "policy_config", build, "scripts/train_jssp.py")
-
-
-TRAINED_DIR = __import__("pathlib").Path(__file__).resolve().parent / "trained"
