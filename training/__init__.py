@@ -10,9 +10,15 @@ not pull in JAX):
 * :mod:`training.run` -- the skeleton from workdir to summary (``RunConfig``, ``TrainState``, ``begin``,
   ``open_run``, ``Run`` with ``loop`` and ``finish``, ``run_checkpointed_steps``, ``MetricsWriter``,
   ``Progress``, ``require_positive``, ``require_workdir``, ``require_output_file``, ``write_json_atomic``,
-  ``write_csv_atomic``, ``command_line``, ``machine_info``, ``plot_curves``);
+  ``write_csv_atomic``, ``command_line``, ``machine_info``, ``provenance``, ``plot_curves``);
 * :mod:`training.workdir_lock` -- one running training per workdir (``acquire``, ``is_held_by_this_process``,
   ``holder_text``, ``holder_pid``, ``lock_path``);
+* :mod:`training.events` -- TensorBoard event files beside ``metrics.jsonl`` (``ScalarEventWriter``,
+  ``read_scalars``);
+* :mod:`training.watchdog` -- multi-process runs: a lost peer or a stalled step becomes one line and exit 1
+  (``Watchdog``, ``WatchdogConfig``, ``DistributedStore``, ``exit_with_line``);
+* :mod:`training.link` -- a shaped network link for multi-process runs (``netns``: namespace and htb;
+  ``workers``: bounded launcher; ``probe``; ``timeline``: per-process compute/sync intervals, utilisation);
 * :mod:`training.lm` -- the byte-level decoder LM experiment, dense or MoE (``TrainLMConfig``, ``train``,
   ``make_optimizer``, ``make_train_step``, ``next_token_loss``, ``evaluate``, ``check_devices``);
 * :mod:`training.diloco` -- the Streaming DiLoCo experiment (Douillard et al. 2023, 2025) and the comparison
@@ -21,6 +27,6 @@ not pull in JAX):
   (``throughput``, ``flops_per_token``, ``active_params``, ``peak_flops``);
 * :mod:`training.data` -- datasets the experiments read (``text``: byte-level corpora, Tiny Shakespeare
   embedded);
-* :mod:`training.benchmarks` -- the measuring code of ``scripts/bench_*.py`` (checkpoint, DiLoCo, MoE, the LM
-  on a GPU against nanoGPT) and their shared timing.
+* :mod:`training.benchmarks` -- the measuring code of ``scripts/bench_*.py`` (checkpoint, DiLoCo, DiLoCo over
+  a shaped link, multi-process reliability, MoE, the LM on a GPU against nanoGPT) and their shared timing.
 """
