@@ -123,7 +123,7 @@ def test_lm_table(tables):
 
 
 def test_lm_gpu_table(tables):
-    """results/device_check_lm_h200.json (scripts/device_check_lm.sh on one H200, three calls)."""
+    """results/device_check_lm_h200.json (tools/device_check_lm.sh on one H200, three calls)."""
     d = load("device_check_lm_h200.json")
     table = section(tables, "Language model")[1]
     g, b, c = d["gpt2_small"], d["baby_gpt_dropout_0.2"], d["gpt2_small_lazy_checkpoint_every_50"]

@@ -1,4 +1,4 @@
-r"""The planted bugs of the mutation check (:mod:`training.mutation`, ``scripts/mutation_check.py``).
+r"""The planted bugs of the mutation check (:mod:`tools.mutation`, ``tools/mutation_check.py``).
 
 Each :class:`Mutant` replaces one exact snippet of one file (``old``, which must occur exactly once there,
 else the mutant is STALE and the check fails) by ``new``, and names the tests that must fail on it: pytest
