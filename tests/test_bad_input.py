@@ -1,10 +1,11 @@
 """Bad input on every command line: one line on stderr naming what was wrong, exit status 1, no traceback,
 nothing created or changed on disk.
 
-The table runs each user-facing script of scripts/ (and each command line of tools/) on its bad cases (bad flag values, missing or malformed
-files, settings that contradict each other or the 8 host devices). Each row runs in a directory of its own
-(its working directory, its input files, and the workdirs/outputs it names, which do not exist yet); the
-directory's tree is compared before and after, and the checkout's default output folders must not change.
+The table runs each user-facing script of scripts/ (and each command line of tools/) on its bad cases (bad
+flag values, missing or malformed files, settings that contradict each other or the 8 host devices). Each row
+runs in a directory of its own (its working directory, its input files, and the workdirs/outputs it names,
+which do not exist yet); the directory's tree is compared before and after, and the checkout's default
+output folders must not change.
 The rows run as subprocesses, three at a time (each costs about 3 s of CPU, mostly importing JAX): the
 default run takes a representative third (30 rows, about 75 s of CPU: about 40 s wall on 2 idle cores),
 the rest is marked ``slow``. The loaders' own checks (job-shop text files and mallocGame JSON,

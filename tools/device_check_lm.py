@@ -118,8 +118,9 @@ def main(argv):
     print(f"\n{'part':28s} {'ms/step':>8s} {'tokens/s':>10s} {'MFU':>6s}  val loss by step")
     for name, e in result["parts"].items():
         ms, tok, mfu = e.get("ms_per_step"), e.get("tokens_per_sec"), e.get("mfu")
+        val_loss = json.dumps(e.get("val_loss", e.get("skipped")))
         print(f"{name:28s} {ms or float('nan'):8.2f} {tok or float('nan'):10.0f} "
-              f"{mfu if isinstance(mfu, float) else float('nan'):6.3f}  {json.dumps(e.get('val_loss', e.get('skipped')))}")
+              f"{mfu if isinstance(mfu, float) else float('nan'):6.3f}  {val_loss}")
     write_json_atomic(out_path, result)
 
 

@@ -242,7 +242,8 @@ MUTANTS: tuple[Mutant, ...] = (
 
     # ---------------------------------------------------------------- parallel/checkpoint.py
     Mutant("checkpoint_restore_check_removed", "parallel/checkpoint.py",
-           "\n            if saved is not None:\n                _check_saved_matches(saved, abstract_state, self.step_path(step))",
+           "\n            if saved is not None:\n"
+           "                _check_saved_matches(saved, abstract_state, self.step_path(step))",
            "",
            ("tests/test_checkpoint.py",), "restore no longer checks the saved tree (names, shapes, dtypes) "
            "against the target before Orbax casts it"),
