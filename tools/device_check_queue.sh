@@ -18,6 +18,8 @@ bash tools/device_check_moe.sh "$@" 2>&1 | tee "$OUT/device_check_moe.log"
 TOUR_S=${TOUR_S:-$((575 - ($(date +%s) - START)))}
 echo "== tour, ${TOUR_S} s left"
 rm -rf /tmp/tour_gpu
-timeout -s INT "$TOUR_S" $PY -m scripts.tour --workdir=/tmp/tour_gpu 2>&1 | grep -v "^[IW][0-9]\{4\}" | tail -40
+# SIGINT only preempts the training step in progress (it checkpoints and returns; the tour goes on to its next
+# step): KILL follows 15 s later, and the summary keeps every step finished by then
+timeout -s INT -k 15 "$TOUR_S" $PY -m scripts.tour --workdir=/tmp/tour_gpu 2>&1 | grep -v "^[IW][0-9]\{4\}" | tail -40
 cp /tmp/tour_gpu/tour_summary.json "$OUT/tour_summary_gpu.json" 2>/dev/null
 echo "== queue done after $(($(date +%s) - START)) s"
