@@ -250,6 +250,17 @@ CASES = [
          files={"file": "x"}),
     Case("bench_diloco", "workers_3_on_8_devices", ("--workers=3", "--batch_size=24", "--out={row}/b.json"),
          "--workers=3 must divide the number of devices 8"),
+    # bench_multiprocess: one row per setting (before any trial starts)
+    Case("bench_multiprocess", "workdir_missing", ("--runs=1",), "workdir=''"),
+    Case("bench_multiprocess", "runs_zero", ("--workdir={row}/w", "--runs=0"), "--runs=0", slow=True),
+    Case("bench_multiprocess", "one_process", ("--workdir={row}/w", "--processes=1"), "--processes=1", slow=True),
+    Case("bench_multiprocess", "bad_mode", ("--workdir={row}/w", "--modes=lazy,eager"), "eager", slow=True),
+    Case("bench_multiprocess", "bad_script", ("--workdir={row}/w", "--script=train_moe"), "--script='train_moe'",
+         slow=True),
+    Case("bench_multiprocess", "stall_timeout_zero", ("--workdir={row}/w", "--stall_timeout_s=0"),
+         "--stall_timeout_s=0", slow=True),
+    Case("bench_multiprocess", "out_is_a_directory", ("--workdir={row}/w", "--out={row}/outdir"), "--out=",
+         files={"outdir/keep": ""}, slow=True),
     # bench_diloco_link: one row per flag (not root, a namespace in use: tests/test_link.py)
     Case("bench_diloco_link", "rate_zero", ("--workdir={row}/w", "--rates=0mbit"),
          "--rates='0mbit' must be between 1bit and 1000gbit"),
@@ -510,7 +521,7 @@ def _out_configs():
     from rl.jssp import evaluate as jssp_eval
     from rl.malloc import bench as malloc_bench
     from rl.malloc import evaluate as malloc_eval
-    from training import mutation
+    from tools import mutation
 
     return [jssp_eval.EvalConfig, jssp_bench.BenchJSSPConfig, malloc_eval.EvalMallocConfig,
             malloc_eval.MoveSetCheckConfig, malloc_bench.BenchMallocConfig, algoperf_bench.BenchConfig,
