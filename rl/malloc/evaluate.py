@@ -93,7 +93,7 @@ class EvalMallocConfig:
             agent_wall_times(self.time_limit_from)
         if self.weights:  # checked even when no solver uses it: a mistyped path is never silently ignored
             require_network_dir("weights", self.weights)
-        run_lib.require_output_file("out", self.out, make_parents=True)
+        run_lib.require_output_file("out", self.out)
 
     @property
     def solvers(self) -> list[str]:
@@ -101,16 +101,18 @@ class EvalMallocConfig:
 
 
 def agent_wall_times(path: str) -> dict[str, float]:
-    """{instance: wall_time_s} of the learned solver's records in the eval_malloc --out file ``path``;
+    """{instance: wall_time_s} of the learned solver's records in the eval_malloc ``out`` file ``path``;
     ValueError naming the file unless it holds exactly one muzero/alphazero/rollout record per instance."""
     import json
 
     file = pathlib.Path(path).expanduser()
     try:
         records = json.loads(file.read_text())
+        if isinstance(records, dict) and "records" in records:  # a results file: {"provenance", "records"}
+            records = records["records"]
         learned = [(r["instance"], float(r["wall_time_s"])) for r in records if r.get("solver") in LEARNED]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"time_limit_from={path!r}: not an eval_malloc --out file ({type(e).__name__}: {e})")
+        raise ValueError(f"time_limit_from={path!r}: not an eval_malloc `out` file ({type(e).__name__}: {e})")
     times = dict(learned)
     if not times or len(times) != len(learned) or min(times.values()) <= 0:
         raise ValueError(f"time_limit_from={path!r}: needs exactly one muzero/alphazero/rollout record per "
@@ -248,9 +250,7 @@ def run(cfg: EvalMallocConfig) -> list[dict]:
                           cfg.weights, cfg.samples, time_limits, cfg.keep_best)
     print_table(summarise(records))
     if cfg.out:
-        out = pathlib.Path(cfg.out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        run_lib.write_json_atomic(out, records)
+        run_lib.write_json_atomic(pathlib.Path(cfg.out), records)
     return records
 
 
@@ -282,7 +282,7 @@ class MoveSetCheckConfig:
 
     def __post_init__(self):
         run_lib.require_positive(self, "count")
-        run_lib.require_output_file("out", self.out, make_parents=True)
+        run_lib.require_output_file("out", self.out)
 
 
 def check_move_set(cfg: MoveSetCheckConfig) -> dict:
