@@ -203,14 +203,14 @@ def outer_optimizer(lr: float = 0.7, momentum: float = 0.9, nesterov: bool = Tru
 
 def outer_gradient(global_params, local_params):
     """Δ_m = θ - θ_m (Algorithm 1, line 8, before averaging)."""
-    return jax.tree.map(lambda g, l: g - l, global_params, local_params)
+    return jax.tree.map(lambda g, loc: g - loc, global_params, local_params)
 
 
 def merge(local, global_, alpha: float):
     """θ_m ← α θ_m + (1 - α) θ (Streaming DiLoCo Sec. 2.3, eq. after Algorithm 2); α = 0 replaces."""
     if alpha == 0.0:
-        return jax.tree.map(lambda l, g: jnp.broadcast_to(g, l.shape).astype(l.dtype), local, global_)
-    return jax.tree.map(lambda l, g: alpha * l + (1.0 - alpha) * g, local, global_)
+        return jax.tree.map(lambda loc, g: jnp.broadcast_to(g, loc.shape).astype(loc.dtype), local, global_)
+    return jax.tree.map(lambda loc, g: alpha * loc + (1.0 - alpha) * g, local, global_)
 
 
 # ----------------------------------------------------------------------------- fragments & schedule
@@ -290,21 +290,63 @@ def _inner_local(loss_fn, optimizer, data_axis):
     return local
 
 
-def _exchange(x: jax.Array, codec: quantize.Codec, workers: int, axis: str) -> tuple[jax.Array, jax.Array]:
-    """(mean over workers of the decoded messages, this worker's own decoded message) for one tensor: an FP32
-    all-reduce when the codec is lossless, else an all-gather of the encoded payloads, each decoded and
-    summed in FP32."""
+def _pack_bytes(parts: list[jax.Array]) -> jax.Array:
+    """The arrays' bytes end to end in one uint8 vector (bit casts, no conversion)."""
+    as_bytes = [a if a.dtype == jnp.uint8 else jax.lax.bitcast_convert_type(a, jnp.uint8) for a in parts]
+    return jnp.concatenate([b.reshape(-1) for b in as_bytes])
+
+
+def _unpack_bytes(packed: jax.Array, like: list[jax.Array]) -> list[jax.Array]:
+    """Inverse of :func:`_pack_bytes` along the last axis of ``packed`` ([..., total bytes]): arrays shaped and
+    typed like ``like``, with ``packed``'s leading axes in front."""
+    lead, out, offset = packed.shape[:-1], [], 0
+    for a in like:
+        size = a.size * a.dtype.itemsize
+        chunk = packed[..., offset:offset + size]
+        offset += size
+        if a.dtype == jnp.uint8:
+            out.append(chunk.reshape(*lead, *a.shape))
+        else:
+            chunk = chunk.reshape(*lead, *a.shape, a.dtype.itemsize)
+            out.append(jax.lax.bitcast_convert_type(chunk, a.dtype))
+    return out
+
+
+def _exchange(tree, codec: quantize.Codec, workers: int, axis: str):
+    """(mean over workers of the decoded messages, this worker's own decoded message) for a fragment's tree.
+
+    One collective per fragment, whatever its number of tensors: an FP32 all-reduce of the tensors end to end
+    when the codec is lossless, else an all-gather of every tensor's encoded payload packed into one byte
+    vector, each worker's part decoded and summed in FP32. One large message instead of one per tensor: a
+    slow link pays its per-message latency (and each collective's rendezvous between processes) once per
+    sync rather than once per tensor; the bytes that travel are the same."""
+    leaves, treedef = jax.tree.flatten(tree)
     if codec.lossless:
-        return jax.lax.pmean(x, axis), x
-    payload = quantize.encode(x, codec)
-    gathered = jax.lax.all_gather(payload, axis)  # leaves [M, ...]
-    decoded = jax.vmap(lambda p: quantize.decode(p, x.shape, codec))(gathered)
-    return jnp.sum(decoded, axis=0) / workers, quantize.decode(payload, x.shape, codec)
+        flat = jnp.concatenate([x.reshape(-1) for x in leaves])
+        mean, offset = jax.lax.pmean(flat, axis), 0
+        out = []
+        for x in leaves:
+            out.append(mean[offset:offset + x.size].reshape(x.shape))
+            offset += x.size
+        return jax.tree.unflatten(treedef, out), tree
+    payloads = [quantize.encode(x, codec) for x in leaves]
+    parts, part_defs = zip(*(jax.tree.flatten(pl) for pl in payloads))
+    flat_parts = [a for ps in parts for a in ps]
+    gathered = _unpack_bytes(jax.lax.all_gather(_pack_bytes(flat_parts), axis), flat_parts)  # each [M, ...]
+    means, own, i = [], [], 0
+    for x, payload_parts, part_def in zip(leaves, parts, part_defs):
+        mine = jax.tree.unflatten(part_def, payload_parts)
+        theirs = jax.tree.unflatten(part_def, gathered[i:i + len(payload_parts)])
+        i += len(payload_parts)
+        decoded = jax.vmap(lambda pl, shape=x.shape: quantize.decode(pl, shape, codec))(theirs)
+        means.append(jnp.sum(decoded, axis=0) / workers)
+        own.append(quantize.decode(mine, x.shape, codec))
+    return jax.tree.unflatten(treedef, means), jax.tree.unflatten(treedef, own)
 
 
 def _average_outer_gradient(delta, codec: quantize.Codec, workers: int, axis: str):
     """Mean over workers of Δ_m: all-reduce in FP32, or all-gather of encoded payloads + FP32 mean."""
-    return jax.tree.map(lambda x: _exchange(x, codec, workers, axis)[0], delta)
+    return _exchange(delta, codec, workers, axis)[0]
 
 
 def _all_finite(tree) -> jax.Array:
@@ -328,10 +370,8 @@ def _sync_local(outer_opt, codec, workers, axis, error_feedback: bool = False, d
         if error_feedback:
             message = feedback_message(residual, delta, decay)
             finite = finite & _all_finite(message)
-            pairs = jax.tree.map(lambda a: _exchange(a, codec, workers, axis), message)
-            is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
-            avg = jax.tree.map(lambda pair: pair[0], pairs, is_leaf=is_pair)
-            residual = jax.tree.map(lambda a, pair: a - pair[1], message, pairs, is_leaf=is_pair)
+            avg, sent = _exchange(message, codec, workers, axis)
+            residual = jax.tree.map(lambda a, s: a - s, message, sent)
         else:
             avg = _average_outer_gradient(delta, codec, workers, axis)
         updates, outer_state = outer_opt.update(avg, outer_state, global_frag)
