@@ -229,7 +229,6 @@ def test_a_policy_that_never_waits_samples_no_noop():
 def test_self_labelling_run_resumes_bit_for_bit_with_its_selection(tmp_path):
     """Stopped after step 2 and resumed to step 4, a run exports the same parameters, selected step and metrics
     as one that ran 4 steps straight (the kept best parameters travel in the checkpoint)."""
-    from event_scalars import assert_events_match_metrics
     from rl.jssp import train
     from training.run import MetricsWriter
 
