@@ -156,8 +156,8 @@ def simulate_utilisation(model: SimModel, method: SimMethod, bandwidth_gbps: flo
     tau = method.overlap_tau if method.algo == "streaming" else 0
     frag_of = [0] * L
     for p, members in enumerate(fragment_layers(L, P)):
-        for l in members:
-            frag_of[l] = p
+        for layer in members:
+            frag_of[layer] = p
     offsets = [p * H // P for p in range(P)]
 
     steps = H * (outer_steps + 1)
@@ -167,20 +167,20 @@ def simulate_utilisation(model: SimModel, method: SimMethod, bandwidth_gbps: flo
     pending: dict[int, list[tuple[int, float]]] = {}  # step -> [(layer, arrival)]
     first_forward = {}  # step -> when its first forward began
     for t in range(1, steps + 2):
-        for l, arrival in pending.pop(t, []):
-            ready_at[l] = max(ready_at[l], arrival)
-        for l in range(L):
-            clock = max(clock, ready_at[l])
-            if l == 0:
+        for layer, arrival in pending.pop(t, []):
+            ready_at[layer] = max(ready_at[layer], arrival)
+        for layer in range(L):
+            clock = max(clock, ready_at[layer])
+            if layer == 0:
                 first_forward[t] = clock
-            clock += fwd[l]
-        synced = [l for l in range(L) if (t - offsets[frag_of[l]]) % H == 0]
-        for l in reversed(range(L)):
-            clock += bwd[l]
-            if l in synced:
+            clock += fwd[layer]
+        synced = [layer for layer in range(L) if (t - offsets[frag_of[layer]]) % H == 0]
+        for layer in reversed(range(L)):
+            clock += bwd[layer]
+            if layer in synced:
                 start = max(link_free, clock)
-                link_free = start + xfer[l]
-                pending.setdefault(t + 1 + tau, []).append((l, link_free))
+                link_free = start + xfer[layer]
+                pending.setdefault(t + 1 + tau, []).append((layer, link_free))
     # the periodic regime: steps H+1 .. steps (a whole number of periods H), first period as warm-up
     measured_steps = steps - H
     return measured_steps * model.step_time_s / (first_forward[steps + 1] - first_forward[H + 1])

@@ -186,7 +186,8 @@ def test_logs_in_upstream_layout_and_resume(tmp_path):
 def test_bad_submission_and_workload(tmp_path):
     bad = tmp_path / "bad_submission.py"
     bad.write_text("def get_batch_size(name):\n    return 8\n\ndef update_params(**kw):\n    pass\n")
-    with pytest.raises(ValueError, match=r"lacks the submission function\(s\) \['init_optimizer_state', 'data_selection'\]"):
+    with pytest.raises(ValueError, match=r"lacks the submission function\(s\) "
+                                         r"\['init_optimizer_state', 'data_selection'\]"):
         runner.load_submission(bad)
     broken = tmp_path / "broken.py"
     broken.write_text("import not_a_module_anywhere\n")
@@ -227,7 +228,8 @@ def test_cli_missing_or_malformed_search_space_is_one_line(tmp_path):
     for extra, expected in (
             ([], "error: --tuning_search_space=None: a search-space JSON is required with --tuning_ruleset='external'"),
             ([f"--tuning_search_space={bad}"], f"error: --tuning_search_space='{bad}' is not valid JSON"),
-            ([f"--tuning_search_space={tmp_path / 'nope.json'}"], f"error: --tuning_search_space='{tmp_path / 'nope.json'}' is not a file"),
+            ([f"--tuning_search_space={tmp_path / 'nope.json'}"],
+             f"error: --tuning_search_space='{tmp_path / 'nope.json'}' is not a file"),
             (["--tuning_ruleset=self", f"--tuning_search_space={bad}"], "error: --tuning_search_space='")):
         out = subprocess.run(command + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
         lines = [line for line in out.stderr.splitlines() if line.strip()]

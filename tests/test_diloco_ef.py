@@ -174,7 +174,8 @@ def test_bad_topk_fraction_names_the_setting(value, needle):
 
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(error_feedback=True), "error_feedback=True with outer_precision=fp32 and topk_fraction=1.0"),
-    (dict(error_feedback=True, algo="dp", outer_precision="int2"), "error_feedback=True needs algo=diloco or streaming"),
+    (dict(error_feedback=True, algo="dp", outer_precision="int2"),
+     "error_feedback=True needs algo=diloco or streaming"),
     (dict(error_feedback=True, outer_precision="int2", error_feedback_decay=0.0), "error_feedback_decay=0.0"),
     (dict(outer_precision="int4"), "outer_precision='int4'; allowed: fp32, bf16, fp8, fp4, int2, sign1"),
 ])

@@ -44,7 +44,8 @@ def test_resume_mid_outer_step_is_bit_identical(devices, tmp_path):
     # 12 steps, H=4, P=2: fragment 1 syncs at 2, 6, 10 and fragment 0 at 4, 8, 12
     assert straight["syncs"] == 6
     # the byte budget computed without training is what the run counted
-    budget = train_diloco.byte_budget(from_flat(train_diloco.TrainDiLoCoConfig, dict(workdir=str(tmp_path / "c"), **TINY)))
+    budget = train_diloco.byte_budget(from_flat(train_diloco.TrainDiLoCoConfig,
+                                                dict(workdir=str(tmp_path / "c"), **TINY)))
     assert budget == {k: straight[k] for k in budget}
 
 

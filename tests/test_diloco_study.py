@@ -66,7 +66,8 @@ def test_table_statistics_and_goals_on_made_up_runs(tmp_path):
     record = study.build_record(cfg, configs, budgets, summaries, "python -m scripts.diloco_study", session={})
     rows = {r["row"]: r for r in record["rows"]}
     r2 = rows["streaming_fp4_h100_m2"]
-    assert r2["val_loss"]["mean"] == pytest.approx(np.mean(m2)) and r2["val_loss"]["std"] == pytest.approx(np.std(m2, ddof=1))
+    assert (r2["val_loss"]["mean"] == pytest.approx(np.mean(m2))
+            and r2["val_loss"]["std"] == pytest.approx(np.std(m2, ddof=1)))
     assert r2["val_loss_ratio_to_dp"] == pytest.approx(np.mean(m2) / np.mean(dp))
     paired = np.array(m2) / np.array(dp)
     assert r2["paired_ratio_to_dp"]["mean"] == pytest.approx(paired.mean())

@@ -241,7 +241,8 @@ def test_predicted_bytes_match_the_trainers_accounting(devices, m):
     from training import diloco as diloco_exp
     from training.benchmarks import diloco_link
 
-    cfg = _cfg(processes=str(m), devices=8, steps=30, inner_steps=10, train_flags="--d_model=32 --mlp_dim=64 --warmup_steps=5")
+    cfg = _cfg(processes=str(m), devices=8, steps=30, inner_steps=10,
+               train_flags="--d_model=32 --mlp_dim=64 --warmup_steps=5")
     for method in ("dp", "diloco_fp32", "streaming_fp4", "streaming_fp4_overlap"):
         train_cfg = cfg.train_config(diloco_link.RowSpec(method, m, None))
         ours = diloco_link.predicted_bytes(train_cfg, 8)
@@ -522,7 +523,8 @@ def test_workers_inside_a_namespace_killed_with_9_or_hung_leave_nothing(tmp_path
     needs_namespaces()
     name = _name("kill")
     with netns.Link(name, rate_bps=10 ** 8) as link:
-        r = _launch(tmp_path, ["import time; time.sleep(60)", "import os, time; time.sleep(0.3); os.kill(os.getpid(), 9)"],
+        r = _launch(tmp_path, ["import time; time.sleep(60)",
+                               "import os, time; time.sleep(0.3); os.kill(os.getpid(), 9)"],
                     prefix=link.exec_prefix())
         assert r.status == "failed" and r.returncodes[1] == -9
         r = _launch(tmp_path, ["import time; time.sleep(60)"], timeout_s=1.0, prefix=link.exec_prefix())

@@ -7,9 +7,9 @@ mesh (each of the M workers gets batch_size/M rows, split again over its devices
 model and data are the LM experiment's (:mod:`training.lm`); the outer optimiser family is
 :mod:`parallel.diloco`. ``train`` writes metrics every ``log_every`` steps (train loss, cumulative bytes
 sent and the peak bytes of any one step per device, as ring-wire bytes between the M workers, over the whole
-mesh, and as collective payload) and the validation loss of the global parameters every ``eval_every`` steps; checkpoints resume
-at any inner step, also in the middle of an outer step or of a τ-delayed merge. :func:`compare` tabulates
-finished runs against the data-parallel one.
+mesh, and as collective payload) and the validation loss of the global parameters every ``eval_every`` steps;
+checkpoints resume at any inner step, also in the middle of an outer step or of a τ-delayed merge.
+:func:`compare` tabulates finished runs against the data-parallel one.
 """
 from __future__ import annotations
 

@@ -326,7 +326,8 @@ def build_record(cfg: DiLoCoStudyConfig, configs: dict, budgets: dict, summaries
             row["val_loss"] = _spread([s["val_loss"] for s in runs.values()])
             row["wall_s"] = _spread([s["wall_time_s"] for s in runs.values()])
         if runs and dp_runs:
-            row["val_loss_ratio_to_dp"] = row["val_loss"]["mean"] / statistics.fmean(s["val_loss"] for s in dp_runs.values())
+            row["val_loss_ratio_to_dp"] = (row["val_loss"]["mean"]
+                                           / statistics.fmean(s["val_loss"] for s in dp_runs.values()))
             paired = [runs[s]["val_loss"] / dp_runs[s]["val_loss"] for s in sorted(runs) if s in dp_runs]
             if paired:
                 row["paired_ratio_to_dp"] = _spread(paired)
@@ -335,8 +336,9 @@ def build_record(cfg: DiLoCoStudyConfig, configs: dict, budgets: dict, summaries
               "train_defaults": {**TRAIN_DEFAULTS, **cfg.train_flat},
               "num_params": _num_params(next(iter(configs.values()))),
               "rows": rows, "goals": evaluate_goals(rows, len(cfg.seed_list)),
-              "runs": [{"row": r.row, "seed": r.seed, "val_loss": s.get("val_loss"), "wall_time_s": s.get("wall_time_s"),
-                        "bytes_sent": s["bytes_sent"], "resumed_from": s.get("resumed_from")}
+              "runs": [{"row": r.row, "seed": r.seed, "val_loss": s.get("val_loss"),
+                        "wall_time_s": s.get("wall_time_s"), "bytes_sent": s["bytes_sent"],
+                        "resumed_from": s.get("resumed_from")}
                        for r, s in sorted(summaries.items(), key=lambda kv: (kv[0].row, kv[0].seed))],
               "planned_runs": len(configs), "finished_runs": len(summaries)}
     if session.get("steps"):
@@ -390,10 +392,12 @@ def markdown(record: dict) -> str:
     for r in record["rows"]:
         ratio = r.get("val_loss_ratio_to_dp")
         lines.append(
-            f"| {r['row']} | {r['M']} | {r['H']} | {r['P']} | {r['tau']} | {r['outer']} | {_fmt_spread(r.get('val_loss'))} "
+            f"| {r['row']} | {r['M']} | {r['H']} | {r['P']} | {r['tau']} | {r['outer']} "
+            f"| {_fmt_spread(r.get('val_loss'))} "
             f"| {'–' if ratio is None else f'{ratio:.4f}'} | {_fmt_spread(r.get('paired_ratio_to_dp'))} "
             f"| {r['bytes_between_workers']:.4g} | {r.get('bytes_reduction_vs_dp', math.nan):.1f}× "
-            f"| {r.get('peak_reduction_vs_dp', math.nan):.1f}× | {r.get('mesh_bytes_reduction_vs_dp', math.nan):.3f}× |")
+            f"| {r.get('peak_reduction_vs_dp', math.nan):.1f}× "
+            f"| {r.get('mesh_bytes_reduction_vs_dp', math.nan):.3f}× |")
     lines += ["", "Goals (mean of the seeds; a goal is decided once all its rows have every seed):", ""]
     for g in record["goals"]:
         rows = "; ".join(f"{c['row']}: {c['bytes_reduction_vs_dp']:.1f}×, ratio "
@@ -454,7 +458,8 @@ def format_plan(cfg: DiLoCoStudyConfig, configs: dict, budgets: dict, summaries:
         b = budgets[name]
         from training import diloco as diloco_exp
 
-        red = "" if dp is None else f"  {diloco_exp.dp_bytes_between(dp, c.diloco.workers)[0] / b['bytes_sent']:9.1f}x vs DP"
+        red = ("" if dp is None
+               else f"  {diloco_exp.dp_bytes_between(dp, c.diloco.workers)[0] / b['bytes_sent']:9.1f}x vs DP")
         done = sum(1 for r in summaries if r.row == name)
         lines.append(f"  {name:24s} M={c.diloco.workers} steps={c.steps} syncs={b['syncs']:5d} "
                      f"bytes between workers {b['bytes_sent']:12.4g}{red}  finished {done}/{len(cfg.seed_list)}")
