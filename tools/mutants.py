@@ -63,8 +63,9 @@ MUTANTS: tuple[Mutant, ...] = (
            "value = magnitude",
            ("tests/test_quantize.py",), "fp4 decode ignores the sign bit"),
     Mutant("fp4_nibble_order_swapped", "parallel/quantize.py",
-           "return (pairs[:, 0] | (pairs[:, 1] << 4)).astype(jnp.uint8)",
-           "return (pairs[:, 1] | (pairs[:, 0] << 4)).astype(jnp.uint8)",
+           "    return pack_bits(codes, 4)\n",
+           "    packed = pack_bits(codes, 4)\n"
+           "    return ((packed >> 4) | (packed << 4)).astype(jnp.uint8)\n",
            ("tests/test_quantize.py",), "pack puts the first code in the high nibble; unpack reads it from "
            "the low one"),
     Mutant("fp4_row_scale_is_tensor_max", "parallel/quantize.py",
@@ -72,10 +73,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "return jnp.max(jnp.abs(x2d)) * jnp.ones((x2d.shape[0], 1), x2d.dtype)",
            ("tests/test_quantize.py",), "scale='row' uses the whole tensor's largest magnitude for every row"),
     Mutant("payload_nbytes_floor", "parallel/quantize.py",
-           "return (n + 1) // 2 + scales",
-           "return n // 2 + scales",
+           "return (n + per - 1) // per + scales",
+           "return (n // per if bits == 4 else (n + per - 1) // per) + scales",
            ("tests/test_quantize.py",), "an odd number of fp4 codes is counted as floor(n/2) bytes, not "
-           "ceil(n/2)"),
+           "ceil(n/2) (int2 and sign1 keep their ceilings)"),
 
     # ---------------------------------------------------------------- parallel/moe (routing, combine, capacity)
     Mutant("moe_topk_picks_lowest", "parallel/moe/routing.py",
@@ -114,13 +115,13 @@ MUTANTS: tuple[Mutant, ...] = (
 
     # ---------------------------------------------------------------- parallel/diloco.py
     Mutant("diloco_merge_alpha_swapped", "parallel/diloco.py",
-           "lambda l, g: alpha * l + (1.0 - alpha) * g",
-           "lambda l, g: (1.0 - alpha) * l + alpha * g",
+           "lambda loc, g: alpha * loc + (1.0 - alpha) * g",
+           "lambda loc, g: (1.0 - alpha) * loc + alpha * g",
            _DILOCO_TESTS, "fragment merge computes (1-α)·θ_m + α·θ instead of α·θ_m + (1-α)·θ",
            k=_DILOCO_K),
     Mutant("diloco_outer_gradient_sign", "parallel/diloco.py",
-           "lambda g, l: g - l, global_params, local_params",
-           "lambda g, l: l - g, global_params, local_params",
+           "lambda g, loc: g - loc, global_params, local_params",
+           "lambda g, loc: loc - g, global_params, local_params",
            _DILOCO_TESTS, "outer gradient Δ = θ_m - θ instead of θ - θ_m (outer step goes backwards)",
            k=_DILOCO_K),
     Mutant("diloco_momentum_sign", "parallel/diloco.py",
@@ -132,21 +133,21 @@ MUTANTS: tuple[Mutant, ...] = (
            "self.outer_opt = outer_optimizer(0.7, cfg.outer_momentum, cfg.nesterov)",
            _DILOCO_TESTS, "the trainer ignores outer_lr (always the paper's 0.7)", k=_DILOCO_K),
     Mutant("diloco_quantized_sum_not_mean", "parallel/diloco.py",
-           "return jnp.sum(decoded, axis=0) / workers",
-           "return jnp.sum(decoded, axis=0)",
+           "means.append(jnp.sum(decoded, axis=0) / workers)",
+           "means.append(jnp.sum(decoded, axis=0))",
            _DILOCO_TESTS, "quantised outer gradients are summed over workers, not averaged", k=_DILOCO_K),
     Mutant("diloco_merge_without_tau_delay", "parallel/diloco.py",
            "return syncs_at(t - tau, inner_steps, fragments) if t - tau >= 1 else []",
            "return syncs_at(t, inner_steps, fragments)",
            _DILOCO_TESTS, "a fragment's outer update is merged at its sync step, not τ steps later", k=_DILOCO_K),
 
-    # ---------------------------------------------------------------- algoperf/scoring.py
-    Mutant("algoperf_target_direction_flipped", "algoperf/scoring.py",
+    # ---------------------------------------------------------------- algoperf/metrics.py, algoperf/scoring.py
+    Mutant("algoperf_target_direction_flipped", "algoperf/metrics.py",
            "return value <= target if minimize else value >= target",
            "return value >= target if minimize else value <= target",
            _SCORING_TESTS, "time to target: a minimised metric counts as reaching its target when >= target",
            k=_SCORING_K),
-    Mutant("algoperf_target_strict", "algoperf/scoring.py",
+    Mutant("algoperf_target_strict", "algoperf/metrics.py",
            "return value <= target if minimize else value >= target",
            "return value < target if minimize else value > target",
            _SCORING_TESTS, "time to target: a value exactly at the target does not count (< instead of <=)",
@@ -191,16 +192,16 @@ MUTANTS: tuple[Mutant, ...] = (
            "next_event = jnp.max(jnp.where((est > state.t) & (est < BIG), est, -1))",
            _JSSP_ENV_TESTS, "the No-Op moves time to the latest pending event instead of the next one"),
 
-    # ---------------------------------------------------------------- rl/jssp/agent.py (PPO loss)
-    Mutant("ppo_pg_sign_flip", "rl/jssp/agent.py",
+    # ---------------------------------------------------------------- rl/jssp/ppo.py (PPO loss)
+    Mutant("ppo_pg_sign_flip", "rl/jssp/ppo.py",
            "pg = -jnp.minimum(ratio * adv, ",
            "pg = jnp.minimum(ratio * adv, ",
            _RL_LOSS_TESTS, "PPO clipped surrogate without its minus sign (gradient ascent on the loss)", k="ppo"),
-    Mutant("ppo_clip_around_zero", "rl/jssp/agent.py",
+    Mutant("ppo_clip_around_zero", "rl/jssp/ppo.py",
            "jnp.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv",
            "jnp.clip(ratio, -clip_eps, clip_eps) * adv",
            _RL_LOSS_TESTS, "PPO clips the ratio to [-eps, eps] instead of [1-eps, 1+eps]", k="ppo"),
-    Mutant("ppo_entropy_bonus_sign", "rl/jssp/agent.py",
+    Mutant("ppo_entropy_bonus_sign", "rl/jssp/ppo.py",
            "- cfg.ent_coef * terms.entropy",
            "+ cfg.ent_coef * terms.entropy",
            _RL_LOSS_TESTS, "PPO entropy term penalises entropy instead of rewarding it", k="ppo"),
