@@ -13,6 +13,8 @@ WORKLOADS = {
     "lm_gelu": "algoperf.workloads.lm:LMGeluWorkload",
     "ctr": "algoperf.workloads.ctr:CTRWorkload",
     "ctr_layernorm": "algoperf.workloads.ctr:CTRLayerNormWorkload",
+    "molgraph": "algoperf.workloads.molgraph:MolGraphWorkload",
+    "mri": "algoperf.workloads.mri:MRIWorkload",
     "mnist": "algoperf.workloads.mnist:MnistWorkload",
     "mnist_relu": "algoperf.workloads.mnist:MnistReluWorkload",
 }

@@ -125,8 +125,14 @@ class BaseWorkload(spec.Workload):
         """``{'train', 'validation', 'test': {'inputs', 'targets'}}`` as NumPy arrays."""
         raise NotImplementedError
 
-    def example_inputs(self) -> np.ndarray:
+    def example_inputs(self):
+        """One example of the model's input (an array, or a dict of arrays: what :meth:`model_inputs` returns)."""
         return self.splits["train"]["inputs"][:1]
+
+    def model_inputs(self, batch: Dict[str, Any]):
+        """What the model is applied to, from a batch (``batch['inputs']``; a workload whose examples are
+        several arrays, as the graphs of ``molgraph``, returns those)."""
+        return batch["inputs"]
 
     def eval_metrics_from_sums(self, sums: Dict[str, float]) -> Dict[str, float]:
         """Final metrics from summed per-example quantities (``loss``, ``correct``, ``n``)."""
@@ -188,7 +194,7 @@ class BaseWorkload(spec.Workload):
 
     def init_model_fn(self, rng, dropout_rate: Optional[float] = None, aux_dropout_rate: Optional[float] = None):
         del dropout_rate, aux_dropout_rate  # our models have no dropout
-        variables = jax.jit(self.model.init)(rng, jnp.asarray(self.example_inputs()))
+        variables = jax.jit(self.model.init)(rng, jax.tree.map(jnp.asarray, self.example_inputs()))
         params = jax.tree.map(lambda x: x, dict(variables["params"]))
         params = nn.meta.unbox(params)
         self._param_shapes = shapes_of(params)
@@ -203,7 +209,7 @@ class BaseWorkload(spec.Workload):
     def model_fn(self, params, augmented_and_preprocessed_input_batch, model_state, mode, rng,
                  update_batch_norm: bool, dropout_rate: Optional[float] = None):
         del mode, rng, update_batch_norm, dropout_rate
-        logits = self.model.apply({"params": params}, augmented_and_preprocessed_input_batch["inputs"])
+        logits = self.model.apply({"params": params}, self.model_inputs(augmented_and_preprocessed_input_batch))
         return logits, model_state
 
     def loss_fn(self, label_batch, logits_batch, mask_batch=None, label_smoothing: float = 0.0):
