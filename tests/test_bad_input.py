@@ -1,10 +1,11 @@
 """Bad input on every command line: one line on stderr naming what was wrong, exit status 1, no traceback,
 nothing created or changed on disk.
 
-The table runs each user-facing script of scripts/ on its bad cases (bad flag values, missing or malformed
-files, settings that contradict each other or the 8 host devices). Each row runs in a directory of its own
-(its working directory, its input files, and the workdirs/outputs it names, which do not exist yet); the
-directory's tree is compared before and after, and the checkout's default output folders must not change.
+The table runs each user-facing script of scripts/ (and each command line of tools/) on its bad cases (bad
+flag values, missing or malformed files, settings that contradict each other or the 8 host devices). Each row
+runs in a directory of its own (its working directory, its input files, and the workdirs/outputs it names,
+which do not exist yet); the directory's tree is compared before and after, and the checkout's default
+output folders must not change.
 The rows run as subprocesses, three at a time (each costs about 3 s of CPU, mostly importing JAX): the
 default run takes a representative third (30 rows, about 75 s of CPU: about 40 s wall on 2 idle cores),
 the rest is marked ``slow``. The loaders' own checks (job-shop text files and mallocGame JSON,
@@ -35,7 +36,7 @@ TIMEOUT_S = 120  # per row; a bad input fails in seconds
 
 
 class Case(NamedTuple):
-    script: str
+    script: str             # a module of scripts/ ("train_lm") or a dotted one ("tools.mutation_check")
     name: str
     args: tuple[str, ...]   # "{row}" is the row's directory, "{repo}" the checkout
     says: str               # the line must contain this (the flag and value, or the file)
@@ -86,9 +87,9 @@ CASES = [
          slow=True),
     Case("train_lm", "remat_bogus", ("--workdir={row}/w", "--remat=all"), "--remat='all'; allowed: none, block, dots",
          slow=True),
-    Case("device_check_lm", "unknown_part", ("--parts=ours_gpt3", "--peer_dir={row}"),
+    Case("tools.device_check_lm", "unknown_part", ("--parts=ours_gpt3", "--peer_dir={row}"),
          "--parts=ours_gpt3: unknown part(s) ours_gpt3; allowed: ours_gpt2", slow=True),
-    Case("device_check_lm", "no_peer", ("--peer_dir={row}/nowhere",), "holds no train.py"),
+    Case("tools.device_check_lm", "no_peer", ("--peer_dir={row}/nowhere",), "holds no train.py"),
     # ---------------------------------------------------------------- train_diloco
     Case("train_diloco", "dropout", ("--workdir={row}/w", "--dropout=0.1"),
          "train_diloco's inner steps take no random key", slow=True),
@@ -249,6 +250,17 @@ CASES = [
          files={"file": "x"}),
     Case("bench_diloco", "workers_3_on_8_devices", ("--workers=3", "--batch_size=24", "--out={row}/b.json"),
          "--workers=3 must divide the number of devices 8"),
+    # bench_multiprocess: one row per setting (before any trial starts)
+    Case("bench_multiprocess", "workdir_missing", ("--runs=1",), "workdir=''"),
+    Case("bench_multiprocess", "runs_zero", ("--workdir={row}/w", "--runs=0"), "--runs=0", slow=True),
+    Case("bench_multiprocess", "one_process", ("--workdir={row}/w", "--processes=1"), "--processes=1", slow=True),
+    Case("bench_multiprocess", "bad_mode", ("--workdir={row}/w", "--modes=lazy,eager"), "eager", slow=True),
+    Case("bench_multiprocess", "bad_script", ("--workdir={row}/w", "--script=train_moe"), "--script='train_moe'",
+         slow=True),
+    Case("bench_multiprocess", "stall_timeout_zero", ("--workdir={row}/w", "--stall_timeout_s=0"),
+         "--stall_timeout_s=0", slow=True),
+    Case("bench_multiprocess", "out_is_a_directory", ("--workdir={row}/w", "--out={row}/outdir"), "--out=",
+         files={"outdir/keep": ""}, slow=True),
     # bench_diloco_link: one row per flag (not root, a namespace in use: tests/test_link.py)
     Case("bench_diloco_link", "rate_zero", ("--workdir={row}/w", "--rates=0mbit"),
          "--rates='0mbit' must be between 1bit and 1000gbit"),
@@ -286,8 +298,8 @@ CASES = [
     Case("bench_jssp", "out_is_a_directory", ("--out={row}/outdir",), "--out=", files={"outdir/keep": ""}),
     Case("bench_malloc", "repeats_zero", ("--repeats=0", "--out={row}/b.json"), "--repeats=0", slow=True),
     Case("bench_moe", "bad_model", ("--models=gpt", "--out={row}/b.json"), "--models='gpt'"),
-    Case("mutation_check", "timeout_zero", ("--timeout=0", "--out={row}/m.json"), "--timeout=0", slow=True),
-    Case("mutation_check", "out_under_a_file", ("--out={row}/file/m.json",), "is a file, not a directory",
+    Case("tools.mutation_check", "timeout_zero", ("--timeout=0", "--out={row}/m.json"), "--timeout=0", slow=True),
+    Case("tools.mutation_check", "out_under_a_file", ("--out={row}/file/m.json",), "is a file, not a directory",
          files={"file": "x"}, slow=True),
     # ---------------------------------------------------------------- tour
     Case("tour", "lm_steps_zero", ("--workdir={row}/t", "--lm_steps=0"), "--lm_steps=0"),
@@ -315,6 +327,10 @@ class Outcome(NamedTuple):
     wall_s: float
 
 
+def _module(script: str) -> str:
+    return script if "." in script else f"scripts.{script}"
+
+
 def _run(case: Case, row: pathlib.Path) -> Outcome:
     row.mkdir(parents=True)
     for rel, content in case.files.items():
@@ -328,7 +344,7 @@ def _run(case: Case, row: pathlib.Path) -> Outcome:
     env = {k: v for k, v in dict(os.environ, PYTHONPATH=str(REPO)).items() if k != "JAX_PLATFORMS"}
     start = time.perf_counter()
     try:  # a bad input fails in seconds: one that starts the work instead is cut short
-        out = subprocess.run([sys.executable, "-m", f"scripts.{case.script}", *args], cwd=row, env=env,
+        out = subprocess.run([sys.executable, "-m", _module(case.script), *args], cwd=row, env=env,
                              capture_output=True, text=True, timeout=TIMEOUT_S)
         code, err = out.returncode, out.stderr
     except subprocess.TimeoutExpired as e:
@@ -374,7 +390,10 @@ def test_bad_input_fails_cleanly(outcomes, case):
 
 
 def test_table_covers_every_user_facing_script():
-    scripts = {p.stem for p in (REPO / "scripts").glob("*.py")} - {"__init__", "common", "device_check_bucketed"}
+    scripts = {p.stem for p in (REPO / "scripts").glob("*.py")} - {"__init__", "common"}
+    # tools/: its command lines (mutation.py and mutants.py are the harness; device_check_bucketed takes no flags)
+    scripts |= {f"tools.{p.stem}" for p in (REPO / "tools").glob("*.py")} - {
+        "tools.__init__", "tools.mutation", "tools.mutants", "tools.device_check_bucketed"}
     assert scripts <= {c.script for c in CASES}, scripts - {c.script for c in CASES}
 
 
@@ -502,7 +521,7 @@ def _out_configs():
     from rl.jssp import evaluate as jssp_eval
     from rl.malloc import bench as malloc_bench
     from rl.malloc import evaluate as malloc_eval
-    from training import mutation
+    from tools import mutation
 
     return [jssp_eval.EvalConfig, jssp_bench.BenchJSSPConfig, malloc_eval.EvalMallocConfig,
             malloc_eval.MoveSetCheckConfig, malloc_bench.BenchMallocConfig, algoperf_bench.BenchConfig,

@@ -9,7 +9,6 @@ script here.)
 import json
 import os
 import re
-import pathlib
 import resource
 import signal
 import socket

@@ -13,7 +13,7 @@
 #      blocked, bucketed, pallas) and a sweep of Pallas tiles (BM x BK x BN); a variant that does not lower
 #      is reported with its error, the others still timed;
 #   3. a MoE LM for 300 steps of scripts/train_lm.py with --moe_impl=pallas.
-# Time (limits): 20 s of start-up + 100 + 210 + 75 s = 405 s. On CPU: `bash scripts/device_check_moe.sh
+# Time (limits): 20 s of start-up + 100 + 210 + 75 s = 405 s. On CPU: `bash tools/device_check_moe.sh
 # --smoke` runs every step at toy sizes (Pallas in interpret mode) in about 3 minutes.
 set -u
 SMOKE=0; [ "${1:-}" = "--smoke" ] && SMOKE=1

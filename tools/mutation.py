@@ -1,6 +1,6 @@
 r"""Mutation check: plant named bugs one at a time and see whether the tests that should catch them fail.
 
-The mutants live in :mod:`training.mutants` (name, file, an exact ``old`` snippet, its ``new`` text, the pytest
+The mutants live in :mod:`tools.mutants` (name, file, an exact ``old`` snippet, its ``new`` text, the pytest
 selection that must fail). :func:`run`:
 
 1. copies the checkout (``git ls-files`` plus untracked files that git does not ignore) to a private
@@ -9,7 +9,7 @@ selection that must fail). :func:`run`:
    and the check fails at the end) and that its test files exist (else ERROR; the existing part of the
    selection still runs, its outcome is recorded as ``partial``);
 3. verifies that the tests import the copy: ``find_spec`` of every package points into it, and the canary
-   mutant (:data:`training.mutants.CANARY`, raises at import) must be caught with its marker in the output
+   mutant (:data:`tools.mutants.CANARY`, raises at import) must be caught with its marker in the output
    -- otherwise the run stops, since every other result would be meaningless;
 4. runs each distinct selection once on the unmutated copy (the baseline; a selection failing there makes its
    mutants ERROR rather than a false catch);
@@ -39,11 +39,11 @@ import tempfile
 import time
 from typing import Iterable, Sequence
 
-from training import mutants as mutants_lib
-from training.mutants import CANARY, CANARY_MARKER, Mutant
+from tools import mutants as mutants_lib
+from tools.mutants import CANARY, CANARY_MARKER, Mutant
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = ("algoperf", "models", "parallel", "rl", "scripts", "training")
+PACKAGES = ("algoperf", "models", "parallel", "rl", "scripts", "tools", "training")
 PYTEST_FLAGS = ("-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-rfE", "--tb=short")
 STATUSES = ("caught", "survived", "timeout", "error", "stale")
 
@@ -322,7 +322,7 @@ def run(cfg: MutationCheckConfig, log=print) -> dict:
                 runnable.append(m)
             rows[m.name] = row
         if rows[CANARY]["status"] == "stale":
-            raise ValueError(f"the canary {CANARY!r} is stale ({rows[CANARY]['detail']}): update training/mutants.py")
+            raise ValueError(f"the canary {CANARY!r} is stale ({rows[CANARY]['detail']}): update tools/mutants.py")
 
         def selection(m: Mutant) -> tuple[tuple[str, ...], str]:
             present = tuple(t for t in m.tests if t not in rows[m.name]["missing_tests"])
@@ -427,5 +427,5 @@ def report(cfg: MutationCheckConfig) -> dict:
         print(f"\nwrote {cfg.out}")
     if stale:
         raise ValueError(f"{len(stale)} mutant(s) are STALE, their `old` text no longer occurs exactly once: "
-                         f"{', '.join(stale)}; rewrite them in training/mutants.py against the current code")
+                         f"{', '.join(stale)}; rewrite them in tools/mutants.py against the current code")
     return record

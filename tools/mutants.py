@@ -1,4 +1,4 @@
-r"""The planted bugs of the mutation check (:mod:`training.mutation`, ``scripts/mutation_check.py``).
+r"""The planted bugs of the mutation check (:mod:`tools.mutation`, ``tools/mutation_check.py``).
 
 Each :class:`Mutant` replaces one exact snippet of one file (``old``, which must occur exactly once there,
 else the mutant is STALE and the check fails) by ``new``, and names the tests that must fail on it: pytest
@@ -242,7 +242,8 @@ MUTANTS: tuple[Mutant, ...] = (
 
     # ---------------------------------------------------------------- parallel/checkpoint.py
     Mutant("checkpoint_restore_check_removed", "parallel/checkpoint.py",
-           "\n            if saved is not None:\n                _check_saved_matches(saved, abstract_state, self.step_path(step))",
+           "\n            if saved is not None:\n"
+           "                _check_saved_matches(saved, abstract_state, self.step_path(step))",
            "",
            ("tests/test_checkpoint.py",), "restore no longer checks the saved tree (names, shapes, dtypes) "
            "against the target before Orbax casts it"),

@@ -12,8 +12,8 @@
 # Time: at most 30 s of start-up + TRAIN_S (default 150 s) + 40 s of export + 60 s of tuning + 120 + 150 s
 # of evaluation (each step under its own timeout) = 550 s, inside the device tool's 10-minute limit; on an
 # H200 the tuning and evaluation should take well under their limits. A smoke test on CPU:
-#   PY=.venv/bin/python OUT=/tmp/dc TRAIN_S=90 BETA=8 BATCH=2 S128_SIZES=15x15 bash scripts/device_check_jssp.sh
-# Device call: run(command="bash scripts/device_check_jssp.sh", carry=[".whl"], timeout_s=600).
+#   PY=.venv/bin/python OUT=/tmp/dc TRAIN_S=90 BETA=8 BATCH=2 S128_SIZES=15x15 bash tools/device_check_jssp.sh
+# Device call: run(command="bash tools/device_check_jssp.sh", carry=[".whl"], timeout_s=600).
 # The H200 image has jax, flax, optax and orbax but not OR-Tools (rl/jssp imports CP-SAT): carry its wheels.
 # Here, once: echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all:
 #   --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64

@@ -1,6 +1,6 @@
 r"""train_lm against nanoGPT on one GPU, both sides in one run (issue 16's device check).
 
-    python3 -m scripts.device_check_lm --peer_dir=.peer --out=$OUT/device_check_lm.json
+    python3 -m tools.device_check_lm --peer_dir=.peer --out=$OUT/device_check_lm.json
 
 Parts, each one process under its own limit (training/benchmarks/lm_device.py), inside ``--budget_s``:
 the GPT-2-small shape (12 layers, 12 heads, width 768, context 1024, batch 12, 300 steps) for us, nanoGPT
@@ -88,7 +88,7 @@ def main(argv):
     out_path = pathlib.Path(OUT.value)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     kind = jax.devices()[0].device_kind
-    result = {"what": "train_lm vs nanoGPT, one GPU, same run (scripts/device_check_lm.py)",
+    result = {"what": "train_lm vs nanoGPT, one GPU, same run (tools/device_check_lm.py)",
               "machine": machine_info(), "device_kind": kind, "parts": {}}
     start = time.perf_counter()
     with open(out_path.with_suffix(".log"), "w") as log:
@@ -118,8 +118,9 @@ def main(argv):
     print(f"\n{'part':28s} {'ms/step':>8s} {'tokens/s':>10s} {'MFU':>6s}  val loss by step")
     for name, e in result["parts"].items():
         ms, tok, mfu = e.get("ms_per_step"), e.get("tokens_per_sec"), e.get("mfu")
+        val_loss = json.dumps(e.get("val_loss", e.get("skipped")))
         print(f"{name:28s} {ms or float('nan'):8.2f} {tok or float('nan'):10.0f} "
-              f"{mfu if isinstance(mfu, float) else float('nan'):6.3f}  {json.dumps(e.get('val_loss', e.get('skipped')))}")
+              f"{mfu if isinstance(mfu, float) else float('nan'):6.3f}  {val_loss}")
     write_json_atomic(out_path, result)
 
 
