@@ -60,6 +60,7 @@ class SuiteConfig:
         scoring.check_rules(self.rules)
         baselines_lib.check_baseline_names("baselines", workloads_lib.split_names(self.baselines))
         workloads_lib.check_workload_names("workloads", self.workloads)
+        workloads_lib.check_targets_set("workloads", workloads_lib.split_names(self.workloads))
         if self.num_studies < 0:
             raise ValueError(f"num_studies={self.num_studies} must be >= 1 (or 0 for the rules' default)")
         require_positive(self, "num_tuning_trials")

@@ -106,7 +106,8 @@ class BaseWorkload(spec.Workload):
     workload_name = ""
     default_batch_size, _eval_batch_size = 128, 256
     _target_metric_name, _eval_period, _step_hint = "accuracy", 5, 1000  # eval period in seconds
-    _validation_target, _test_target, _max_runtime = 0.0, 0.0, 60  # what target setting sets; budget in seconds
+    # what target setting sets (None: not set yet, see has_targets); budget in seconds of submission time
+    _validation_target, _test_target, _max_runtime = 0.0, 0.0, 60
     _loss_type = spec.LossType.SOFTMAX_CROSS_ENTROPY
     _num_eval_train = 1000  # examples of the eval_train split (the first ones of train)
 
@@ -245,7 +246,15 @@ class BaseWorkload(spec.Workload):
     def target_metric_name(self) -> str:
         return self._target_metric_name
 
-    def _reached(self, eval_result, split: str, target: float) -> bool:
+    @property
+    def has_targets(self) -> bool:
+        """Whether target setting (:mod:`algoperf.targets`) has set this workload's targets; a workload whose
+        targets are ``None`` runs (to its budget or step limit) but is never reached and cannot be scored."""
+        return self._validation_target is not None and self._test_target is not None
+
+    def _reached(self, eval_result, split: str, target: Optional[float]) -> bool:
+        if target is None:  # not set yet: never reached
+            return False
         value = eval_result.get(f"{split}/{self.target_metric_name}")
         return meets_target(value, target, is_minimized(self.target_metric_name))
 

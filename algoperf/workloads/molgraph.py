@@ -8,11 +8,14 @@ grows from a carbon atom by attaching atoms (C, N, O, S, F, Cl with weights 0.55
 to random earlier atoms that still have free valence (C 4, N 3, O 2, S 2, F and Cl 1), 6 to 20 atoms; ring
 closures join atoms 4-5 bonds apart (5- and 6-rings) with probability 0.35 per graph, twice at most; a
 single bond between two atoms that both keep free valence becomes a double bond with probability 0.5. Eight
-binary labels are substructure rules (:data:`TASKS`: a carbonyl C=O, a nitrogen bonded to two carbons, a
-hydroxyl, two or more halogens, a ring, sulfur and nitrogen both present, an atom bonded to both a nitrogen and
-an oxygen, more than 12 atoms), each needing at most two rounds of message passing or a pooled count; their
-rates lie between 12 % and 54 %. Each label is flipped with probability :data:`LABEL_NOISE`, so the best
-possible average precision is below 1.
+binary labels (tasks) are drawn from a known generating model (:func:`true_model`): per task, a sparse random
+linear function of twelve substructure counts of the graph (:data:`FEATURES`, :func:`substructure_counts`:
+atoms of each element, double bonds, carbonyls, hydroxyls, nitrogens bonded to two carbons, atoms bonded to
+both a nitrogen and an oxygen, N-O pairs three bonds apart, rings), standardised, scaled to a logit standard
+deviation of :data:`LOGIT_SCALE` and shifted to a positive rate of about :data:`POSITIVE_RATE`; each label is
+Bernoulli(sigmoid(logit)), so the best possible average precision (:func:`bayes_mean_average_precision`) is
+below 1. Every count is local (at most three bonds) or a pooled sum, so a few rounds of message passing can
+compute it; a model that ignores the bonds cannot.
 
 Graphs are padded to :data:`MAX_NODES` atoms and :data:`MAX_EDGES` directed edges (both directions of every
 bond), atom and bond type 0 being padding, so a batch is a set of fixed-shape arrays with the graph as the
@@ -47,7 +50,7 @@ DOUBLE_BOND_PROBABILITY = 0.5
 FEATURES = ("carbons", "nitrogens", "oxygens", "sulfurs", "halogens", "double_bonds", "carbonyls", "hydroxyls",
             "amines_two_carbons", "atoms_bonded_to_n_and_o", "n_o_pairs_three_bonds_apart", "rings")
 NUM_TASKS = 8
-C, N, O, S, F, CL = 1, 2, 3, 4, 5, 6
+C, N, OX, S, F, CL = 1, 2, 3, 4, 5, 6  # atom type codes (OX: oxygen)
 
 
 def _grow(rng: np.random.Generator):
@@ -113,14 +116,14 @@ def substructure_counts(atoms: np.ndarray, bonds) -> np.ndarray:
         neighbours[i].append((j, order))
         neighbours[j].append((i, order))
     halogen = (atoms == F) | (atoms == CL)
-    carbonyl = sum(atoms[i] == C and atoms[j] == O and o == 2 for i in range(n) for j, o in neighbours[i])
-    hydroxyl = sum(atoms[i] == O and len(neighbours[i]) == 1 and neighbours[i][0][1] == 1
+    carbonyl = sum(atoms[i] == C and atoms[j] == OX and o == 2 for i in range(n) for j, o in neighbours[i])
+    hydroxyl = sum(atoms[i] == OX and len(neighbours[i]) == 1 and neighbours[i][0][1] == 1
                    and atoms[neighbours[i][0][0]] == C for i in range(n))
     amine = sum(atoms[i] == N and sum(atoms[j] == C for j, _ in neighbours[i]) >= 2 for i in range(n))
-    n_and_o = sum(any(atoms[j] == N for j, _ in neighbours[i]) and any(atoms[j] == O for j, _ in neighbours[i])
+    n_and_o = sum(any(atoms[j] == N for j, _ in neighbours[i]) and any(atoms[j] == OX for j, _ in neighbours[i])
                   for i in range(n))
-    n_o_three = int(np.sum(_distances(n, bonds)[np.ix_(atoms == N, atoms == O)] == 3))
-    return np.array([np.sum(atoms == C), np.sum(atoms == N), np.sum(atoms == O), np.sum(atoms == S),
+    n_o_three = int(np.sum(_distances(n, bonds)[np.ix_(atoms == N, atoms == OX)] == 3))
+    return np.array([np.sum(atoms == C), np.sum(atoms == N), np.sum(atoms == OX), np.sum(atoms == S),
                      np.sum(halogen), sum(o == 2 for *_, o in bonds), carbonyl, hydroxyl, amine, n_and_o, n_o_three,
                      len(bonds) - n + 1], np.float32)
 
@@ -257,9 +260,10 @@ class MolGraphWorkload(BaseWorkload):
     workload_name = "molgraph"
     default_batch_size, _eval_batch_size = 64, 1000
     _target_metric_name, _eval_period, _step_hint = "mean_average_precision", 2, 2000
-    # validation target, test target: set by scripts/set_algoperf_targets.py (algoperf.targets), recorded in
-    # results/algoperf/targets.json
-    _validation_target, _test_target = 0.93, 0.93
+    # Targets not set yet: algoperf.targets's procedure (37 step_hint runs) did not fit the session that added
+    # this workload; scripts/set_algoperf_targets.py --workloads=NAME sets them (results/algoperf/targets.json).
+    _validation_target, _test_target = None, None
+    _max_runtime = 60  # the cap on a trial (seconds of submission time) until target setting sets it
     _loss_type = spec.LossType.SIGMOID_CROSS_ENTROPY
     _num_eval_train = 1000
 

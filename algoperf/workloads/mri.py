@@ -3,7 +3,7 @@
 The role of upstream's ``fastmri`` (a U-Net reconstructing knee MRI slices from 4x-undersampled k-space;
 L1 loss, metric SSIM) at CPU size, on generated data (nothing is downloaded).
 
-Data (:func:`generate`, seeded; 6,000 train / 1,000 validation / 1,000 test images of 32 x 32): a phantom
+Data (:func:`generate`, seeded; 4,000 train / 500 validation / 500 test images of 32 x 32): a phantom
 is a dim elliptical body (intensity 0.3-0.5) holding 2-5 random ellipses of intensity 0.2-1.0 (added, then
 clipped to [0, 1]), the way Shepp-Logan phantoms are built. The corruption is known: the image's 2-D Fourier
 transform (k-space) keeps the 4 central columns and 4 of the other 28 (4x acceleration, the column mask
@@ -11,8 +11,8 @@ drawn per image, as fastMRI's random masks), complex Gaussian noise (sigma :data
 the kept samples, and the model sees the magnitude of the zero-filled inverse transform (aliasing along the
 phase-encoding axis plus noise). The target is the clean phantom.
 
-Model (:class:`UNet`): fastMRI's U-Net in miniature: two 3x3 convolutions with ReLU per level at 16, 32 and
-64 channels (two 2x2 average-pool downsamplings), transposed-convolution upsampling with skip connections,
+Model (:class:`UNet`): fastMRI's U-Net in miniature: two 3x3 convolutions with ReLU per level at 8, 16 and
+32 channels (two 2x2 average-pool downsamplings), transposed-convolution upsampling with skip connections,
 a 1x1 output convolution, and the input added back (the net predicts the correction). Loss: mean absolute
 error per image (``LossType.MEAN_ABSOLUTE_ERROR``); metric: SSIM (``ssim``, as fastMRI: 7x7 uniform window,
 K1 = 0.01, K2 = 0.03, sample covariance, data range the target's maximum), averaged over images.
@@ -33,7 +33,7 @@ from algoperf.workloads.base import BaseWorkload, masked_loss
 SIZE = 32
 CENTER_COLUMNS, OTHER_COLUMNS = 4, 4  # 8 of 32 columns kept: 4x acceleration
 K_SPACE_NOISE = 0.5  # per kept k-space sample (the image's total energy is ~ 32 x 32 x 0.1)
-SPLIT_SIZES = {"train": 6000, "validation": 1000, "test": 1000}
+SPLIT_SIZES = {"train": 4000, "validation": 500, "test": 500}
 SSIM_WINDOW, SSIM_K1, SSIM_K2 = 7, 0.01, 0.03
 
 
@@ -113,7 +113,7 @@ class ConvBlock(nn.Module):
 
 class UNet(nn.Module):
     """fastMRI's U-Net in miniature (see the module doc); [batch, H, W] -> [batch, H, W]."""
-    channels: tuple = (16, 32, 64)
+    channels: tuple = (8, 16, 32)
 
     @nn.compact
     def __call__(self, images):
@@ -134,11 +134,12 @@ class UNet(nn.Module):
 
 class MRIWorkload(BaseWorkload):
     workload_name = "mri"
-    default_batch_size, _eval_batch_size = 32, 250
+    default_batch_size, _eval_batch_size = 32, 256
     _target_metric_name, _eval_period, _step_hint = "ssim", 2, 1000
-    # validation target, test target: set by scripts/set_algoperf_targets.py (algoperf.targets), recorded in
-    # results/algoperf/targets.json
-    _validation_target, _test_target = 0.8, 0.8
+    # Targets not set yet: algoperf.targets's procedure (37 step_hint runs) did not fit the session that added
+    # this workload; scripts/set_algoperf_targets.py --workloads=NAME sets them (results/algoperf/targets.json).
+    _validation_target, _test_target = None, None
+    _max_runtime = 60  # the issue's cap on a trial (seconds of submission time) until target setting sets it
     _loss_type = spec.LossType.MEAN_ABSOLUTE_ERROR
 
     def build_model(self) -> nn.Module:
