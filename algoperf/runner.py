@@ -119,19 +119,32 @@ def _checked_batch_size(size, hook: str, workload_name: str) -> int:
     return int(size)
 
 
-def resolve_batch_size(submission: Submission, workload_name: str) -> int:
-    """``get_batch_size`` of the workload (of its base workload when it raises ValueError for a held-out
-    variant). A submission that supports neither fails here, as upstream's runner does (no default)."""
+def resolve_batch_size(submission: Submission, workload_name: str, default_batch_size: Optional[int] = None) -> int:
+    """``get_batch_size`` of the workload (of its base workload when it raises for a held-out variant).
+
+    A submission written for upstream's workloads (upstream's published baselines, e.g.
+    ``algorithms/baselines/external_tuning/jax_nadamw_full_budget.py``, know only names such as ``ogbg`` or
+    ``fastmri`` and raise ``ValueError('Unsupported workload name: ...')`` for any other) cannot know this
+    suite's names. When ``get_batch_size`` raises for both names, the workload's default batch size is used
+    (``default_batch_size``, else the registered class's ``default_batch_size``) and ONE warning names the
+    submission, the workload, what was raised and the size used. Upstream's runner has no default because its
+    submissions are written for its own workloads; ours run submissions written for upstream's.
+    """
     names = list(dict.fromkeys([workload_name, workloads_lib.get_base_workload_name(workload_name)]))
+    errors = []
     for name in names:
         try:
             size = submission.get_batch_size(name)
-        except ValueError as e:
-            if name == names[-1]:
-                raise ValueError(f"submission_path={submission.path!r}: get_batch_size({name!r}) raised "
-                                 f"ValueError: {e}") from e
+        except Exception as e:  # ValueError upstream, KeyError from a dict lookup: any refusal falls back
+            errors.append(f"get_batch_size({name!r}) raised {type(e).__name__}: {e}")
             continue
         return _checked_batch_size(size, "get_batch_size", name)
+    if default_batch_size is None:
+        default_batch_size = workloads_lib.workload_class(workload_name).default_batch_size
+    size = _checked_batch_size(default_batch_size, "the default batch size of", workload_name)
+    logging.warning("submission %s: %s; using workload %s's default batch size %d", submission.path,
+                    "; ".join(errors), workload_name, size)
+    return size
 
 
 def resolve_eval_batch_size(submission: Submission, workload_name: str, workload) -> int:
@@ -388,7 +401,11 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
                 train_state["accumulated_logging_time"] += clock() - logging_start_time
         train_state["last_step_end_time"] = clock()
 
-    if not train_state["validation_goal_reached"]:
+    if getattr(workload, "has_targets", True) is False:
+        logging.warning("%s has no targets yet (algoperf.targets sets them): the trial ran to step %d / %.1fs of "
+                        "submission time and cannot be scored", getattr(workload, "workload_name", "the workload"),
+                        global_step, train_state["accumulated_submission_time"])
+    elif not train_state["validation_goal_reached"]:
         logging.warning("missed the validation target %s=%s of %s within %d steps / %.1fs of submission time",
                         workload.target_metric_name, workload.validation_target_value,
                         getattr(workload, "workload_name", type(workload).__name__), global_step,
@@ -554,7 +571,7 @@ def run_experiment(cfg: ExperimentConfig, clock: Clock = time.perf_counter, work
     submission = check_run(cfg)  # fails fast on a missing setting, a bad submission or search space
     all_hparams = {study: study_hyperparameters(cfg, study) for study in range(cfg.num_studies)}
     workload = workload or workloads_lib.get_workload(cfg.workload, cfg.data_dir or None)
-    batch_size = resolve_batch_size(submission, cfg.workload)
+    batch_size = resolve_batch_size(submission, cfg.workload, getattr(workload, "default_batch_size", None))
     eval_batch_size = resolve_eval_batch_size(submission, cfg.workload, workload)
     if cfg.overwrite:
         for d in workload_dirs(cfg):

@@ -2,6 +2,7 @@
 import csv
 import dataclasses
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -186,7 +187,8 @@ def test_logs_in_upstream_layout_and_resume(tmp_path):
 def test_bad_submission_and_workload(tmp_path):
     bad = tmp_path / "bad_submission.py"
     bad.write_text("def get_batch_size(name):\n    return 8\n\ndef update_params(**kw):\n    pass\n")
-    with pytest.raises(ValueError, match=r"lacks the submission function\(s\) \['init_optimizer_state', 'data_selection'\]"):
+    with pytest.raises(ValueError,
+                       match=r"lacks the submission function\(s\) \['init_optimizer_state', 'data_selection'\]"):
         runner.load_submission(bad)
     broken = tmp_path / "broken.py"
     broken.write_text("import not_a_module_anywhere\n")
@@ -227,7 +229,8 @@ def test_cli_missing_or_malformed_search_space_is_one_line(tmp_path):
     for extra, expected in (
             ([], "error: --tuning_search_space=None: a search-space JSON is required with --tuning_ruleset='external'"),
             ([f"--tuning_search_space={bad}"], f"error: --tuning_search_space='{bad}' is not valid JSON"),
-            ([f"--tuning_search_space={tmp_path / 'nope.json'}"], f"error: --tuning_search_space='{tmp_path / 'nope.json'}' is not a file"),
+            ([f"--tuning_search_space={tmp_path / 'nope.json'}"],
+             f"error: --tuning_search_space='{tmp_path / 'nope.json'}' is not a file"),
             (["--tuning_ruleset=self", f"--tuning_search_space={bad}"], "error: --tuning_search_space='")):
         out = subprocess.run(command + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
         lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -235,7 +238,7 @@ def test_cli_missing_or_malformed_search_space_is_one_line(tmp_path):
     assert not (tmp_path / "exp").exists()  # nothing was started
 
 
-def test_batch_size_hooks_as_upstream():
+def test_batch_size_hooks_as_upstream(caplog):
     clock = FakeClock()
     sub, _ = fake_submission(clock)
 
@@ -245,8 +248,15 @@ def test_batch_size_hooks_as_upstream():
         return 32
     sub = runner.Submission(**{**sub.__dict__, "get_batch_size": only_base})
     assert runner.resolve_batch_size(sub, "lm_gelu") == 32  # a held-out variant falls back to its base
-    with pytest.raises(ValueError, match=r"get_batch_size\('mnist1d'\) raised ValueError: unsupported mnist1d"):
-        runner.resolve_batch_size(sub, "mnist1d")  # no silent default batch size
+    with caplog.at_level(logging.WARNING):
+        assert runner.resolve_batch_size(sub, "mnist1d") == 128  # upstream-style refusal: the workload's default
+        assert runner.resolve_batch_size(sub, "tiny", default_batch_size=16) == 16  # an unregistered workload
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings  # one per resolution, not one per name tried
+    assert warnings[0] == ("submission fake: get_batch_size('mnist1d') raised ValueError: unsupported mnist1d; "
+                           "using workload mnist1d's default batch size 128")
+    with pytest.raises(ValueError, match="the default batch size of\\('tiny'\\) returned 0"):
+        runner.resolve_batch_size(sub, "tiny", default_batch_size=0)
     sub = runner.Submission(**{**sub.__dict__, "get_batch_size": lambda name: 12})
     with pytest.raises(ValueError, match="returned 12, which the 8 devices do not divide"):
         runner.resolve_batch_size(sub, "mnist1d")
