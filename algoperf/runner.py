@@ -273,11 +273,12 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
                tuning_ruleset: str = "external", max_global_steps: Optional[int] = None,
                save_checkpoints: bool = True, save_intermediate_checkpoints: bool = True,
                clock: Clock = time.perf_counter, config: Optional[dict] = None,
-               eval_batch_size: Optional[int] = None, rules: str = "v0.6") -> TrialResult:
+               eval_batch_size: Optional[int] = None, rules: str = "v0.6", runtime_scale: float = 1.0) -> TrialResult:
     """Runs one trial (see the module doc for the timing rules); returns its score and evaluations.
 
     ``save_intermediate_checkpoints=False`` checkpoints only the finished trial (upstream's flag);
-    ``eval_batch_size`` defaults to the workload's; ``rules`` picks the self-tuning budget factor."""
+    ``eval_batch_size`` defaults to the workload's; ``rules`` picks the self-tuning budget factor;
+    ``runtime_scale`` multiplies the workload's budget (:mod:`algoperf.calibration`: this machine's speed)."""
     eval_batch_size = eval_batch_size or workload.eval_batch_size
     rng = jax.random.PRNGKey(rng_seed)
     data_rng, opt_init_rng, model_init_rng, rng = jax.random.split(rng, 4)
@@ -330,8 +331,8 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
 
     input_queue = workload._build_input_queue(data_rng, "train", data_dir, global_batch_size,
                                               start_step=global_step)
-    max_runtime = workload.max_allowed_runtime_sec * (SELF_TUNING_BUDGET_FACTOR[rules] if tuning_ruleset == "self"
-                                                      else 1)
+    max_runtime = workload.max_allowed_runtime_sec * runtime_scale * (
+        SELF_TUNING_BUDGET_FACTOR[rules] if tuning_ruleset == "self" else 1)
     global_start_time = clock()
     train_state["last_step_end_time"] = global_start_time
     goals_reached = train_state["validation_goal_reached"] and train_state["test_goal_reached"]
@@ -432,7 +433,7 @@ class ExperimentConfig:
     ``num_studies`` and ``rules``); a value given is checked here, the settings a run cannot do without by
     :func:`check_run`, both before any work starts.
 
-    workload: One of mnist1d, mnist1d_tanh, lm, lm_gelu, ctr, ctr_layernorm, mnist, mnist_relu
+    workload: One of mnist1d, mnist1d_tanh, lm, lm_gelu, ctr, ctr_layernorm, molgraph, mri, mnist, mnist_relu
       (algoperf.workloads.WORKLOADS).
     submission_path: Python file with the submission functions.
     experiment_dir: Root directory of the logs.
@@ -453,6 +454,9 @@ class ExperimentConfig:
     resume_last_run: Resume the trials already in the experiment folder (finished ones are not rerun).
     overwrite: Delete this workload's trials already in the experiment folder and start over.
     rules: v0.6 or v0.5 (the self-tuning budget: 1.5x or 3x the workload's).
+    runtime_scale: Multiplier of the workload's runtime budget: this machine's speed relative to the
+      target-setting machine (the suite measures it, algoperf.calibration); 1 keeps the budget in the
+      target-setting machine's seconds.
     """
     workload: str = ""
     submission_path: str = ""
@@ -473,6 +477,7 @@ class ExperimentConfig:
     resume_last_run: bool = False
     overwrite: bool = False
     rules: str = "v0.6"
+    runtime_scale: float = 1.0
 
     def __post_init__(self):
         if self.tuning_search_space == "":  # the command line's "not given"
@@ -489,6 +494,8 @@ class ExperimentConfig:
             raise ValueError(f"tuning_search_space={self.tuning_search_space!r} must not be given with "
                              "tuning_ruleset='self'")
         require_positive(self, "num_tuning_trials", "num_studies")
+        if not (isinstance(self.runtime_scale, (int, float)) and 0 < self.runtime_scale < float("inf")):
+            raise ValueError(f"runtime_scale={self.runtime_scale!r} must be a finite number > 0")
         if self.max_global_steps is not None and self.max_global_steps < 1:
             raise ValueError(f"max_global_steps={self.max_global_steps!r} must be >= 1 (or unset)")
         if self.overwrite and self.resume_last_run:
@@ -602,7 +609,8 @@ def run_experiment(cfg: ExperimentConfig, clock: Clock = time.perf_counter, work
                                 data_dir=cfg.data_dir or None, log_dir=trial_dir, tuning_ruleset=cfg.tuning_ruleset,
                                 max_global_steps=cfg.max_global_steps, save_checkpoints=cfg.save_checkpoints,
                                 save_intermediate_checkpoints=cfg.save_intermediate_checkpoints, clock=clock,
-                                config=config, eval_batch_size=eval_batch_size, rules=cfg.rules)
+                                config=config, eval_batch_size=eval_batch_size, rules=cfg.rules,
+                                runtime_scale=cfg.runtime_scale)
             entry = {"study": study, "trial": index + 1, "score": result.score, "global_step": result.global_step,
                      "reached_target": result.reached_validation_target,
                      "final": result.eval_results[-1][1] if result.eval_results else {}}
