@@ -1,7 +1,9 @@
 """The generated-data workloads added for issue 35: molgraph (role of upstream's ogbg) and mri (role of
 fastMRI), each against an independent reference: a dense NumPy loop for message passing, hand-counted
 substructures, average precision by its definition, SSIM window by window, an overfit batch."""
+import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,8 @@ import pytest
 
 from algoperf import workloads as workloads_lib
 from algoperf.workloads import molgraph, mri
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------- molgraph
@@ -130,7 +134,9 @@ def test_average_precision_by_definition():
 
 def test_molgraph_eval_matches_reference(devices):
     w = workloads_lib.get_workload("molgraph")
-    assert w.target_metric_name == "mean_average_precision" and not w.has_targets
+    assert w.target_metric_name == "mean_average_precision" and w.has_targets
+    # the target set by the procedure lies between chance and the generating model's own ranking
+    assert 0.5 < w.validation_target_value < molgraph.bayes_mean_average_precision()
     params, state = w.init_model_fn(jax.random.PRNGKey(1))
     metrics = w._eval_model_on_split("validation", None, 1000, params, state, None, None)
     data = w.splits["validation"]
@@ -218,9 +224,19 @@ def test_mri_eval_matches_reference(devices):
     assert math.isfinite(metrics["ssim"])
 
 
-def test_new_workloads_registered_as_base_without_targets():
-    for name in ("molgraph", "mri"):
-        assert name in workloads_lib.BASE_WORKLOADS and name not in workloads_lib.validation_targets()
-    assert workloads_lib.untargeted_workloads(["mnist1d", "molgraph", "mri"]) == ["molgraph", "mri"]
-    with pytest.raises(ValueError, match=r"\['molgraph'\] have no targets yet"):
-        workloads_lib.check_targets_set("workloads", ["mnist1d", "molgraph"])
+def test_new_workloads_registered_as_base_mri_without_targets():
+    assert {"molgraph", "mri"} <= set(workloads_lib.BASE_WORKLOADS)
+    assert "molgraph" in workloads_lib.validation_targets() and "mri" not in workloads_lib.validation_targets()
+    assert workloads_lib.untargeted_workloads(["mnist1d", "molgraph", "mri"]) == ["mri"]
+    with pytest.raises(ValueError, match=r"\['mri'\] have no targets yet"):
+        workloads_lib.check_targets_set("workloads", ["mnist1d", "mri"])
+
+
+def test_molgraph_targets_match_their_record():
+    record = json.loads((ROOT / "results" / "algoperf" / "targets_molgraph.json").read_text())["workloads"]["molgraph"]
+    cls = workloads_lib.workload_class("molgraph")
+    assert (cls._validation_target, cls._test_target, cls._max_runtime) == (
+        record["validation_target"], record["test_target"], record["max_runtime_s"])
+    assert cls._target_setting == {"baseline": record["best"]["baseline"],
+                                   "runtime_s": record["target_setting_runtime_s"],
+                                   "hyperparameters": record["best"]["hyperparameters"]}
