@@ -41,6 +41,7 @@ import inspect
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 import time
@@ -108,6 +109,46 @@ def load_submission(path: str | os.PathLike) -> Submission:
                       module.data_selection, prepare if callable(prepare) else None,
                       "train_state" in inspect.signature(module.update_params).parameters,
                       eval_batch if callable(eval_batch) else None)
+
+
+# Hyperparameters the runner itself reads (upstream's submission_runner passes them to init_model_fn).
+RUNNER_HYPERPARAMETERS = ("dropout_rate", "aux_dropout_rate")
+
+
+def _submission_sources(module, depth: int = 2) -> str:
+    """The source of the submission file and of the project modules it uses (its globals that are modules, or
+    functions and classes defined in one), ``depth`` levels deep; installed packages are left out."""
+    seen, texts, frontier = set(), [], [module]
+    for _ in range(depth + 1):
+        following = []
+        for mod in frontier:
+            path = getattr(mod, "__file__", None)
+            if not path or path in seen or not path.endswith(".py") or "-packages" in path:
+                continue
+            seen.add(path)
+            texts.append(pathlib.Path(path).read_text(errors="replace"))
+            for value in vars(mod).values():
+                owner = value if inspect.ismodule(value) else sys.modules.get(getattr(value, "__module__", None) or "")
+                if owner is not None:
+                    following.append(owner)
+        frontier = following
+    return "\n".join(texts)
+
+
+def check_hyperparameter_names(names, submission: Submission, space_path: str) -> None:
+    """ValueError naming the first search-space hyperparameter that neither the submission (its file and the
+    project modules it uses) nor the runner mentions: a misspelt name would otherwise be silently unused while
+    the submission reads its default or fails deep inside a step. A name is known when it occurs as a word in
+    that source (attribute, ``getattr`` string or comment), a static check, so a name built at run time is not
+    seen."""
+    if submission.module is None:
+        return
+    source = _submission_sources(submission.module)
+    for name in names:
+        if name not in RUNNER_HYPERPARAMETERS and not re.search(rf"\b{re.escape(name)}\b", source):
+            raise ValueError(f"tuning_search_space={space_path!r}: hyperparameter {name!r} is read nowhere in "
+                             f"submission_path={submission.path!r} (or the project modules it uses) nor by the "
+                             f"runner ({', '.join(RUNNER_HYPERPARAMETERS)}); a misspelt name?")
 
 
 def _checked_batch_size(size, hook: str, workload_name: str) -> int:
@@ -550,7 +591,8 @@ def check_run(cfg: ExperimentConfig) -> Submission:
                          "tuning_ruleset='external'")
     submission = load_submission(cfg.submission_path)
     if cfg.tuning_search_space:
-        halton.load_search_space(cfg.tuning_search_space)
+        names = halton.validate_search_space(halton.load_search_space(cfg.tuning_search_space))
+        check_hyperparameter_names(names, submission, cfg.tuning_search_space)
     existing = [d for d in workload_dirs(cfg) if d.is_dir() and any(d.iterdir())]
     if existing and not (cfg.resume_last_run or cfg.overwrite):
         # upstream asks on the terminal; a batch job gets this line instead

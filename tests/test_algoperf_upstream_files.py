@@ -47,3 +47,24 @@ def test_upstream_style_submission_runs(name, tmp_path, caplog):
         assert math.isfinite(trial["final"][f"validation/{workload.target_metric_name}"])
         hparams = json.loads((tmp_path / "exp" / f"{name}_jax" / f"trial_{i}" / "hparams.json").read_text())
         assert hparams == point  # the list's points, in order
+
+
+def test_search_space_names_the_submission_never_reads(tmp_path):
+    from algoperf import baselines
+
+    for name in baselines.REFERENCE_BASELINES:  # every baseline's space names only what it reads
+        runner.check_run(runner.ExperimentConfig(
+            workload="mnist1d", submission_path=str(baselines.submission_path(name)),
+            tuning_search_space=str(baselines.search_space_path(name)), experiment_dir=str(tmp_path / name)))
+    points = json.loads(SPACE.read_text())
+    typo = tmp_path / "space.json"
+    typo.write_text(json.dumps([{("lerning_rate" if k == "learning_rate" else k): v for k, v in p.items()}
+                                for p in points]))
+    cfg = runner.ExperimentConfig(workload="mnist1d", submission_path=str(SUBMISSION), tuning_search_space=str(typo),
+                                  experiment_dir=str(tmp_path / "exp"))
+    with pytest.raises(ValueError, match=r"hyperparameter 'lerning_rate' is read nowhere in submission_path="):
+        runner.check_run(cfg)
+    # "nesterov" occurs in optax (an installed package the submission uses), never in the submission: unknown
+    typo.write_text(json.dumps([{**p, "nesterov": True} for p in points]))
+    with pytest.raises(ValueError, match=r"hyperparameter 'nesterov' is read nowhere"):
+        runner.check_run(cfg)

@@ -211,6 +211,10 @@ CASES = [
          "nonexistent.json", slow=True),
     Case("run_algoperf", "search_space_malformed", (*AP, "--tuning_search_space={row}/space.json"), "space.json",
          files={"space.json": "{not json"}),
+    Case("run_algoperf", "search_space_unknown_name", (*AP, "--tuning_search_space={row}/space.json"),
+         "hyperparameter 'lerning_rate' is read nowhere", files={"space.json": json.dumps(
+             [{"lerning_rate": 0.001, "one_minus_beta1": 0.1, "beta2": 0.99, "warmup_factor": 0.05,
+               "weight_decay": 0.1}])}),
     Case("run_algoperf", "submission_nonexistent",
          ("--workload=mnist1d", "--submission_path={row}/nope.py", f"--tuning_search_space={SEARCH_SPACE}",
           "--experiment_dir={row}/exp"), "nope.py", slow=True),
