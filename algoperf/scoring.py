@@ -76,9 +76,9 @@ def study_time_to_target(trials: Iterable[float | tuple[float, float]], rule: st
     (a bare time counts as its own index). ``rule='upstream'`` is upstream's scoring code
     (``performance_profile.get_index_that_reaches_target``): the trial with the smallest evaluation index
     wins, the first such trial in ``trials`` (the lowest trial number) on ties -- upstream's tie follows
-    ``os.listdir`` order, ours is deterministic by choice -- and its time is the study's. With evaluations at a fixed time
-    period this is the fastest trial up to one period. ``rule='min_time'`` takes the fastest trial, as
-    upstream's rules document words it.
+    ``os.listdir`` order, ours is deterministic by choice -- and its time is the study's. With evaluations
+    at a fixed time period this is the fastest trial up to one period. ``rule='min_time'`` takes the
+    fastest trial, as upstream's rules document words it.
     """
     if rule not in STUDY_RULES:
         raise ValueError(f"study rule {rule!r}; allowed: {STUDY_RULES}")
@@ -434,8 +434,8 @@ def score(cfg: ScoreConfig) -> ScoreReport:
     reach = format_reach_table(report)
     (out / "scores.md").write_text(f"{table}\n\nTrials and studies that reached the validation target:\n\n{reach}\n")
     write_json_atomic(out / "scores.json", {
-        "rules": cfg.rules, "study_rule": cfg.study_rule, "scores": report.scores, "base_workloads": report.base_workloads,
-        "variants": report.variants,
+        "rules": cfg.rules, "study_rule": cfg.study_rule, "scores": report.scores,
+        "base_workloads": report.base_workloads, "variants": report.variants,
         "workload_times_s": {s: {w: _finite(t) for w, t in per.items()} for s, per in report.workload_times.items()},
         "scored_times_s": {s: {w: _finite(t) for w, t in per.items()} for s, per in report.scored_times.items()},
         "trial_times_s": json.loads(json.dumps(report.trial_times, default=str).replace("Infinity", "null")),

@@ -12,10 +12,11 @@ One small API over :class:`orbax.checkpoint.CheckpointManager`, used by every tr
   the idea of DataStates-LLM (Maurya et al., HPDC'24, "lazy" asynchronous checkpointing) in JAX terms:
   JAX arrays are immutable, so the step's state need not be copied before training goes on. ``save``
   dispatches the device-to-host copies into pinned host memory (:func:`to_pinned_host`) and hands the
-  whole Orbax save of those host arrays to a background thread; the caller blocks only for the hand-over. The one obligation it puts on the
-  training loop: the saved arrays must not be *donated* by the very next step (use a non-donating
-  variant of the step once, see :meth:`Checkpointer.take_donation_barrier`); later steps work on new
-  buffers and may donate freely. Peak memory grows by at most one state copy while a save is in flight.
+  whole Orbax save of those host arrays to a background thread; the caller blocks only for the
+  hand-over. The one obligation it puts on the training loop: the saved arrays must not be *donated*
+  by the very next step (use a non-donating variant of the step once, see
+  :meth:`Checkpointer.take_donation_barrier`); later steps work on new buffers and may donate freely.
+  Peak memory grows by at most one state copy while a save is in flight.
 * Errors from a background save are raised in the training loop at the next ``save``, at ``wait`` or at
   ``close`` (never only logged), as :class:`CheckpointError` naming the step that failed (not the one
   being saved when the failure surfaced) and the last good step, which stays intact.
@@ -438,7 +439,8 @@ def _check_saved_matches(saved: dict[str, Any], abstract_state, path) -> None:
     problems = [f"{name}: saved {np.dtype(saved[name].dtype).name}{list(saved[name].shape)}, "
                 f"expected {np.dtype(leaf.dtype).name}{list(leaf.shape)}"
                 for name, leaf in want.items() if name in saved
-                and (np.dtype(saved[name].dtype) != np.dtype(leaf.dtype) or tuple(saved[name].shape) != tuple(leaf.shape))]
+                and (np.dtype(saved[name].dtype) != np.dtype(leaf.dtype)
+                     or tuple(saved[name].shape) != tuple(leaf.shape))]
     problems += [f"{name}: expected but not saved" for name in want if name not in saved]
     problems += [f"{name}: saved but not expected" for name in saved if name not in want]
     if problems:

@@ -6,8 +6,9 @@ Two parts:
   cross-worker collective (an all-reduce of FP32 gradients or outer gradients, or an all-gather of encoded
   low-precision ones, see parallel/quantize.py); ``wire`` bytes are what a bandwidth-optimal ring moves
   per participant: ``2 (M-1)/M · payload`` for an all-reduce, ``(M-1) · payload`` for an all-gather
-  (Patarasuk & Yuan 2009). tests/test_comm_sim.py checks the payloads against the operands of the
-  collectives in the compiled HLO. Every method is counted over the same link, **between the M workers**
+  (Patarasuk & Yuan 2009). Payloads are exact (:func:`parallel.quantize.payload_nbytes`: packed codes, their
+  scales, top-k indices at their integer width); tests/test_comm_sim.py checks them against the operands of
+  the collectives in the compiled HLO. Every method is counted over the same link, **between the M workers**
   (the slow link DiLoCo is about: data-parallel all-reduces its gradients across the M worker groups every
   step, 2 (M-1)/M of their bytes), and separately over the **whole mesh** (every device's ring traffic,
   including the gradient all-reduce inside a worker).
@@ -35,8 +36,9 @@ BITS_PER_BYTE = 8
 
 # ----------------------------------------------------------------------------- byte accounting
 def collective_kind(codec: quantize.Codec) -> str:
-    """FP32 outer gradients are all-reduced; encoded ones are all-gathered and summed in FP32."""
-    return "all-reduce" if codec.precision == "fp32" else "all-gather"
+    """Dense FP32 outer gradients are all-reduced; encoded or top-k sparsified ones (each worker keeps other
+    entries) are all-gathered and summed in FP32."""
+    return "all-reduce" if codec.lossless else "all-gather"
 
 
 def wire_bytes(payload: int, kind: str, workers: int) -> float:
@@ -154,8 +156,8 @@ def simulate_utilisation(model: SimModel, method: SimMethod, bandwidth_gbps: flo
     tau = method.overlap_tau if method.algo == "streaming" else 0
     frag_of = [0] * L
     for p, members in enumerate(fragment_layers(L, P)):
-        for l in members:
-            frag_of[l] = p
+        for layer in members:
+            frag_of[layer] = p
     offsets = [p * H // P for p in range(P)]
 
     steps = H * (outer_steps + 1)
@@ -165,20 +167,20 @@ def simulate_utilisation(model: SimModel, method: SimMethod, bandwidth_gbps: flo
     pending: dict[int, list[tuple[int, float]]] = {}  # step -> [(layer, arrival)]
     first_forward = {}  # step -> when its first forward began
     for t in range(1, steps + 2):
-        for l, arrival in pending.pop(t, []):
-            ready_at[l] = max(ready_at[l], arrival)
-        for l in range(L):
-            clock = max(clock, ready_at[l])
-            if l == 0:
+        for layer, arrival in pending.pop(t, []):
+            ready_at[layer] = max(ready_at[layer], arrival)
+        for layer in range(L):
+            clock = max(clock, ready_at[layer])
+            if layer == 0:
                 first_forward[t] = clock
-            clock += fwd[l]
-        synced = [l for l in range(L) if (t - offsets[frag_of[l]]) % H == 0]
-        for l in reversed(range(L)):
-            clock += bwd[l]
-            if l in synced:
+            clock += fwd[layer]
+        synced = [layer for layer in range(L) if (t - offsets[frag_of[layer]]) % H == 0]
+        for layer in reversed(range(L)):
+            clock += bwd[layer]
+            if layer in synced:
                 start = max(link_free, clock)
-                link_free = start + xfer[l]
-                pending.setdefault(t + 1 + tau, []).append((l, link_free))
+                link_free = start + xfer[layer]
+                pending.setdefault(t + 1 + tau, []).append((layer, link_free))
     # the periodic regime: steps H+1 .. steps (a whole number of periods H), first period as warm-up
     measured_steps = steps - H
     return measured_steps * model.step_time_s / (first_forward[steps + 1] - first_forward[H + 1])

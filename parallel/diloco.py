@@ -9,8 +9,23 @@
   t_p = p·H/P (staggered), the outer update of θ_p is computed from the outer gradient of that moment
   and merged into the workers τ inner steps later as θ_m,p ← α·θ_m,p + (1-α)·θ_p (overlap: the workers
   keep training while the fragment travels). Outer gradients travel as fp32 (all-reduce) or encoded as
-  bf16 / fp8 E4M3 / fp4 E3M0|E2M1 (all-gather of the packed payload, decoded and averaged in FP32,
-  parallel/quantize.py). DiLoCo is the case P=1, τ=0, α=0.
+  bf16 / fp8 E4M3 / fp4 E3M0|E2M1 / int2 / sign1, optionally top-k sparsified (all-gather of the packed
+  payload, decoded and averaged in FP32, parallel/quantize.py). DiLoCo is the case P=1, τ=0, α=0.
+* **Error feedback** (``error_feedback``): each worker m keeps the residual e_m of what its compressed
+  messages left out, one per parameter (so per fragment), and sends C(Δ_m + e_m) instead of C(Δ_m):
+
+      a_m = β e_m + Δ_m,   message = C(a_m),   e_m ← a_m - D(C(a_m)),   Δ = 1/M Σ_m D(C(a_m))  (FP32)
+
+  with D the receivers' decode (the sender decodes its own message the same way, so e_m is exactly what
+  the others did not get). β = 1 (``error_feedback_decay``) is EF-SGD (Karimireddy et al. 2019, "Error
+  Feedback Fixes SignSGD and other Gradient Compression Schemes", Algorithm 2, whose C is the scaled sign
+  ``sign1``) and MuLoCo's error-feedback accumulator with 2-bit outer deltas (Thérien et al. 2025, "MuLoCo:
+  Muon is a practical inner optimizer for DiLoCo"); β < 1 with C = top-k then 2-bit is SparseLoCo (Sarfi et
+  al. 2025, "Communication Efficient LLM Pre-training with SparseLoCo", where the decayed accumulator stands
+  in for the outer momentum: set outer_momentum=0 to follow it). Δ then goes through the outer optimiser as
+  always. The residuals are part of the state (leaves [M, ...] sharded over ``workers``), so a checkpoint
+  carries them and a resumed run continues bit for bit; with a lossless codec (fp32, dense) e_m stays 0
+  and the path equals plain DiLoCo bit for bit (tests/test_diloco_ef.py).
 * **Data-parallel** baseline: one AdamW step per batch on gradients averaged over every device.
 
 A worker whose outer gradient is not finite (it diverged) stops the run with :class:`NonFiniteOuterGradient`
@@ -79,9 +94,16 @@ class DiLoCoConfig:
     outer_lr: Outer SGD learning rate.
     outer_momentum: Outer SGD momentum.
     nesterov: Nesterov outer momentum.
-    outer_precision: Outer-gradient precision on the wire, fp32, bf16, fp8 or fp4 (accumulated in FP32).
+    outer_precision: Outer-gradient precision on the wire: fp32, bf16, fp8, fp4, int2 (2-bit, RMS-scaled) or
+      sign1 (1-bit scaled sign); decoded and accumulated in FP32 (parallel/quantize.py).
     fp4_format: 4-bit float format for outer_precision=fp4, e3m0 or e2m1.
-    quant_scale: fp4/fp8 scale, per tensor or per row.
+    quant_scale: fp4/fp8/int2/sign1 scale, per tensor or per row.
+    topk_fraction: Fraction in (0, 1] of each row of an outer gradient sent (its largest magnitudes, with their
+      column indices); 1 sends all of it.
+    error_feedback: Carry what compression left out of each worker's outer gradient into its next sync (a
+      residual per worker and parameter, checkpointed); needs a lossy outer_precision or topk_fraction < 1.
+    error_feedback_decay: beta in (0, 1]: the residual is multiplied by it before the next outer gradient is
+      added (1: classic error feedback; SparseLoCo decays it).
     """
     algo: str = "streaming"
     workers: int = 2
@@ -96,6 +118,9 @@ class DiLoCoConfig:
     outer_precision: str = "fp32"
     fp4_format: str = "e3m0"
     quant_scale: str = "tensor"
+    topk_fraction: float = 1.0
+    error_feedback: bool = False
+    error_feedback_decay: float = 1.0
 
     def __post_init__(self):
         if self.algo not in ALGOS:
@@ -124,10 +149,19 @@ class DiLoCoConfig:
         if not 0.0 <= self.outer_momentum < 1.0:
             raise ValueError(f"outer_momentum={self.outer_momentum} must be in [0, 1)")
         quantize.validate_codec(self.codec)
+        if not 0.0 < self.error_feedback_decay <= 1.0:
+            raise ValueError(f"error_feedback_decay={self.error_feedback_decay} must be in (0, 1]")
+        if self.error_feedback and self.algo == "dp":
+            raise ValueError("error_feedback=True needs algo=diloco or streaming: data-parallel sends no outer "
+                             "gradient to compress")
+        if self.error_feedback and self.codec.lossless:
+            raise ValueError(f"error_feedback=True with outer_precision={self.outer_precision} and topk_fraction="
+                             f"{self.topk_fraction} sends every outer gradient exactly: nothing to feed back; use "
+                             f"a lossy outer_precision ({', '.join(quantize.PRECISIONS[1:])}) or topk_fraction < 1")
 
     @property
     def codec(self) -> quantize.Codec:
-        return quantize.Codec(self.outer_precision, self.fp4_format, self.quant_scale)
+        return quantize.Codec(self.outer_precision, self.fp4_format, self.quant_scale, self.topk_fraction)
 
     @property
     def merge_alpha(self) -> float:
@@ -169,14 +203,14 @@ def outer_optimizer(lr: float = 0.7, momentum: float = 0.9, nesterov: bool = Tru
 
 def outer_gradient(global_params, local_params):
     """Δ_m = θ - θ_m (Algorithm 1, line 8, before averaging)."""
-    return jax.tree.map(lambda g, l: g - l, global_params, local_params)
+    return jax.tree.map(lambda g, loc: g - loc, global_params, local_params)
 
 
 def merge(local, global_, alpha: float):
     """θ_m ← α θ_m + (1 - α) θ (Streaming DiLoCo Sec. 2.3, eq. after Algorithm 2); α = 0 replaces."""
     if alpha == 0.0:
-        return jax.tree.map(lambda l, g: jnp.broadcast_to(g, l.shape).astype(l.dtype), local, global_)
-    return jax.tree.map(lambda l, g: alpha * l + (1.0 - alpha) * g, local, global_)
+        return jax.tree.map(lambda loc, g: jnp.broadcast_to(g, loc.shape).astype(loc.dtype), local, global_)
+    return jax.tree.map(lambda loc, g: alpha * loc + (1.0 - alpha) * g, local, global_)
 
 
 # ----------------------------------------------------------------------------- fragments & schedule
@@ -233,6 +267,7 @@ class DiLoCoState:
     inner_opt_state: Any       # per worker, leaves [M, ...]
     global_params: Any         # θ, replicated
     outer_opt_state: tuple     # one optax state per fragment (over that fragment's subtree)
+    residual: Any = None       # error feedback: e_m per worker, leaves [M, ...] float32 sharded over `workers`
 
 
 def _stack(tree, m: int):
@@ -255,31 +290,92 @@ def _inner_local(loss_fn, optimizer, data_axis):
     return local
 
 
+def _pack_bytes(parts: list[jax.Array]) -> jax.Array:
+    """The arrays' bytes end to end in one uint8 vector (bit casts, no conversion)."""
+    as_bytes = [a if a.dtype == jnp.uint8 else jax.lax.bitcast_convert_type(a, jnp.uint8) for a in parts]
+    return jnp.concatenate([b.reshape(-1) for b in as_bytes])
+
+
+def _unpack_bytes(packed: jax.Array, like: list[jax.Array]) -> list[jax.Array]:
+    """Inverse of :func:`_pack_bytes` along the last axis of ``packed`` ([..., total bytes]): arrays shaped and
+    typed like ``like``, with ``packed``'s leading axes in front."""
+    lead, out, offset = packed.shape[:-1], [], 0
+    for a in like:
+        size = a.size * a.dtype.itemsize
+        chunk = packed[..., offset:offset + size]
+        offset += size
+        if a.dtype == jnp.uint8:
+            out.append(chunk.reshape(*lead, *a.shape))
+        else:
+            chunk = chunk.reshape(*lead, *a.shape, a.dtype.itemsize)
+            out.append(jax.lax.bitcast_convert_type(chunk, a.dtype))
+    return out
+
+
+def _exchange(tree, codec: quantize.Codec, workers: int, axis: str):
+    """(mean over workers of the decoded messages, this worker's own decoded message) for a fragment's tree.
+
+    One collective per fragment, whatever its number of tensors: an FP32 all-reduce of the tensors end to end
+    when the codec is lossless, else an all-gather of every tensor's encoded payload packed into one byte
+    vector, each worker's part decoded and summed in FP32. One large message instead of one per tensor: a
+    slow link pays its per-message latency (and each collective's rendezvous between processes) once per
+    sync rather than once per tensor; the bytes that travel are the same."""
+    leaves, treedef = jax.tree.flatten(tree)
+    if codec.lossless:
+        flat = jnp.concatenate([x.reshape(-1) for x in leaves])
+        mean, offset = jax.lax.pmean(flat, axis), 0
+        out = []
+        for x in leaves:
+            out.append(mean[offset:offset + x.size].reshape(x.shape))
+            offset += x.size
+        return jax.tree.unflatten(treedef, out), tree
+    payloads = [quantize.encode(x, codec) for x in leaves]
+    parts, part_defs = zip(*(jax.tree.flatten(pl) for pl in payloads))
+    flat_parts = [a for ps in parts for a in ps]
+    gathered = _unpack_bytes(jax.lax.all_gather(_pack_bytes(flat_parts), axis), flat_parts)  # each [M, ...]
+    means, own, i = [], [], 0
+    for x, payload_parts, part_def in zip(leaves, parts, part_defs):
+        mine = jax.tree.unflatten(part_def, payload_parts)
+        theirs = jax.tree.unflatten(part_def, gathered[i:i + len(payload_parts)])
+        i += len(payload_parts)
+        decoded = jax.vmap(lambda pl, shape=x.shape: quantize.decode(pl, shape, codec))(theirs)
+        means.append(jnp.sum(decoded, axis=0) / workers)
+        own.append(quantize.decode(mine, x.shape, codec))
+    return jax.tree.unflatten(treedef, means), jax.tree.unflatten(treedef, own)
+
+
 def _average_outer_gradient(delta, codec: quantize.Codec, workers: int, axis: str):
     """Mean over workers of Δ_m: all-reduce in FP32, or all-gather of encoded payloads + FP32 mean."""
-    if codec.precision == "fp32":
-        return jax.lax.pmean(delta, axis)
-    def one(x):
-        gathered = jax.lax.all_gather(quantize.encode(x, codec), axis)  # leaves [M, ...]
-        decoded = jax.vmap(lambda payload: quantize.decode(payload, x.shape, codec))(gathered)
-        return jnp.sum(decoded, axis=0) / workers
-    return jax.tree.map(one, delta)
+    return _exchange(delta, codec, workers, axis)[0]
 
 
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _sync_local(outer_opt, codec, workers, axis):
-    """One worker's part of a sync: the new θ of the fragment, the outer optimiser state, and whether this
-    worker's outer gradient was finite (checked locally: no extra communication; the trainer stops on a
-    False, see :class:`NonFiniteOuterGradient`)."""
-    def local(local_frag, global_frag, outer_state):
+def feedback_message(residual, delta, decay: float = 1.0):
+    """a_m = β e_m + Δ_m: what a worker compresses and sends under error feedback (FP32)."""
+    if decay == 1.0:
+        return jax.tree.map(lambda e, d: e + d.astype(jnp.float32), residual, delta)
+    return jax.tree.map(lambda e, d: decay * e + d.astype(jnp.float32), residual, delta)
+
+
+def _sync_local(outer_opt, codec, workers, axis, error_feedback: bool = False, decay: float = 1.0):
+    """One worker's part of a sync: the new θ of the fragment, the outer optimiser state, the worker's new
+    residual (None without error feedback) and whether its outer gradient was finite (checked locally: no
+    extra communication; the trainer stops on a False, see :class:`NonFiniteOuterGradient`)."""
+    def local(local_frag, global_frag, outer_state, residual):
         delta = outer_gradient(global_frag, local_frag)
         finite = _all_finite(delta)
-        avg = _average_outer_gradient(delta, codec, workers, axis)
+        if error_feedback:
+            message = feedback_message(residual, delta, decay)
+            finite = finite & _all_finite(message)
+            avg, sent = _exchange(message, codec, workers, axis)
+            residual = jax.tree.map(lambda a, s: a - s, message, sent)
+        else:
+            avg = _average_outer_gradient(delta, codec, workers, axis)
         updates, outer_state = outer_opt.update(avg, outer_state, global_frag)
-        return optax.apply_updates(global_frag, updates), outer_state, finite
+        return optax.apply_updates(global_frag, updates), outer_state, residual, finite
     return local
 
 
@@ -289,10 +385,13 @@ class NonFiniteOuterGradient(FloatingPointError):
 
 
 def _fold(state: "DiLoCoState", p: int, result) -> "DiLoCoState":
-    """``state`` with fragment p's sync result (new θ_p, its outer optimiser state) in place."""
-    new_global, outer_p = result
+    """``state`` with fragment p's sync result (new θ_p, its outer optimiser state, its workers' residuals or
+    None) in place."""
+    new_global, outer_p, residual_p = result
     outer = tuple(outer_p if i == p else s for i, s in enumerate(state.outer_opt_state))
-    return state.replace(global_params={**state.global_params, **new_global}, outer_opt_state=outer)
+    residual = state.residual if residual_p is None else {**state.residual, **residual_p}
+    return state.replace(global_params={**state.global_params, **new_global}, outer_opt_state=outer,
+                         residual=residual)
 
 
 def _done(value) -> concurrent.futures.Future:
@@ -379,14 +478,16 @@ class DiLoCo:
                 return _restack(params), _restack(opt_state), loss[None]
             inner = self._shard_map(worker_local, (self.worker_spec, self.worker_spec, self.batch_spec),
                                     (self.worker_spec, self.worker_spec, self.batch_spec))
-            sync_local = _sync_local(self.outer_opt, cfg.codec, M, WORKERS)
-            def sync_worker(local_frag, global_frag, outer_state):
-                new_global, outer_state, finite = sync_local(_unstack(local_frag), global_frag, outer_state)
-                return new_global, outer_state, finite[None]
+            sync_local = _sync_local(self.outer_opt, cfg.codec, M, WORKERS, cfg.error_feedback,
+                                     cfg.error_feedback_decay)
+            def sync_worker(local_frag, global_frag, outer_state, residual):
+                new_global, outer_state, residual, finite = sync_local(
+                    _unstack(local_frag), global_frag, outer_state, _unstack(residual))
+                return new_global, outer_state, _restack(residual), finite[None]
             # every worker computes the same θ from the same gathered payloads: replicated by
             # construction (the all-gather's result is typed as varying, hence no VMA check)
-            sync = self._shard_map(sync_worker, (self.worker_spec, P(), P()), (P(), P(), self.worker_spec),
-                                   check_vma=False)
+            sync = self._shard_map(sync_worker, (self.worker_spec, P(), P(), self.worker_spec),
+                                   (P(), P(), self.worker_spec, self.worker_spec), check_vma=False)
         else:
             devices = list(self.mesh.devices.reshape(-1))
             pinner = jax.pmap(_inner_local(self.loss_fn, self.inner_opt, None), axis_name=WORKERS, devices=devices)
@@ -394,11 +495,12 @@ class DiLoCo:
                 batch = jax.tree.map(lambda x: x.reshape((M, -1) + x.shape[1:]), batch)
                 params, opt_state, loss = pinner(params, opt_state, batch)
                 return params, opt_state, loss
-            psync = jax.pmap(_sync_local(self.outer_opt, cfg.codec, M, WORKERS), axis_name=WORKERS,
-                             in_axes=(0, None, None), devices=devices)
-            def sync(local_frag, global_frag, outer_state):
-                new_global, outer_state, finite = psync(local_frag, global_frag, outer_state)
-                return _unstack(new_global), _unstack(outer_state), finite
+            psync = jax.pmap(_sync_local(self.outer_opt, cfg.codec, M, WORKERS, cfg.error_feedback,
+                                         cfg.error_feedback_decay), axis_name=WORKERS,
+                             in_axes=(0, None, None, 0), devices=devices)
+            def sync(local_frag, global_frag, outer_state, residual):
+                new_global, outer_state, residual, finite = psync(local_frag, global_frag, outer_state, residual)
+                return _unstack(new_global), _unstack(outer_state), residual, finite
 
         def inner_step(state: DiLoCoState, batch):
             params, opt_state, losses = inner(state.params, state.inner_opt_state, batch)
@@ -414,9 +516,9 @@ class DiLoCo:
             # the sync on its own inputs (the fragment's replicas, θ_p, its outer state): nothing of the
             # state that the next inner steps take depends on it
             core = jax.jit(sync) if self.backend == "shard_map" else sync
-            def sync_p(state: DiLoCoState, p=p, keys=keys, core=core):
-                result = core(subtree(state.params, keys), subtree(state.global_params, keys), state.outer_opt_state[p])
-                return _fold(state, p, result[:2]), result[2]
+            def sync_p(state: DiLoCoState, p=p, core=core):
+                result = core(*self.sync_inputs(state, p))
+                return _fold(state, p, result[:3]), result[3]
             def merge_p(state: DiLoCoState, keys=keys):
                 merged = merge(subtree(state.params, keys), subtree(state.global_params, keys), alpha)
                 return state.replace(params={**state.params, **merged})
@@ -441,9 +543,20 @@ class DiLoCo:
         inner_state = jax.jit(lambda p: _stack(self.inner_opt.init(p), M), out_shardings=self.stacked)(params)
         outer = tuple(jax.jit(self.outer_opt.init, out_shardings=self.replicated)(subtree(params, keys))
                       for keys in self.fragments)
+        residual = None
+        if self.cfg.error_feedback:
+            residual = jax.jit(lambda p: _stack(jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), p), M),
+                               out_shardings=self.stacked)(params)
         return DiLoCoState(step=jax.device_put(jnp.zeros((), jnp.int32), self.replicated),
                            params=stacked(params), inner_opt_state=inner_state,
-                           global_params=jax.tree.map(jnp.copy, params), outer_opt_state=outer)
+                           global_params=jax.tree.map(jnp.copy, params), outer_opt_state=outer, residual=residual)
+
+    def sync_inputs(self, state: DiLoCoState, p: int) -> tuple:
+        """The arguments of ``sync_cores[p]``: fragment p's worker replicas, its θ_p, its outer optimiser
+        state and its workers' residuals (None without error feedback)."""
+        keys = self.fragments[p]
+        residual = None if state.residual is None else subtree(state.residual, keys)
+        return subtree(state.params, keys), subtree(state.global_params, keys), state.outer_opt_state[p], residual
 
     def eval_params(self, state):
         """The parameters to evaluate: θ for DP, the global (outer) θ for DiLoCo/Streaming."""
@@ -521,24 +634,20 @@ class DiLoCo:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    def _run_sync(self, p: int, t: int, local_frag, global_frag, outer_state):
+    def _run_sync(self, p: int, t: int, *inputs):
         start = time.monotonic()
-        new_global, outer_p, finite = self.sync_cores[p](local_frag, global_frag, outer_state)
+        new_global, outer_p, residual_p, finite = self.sync_cores[p](*inputs)
         finite = mesh_lib.to_host(finite)  # waits for the collective (in this thread when threaded)
         if self.timeline is not None:
             self.timeline({"kind": "sync", "step": t, "fragment": p, "start": start, "end": time.monotonic()})
-        return new_global, outer_p, finite
+        return new_global, outer_p, residual_p, finite
 
     def _start_sync(self, state, p: int, t: int):
-        keys = self.fragments[p]
         if self._executor is None:  # inline: the result is in the state from step t on, as in Algorithm 2
-            self._pending[p] = (t, _done(self._run_sync(p, t, subtree(state.params, keys),
-                                                         subtree(state.global_params, keys),
-                                                         state.outer_opt_state[p])))
+            self._pending[p] = (t, _done(self._run_sync(p, t, *self.sync_inputs(state, p))))
             return self._finish_sync(state, p)
         # the next inner step donates the whole state: the sync reads its own copies of its inputs
-        inputs = self.snapshots[p]((subtree(state.params, keys), subtree(state.global_params, keys),
-                                    state.outer_opt_state[p]))
+        inputs = self.snapshots[p](self.sync_inputs(state, p))
         self._pending[p] = (t, self._executor.submit(self._run_sync, p, t, *inputs))
         return state
 
@@ -546,10 +655,10 @@ class DiLoCo:
         if p not in self._pending:
             return state
         t, future = self._pending.pop(p)
-        new_global, outer_p, finite = future.result()
+        new_global, outer_p, residual_p, finite = future.result()
         if not finite.all():
             raise NonFiniteOuterGradient(
                 f"the outer gradient of worker(s) {np.flatnonzero(~finite).tolist()} is not finite (NaN or inf) "
                 f"at inner step {t}, fragment {p}: the worker diverged; stopped before using or saving this "
                 "sync (the last checkpoint is intact). Lower the inner learning rate (lr) or outer_lr.")
-        return _fold(state, p, (new_global, outer_p))
+        return _fold(state, p, (new_global, outer_p, residual_p))

@@ -91,7 +91,7 @@ def _in_subprocess(module: str, workdir: pathlib.Path, host_devices: int, min_de
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"{module}.tour_step failed:\n{out.stderr[-3000:]}")
-    line = [l for l in out.stdout.splitlines() if l.startswith("TOUR_RESULT=")][-1]
+    line = [out_line for out_line in out.stdout.splitlines() if out_line.startswith("TOUR_RESULT=")][-1]
     platform = f"cpu ({host_devices} host devices: {jax.device_count()} {jax.default_backend()} device(s) " \
                f"< {min_devices})" if on_host else jax.default_backend()
     return json.loads(line.split("=", 1)[1]) | {"platform": platform}

@@ -4,6 +4,8 @@ counting every byte sent.
     python -m scripts.train_diloco --workdir=/tmp/dp --algo=dp --workers=2 --steps=1200
     python -m scripts.train_diloco --workdir=/tmp/sd --algo=streaming --workers=2 --inner_steps=60 \
         --fragments=2 --overlap_tau=1 --alpha=0.5 --outer_precision=fp4 --steps=1200
+    python -m scripts.train_diloco --workdir=/tmp/ef --algo=streaming --workers=2 --inner_steps=100 \
+        --fragments=2 --overlap_tau=1 --outer_precision=int2 --topk_fraction=0.1 --error_feedback   # 2-bit top-k + EF
     python -m scripts.train_diloco --workdir=/tmp/cmp --compare=/tmp/dp,/tmp/sd   # table + plots
 
 Every flag but ``--compare`` is a setting of ``training.diloco.TrainDiLoCoConfig``. Writes config.json,

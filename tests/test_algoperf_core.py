@@ -85,7 +85,8 @@ def test_halton_search_deterministic_and_inside_space():
     assert lr.min() >= 1e-4 and lr.max() <= 1e-1
     assert all(0.0 <= h.warmup <= 0.2 for h in a)
     assert {h.beta2 for h in a} == {0.99, 0.999}
-    # quasi-random: log10(lr) covers each of 8 equal bins of [-4, -1] (64 points; an iid draw misses one ~1% of the time)
+    # quasi-random: log10(lr) covers each of 8 equal bins of [-4, -1] (64 points; an iid draw misses one ~1% of
+    # the time)
     counts = np.histogram(np.log10(lr), bins=8, range=(-4, -1))[0]
     assert counts.min() >= 5, counts
     # low discrepancy per dimension: the empirical CDF of the unit points is within 2/n of uniform
@@ -105,7 +106,8 @@ def test_list_search_space_in_order_and_capped():
 @pytest.mark.parametrize("space, match", [
     ({}, "empty"), ([], "empty"), ("lr", "dict or a list"),
     ({"lr": {"min": 1, "max": 2}}, "lacks"), ({"lr": {"min": 1, "max": 2, "scaling": "cubic"}}, "scaling"),
-    ({"lr": {"min": 0.0, "max": 2, "scaling": "log"}}, "min > 0"), ({"lr": {"min": 3, "max": 2, "scaling": "linear"}}, "exceed"),
+    ({"lr": {"min": 0.0, "max": 2, "scaling": "log"}}, "min > 0"),
+    ({"lr": {"min": 3, "max": 2, "scaling": "linear"}}, "exceed"),
     ({"lr": {"feasible_points": []}}, "non-empty"), ({"lr": 0.1}, "expected a dict"),
     ([{"a": 1}, {"b": 2}], "keys"), ({"not valid": {"feasible_points": [1]}}, "identifier"),
 ])

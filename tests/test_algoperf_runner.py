@@ -187,8 +187,8 @@ def test_logs_in_upstream_layout_and_resume(tmp_path):
 def test_bad_submission_and_workload(tmp_path):
     bad = tmp_path / "bad_submission.py"
     bad.write_text("def get_batch_size(name):\n    return 8\n\ndef update_params(**kw):\n    pass\n")
-    with pytest.raises(ValueError,
-                       match=r"lacks the submission function\(s\) \['init_optimizer_state', 'data_selection'\]"):
+    with pytest.raises(ValueError, match=r"lacks the submission function\(s\) "
+                                         r"\['init_optimizer_state', 'data_selection'\]"):
         runner.load_submission(bad)
     broken = tmp_path / "broken.py"
     broken.write_text("import not_a_module_anywhere\n")

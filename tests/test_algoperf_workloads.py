@@ -92,7 +92,8 @@ def test_mnist_idx_and_npz_loaders_and_eval(tmp_path, devices):
     assert a.model_params_types["hidden"]["bias"] == spec.ParameterType.BIAS
     a._eval_batch_size = 16  # 40 test rows -> 3 batches, the last padded
     metrics = a._eval_model_on_split("test", 40, 16, params, state, None, None)
-    assert metrics["loss"] == pytest.approx(_np_eval(a, params, "test", lambda z, y: np_softmax_ce(z, y).mean()), rel=1e-4)
+    assert metrics["loss"] == pytest.approx(_np_eval(a, params, "test", lambda z, y: np_softmax_ce(z, y).mean()),
+                                            rel=1e-4)
     assert metrics["accuracy"] == pytest.approx(_np_eval(a, params, "test", lambda z, y: np.mean(z.argmax(-1) == y)))
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / mnist.IDX_FILES["x_train"]).write_bytes(b"\x01\x02\x03\x04")
@@ -120,8 +121,10 @@ def test_mnist1d_eval_matches_numpy(devices):
     w = get_workload("mnist1d_tanh")
     params, state = w.init_model_fn(jax.random.PRNGKey(0))
     metrics = w._eval_model_on_split("validation", 500, 256, params, state, None, None)
-    assert metrics["accuracy"] == pytest.approx(_np_eval(w, params, "validation", lambda z, y: np.mean(z.argmax(-1) == y)))
-    assert metrics["loss"] == pytest.approx(_np_eval(w, params, "validation", lambda z, y: np_softmax_ce(z, y).mean()), rel=1e-4)
+    assert metrics["accuracy"] == pytest.approx(_np_eval(w, params, "validation",
+                                                         lambda z, y: np.mean(z.argmax(-1) == y)))
+    assert metrics["loss"] == pytest.approx(_np_eval(w, params, "validation",
+                                                     lambda z, y: np_softmax_ce(z, y).mean()), rel=1e-4)
     assert w.model_params_types["conv_0"]["kernel"] == spec.ParameterType.CONV_WEIGHT
 
 

@@ -104,6 +104,14 @@ CASES = [
     Case("train_diloco", "bad_algo", ("--workdir={row}/w", "--algo=bogus"), "--algo='bogus'", slow=True),
     Case("train_diloco", "bad_outer_precision", ("--workdir={row}/w", "--outer_precision=fp3"),
          "--outer_precision='fp3'", slow=True),
+    Case("train_diloco", "topk_fraction_zero", ("--workdir={row}/w", "--topk_fraction=0"),
+         "--topk_fraction=0.0 must be in (0, 1]", slow=True),
+    Case("train_diloco", "error_feedback_fp32", ("--workdir={row}/w", "--error_feedback"),
+         "--error_feedback=True with --outer_precision=fp32 and --topk_fraction=1.0 sends every outer gradient "
+         "exactly: nothing to feed back"),
+    Case("train_diloco", "error_feedback_dp", ("--workdir={row}/w", "--algo=dp", "--outer_precision=int2",
+                                               "--error_feedback"),
+         "--error_feedback=True needs --algo=diloco or streaming", slow=True),
     # ---------------------------------------------------------------- train_jssp
     Case("train_jssp", "bad_curriculum", ("--workdir={row}/w", "--curriculum=10x:0"), "10x", slow=True),
     Case("train_jssp", "steps_zero", ("--workdir={row}/w", "--steps=0"), "--steps=0", slow=True),
@@ -261,6 +269,12 @@ CASES = [
          files={"file": "x"}),
     Case("bench_diloco", "workers_3_on_8_devices", ("--workers=3", "--batch_size=24", "--out={row}/b.json"),
          "--workers=3 must divide the number of devices 8"),
+    # diloco_study
+    Case("diloco_study", "unknown_row", ("--workdir={row}/w", "--rows=dp,nope"),
+         "--rows='dp,nope': unknown row(s) ['nope']"),
+    Case("diloco_study", "row_setting_in_train_flags", ("--workdir={row}/w", "--train_flags=--workers=4"),
+         "--workers is set by the harness (see rows and seeds)", slow=True),
+    Case("diloco_study", "workdir_missing", ("--plan_only",), "--workdir=''", slow=True),
     # bench_multiprocess: one row per setting (before any trial starts)
     Case("bench_multiprocess", "workdir_missing", ("--runs=1",), "workdir=''"),
     Case("bench_multiprocess", "runs_zero", ("--workdir={row}/w", "--runs=0"), "--runs=0", slow=True),

@@ -200,7 +200,8 @@ def test_a_dtype_or_shape_change_is_refused_not_cast(tmp_path):
     ck.save(7, state, {})
     ck.close()
     for target, leaf in (({"step": jnp.float32(0), "w": jnp.ones((4, 3))}, r"step: saved int32\[\], expected float32"),
-                         ({"step": jnp.int32(0), "w": jnp.ones((3, 4))}, r"w: saved float32\[4, 3\], expected float32\[3, 4\]"),
+                         ({"step": jnp.int32(0), "w": jnp.ones((3, 4))},
+                          r"w: saved float32\[4, 3\], expected float32\[3, 4\]"),
                          ({"step": jnp.int32(0)}, r"w: saved but not expected")):
         reopened = ckpt_lib.Checkpointer(tmp_path / "ck", keep=2, mode="sync")
         with pytest.raises(ckpt_lib.IncompatibleCheckpoint, match=leaf):

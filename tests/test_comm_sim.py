@@ -2,6 +2,7 @@
 and the utilisation simulator against closed forms on one-layer models."""
 import math
 import re
+import types
 
 import flax.linen as nn
 import jax
@@ -64,29 +65,59 @@ def lm_params():
     return tiny_lm_params()
 
 
-@pytest.mark.parametrize("precision,fmt,scale", [("fp32", "e3m0", "tensor"), ("bf16", "e3m0", "tensor"),
-                                                 ("fp8", "e3m0", "row"), ("fp4", "e3m0", "tensor"),
-                                                 ("fp4", "e2m1", "row")])
-def test_sync_payload_equals_hlo_collective_operands(devices, lm_params, precision, fmt, scale):
+_slow = lambda *case: pytest.param(*case, marks=pytest.mark.slow)  # noqa: E731
+SYNC_CASES = [
+    # precision, fp4 format, scale, topk_fraction, error_feedback, workers
+    ("fp32", "e3m0", "tensor", 1.0, False, 2), ("bf16", "e3m0", "tensor", 1.0, False, 2),
+    ("fp8", "e3m0", "row", 1.0, False, 2), ("fp4", "e3m0", "tensor", 1.0, False, 2),
+    ("fp4", "e2m1", "row", 1.0, False, 2),
+    ("int2", "e3m0", "row", 0.1, True, 2), ("sign1", "e3m0", "tensor", 0.3, True, 8),
+    _slow("int2", "e3m0", "tensor", 1.0, True, 2), _slow("sign1", "e3m0", "row", 1.0, True, 2),
+    _slow("fp32", "e3m0", "tensor", 0.25, True, 2), _slow("fp4", "e3m0", "tensor", 0.5, False, 4),
+    _slow("int2", "e3m0", "tensor", 1.0, True, 4), _slow("fp4", "e3m0", "tensor", 1.0, False, 8),
+]
+
+
+@pytest.mark.parametrize("precision,fmt,scale,topk,ef,workers", SYNC_CASES)
+def test_sync_payload_equals_hlo_collective_operands(devices, lm_params, precision, fmt, scale, topk, ef, workers):
+    """The bytes the accounting says a sync sends are the operands of the sync's compiled collectives, all of
+    them between workers (packed codes, scales, top-k indices at their width); error feedback adds none."""
     trainer = make_trainer(lm_params, algo="streaming", fragments=2, outer_precision=precision, fp4_format=fmt,
-                           quant_scale=scale)
+                           quant_scale=scale, topk_fraction=topk, error_feedback=ef, workers=workers)
     state = trainer.init(lm_params)
     shapes = trainer.fragment_shapes(lm_params)
+    per_worker = 8 // workers
     for p, t in ((0, 4), (1, 2)):
         assert trainer.events(t)[0] == [p]
-        collectives = hlo_collectives(trainer.sync_fns[p].lower(state).compile().as_text())
-        assert collectives, "the sync must communicate"
+        compiled = trainer.sync_cores[p].lower(*trainer.sync_inputs(state, p)).compile()
+        collectives = hlo_collectives(compiled.as_text())
+        assert len(collectives) == 1, "one collective per fragment: its tensors packed into one message"
         assert all(c["kind"] == comm_sim.collective_kind(trainer.cfg.codec) for c in collectives)
         assert all(crosses_workers(c["groups"], trainer.mesh) for c in collectives)
-        assert all(len(g) == 2 for c in collectives for g in c["groups"])
+        assert all(len(g) == workers for c in collectives for g in c["groups"])
         payload, wire, mesh_wire = trainer.step_bytes(t, shapes)
         assert sum(c["bytes"] for c in collectives) == payload
-        assert wire == comm_sim.wire_bytes(payload, comm_sim.collective_kind(trainer.cfg.codec), 2)
-        grads = 4 * sum(x.size for x in jax.tree.leaves(lm_params))  # plus the inner all-reduce over 4 devices
-        assert mesh_wire == wire + 2 * 3 / 4 * grads
-    # fragments partition the parameters; fp4 is about 8x smaller than fp32
+        assert payload == sum(q_bytes(s, trainer.cfg) for s in shapes[p])
+        assert wire == comm_sim.wire_bytes(payload, comm_sim.collective_kind(trainer.cfg.codec), workers)
+        grads = 4 * sum(x.size for x in jax.tree.leaves(lm_params))  # plus the inner all-reduce inside a worker
+        assert mesh_wire == wire + 2 * (per_worker - 1) / per_worker * grads
+    # fragments partition the parameters
     n = sum(x.size for x in jax.tree.leaves(lm_params))
     assert sum(math.prod(s) for f in shapes for s in f) == n
+
+
+def q_bytes(shape, cfg) -> int:
+    """The payload of one tensor written out from the formulas (quantize.payload_nbytes's docstring)."""
+    rows, cols = (math.prod(shape[:-1]), shape[-1]) if len(shape) > 1 else (1, shape[0])
+    if cfg.topk_fraction < 1:
+        k = min(cols, max(1, math.floor(cfg.topk_fraction * cols + 0.5)))
+        index = 1 if cols <= 256 else 2 if cols <= 65536 else 4
+        dense = types.SimpleNamespace(outer_precision=cfg.outer_precision, quant_scale=cfg.quant_scale, topk_fraction=1)
+        return rows * k * index + q_bytes((rows, k), dense)
+    n = rows * cols
+    scales = 4 * (rows if cfg.quant_scale == "row" else 1)
+    return {"fp32": 4 * n, "bf16": 2 * n, "fp8": n + scales, "fp4": -(-n // 2) + scales,
+            "int2": -(-n // 4) + scales, "sign1": -(-n // 8) + scales}[cfg.outer_precision]
 
 
 def test_inner_step_communicates_only_inside_a_worker_and_dp_everywhere(devices, lm_params):

@@ -73,16 +73,19 @@ def numpy_e3m0(x):
 
 
 def numpy_streaming_diloco(params, data, M, H, P_frag, fragments, tau, alpha, outer_lr, mu, nesterov,
-                           quantizer=None, inner=NumpyAdam):
+                           quantizer=None, inner=NumpyAdam, error_feedback=False, decay=1.0):
     """Streaming DiLoCo, Douillard et al. 2025 Algorithm 2 (P=1, τ=0, α=0: DiLoCo Algorithm 1).
 
     ``fragments``: list of key lists. Fragment p syncs at t with (t - t_p) mod H == 0, t_p = p H/P;
     its outer update is merged into the replicas τ steps later: θ_m ← α θ_m + (1-α) θ_global.
+    ``error_feedback``: worker m sends quantizer(a) of a = decay·e_m + Δ_m and keeps e_m = a - quantizer(a)
+    (Karimireddy et al. 2019). Returns the residuals as a fourth value when it is set.
     """
     theta = {k: v.copy() for k, v in params.items()}
     local = [{k: v.copy() for k, v in params.items()} for _ in range(M)]
     adam = [inner(params) for _ in range(M)]
     mom = {k: np.zeros_like(v) for k, v in params.items()}
+    residual = [{k: np.zeros_like(v) for k, v in params.items()} for _ in range(M)]
     rows = BATCH // M
     offsets = [p * H // P_frag for p in range(P_frag)]
     synced_at = []
@@ -95,7 +98,12 @@ def numpy_streaming_diloco(params, data, M, H, P_frag, fragments, tau, alpha, ou
                 synced_at.append((t, p))
                 for k in keys:
                     deltas = [theta[k] - local[m][k] for m in range(M)]
-                    if quantizer is not None:
+                    if error_feedback:
+                        messages = [decay * residual[m][k] + deltas[m] for m in range(M)]
+                        deltas = [quantizer(a) for a in messages]
+                        for m in range(M):
+                            residual[m][k] = messages[m] - deltas[m]
+                    elif quantizer is not None:
                         deltas = [quantizer(d) for d in deltas]
                     delta = np.sum(deltas, axis=0) / M
                     mom[k] = mu * mom[k] + delta
@@ -107,6 +115,8 @@ def numpy_streaming_diloco(params, data, M, H, P_frag, fragments, tau, alpha, ou
                 for m in range(M):
                     for k in keys:
                         local[m][k] = alpha * local[m][k] + (1 - alpha) * theta[k]
+    if error_feedback:
+        return theta, local, synced_at, residual
     return theta, local, synced_at
 
 

@@ -44,7 +44,35 @@ def test_resume_mid_outer_step_is_bit_identical(devices, tmp_path):
     # 12 steps, H=4, P=2: fragment 1 syncs at 2, 6, 10 and fragment 0 at 4, 8, 12
     assert straight["syncs"] == 6
     # the byte budget computed without training is what the run counted
-    budget = train_diloco.byte_budget(from_flat(train_diloco.TrainDiLoCoConfig, dict(workdir=str(tmp_path / "c"), **TINY)))
+    budget = train_diloco.byte_budget(from_flat(train_diloco.TrainDiLoCoConfig,
+                                                dict(workdir=str(tmp_path / "c"), **TINY)))
+    assert budget == {k: straight[k] for k in budget}
+
+
+EF = dict(TINY, outer_precision="int2", topk_fraction=0.5, error_feedback=True)
+
+
+@pytest.mark.parametrize("workers", [2, pytest.param(8, marks=pytest.mark.slow)])
+def test_error_feedback_residual_resumes_bit_for_bit(devices, tmp_path, workers):
+    """The residuals are part of the checkpointed state: stopped at step 6 (fragment 1 synced, its merge due at
+    7) and resumed, the run ends like an uninterrupted one, residuals included."""
+    settings = dict(EF, workers=workers)
+    make = lambda name, **kw: from_flat(train_diloco.TrainDiLoCoConfig,  # noqa: E731
+                                        dict(workdir=str(tmp_path / name), **settings, **kw))
+    straight = train_diloco.train(make("a"))
+    assert train_diloco.train(make("b", stop_after=6))["preempted"]
+    resumed = train_diloco.train(make("b"))
+    assert resumed["resumed_from"] == 6 and resumed["error_feedback"] and resumed["topk_fraction"] == 0.5
+    (step_a, tree_a), (step_b, tree_b) = (ckpt_lib.read_latest_raw(tmp_path / d / "checkpoints") for d in "ab")
+    assert step_a == step_b == 12
+    residual = jax.tree.leaves(tree_a["residual"])
+    assert residual and all(r.shape[0] == workers for r in residual) and max(np.abs(r).max() for r in residual) > 0
+    jax.tree.map(np.testing.assert_array_equal, tree_a, tree_b)
+    rows = lambda d: common.MetricsWriter.read(tmp_path / d / "metrics.jsonl")  # noqa: E731
+    assert rows("a") == rows("b")
+    for key in ("bytes_sent", "peak_bytes", "mesh_bytes_sent", "payload_bytes", "syncs", "val_loss"):
+        assert straight[key] == resumed[key], key
+    budget = train_diloco.byte_budget(make("c"))
     assert budget == {k: straight[k] for k in budget}
 
 
@@ -82,3 +110,43 @@ def test_workers_not_dividing_the_devices_fails_before_training(devices, tmp_pat
     with pytest.raises(ValueError, match="workers=3 must divide the number of devices 8"):
         train_diloco.train(cfg)
     assert not (tmp_path / "w3").exists()
+
+
+@pytest.mark.slow
+def test_error_feedback_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
+    """kill -9 of scripts.train_diloco with error feedback at a random moment after its first finalized save;
+    the rerun of the same command ends with state (residuals included) and metrics rows identical to an
+    uninterrupted run's."""
+    import random
+    import re
+    import subprocess
+    import sys
+    import time
+
+    flags = [f"--{k}={v}" for k, v in {**EF, "steps": 40, "checkpoint_every": 5, "eval_every": 20}.items()]
+
+    def command(workdir):
+        return [sys.executable, "-m", "scripts.train_diloco", f"--workdir={workdir}", *flags]
+
+    def finish(workdir):
+        out = subprocess.run(command(workdir), capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    finish(tmp_path / "straight")
+    proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
+        time.sleep(0.02)
+    time.sleep(random.Random(0).uniform(0.0, 0.5))
+    proc.kill()
+    proc.wait(timeout=60)
+    resumed = re.search(r"resumed at step (\d+)", finish(tmp_path / "killed").stderr)
+    assert resumed and 5 <= int(resumed.group(1)) < 40, "killed before its first save or after its last step"
+    (step_a, tree_a), (step_b, tree_b) = (ckpt_lib.read_latest_raw(tmp_path / d / "checkpoints")
+                                          for d in ("straight", "killed"))
+    assert step_a == step_b == 40 and max(np.abs(r).max() for r in jax.tree.leaves(tree_a["residual"])) > 0
+    jax.tree.map(np.testing.assert_array_equal, tree_a, tree_b)
+    rows = lambda d: common.MetricsWriter.read(tmp_path / d / "metrics.jsonl")  # noqa: E731
+    assert rows("straight") == rows("killed")

@@ -5,7 +5,6 @@ tests/test_jssp_self_label.py; train_malloc and the AlgoPerf trial here)."""
 import csv
 
 import numpy as np
-import pytest
 
 from event_scalars import assert_events_match_metrics, assert_events_match_rows
 from training import events

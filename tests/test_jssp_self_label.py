@@ -79,7 +79,8 @@ def test_sampled_labels_replay_to_the_best_valid_schedule():
     actions, final = self_label.sample_schedules(model, params, rep, jax.random.PRNGKey(2), T, 1.0)
     finished = env.batch_is_done(rep, final)
     assert bool(finished.all())
-    cmax = [validate.check_schedule(np.asarray(m[0]), np.asarray(d[0]), np.asarray(final.start[i])) for i in range(beta)]
+    cmax = [validate.check_schedule(np.asarray(m[0]), np.asarray(d[0]), np.asarray(final.start[i]))
+            for i in range(beta)]
     labels, label_cmax, _ = self_label.pick_labels(actions[None], env.batch_makespan(rep, final)[None], finished[None])
     assert int(label_cmax[0]) == min(cmax)
     problem, state = env.Problem(m[0], d[0]), env.reset(env.Problem(m[0], d[0]))
@@ -229,7 +230,6 @@ def test_a_policy_that_never_waits_samples_no_noop():
 def test_self_labelling_run_resumes_bit_for_bit_with_its_selection(tmp_path):
     """Stopped after step 2 and resumed to step 4, a run exports the same parameters, selected step and metrics
     as one that ran 4 steps straight (the kept best parameters travel in the checkpoint)."""
-    from event_scalars import assert_events_match_metrics
     from rl.jssp import train
     from training.run import MetricsWriter
 

@@ -59,7 +59,8 @@ LB0 = 8  # max(7, 8, 8)
 PROPAGATED = [
     # step 0: job 0 op 0 fixed at 0 on m0 (0-3): mach_ready = (m0 3, m1 0, m2 0)
     (np.array([[0, 3, 5],        # job 0: 0 | max(0+3, m1 0) = 3 | max(3+2, m2 0) = 5, ends 7
-               [0, 3, 7],        # job 1: 0 | max(0+2, m0 3) = 3 <- m0 busy (precedence alone: 2) | max(3+4, 0) = 7, ends 9
+               [0, 3, 7],        # job 1: 0 | max(0+2, m0 3) = 3 <- m0 busy (precedence alone: 2) |
+                                 #   max(3+4, 0) = 7, ends 9
                [0, 4, 7]]), 9),  # job 2: 0 | 4 | max(4+3, m0 3) = 7, ends 8; LB = max(7, 9, 8) = 9 (8 without m0's 3)
     # step 1: job 1 op 0 fixed at 0 on m1 (0-2): mach_ready = (3, 2, 0)
     (np.array([[0, 3, 5],        # job 0: 0 | max(3, m1 2) = 3 | max(5, m2 0) = 5, ends 7
@@ -143,7 +144,8 @@ def test_hand_solved_schedule_follows_the_timing_rule():
             for k in range(3):
                 o = next_op[j] + k
                 want = np.clip((est[j, o] - t_new) / SCALE, 0.0, 10.0) if o < 3 else 0.0
-                assert np.isclose(ops[j, k, 1], want), f"step {i}: job {j} window {k} est feature {ops[j, k, 1]}, want {want}"
+                assert np.isclose(ops[j, k, 1], want), (f"step {i}: job {j} window {k} est feature {ops[j, k, 1]}, "
+                                                        f"want {want}")
         lb_before = lb
         state = new
     assert sum(REWARDS) == (LB0 - MAKESPAN) / SCALE  # the return: (8 - 11) / 4

@@ -3,8 +3,8 @@
 
 The fixture is step 10 of ``python -m scripts.train_lm --steps=20 --checkpoint_every=10 --num_layers=1
 --d_model=32 --mlp_dim=64 --seq_len=16 --eval_every=10 --log_every=10 --warmup_steps=5 --moe_experts=4
---moe_topk=1 --moe_aux_weight=0.02`` run at that commit. (Checked by hand too: the resumed run's step-20 state equals the
-old code's uninterrupted run bit for bit, dense and MoE.)"""
+--moe_topk=1 --moe_aux_weight=0.02`` run at that commit. (Checked by hand too: the resumed run's step-20 state
+equals the old code's uninterrupted run bit for bit, dense and MoE.)"""
 import pathlib
 import re
 import shutil

@@ -142,7 +142,7 @@ def test_every_command_parses_and_builds_its_config(tmp_path):
         argvs = [[f"scripts.{c.script}", *c.argv(runs)[3:]] for c in commands]
         proc = subprocess.run([sys.executable, "-c", CHECKER, json.dumps(argvs)], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=600)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("CHECKED ")), None)
+        line = next((out_line for out_line in proc.stdout.splitlines() if out_line.startswith("CHECKED ")), None)
         assert line, f"the checker failed: {proc.stderr[-3000:]}"
         for c, error in zip(commands, json.loads(line[len("CHECKED "):])):
             if error is not None:

@@ -154,7 +154,8 @@ def test_every_table_says_where_its_figures_come_from():
     records = provenance_records()
     for system in SYSTEMS:
         lines = page_path(system).read_text().splitlines()
-        starts = [i for i, line in enumerate(lines) if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))]
+        starts = [i for i, line in enumerate(lines)
+                  if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))]
         for k, start in enumerate(starts):
             end = starts[k + 1] if k + 1 < len(starts) else len(lines)
             assert any(PROVENANCE_LINE.match(line) for line in lines[start:end]), \
@@ -386,18 +387,21 @@ def test_moe_h200_tables():
              f"(tilings 64×64×64: {span(ranges['64x64x64'])}, 128×64×128: {span(ranges['128x64x128'])}, "
              f"128×32×128: {span(ranges['128x32x128'])})",
              f"asked Triton for {requested:,} bytes of shared memory where the H200 has {available:,}",
-             f"H200 {f(r_(rows, 'qwen15_moe', 'onehot_over_moe'), 2)}×, {f(r_(rows, 'deepseek_moe', 'onehot_over_moe'), 2)}×)",
+             f"H200 {f(r_(rows, 'qwen15_moe', 'onehot_over_moe'), 2)}×, "
+             f"{f(r_(rows, 'deepseek_moe', 'onehot_over_moe'), 2)}×)",
              f"H200 {f(min(r_(rows, m, 'moe_over_dense') for m in ('qwen15_moe', 'deepseek_moe')), 2)}–"
              f"{f(max(r_(rows, m, 'moe_over_dense') for m in ('qwen15_moe', 'deepseek_moe')), 2)}×)")
     h100 = load("moe/bench_moe_h100.json")["grouped_gemm_run2_detail"]
-    ragged = [g["ragged_dot_over_dense"] for g in grouped.values()] + [v["ragged_dot_over_dense"] for v in h100.values()]
+    ragged = ([g["ragged_dot_over_dense"] for g in grouped.values()] +
+              [v["ragged_dot_over_dense"] for v in h100.values()])
     in_prose("moe", f"{f(min(ragged), 0)}–{f(max(ragged), 0)}× dense in the tables above")
     lm = load("moe/train_lm_moe_pallas_h200.json")
     row = page_tables("moe")[3].row("--moe_impl=pallas")
     check(row[1], [str(lm["step"])], "Pallas LM steps")
     check(row[2], [f(lm["val_loss"], 3)], "Pallas LM loss")
     check(row[3], [f(lm["steps_per_sec"], 1)], "Pallas LM steps/s")
-    assert not lm["preempted"] and "--moe_impl=pallas" in raw("moe/train_lm_moe_pallas_h200.json")["provenance"]["command"]
+    assert (not lm["preempted"]
+            and "--moe_impl=pallas" in raw("moe/train_lm_moe_pallas_h200.json")["provenance"]["command"])
 
 
 def r_(rows: dict, model: str, key: str) -> float:
@@ -653,9 +657,10 @@ def test_malloc_windows_prose():
              for r in load("malloc/malloc_eval_rollout32_keep_best.json")
              if r["benefit"] < heur[r["instance"]]["benefit"] - 1e-9]
     assert len(short) == 2
-    in_prose("malloc", f"(by {' and '.join(pct(d, 2) for _, d in sorted(short, key=lambda x: x[1]))} % of the total benefit"
-                       " at 32 simulations)")
-    short64 = [r for r in load("malloc/malloc_eval_rollout64.json") if r["benefit"] < heur[r["instance"]]["benefit"] - 1e-9]
+    in_prose("malloc", f"(by {' and '.join(pct(d, 2) for _, d in sorted(short, key=lambda x: x[1]))} "
+                       "% of the total benefit at 32 simulations)")
+    short64 = [r for r in load("malloc/malloc_eval_rollout64.json")
+               if r["benefit"] < heur[r["instance"]]["benefit"] - 1e-9]
     at_opt = [r for r in short64 if heur[r["instance"]]["benefit"] >= opt[r["instance"]]["benefit"] - 1e-9]
     missed = [1 - r["benefit"] / heur[r["instance"]]["benefit"] for r in at_opt]
     in_prose("malloc", f"Of the {len(short64)} windows where the 64-simulation episode falls short of the heuristic, "
@@ -810,7 +815,8 @@ def test_jssp_prose():
         assert shown and int(shown.group(1)) == better[size], (size, better[size])
     for size, tie in (("20x15", ""), ("30x15", ", one tie")):
         assert ties[size] == (1 if tie else 0), (size, ties[size])
-        in_prose("jssp", f"{size} {f(means_pair[size], 2)} vs {f(means_alone[size], 2)} % (better on {better[size]}{tie})")
+        in_prose("jssp", f"{size} {f(means_pair[size], 2)} vs {f(means_alone[size], 2)} % "
+                         f"(better on {better[size]}{tie})")
 
 
 def test_jssp_self_label_continuation_prose():
@@ -904,7 +910,8 @@ def test_mutation_check_table():
     """project/mutation_check*.json: mutants caught, stale, wall time."""
     table = page_tables("project")[0]
     names = set()
-    for fragment, name in (("every mutant but", "mutation_check.json"), ("four self-labelling", "mutation_check_self_label.json")):
+    for fragment, name in (("every mutant but", "mutation_check.json"),
+                           ("four self-labelling", "mutation_check_self_label.json")):
         record = load(f"project/{name}")
         counts, row = record["counts"], table.row(fragment)
         assert record["canary"] == "caught" and counts["caught"] == record["planted"]

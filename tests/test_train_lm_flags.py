@@ -69,7 +69,8 @@ def test_make_optimizer_resolves_auto_warmup():
 @pytest.mark.parametrize("overrides,match", [
     ({"mesh": "data:3"}, "mesh spec 'data:3' for 8 devices"),
     ({"mesh": "data:8", "batch_size": 12}, "batch_size=12 must be a multiple of the data axis size 8"),
-    ({"mesh": "data:2,expert:4", "moe_experts": 6}, "moe_num_experts=6 must be divisible by the 'expert' mesh axis size 4"),
+    ({"mesh": "data:2,expert:4", "moe_experts": 6},
+     "moe_num_experts=6 must be divisible by the 'expert' mesh axis size 4"),
     ({"mesh": "data:2,tensor:4", "moe_experts": 4, "moe_mlp_dim": 6}, "moe_mlp_dim=6"),
 ])
 def test_device_checks(devices, overrides, match):
@@ -98,6 +99,6 @@ def test_cli_bad_flag_is_one_line_before_work(tmp_path):
         out = subprocess.run([sys.executable, "-m", "scripts.train_lm", *args], capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == 1, out.stderr
-        lines = [l for l in out.stderr.splitlines() if l.strip()]
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and expected in lines[0], out.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()  # nothing was started

@@ -123,7 +123,8 @@ def test_bad_config_is_a_clear_error():
         TransformerConfig(num_layers=0)
 
 
-@pytest.mark.slow  # about 11 s; the forward is checked against NumPy above, training by the data-parallel and resume tests
+# about 11 s; the forward is checked against NumPy above, training by the data-parallel and resume tests
+@pytest.mark.slow
 def test_loss_drops_when_overfitting_one_batch():
     cfg = from_flat(train_lm.TrainLMConfig, dict(steps=60, lr=3e-3, warmup_steps=5, num_layers=2, num_heads=2,
                                                  d_model=32, mlp_dim=64, seq_len=16, batch_size=4, weight_decay=0.0))
@@ -208,7 +209,7 @@ def test_dropout_is_on_in_training_only_and_drawn_from_the_key():
     state = lambda: train_lm.TrainState(step=jnp.zeros((), jnp.int32), params=params,  # noqa: E731
                                         opt_state=opt.init(params), rng=jax.random.PRNGKey(0))
     step = jax.jit(train_lm.make_train_step(model, opt))
-    (s1, m1), (s2, m2) = step(state(), batch), step(state(), batch)
+    (s1, m1), (_s2, m2) = step(state(), batch), step(state(), batch)
     np.testing.assert_array_equal(m1["loss"], m2["loss"])
     no_dropout = jax.jit(train_lm.make_train_step(plain, opt))(state(), batch)[1]
     assert float(m1["loss"]) != float(no_dropout["loss"])

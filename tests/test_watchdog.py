@@ -104,7 +104,7 @@ def test_a_loop_without_progress_is_a_stall_with_a_longer_first_step():
 
 
 def test_the_thread_calls_on_failure_and_await_verdict_waits_for_it():
-    store, clock = FakeStore(), Clock()
+    store = FakeStore()
     seen = []
     dog = wd.Watchdog(store, 0, 2, wd.WatchdogConfig(beat_s=0.01, lost_after_s=0.05), on_failure=seen.append)
     with pytest.raises(ValueError):

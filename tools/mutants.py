@@ -248,8 +248,8 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_checkpoint.py",), "restore no longer checks the saved tree (names, shapes, dtypes) "
            "against the target before Orbax casts it"),
     Mutant("checkpoint_saved_dtype_not_checked", "parallel/checkpoint.py",
-           "and (np.dtype(saved[name].dtype) != np.dtype(leaf.dtype) "
-           "or tuple(saved[name].shape) != tuple(leaf.shape))]",
+           "and (np.dtype(saved[name].dtype) != np.dtype(leaf.dtype)\n"
+           "                     or tuple(saved[name].shape) != tuple(leaf.shape))]",
            "and tuple(saved[name].shape) != tuple(leaf.shape)]",
            ("tests/test_checkpoint.py",), "the pre-restore check of the saved leaves ignores dtypes, so Orbax "
            "silently casts a saved int32 leaf to a float32 target"),

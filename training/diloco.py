@@ -7,9 +7,9 @@ mesh (each of the M workers gets batch_size/M rows, split again over its devices
 model and data are the LM experiment's (:mod:`training.lm`); the outer optimiser family is
 :mod:`parallel.diloco`. ``train`` writes metrics every ``log_every`` steps (train loss, cumulative bytes
 sent and the peak bytes of any one step per device, as ring-wire bytes between the M workers, over the whole
-mesh, and as collective payload) and the validation loss of the global parameters every ``eval_every`` steps; checkpoints resume
-at any inner step, also in the middle of an outer step or of a τ-delayed merge. :func:`compare` tabulates
-finished runs against the data-parallel one.
+mesh, and as collective payload) and the validation loss of the global parameters every ``eval_every`` steps;
+checkpoints resume at any inner step, also in the middle of an outer step or of a τ-delayed merge.
+:func:`compare` tabulates finished runs against the data-parallel one.
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
 
     logging.info("%s %s, M=%d, H=%d, P=%d, tau=%d, %s outer gradients, mesh %s, %d parameters, fragments %s",
                  "resumed at step %d:" % run.start_step if run.restored else "from scratch:", dcfg.algo,
-                 dcfg.workers, dcfg.inner_steps, dcfg.num_fragments, dcfg.tau, dcfg.outer_precision,
+                 dcfg.workers, dcfg.inner_steps, dcfg.num_fragments, dcfg.tau, outer_label(dcfg),
                  dict(mesh.shape), n_params, [len(f) for f in trainer.fragments])
     last_eval: dict = {}
 
@@ -187,7 +187,8 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
     summary = {"step": end.step, "preempted": preempted, "wall_time_s": end.wall_s, "algo": dcfg.algo,
                "workers": dcfg.workers, "inner_steps": dcfg.inner_steps if dcfg.algo != "dp" else 1,
                "fragments": dcfg.num_fragments, "overlap_tau": dcfg.tau, "alpha": dcfg.merge_alpha,
-               "outer_precision": dcfg.outer_precision, "num_params": n_params, "resumed_from": run.resumed_from,
+               "outer_precision": dcfg.outer_precision, "topk_fraction": dcfg.topk_fraction,
+               "error_feedback": dcfg.error_feedback, "num_params": n_params, "resumed_from": run.resumed_from,
                **_byte_row(counter), **last_eval}
     title = f"{dcfg.algo} M={dcfg.workers} on {corpus.name}"
     return run.finish(summary, [("loss_curve.png", ("loss", "val_loss"), title, "nats / byte"),
@@ -196,6 +197,14 @@ def train(cfg: TrainDiLoCoConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------- comparison
+def outer_label(d: diloco.DiLoCoConfig) -> str:
+    """How outer gradients travel, in words: "fp4", "int2 top-0.1 +EF", "sign1 +EF(0.9)"."""
+    label = d.outer_precision + (f" top-{d.topk_fraction:.3g}" if d.topk_fraction < 1 else "")
+    if d.error_feedback:
+        label += " +EF" + (f"({d.error_feedback_decay:g})" if d.error_feedback_decay != 1 else "")
+    return label
+
+
 def dp_bytes_between(dp_summary: dict, workers: int) -> tuple[float, float]:
     """(cumulative, peak) bytes a data-parallel run sends between ``workers`` worker groups: its gradients'
     hierarchical all-reduce moves 2 (M-1)/M of their bytes across that link each step (exact: the DP
@@ -212,7 +221,8 @@ def comparison_table(runs: list[tuple[str, dict]]) -> list[dict]:
     table = []
     for name, s in runs:
         row = {"run": name, "algo": s["algo"], "M": s["workers"], "H": s["inner_steps"], "P": s["fragments"],
-               "tau": s["overlap_tau"], "precision": s["outer_precision"], "steps": s["step"],
+               "tau": s["overlap_tau"], "precision": s["outer_precision"], "topk": s.get("topk_fraction", 1.0),
+               "ef": s.get("error_feedback", False), "steps": s["step"],
                "val_loss": s.get("val_loss"), "bytes_sent": s["bytes_sent"], "peak_bytes": s["peak_bytes"],
                "mesh_bytes_sent": s.get("mesh_bytes_sent")}
         if base is not None:

@@ -133,7 +133,8 @@ class Watchdog:
         except Exception as e:  # noqa: BLE001 - the coordination service is unreachable
             if now - self._store_ok_at > self.cfg.lost_after_s:
                 return self._message(f"lost the coordinator (process 0 of {self.count}): its key-value store has "
-                                     f"not answered for {now - self._store_ok_at:.0f} s ({str(e).splitlines()[0][:120]})")
+                                     f"not answered for {now - self._store_ok_at:.0f} s "
+                                     f"({str(e).splitlines()[0][:120]})")
             return None
         lost = self.peers.lost(now, self.cfg.lost_after_s)
         if lost:
@@ -142,8 +143,8 @@ class Watchdog:
                                  f"{now - max(self.peers.changed[p] for p in lost):.0f} s")
         limit = self.cfg.stall_after_s if self._step is not None else self.cfg.first_stall_after_s
         if self.cfg.stall_after_s and now - self._progress_at > limit:
-            return self._message(f"no training step finished for {now - self._progress_at:.0f} s (limit {limit:.0f} s): "
-                                 "a collective is stalled")
+            return self._message(f"no training step finished for {now - self._progress_at:.0f} s "
+                                 f"(limit {limit:.0f} s): a collective is stalled")
         return None
 
     def _message(self, what: str) -> str:

@@ -48,7 +48,8 @@ __all__ = [
     # capacity
     "priority_positions", "expert_capacity", "moe_capacity_onehot",
     # overlap
-    "COST_DEFAULTS", "TOKEN_AXES", "cost_defaults", "chunk_time", "exchange_time", "pipeline_time", "choose_num_chunks", "mesh_token_axes", "shard_specs",
+    "COST_DEFAULTS", "TOKEN_AXES", "cost_defaults", "chunk_time", "exchange_time", "pipeline_time", "choose_num_chunks",
+    "mesh_token_axes", "shard_specs",
     # layer
     "init_params", "validate", "moe_dropless_local", "moe_ffn", "LayerFn", "MoEFFN", "moe_ffn_factory",
     "sown_aux_loss",

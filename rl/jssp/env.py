@@ -152,8 +152,8 @@ def observe(problem: Problem, state: State, window: int) -> dict:
     to [0, 10]), remaining work of the operation's machine (fraction), 1 for a real operation.
     ``ops_valid`` [J, window]; ``jobs`` [J, 5]: remaining work, remaining operations (fractions), legal,
     idle time of the job, remaining work / the largest remaining work of any job (what the MWKR and
-    FDD/MWKR rules rank by, which the job's own fraction does not give); ``conflict`` [J, J]: unfinished jobs whose next operations share a machine;
-    ``legal`` [J + 1] (the No-Op last).
+    FDD/MWKR rules rank by, which the job's own fraction does not give); ``conflict`` [J, J]: unfinished
+    jobs whose next operations share a machine; ``legal`` [J + 1] (the No-Op last).
     """
     J, M = problem.machines.shape
     scale = jnp.max(problem.durations).astype(jnp.float32)

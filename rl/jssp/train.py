@@ -272,8 +272,8 @@ def train(cfg: TrainJSSPConfig) -> dict:
     first = initial_state(cfg, model, optimizer)
     state = {"train": first,
              "demos": {k: jax.tree.map(jnp.asarray, ppo_lib.empty_demos(p)) for k, p in ppos.items()},
-             "best": {"params": jax.tree.map(jnp.copy, first.params), "val_gap_lb_pct": jnp.asarray(np.inf, jnp.float32),
-                      "step": jnp.asarray(0, jnp.int32)}}
+             "best": {"params": jax.tree.map(jnp.copy, first.params),
+                      "val_gap_lb_pct": jnp.asarray(np.inf, jnp.float32), "step": jnp.asarray(0, jnp.int32)}}
     run = run_lib.open_run(cfg, workdir, ckpt_lib.abstract_like(state),
                            resume_ignore=tuple(k for k in RESUME_IGNORE if not (cfg.lr_decay and k == "steps")))
     if run.restored is not None:

@@ -10,10 +10,10 @@ the mallocGame's moves: the best return any game-playing agent can reach), muzer
 MuZero search, ``simulations`` per move, over the learned model of the network in ``weights``, default the
 shipped one in rl/malloc/trained/), alphazero (the same network and search, but the true game as recurrent
 function) and rollout (the true game, the network's prior, rollouts of XLA's heuristic in game moves as
-leaf values); all keep the best (true return) of the deterministic episode and ``samples`` - 1 Gumbel-noised ones. Every placement is
-checked by the independent validator (rl/malloc/validate.py) before it is reported. A learned solver's wall
-time excludes XLA's compilation for the padded size of the first instance only (one warm-up call): on a set
-of whole programs, each of its own size, the others' times include their compilation.
+leaf values); all keep the best (true return) of the deterministic episode and ``samples`` - 1 Gumbel-noised
+ones. Every placement is checked by the independent validator (rl/malloc/validate.py) before it is reported.
+A learned solver's wall time excludes XLA's compilation for the padded size of the first instance only (one
+warm-up call): on a set of whole programs, each of its own size, the others' times include their compilation.
 
 ``out`` is a JSON list, one record per (instance, solver): instance, solver, benefit, total_benefit,
 normalised_benefit, wall_time_s, placement ({buffer name: offset or "slow"}), and for cpsat optimal, bound.

@@ -214,10 +214,12 @@ class RowSpec:
 
 
 # ----------------------------------------------------------------------------- train_flags
-def parse_train_flags(text: str) -> dict[str, Any]:
+def parse_train_flags(text: str, owned=HARNESS_SETTINGS,
+                      owned_hint: str = ("see processes, methods, inner_steps, fragments, "
+                                         "tau and steps")) -> dict[str, Any]:
     """``"--d_model=64 --nesterov --nonesterov"`` -> flat train_diloco settings with their types.
-    ValueError naming train_flags for a malformed, unknown or harness-owned flag, or a value of the
-    wrong type."""
+    ValueError naming train_flags for a malformed, unknown or harness-owned (``owned``) flag, or a value of
+    the wrong type."""
     from training import diloco as diloco_exp
 
     fields = {f.name: f for f in config_lib.flat_fields(diloco_exp.TrainDiLoCoConfig)}
@@ -236,9 +238,8 @@ def parse_train_flags(text: str) -> dict[str, Any]:
         field = fields.get(name)
         if field is None:
             raise ValueError(f"train_flags={text!r}: --{name} is not a train_diloco flag")
-        if field.name in HARNESS_SETTINGS or name in HARNESS_SETTINGS:
-            raise ValueError(f"train_flags={text!r}: --{name} is set by the harness (see processes, methods, "
-                             "inner_steps, fragments, tau and steps)")
+        if field.name in owned or name in owned:
+            raise ValueError(f"train_flags={text!r}: --{name} is set by the harness ({owned_hint})")
         if not eq:
             if field.type is not bool:
                 raise ValueError(f"train_flags={text!r}: --{name} needs a value (--{name}=...)")
@@ -356,8 +357,9 @@ def run_row(cfg: BenchDiLoCoLinkConfig, row: RowSpec, name: str) -> dict:
     run_dir.mkdir(parents=True)
     n = cfg.devices_for(row.processes)
     env = _env(n // row.processes, pathlib.Path(cfg.workdir).expanduser().resolve() / "jit_cache")
-    out: dict[str, Any] = {"key": row.key, "method": row.method, "M": row.processes, "rate": netns.rate_label(row.rate_bps),
-                           "rate_bps": row.rate_bps, "devices": n, "flags": flag_list(settings),
+    out: dict[str, Any] = {"key": row.key, "method": row.method, "M": row.processes,
+                           "rate": netns.rate_label(row.rate_bps), "rate_bps": row.rate_bps, "devices": n,
+                           "flags": flag_list(settings),
                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                            "load_before": os.getloadavg()[0]}
     with netns.Link(name, row.rate_bps) as link:
@@ -600,12 +602,13 @@ def format_table(record: dict) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in record.get("rows", []):
         wire = (r.get("wire") or {}).get("bytes")
-        lines.append(f"{r['key']:38s} {r.get('status', ''):8s} {fmt(r.get('trainer_wall_s'), '7.1f')} "
-                     f"{fmt(None if wire is None else wire / 1e6, '9.3f')} "
-                     f"{fmt(None if r.get('wire_bytes_net') is None else r['wire_bytes_net'] / 1e6, '8.3f')} "
-                     f"{fmt(None if r.get('predicted_link_bytes') is None else r['predicted_link_bytes'] / 1e6, '8.3f')} "
-                     f"{fmt(r.get('val_loss'), '8.4f')} {fmt(r.get('utilisation'), '6.3f')} "
-                     f"{fmt((r.get('sim') or {}).get('utilisation'), '6.3f')}")
+        lines.append(
+            f"{r['key']:38s} {r.get('status', ''):8s} {fmt(r.get('trainer_wall_s'), '7.1f')} "
+            f"{fmt(None if wire is None else wire / 1e6, '9.3f')} "
+            f"{fmt(None if r.get('wire_bytes_net') is None else r['wire_bytes_net'] / 1e6, '8.3f')} "
+            f"{fmt(None if r.get('predicted_link_bytes') is None else r['predicted_link_bytes'] / 1e6, '8.3f')} "
+            f"{fmt(r.get('val_loss'), '8.4f')} {fmt(r.get('utilisation'), '6.3f')} "
+            f"{fmt((r.get('sim') or {}).get('utilisation'), '6.3f')}")
     return "\n".join(lines)
 
 
