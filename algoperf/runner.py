@@ -41,6 +41,7 @@ import inspect
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 import time
@@ -110,6 +111,46 @@ def load_submission(path: str | os.PathLike) -> Submission:
                       eval_batch if callable(eval_batch) else None)
 
 
+# Hyperparameters the runner itself reads (upstream's submission_runner passes them to init_model_fn).
+RUNNER_HYPERPARAMETERS = ("dropout_rate", "aux_dropout_rate")
+
+
+def _submission_sources(module, depth: int = 2) -> str:
+    """The source of the submission file and of the project modules it uses (its globals that are modules, or
+    functions and classes defined in one), ``depth`` levels deep; installed packages are left out."""
+    seen, texts, frontier = set(), [], [module]
+    for _ in range(depth + 1):
+        following = []
+        for mod in frontier:
+            path = getattr(mod, "__file__", None)
+            if not path or path in seen or not path.endswith(".py") or "-packages" in path:
+                continue
+            seen.add(path)
+            texts.append(pathlib.Path(path).read_text(errors="replace"))
+            for value in vars(mod).values():
+                owner = value if inspect.ismodule(value) else sys.modules.get(getattr(value, "__module__", None) or "")
+                if owner is not None:
+                    following.append(owner)
+        frontier = following
+    return "\n".join(texts)
+
+
+def check_hyperparameter_names(names, submission: Submission, space_path: str) -> None:
+    """ValueError naming the first search-space hyperparameter that neither the submission (its file and the
+    project modules it uses) nor the runner mentions: a misspelt name would otherwise be silently unused while
+    the submission reads its default or fails deep inside a step. A name is known when it occurs as a word in
+    that source (attribute, ``getattr`` string or comment), a static check, so a name built at run time is not
+    seen."""
+    if submission.module is None:
+        return
+    source = _submission_sources(submission.module)
+    for name in names:
+        if name not in RUNNER_HYPERPARAMETERS and not re.search(rf"\b{re.escape(name)}\b", source):
+            raise ValueError(f"tuning_search_space={space_path!r}: hyperparameter {name!r} is read nowhere in "
+                             f"submission_path={submission.path!r} (or the project modules it uses) nor by the "
+                             f"runner ({', '.join(RUNNER_HYPERPARAMETERS)}); a misspelt name?")
+
+
 def _checked_batch_size(size, hook: str, workload_name: str) -> int:
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
         raise ValueError(f"{hook}({workload_name!r}) returned {size!r}; need a positive integer")
@@ -119,19 +160,32 @@ def _checked_batch_size(size, hook: str, workload_name: str) -> int:
     return int(size)
 
 
-def resolve_batch_size(submission: Submission, workload_name: str) -> int:
-    """``get_batch_size`` of the workload (of its base workload when it raises ValueError for a held-out
-    variant). A submission that supports neither fails here, as upstream's runner does (no default)."""
+def resolve_batch_size(submission: Submission, workload_name: str, default_batch_size: Optional[int] = None) -> int:
+    """``get_batch_size`` of the workload (of its base workload when it raises for a held-out variant).
+
+    A submission written for upstream's workloads (upstream's published baselines, e.g.
+    ``algorithms/baselines/external_tuning/jax_nadamw_full_budget.py``, know only names such as ``ogbg`` or
+    ``fastmri`` and raise ``ValueError('Unsupported workload name: ...')`` for any other) cannot know this
+    suite's names. When ``get_batch_size`` raises for both names, the workload's default batch size is used
+    (``default_batch_size``, else the registered class's ``default_batch_size``) and ONE warning names the
+    submission, the workload, what was raised and the size used. Upstream's runner has no default because its
+    submissions are written for its own workloads; ours run submissions written for upstream's.
+    """
     names = list(dict.fromkeys([workload_name, workloads_lib.get_base_workload_name(workload_name)]))
+    errors = []
     for name in names:
         try:
             size = submission.get_batch_size(name)
-        except ValueError as e:
-            if name == names[-1]:
-                raise ValueError(f"submission_path={submission.path!r}: get_batch_size({name!r}) raised "
-                                 f"ValueError: {e}") from e
+        except Exception as e:  # ValueError upstream, KeyError from a dict lookup: any refusal falls back
+            errors.append(f"get_batch_size({name!r}) raised {type(e).__name__}: {e}")
             continue
         return _checked_batch_size(size, "get_batch_size", name)
+    if default_batch_size is None:
+        default_batch_size = workloads_lib.workload_class(workload_name).default_batch_size
+    size = _checked_batch_size(default_batch_size, "the default batch size of", workload_name)
+    logging.warning("submission %s: %s; using workload %s's default batch size %d", submission.path,
+                    "; ".join(errors), workload_name, size)
+    return size
 
 
 def resolve_eval_batch_size(submission: Submission, workload_name: str, workload) -> int:
@@ -260,11 +314,12 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
                tuning_ruleset: str = "external", max_global_steps: Optional[int] = None,
                save_checkpoints: bool = True, save_intermediate_checkpoints: bool = True,
                clock: Clock = time.perf_counter, config: Optional[dict] = None,
-               eval_batch_size: Optional[int] = None, rules: str = "v0.6") -> TrialResult:
+               eval_batch_size: Optional[int] = None, rules: str = "v0.6", runtime_scale: float = 1.0) -> TrialResult:
     """Runs one trial (see the module doc for the timing rules); returns its score and evaluations.
 
     ``save_intermediate_checkpoints=False`` checkpoints only the finished trial (upstream's flag);
-    ``eval_batch_size`` defaults to the workload's; ``rules`` picks the self-tuning budget factor."""
+    ``eval_batch_size`` defaults to the workload's; ``rules`` picks the self-tuning budget factor;
+    ``runtime_scale`` multiplies the workload's budget (:mod:`algoperf.calibration`: this machine's speed)."""
     eval_batch_size = eval_batch_size or workload.eval_batch_size
     rng = jax.random.PRNGKey(rng_seed)
     data_rng, opt_init_rng, model_init_rng, rng = jax.random.split(rng, 4)
@@ -317,8 +372,8 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
 
     input_queue = workload._build_input_queue(data_rng, "train", data_dir, global_batch_size,
                                               start_step=global_step)
-    max_runtime = workload.max_allowed_runtime_sec * (SELF_TUNING_BUDGET_FACTOR[rules] if tuning_ruleset == "self"
-                                                      else 1)
+    max_runtime = workload.max_allowed_runtime_sec * runtime_scale * (
+        SELF_TUNING_BUDGET_FACTOR[rules] if tuning_ruleset == "self" else 1)
     global_start_time = clock()
     train_state["last_step_end_time"] = global_start_time
     goals_reached = train_state["validation_goal_reached"] and train_state["test_goal_reached"]
@@ -388,7 +443,11 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
                 train_state["accumulated_logging_time"] += clock() - logging_start_time
         train_state["last_step_end_time"] = clock()
 
-    if not train_state["validation_goal_reached"]:
+    if getattr(workload, "has_targets", True) is False:
+        logging.warning("%s has no targets yet (algoperf.targets sets them): the trial ran to step %d / %.1fs of "
+                        "submission time and cannot be scored", getattr(workload, "workload_name", "the workload"),
+                        global_step, train_state["accumulated_submission_time"])
+    elif not train_state["validation_goal_reached"]:
         logging.warning("missed the validation target %s=%s of %s within %d steps / %.1fs of submission time",
                         workload.target_metric_name, workload.validation_target_value,
                         getattr(workload, "workload_name", type(workload).__name__), global_step,
@@ -415,7 +474,7 @@ class ExperimentConfig:
     ``num_studies`` and ``rules``); a value given is checked here, the settings a run cannot do without by
     :func:`check_run`, both before any work starts.
 
-    workload: One of mnist1d, mnist1d_tanh, lm, lm_gelu, ctr, ctr_layernorm, mnist, mnist_relu
+    workload: One of mnist1d, mnist1d_tanh, lm, lm_gelu, ctr, ctr_layernorm, molgraph, mri, mnist, mnist_relu
       (algoperf.workloads.WORKLOADS).
     submission_path: Python file with the submission functions.
     experiment_dir: Root directory of the logs.
@@ -436,6 +495,9 @@ class ExperimentConfig:
     resume_last_run: Resume the trials already in the experiment folder (finished ones are not rerun).
     overwrite: Delete this workload's trials already in the experiment folder and start over.
     rules: v0.6 or v0.5 (the self-tuning budget: 1.5x or 3x the workload's).
+    runtime_scale: Multiplier of the workload's runtime budget: this machine's speed relative to the
+      target-setting machine (the suite measures it, algoperf.calibration); 1 keeps the budget in the
+      target-setting machine's seconds.
     """
     workload: str = ""
     submission_path: str = ""
@@ -456,6 +518,7 @@ class ExperimentConfig:
     resume_last_run: bool = False
     overwrite: bool = False
     rules: str = "v0.6"
+    runtime_scale: float = 1.0
 
     def __post_init__(self):
         if self.tuning_search_space == "":  # the command line's "not given"
@@ -472,6 +535,8 @@ class ExperimentConfig:
             raise ValueError(f"tuning_search_space={self.tuning_search_space!r} must not be given with "
                              "tuning_ruleset='self'")
         require_positive(self, "num_tuning_trials", "num_studies")
+        if not (isinstance(self.runtime_scale, (int, float)) and 0 < self.runtime_scale < float("inf")):
+            raise ValueError(f"runtime_scale={self.runtime_scale!r} must be a finite number > 0")
         if self.max_global_steps is not None and self.max_global_steps < 1:
             raise ValueError(f"max_global_steps={self.max_global_steps!r} must be >= 1 (or unset)")
         if self.overwrite and self.resume_last_run:
@@ -526,7 +591,8 @@ def check_run(cfg: ExperimentConfig) -> Submission:
                          "tuning_ruleset='external'")
     submission = load_submission(cfg.submission_path)
     if cfg.tuning_search_space:
-        halton.load_search_space(cfg.tuning_search_space)
+        names = halton.validate_search_space(halton.load_search_space(cfg.tuning_search_space))
+        check_hyperparameter_names(names, submission, cfg.tuning_search_space)
     existing = [d for d in workload_dirs(cfg) if d.is_dir() and any(d.iterdir())]
     if existing and not (cfg.resume_last_run or cfg.overwrite):
         # upstream asks on the terminal; a batch job gets this line instead
@@ -554,7 +620,7 @@ def run_experiment(cfg: ExperimentConfig, clock: Clock = time.perf_counter, work
     submission = check_run(cfg)  # fails fast on a missing setting, a bad submission or search space
     all_hparams = {study: study_hyperparameters(cfg, study) for study in range(cfg.num_studies)}
     workload = workload or workloads_lib.get_workload(cfg.workload, cfg.data_dir or None)
-    batch_size = resolve_batch_size(submission, cfg.workload)
+    batch_size = resolve_batch_size(submission, cfg.workload, getattr(workload, "default_batch_size", None))
     eval_batch_size = resolve_eval_batch_size(submission, cfg.workload, workload)
     if cfg.overwrite:
         for d in workload_dirs(cfg):
@@ -585,7 +651,8 @@ def run_experiment(cfg: ExperimentConfig, clock: Clock = time.perf_counter, work
                                 data_dir=cfg.data_dir or None, log_dir=trial_dir, tuning_ruleset=cfg.tuning_ruleset,
                                 max_global_steps=cfg.max_global_steps, save_checkpoints=cfg.save_checkpoints,
                                 save_intermediate_checkpoints=cfg.save_intermediate_checkpoints, clock=clock,
-                                config=config, eval_batch_size=eval_batch_size, rules=cfg.rules)
+                                config=config, eval_batch_size=eval_batch_size, rules=cfg.rules,
+                                runtime_scale=cfg.runtime_scale)
             entry = {"study": study, "trial": index + 1, "score": result.score, "global_step": result.global_step,
                      "reached_target": result.reached_validation_target,
                      "final": result.eval_results[-1][1] if result.eval_results else {}}

@@ -19,11 +19,12 @@ import dataclasses
 import json
 import pathlib
 import time
+from typing import Optional
 
 from absl import logging
 
 from algoperf import baselines as baselines_lib
-from algoperf import runner, scoring
+from algoperf import calibration, runner, scoring
 from algoperf import workloads as workloads_lib
 from training.run import Progress, require_positive
 
@@ -45,6 +46,9 @@ class SuiteConfig:
     self_tuning: Also run the self-tuning NAdamW (scored in its own table).
     rng_seed: Seed of the Halton draws and the trials.
     out_dir: Where each ruleset's scores.md/json and PNG go (default: EXPERIMENT_DIR/scores).
+    calibrate: Scale each workload's runtime budget by this machine's speed, measured on the workload's
+      target-setting configuration before the first trial (algoperf.calibration); the record goes to
+      EXPERIMENT_DIR/calibration.json and is reused when the suite resumes.
     """
     experiment_dir: str = ""
     rules: str = "v0.6"
@@ -55,11 +59,13 @@ class SuiteConfig:
     self_tuning: bool = True
     rng_seed: int = 0
     out_dir: str = ""
+    calibrate: bool = True
 
     def __post_init__(self):
         scoring.check_rules(self.rules)
         baselines_lib.check_baseline_names("baselines", workloads_lib.split_names(self.baselines))
         workloads_lib.check_workload_names("workloads", self.workloads)
+        workloads_lib.check_targets_set("workloads", workloads_lib.split_names(self.workloads))
         if self.num_studies < 0:
             raise ValueError(f"num_studies={self.num_studies} must be >= 1 (or 0 for the rules' default)")
         require_positive(self, "num_tuning_trials")
@@ -83,15 +89,17 @@ class SuiteConfig:
         return self.num_studies or STUDIES[self.rules]
 
 
-def suite_configs(cfg: SuiteConfig) -> list[runner.ExperimentConfig]:
+def suite_configs(cfg: SuiteConfig, runtime_scales: Optional[dict] = None) -> list[runner.ExperimentConfig]:
     """Every (submission, workload) run, validated before any work starts (workload-major, so an
-    interrupted suite has every submission on the first workloads)."""
+    interrupted suite has every submission on the first workloads); ``runtime_scales`` ({workload: factor},
+    :func:`algoperf.calibration.calibrate`) scales each workload's budget."""
     if not cfg.experiment_dir:
         raise ValueError("experiment_dir='' is required (the root of the logs)")
     root = pathlib.Path(cfg.experiment_dir).expanduser()
     common = dict(num_studies=cfg.studies, rng_seed=cfg.rng_seed, rules=cfg.rules, resume_last_run=True)
     configs = []
     for w in cfg.workload_names:
+        common["runtime_scale"] = (runtime_scales or {}).get(w, 1.0)
         for name in workloads_lib.split_names(cfg.baselines):
             configs.append(runner.ExperimentConfig(
                 workload=w, submission_path=str(baselines_lib.submission_path(name)),
@@ -124,6 +132,11 @@ def run_suite(cfg: SuiteConfig) -> dict:
     configs = suite_configs(cfg)
     for run_cfg in configs:
         runner.check_run(run_cfg)
+    if cfg.calibrate:  # after every check, before the first trial (algoperf.calibration)
+        scales = calibration.calibrate(pathlib.Path(cfg.experiment_dir).expanduser() / calibration.CALIBRATION_FILE,
+                                       cfg.workload_names)
+        logging.info("runtime budgets scaled by this machine's speed: %s", scales)
+        configs = suite_configs(cfg, scales)
     total = sum(c.num_studies * len(c.trial_indices) for c in configs)
     progress = Progress(total, every_s=0, name="suite:", cumulative=True, unit="trial")
     done = 0

@@ -2,6 +2,7 @@
 import csv
 import dataclasses
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -237,7 +238,7 @@ def test_cli_missing_or_malformed_search_space_is_one_line(tmp_path):
     assert not (tmp_path / "exp").exists()  # nothing was started
 
 
-def test_batch_size_hooks_as_upstream():
+def test_batch_size_hooks_as_upstream(caplog):
     clock = FakeClock()
     sub, _ = fake_submission(clock)
 
@@ -247,8 +248,15 @@ def test_batch_size_hooks_as_upstream():
         return 32
     sub = runner.Submission(**{**sub.__dict__, "get_batch_size": only_base})
     assert runner.resolve_batch_size(sub, "lm_gelu") == 32  # a held-out variant falls back to its base
-    with pytest.raises(ValueError, match=r"get_batch_size\('mnist1d'\) raised ValueError: unsupported mnist1d"):
-        runner.resolve_batch_size(sub, "mnist1d")  # no silent default batch size
+    with caplog.at_level(logging.WARNING):
+        assert runner.resolve_batch_size(sub, "mnist1d") == 128  # upstream-style refusal: the workload's default
+        assert runner.resolve_batch_size(sub, "tiny", default_batch_size=16) == 16  # an unregistered workload
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings  # one per resolution, not one per name tried
+    assert warnings[0] == ("submission fake: get_batch_size('mnist1d') raised ValueError: unsupported mnist1d; "
+                           "using workload mnist1d's default batch size 128")
+    with pytest.raises(ValueError, match="the default batch size of\\('tiny'\\) returned 0"):
+        runner.resolve_batch_size(sub, "tiny", default_batch_size=0)
     sub = runner.Submission(**{**sub.__dict__, "get_batch_size": lambda name: 12})
     with pytest.raises(ValueError, match="returned 12, which the 8 devices do not divide"):
         runner.resolve_batch_size(sub, "mnist1d")

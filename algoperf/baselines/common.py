@@ -18,7 +18,7 @@ from algoperf import jax_sharding_utils, spec
 DECAY_FRACTION = 0.75
 LOG_EVERY = 100
 # Global batch sizes: ours, then upstream's workloads (the values of upstream's baselines).
-BATCH_SIZES = {"mnist1d": 128, "lm": 32, "ctr": 256, "mnist": 128,
+BATCH_SIZES = {"mnist1d": 128, "lm": 32, "ctr": 256, "molgraph": 64, "mri": 32, "mnist": 128,
                "criteo1tb": 262_144, "fastmri": 32, "imagenet_resnet": 1024, "imagenet_vit": 1024,
                "librispeech_conformer": 256, "librispeech_deepspeech": 256, "ogbg": 512, "wmt": 128,
                "finewebedu_lm": 256}

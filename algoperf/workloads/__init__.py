@@ -13,6 +13,8 @@ WORKLOADS = {
     "lm_gelu": "algoperf.workloads.lm:LMGeluWorkload",
     "ctr": "algoperf.workloads.ctr:CTRWorkload",
     "ctr_layernorm": "algoperf.workloads.ctr:CTRLayerNormWorkload",
+    "molgraph": "algoperf.workloads.molgraph:MolGraphWorkload",
+    "mri": "algoperf.workloads.mri:MRIWorkload",
     "mnist": "algoperf.workloads.mnist:MnistWorkload",
     "mnist_relu": "algoperf.workloads.mnist:MnistReluWorkload",
 }
@@ -53,11 +55,27 @@ def get_workload(name: str, data_dir: str | None = None):
     return workload_class(name)(data_dir=data_dir)
 
 
+def untargeted_workloads(names) -> list[str]:
+    """Those of ``names`` whose targets target setting has not set yet (class attributes, no data loaded)."""
+    return [n for n in names if workload_class(n)._validation_target is None or workload_class(n)._test_target is None]
+
+
+def check_targets_set(field: str, names) -> None:
+    """ValueError naming ``field`` if a workload of ``names`` has no targets yet (it could not be scored)."""
+    unset = untargeted_workloads(names)
+    if unset:
+        raise ValueError(f"{field}={','.join(names)!r}: {unset} have no targets yet (they run, but cannot be scored); "
+                         "set them with scripts/set_algoperf_targets.py")
+
+
 def validation_targets() -> dict:
-    """{workload: metrics.Target} for every registered workload (class attributes, no data loaded)."""
+    """{workload: metrics.Target} for every registered workload whose targets are set (class attributes, no
+    data loaded)."""
     out = {}
     for name in WORKLOADS:
         cls = workload_class(name)
+        if cls._validation_target is None:
+            continue
         metric = f"validation/{cls._target_metric_name}"
         out[name] = Target(metric, cls._validation_target, is_minimized(metric))
     return out

@@ -106,7 +106,8 @@ class BaseWorkload(spec.Workload):
     workload_name = ""
     default_batch_size, _eval_batch_size = 128, 256
     _target_metric_name, _eval_period, _step_hint = "accuracy", 5, 1000  # eval period in seconds
-    _validation_target, _test_target, _max_runtime = 0.0, 0.0, 60  # what target setting sets; budget in seconds
+    # what target setting sets (None: not set yet, see has_targets); budget in seconds of submission time
+    _validation_target, _test_target, _max_runtime = 0.0, 0.0, 60
     _loss_type = spec.LossType.SOFTMAX_CROSS_ENTROPY
     _num_eval_train = 1000  # examples of the eval_train split (the first ones of train)
 
@@ -125,8 +126,14 @@ class BaseWorkload(spec.Workload):
         """``{'train', 'validation', 'test': {'inputs', 'targets'}}`` as NumPy arrays."""
         raise NotImplementedError
 
-    def example_inputs(self) -> np.ndarray:
+    def example_inputs(self):
+        """One example of the model's input (an array, or a dict of arrays: what :meth:`model_inputs` returns)."""
         return self.splits["train"]["inputs"][:1]
+
+    def model_inputs(self, batch: Dict[str, Any]):
+        """What the model is applied to, from a batch (``batch['inputs']``; a workload whose examples are
+        several arrays, as the graphs of ``molgraph``, returns those)."""
+        return batch["inputs"]
 
     def eval_metrics_from_sums(self, sums: Dict[str, float]) -> Dict[str, float]:
         """Final metrics from summed per-example quantities (``loss``, ``correct``, ``n``)."""
@@ -188,7 +195,7 @@ class BaseWorkload(spec.Workload):
 
     def init_model_fn(self, rng, dropout_rate: Optional[float] = None, aux_dropout_rate: Optional[float] = None):
         del dropout_rate, aux_dropout_rate  # our models have no dropout
-        variables = jax.jit(self.model.init)(rng, jnp.asarray(self.example_inputs()))
+        variables = jax.jit(self.model.init)(rng, jax.tree.map(jnp.asarray, self.example_inputs()))
         params = jax.tree.map(lambda x: x, dict(variables["params"]))
         params = nn.meta.unbox(params)
         self._param_shapes = shapes_of(params)
@@ -203,7 +210,7 @@ class BaseWorkload(spec.Workload):
     def model_fn(self, params, augmented_and_preprocessed_input_batch, model_state, mode, rng,
                  update_batch_norm: bool, dropout_rate: Optional[float] = None):
         del mode, rng, update_batch_norm, dropout_rate
-        logits = self.model.apply({"params": params}, augmented_and_preprocessed_input_batch["inputs"])
+        logits = self.model.apply({"params": params}, self.model_inputs(augmented_and_preprocessed_input_batch))
         return logits, model_state
 
     def loss_fn(self, label_batch, logits_batch, mask_batch=None, label_smoothing: float = 0.0):
@@ -239,7 +246,15 @@ class BaseWorkload(spec.Workload):
     def target_metric_name(self) -> str:
         return self._target_metric_name
 
-    def _reached(self, eval_result, split: str, target: float) -> bool:
+    @property
+    def has_targets(self) -> bool:
+        """Whether target setting (:mod:`algoperf.targets`) has set this workload's targets; a workload whose
+        targets are ``None`` runs (to its budget or step limit) but is never reached and cannot be scored."""
+        return self._validation_target is not None and self._test_target is not None
+
+    def _reached(self, eval_result, split: str, target: Optional[float]) -> bool:
+        if target is None:  # not set yet: never reached
+            return False
         value = eval_result.get(f"{split}/{self.target_metric_name}")
         return meets_target(value, target, is_minimized(self.target_metric_name))
 
