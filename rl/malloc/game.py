@@ -351,6 +351,41 @@ def _free_gaps_ordered(order: AddressOrder, top: jax.Array, live, cand, size, ca
     return floor > cand, jnp.maximum(floor, 0), jnp.minimum(gap_hi, capacity)
 
 
+def _best_fit_ordered(order: AddressOrder, top: jax.Array, live, face, size, capacity, game_moves: bool):
+    """(placeable, offset) of XLA's best fit from an :class:`AddressOrder` in O(N), without a search per
+    candidate: the free gaps over the live slots are, in address order, [highest live top below, bottom) in
+    front of each live slot (where positive) and [highest live top, capacity) at the end; every candidate that
+    fits lies at an end of one (a face inside the busy range clashes), so best fit is the lowest candidate end
+    of the smallest gap that holds ``size``. ``game_moves``: a gap's floor is a move if it is 0 or the top of
+    a ``face`` slot (the highest live top below is a face's), its ceiling if it is the capacity or the bottom
+    of a face slot; otherwise both ends are. The same offset as the candidates of :func:`heuristic_completion`
+    searched one by one (``_free_gaps_ordered`` / ``_free_gaps_dense``)."""
+    n = order.bottom.shape[0]
+    real = order.bottom < _BIG
+    in_use, is_face = live[order.slot] & real, face[order.slot] & real
+    tops = top[order.slot]
+    shift = lambda x, fill: jnp.concatenate([jnp.full((1,), fill, x.dtype), x[:-1]])
+    below = shift(jax.lax.cummax(jnp.where(in_use, tops, -_BIG)), -_BIG)           # highest live top before p
+    face_below = shift(jax.lax.cummax(jnp.where(is_face, tops, -_BIG)), -_BIG)
+    face_from = jax.lax.cummin(jnp.where(is_face, order.bottom, _BIG), reverse=True)  # lowest face bottom from p
+    floors = jnp.append(jnp.maximum(below, 0), jnp.maximum(jnp.max(jnp.where(in_use, tops, -_BIG)), 0))
+    ceilings = jnp.append(jnp.where(in_use, order.bottom, 0), capacity)           # the last gap: to the capacity
+    length = jnp.where(jnp.append(in_use, True), ceilings - floors, -1)          # (no gap in front of a free rank)
+    if game_moves:
+        all_below = jnp.append(below, jnp.max(jnp.where(in_use, tops, -_BIG)))
+        all_face_below = jnp.append(face_below, jnp.max(jnp.where(is_face, tops, -_BIG)))
+        floor_ok = (all_below < 0) | (all_face_below == all_below)
+        ceiling_ok = jnp.append(face_from == order.bottom, True)
+    else:
+        floor_ok = ceiling_ok = jnp.ones((n + 1,), bool)
+    holds = length >= size
+    fits = jnp.concatenate([holds & floor_ok, holds & ceiling_ok])
+    cand = jnp.concatenate([floors, ceilings - size])
+    gap = jnp.where(fits, jnp.concatenate([length, length]), _BIG)
+    best = jnp.where(fits & (gap == gap.min()), cand, _BIG).min()
+    return fits.any(), best
+
+
 def _free_gaps_sorted(inst: Padded, offset, live, cand, size):
     """:func:`_free_gaps_dense` in O((C + N) log N), for whole programs (:func:`_free_gaps_ordered` on a
     fresh sort). (On windows, N = 32, the dense form is 4x faster on CPU; at 937 buffers this is 15x.)"""
@@ -375,7 +410,8 @@ def heuristic_completion(inst: Padded, state: State, game_moves: bool = False, w
     return is reachable), checked against every placed buffer; it only stops looking ahead.
 
     From ``SORTED_GAPS_FROM`` slots the free gaps come from an :class:`AddressOrder` kept by insertion (one
-    sort per completion, O(N + C log N) per buffer); below, from all pairs (O(N^2) per buffer, faster there)."""
+    sort per completion, O(N) per buffer: :func:`_best_fit_ordered`); below, from all pairs (O(N^2) per
+    buffer, faster there)."""
     n = inst.size.shape[-1]
     k = jnp.arange(n)
     todo = inst.valid & (k >= state.t) & (inst.benefit > 0)
@@ -395,13 +431,14 @@ def heuristic_completion(inst: Padded, state: State, game_moves: bool = False, w
         cand = jnp.concatenate([jnp.stack([jnp.zeros((), jnp.int32), inst.capacity - size]),
                                 jnp.where(face, hi, -1), jnp.where(face, lo - size, -1)])
         if sorted_gaps:
-            clash, gap_lo, gap_hi = _free_gaps_ordered(order, hi, live, cand, size, inst.capacity)
+            placeable, best = _best_fit_ordered(order, hi, live, face, size, inst.capacity, game_moves)
         else:
             clash, gap_lo, gap_hi = _free_gaps_dense(inst, offset, live, cand, size)
-        fits = (cand >= 0) & (cand + size <= inst.capacity) & ~clash
-        gap = jnp.where(fits, gap_hi - gap_lo, _BIG)
-        best = jnp.where(fits & (gap == gap.min()), cand, _BIG).min()
-        put = todo[i] & fits.any()
+            fits = (cand >= 0) & (cand + size <= inst.capacity) & ~clash
+            gap = jnp.where(fits, gap_hi - gap_lo, _BIG)
+            best = jnp.where(fits & (gap == gap.min()), cand, _BIG).min()
+            placeable = fits.any()
+        put = todo[i] & placeable
         if sorted_gaps:
             order = jax.tree.map(lambda new, old: jnp.where(put, new, old), _insert(order, i, best), order)
         return (offset.at[i].set(jnp.where(put, best, offset[i])), order), None
