@@ -24,7 +24,8 @@ Logs have upstream's layout: ``EXPERIMENT/WORKLOAD_jax/trial_N/`` (one study, as
 ``submission_runner.py``) or ``EXPERIMENT/study_K/WORKLOAD_jax/trial_N/`` (several, as upstream's scoring
 expects), EXPERIMENT = ``experiment_dir[/experiment_name]``, with ``eval_measurements.csv`` (one row per
 evaluation), ``measurements.csv`` (also the submission's own ``metrics_logger`` rows and the final score),
-``hparams.json``, ``meta_data_P.json`` and ``flags_P.json`` (P = preemption count); each study's
+``hparams.json``, ``meta_data_P.json`` and ``flags_P.json`` (P = preemption count), and TensorBoard
+event files of the measurements' numbers; each study's
 ``summary.json`` sits beside its trial folders, where upstream's scorer does not look. Trials checkpoint
 after every evaluation through :mod:`parallel.checkpoint` and resume where they stopped
 (``resume_last_run``); a finished trial is not rerun; ``overwrite`` starts over; ``hparam_start_index`` /
@@ -53,6 +54,7 @@ from absl import logging
 from algoperf import halton, scoring, spec
 from algoperf import workloads as workloads_lib
 from parallel import checkpoint as ckpt_lib
+from training.events import ScalarEventWriter
 from training.run import require_positive, write_csv_atomic, write_json_atomic
 
 FRAMEWORK = "jax"
@@ -142,13 +144,15 @@ def resolve_eval_batch_size(submission: Submission, workload_name: str, workload
 
 # -------------------------------------------------------------------------------------- logging
 class MetricLogger:
-    """Upstream's ``MetricLogger``: ``measurements.csv`` and ``eval_measurements.csv`` (sorted columns).
+    """Upstream's ``MetricLogger``: ``measurements.csv`` and ``eval_measurements.csv`` (sorted columns), and
+    every row's numbers as TensorBoard scalars in the trial folder (:mod:`training.events`).
 
     Files are rewritten atomically with the union of the columns seen so far. On resume from step
-    ``resume_step``, rows after it (logged by the interrupted run) are dropped.
+    ``resume_step``, rows (and events) after it (logged by the interrupted run) are dropped.
     """
 
     def __init__(self, trial_dir: pathlib.Path, resume_step: Optional[int] = None):
+        self.events = ScalarEventWriter(trial_dir, resume_step)
         self.paths = {False: trial_dir / "measurements.csv", True: trial_dir / "eval_measurements.csv"}
         self.rows: dict[bool, list[dict]] = {False: [], True: []}
         for is_eval, path in self.paths.items():
@@ -169,13 +173,14 @@ class MetricLogger:
         for target in ((False, True) if is_eval else (False,)):
             self.rows[target].append(row)
             self._write(target)
+        self.events.write(global_step, {k: v for k, v in row.items() if k not in ("global_step", "preemption_count")})
 
     def _write(self, is_eval: bool) -> None:
         rows, path = self.rows[is_eval], self.paths[is_eval]
         write_csv_atomic(path, rows, sorted({k for r in rows for k in r}))
 
     def finish(self) -> None:
-        pass
+        self.events.close()
 
 
 def _plain(v):
@@ -405,7 +410,7 @@ def _result(train_state, global_step, eval_results, resumed_from) -> TrialResult
 
 # ----------------------------------------------------------------------------------- experiments
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class ExperimentConfig:
     """Everything ``run_experiment`` needs (upstream's submission_runner flags, with their meaning, plus
     ``num_studies`` and ``rules``); a value given is checked here, the settings a run cannot do without by
     :func:`check_run`, both before any work starts.
@@ -494,13 +499,13 @@ class RunConfig:
                       self.num_tuning_trials if self.hparam_end_index is None else self.hparam_end_index)
 
 
-def experiment_root(cfg: RunConfig) -> pathlib.Path:
+def experiment_root(cfg: ExperimentConfig) -> pathlib.Path:
     """EXPERIMENT_DIR[/EXPERIMENT_NAME], as upstream's ``logger_utils.get_log_dir``."""
     root = pathlib.Path(cfg.experiment_dir).expanduser()
     return root / cfg.experiment_name if cfg.experiment_name else root
 
 
-def workload_dirs(cfg: RunConfig) -> list[pathlib.Path]:
+def workload_dirs(cfg: ExperimentConfig) -> list[pathlib.Path]:
     """One ``WORKLOAD_jax`` folder per study: upstream's ``EXPERIMENT/WORKLOAD_jax`` for a single study,
     ``EXPERIMENT/study_K/WORKLOAD_jax`` (upstream's scoring layout) for several."""
     root = experiment_root(cfg)
@@ -510,7 +515,7 @@ def workload_dirs(cfg: RunConfig) -> list[pathlib.Path]:
     return [root / f"study_{k}" / name for k in range(cfg.num_studies)]
 
 
-def check_run(cfg: RunConfig) -> Submission:
+def check_run(cfg: ExperimentConfig) -> Submission:
     """The settings a run cannot do without, the submission, the search space and what is already in the
     experiment folder, checked before any work (ValueError naming the setting); returns the submission."""
     for name in ("workload", "submission_path", "experiment_dir"):
@@ -526,7 +531,7 @@ def check_run(cfg: RunConfig) -> Submission:
     if existing and not (cfg.resume_last_run or cfg.overwrite):
         # upstream asks on the terminal; a batch job gets this line instead
         raise ValueError(f"experiment_dir={cfg.experiment_dir!r}: {existing[0]} holds trials already; "
-                         "--resume_last_run resumes them, --overwrite deletes them and starts over")
+                         "`resume_last_run` resumes them, `overwrite` deletes them and starts over")
     return submission
 
 
@@ -535,14 +540,14 @@ def trial_seed(rng_seed: int, study: int, trial: int) -> int:
     return int(np.random.SeedSequence([rng_seed, study, trial]).generate_state(1)[0] % (2**31 - 1))
 
 
-def study_hyperparameters(cfg: RunConfig, study: int) -> list:
+def study_hyperparameters(cfg: ExperimentConfig, study: int) -> list:
     if cfg.tuning_ruleset == "self":
         return [None]
     space = halton.load_search_space(cfg.tuning_search_space)
     return halton.generate_search(space, cfg.num_tuning_trials, seed=cfg.rng_seed + study)
 
 
-def run_experiment(cfg: RunConfig, clock: Clock = time.perf_counter, workload=None,
+def run_experiment(cfg: ExperimentConfig, clock: Clock = time.perf_counter, workload=None,
                    after_trial: Optional[Callable[[dict], None]] = None) -> dict:
     """Runs ``num_studies`` x the trials of ``cfg.trial_indices`` of one submission on one workload; returns a
     summary dict (``after_trial`` gets each trial's entry as it finishes)."""
@@ -593,7 +598,7 @@ def run_experiment(cfg: RunConfig, clock: Clock = time.perf_counter, workload=No
 SUMMARY_FILE = "summary.json"
 
 
-def run(cfg: RunConfig, clock: Clock = time.perf_counter, workload=None, after_trial=None) -> dict:
+def run(cfg: ExperimentConfig, clock: Clock = time.perf_counter, workload=None, after_trial=None) -> dict:
     """``run_experiment``, then each study's ``WORKLOAD_jax/summary.json`` (beside the trial folders, where
     upstream's scorer does not look) and one log line per trial."""
     summary = run_experiment(cfg, clock, workload, after_trial)

@@ -21,6 +21,7 @@ upstream ``scoring/performance_profile.py``:
 6. The benchmark score is the area under rho_s normalised by the tau range: trapz(rho_s, tau) / 3.
 
 The readers accept our logs and upstream's (``D[/SUBMISSION]/study_K/WORKLOAD_jax/trial_N/eval_measurements.csv``).
+A metric's direction, the target test and :class:`~algoperf.metrics.Target` are :mod:`algoperf.metrics`'s.
 """
 from __future__ import annotations
 
@@ -34,34 +35,13 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from algoperf import workloads as workloads_lib
+from algoperf.metrics import Target, is_minimized, meets_target
+
 TIME_COLUMN = "score"
 DEFAULT_MAX_RATIO = 4.0
 DEFAULT_NUM_POINTS = 100
-# Upstream's MIN/MAX registries, plus the metrics of our workloads.
-MIN_METRICS = ("ce_loss", "error_rate", "ctc_loss", "wer", "l1_loss", "loss", "bits_per_byte")
-MAX_METRICS = ("mean_average_precision", "ssim", "accuracy", "bleu", "auc")
 WORKLOAD_DIR_PATTERN = re.compile(r"^(.*)_(jax|pytorch)$")
-
-
-def is_minimized(metric: str) -> bool:
-    """Whether a (possibly split-prefixed) metric improves downwards, from its name as upstream."""
-    name = metric.split("/")[-1]
-    for prefix in ("best_", "final_"):
-        name = name.removeprefix(prefix)
-    if name in MIN_METRICS:
-        return True
-    if name in MAX_METRICS:
-        return False
-    for candidates, minimized in ((MIN_METRICS, True), (MAX_METRICS, False)):
-        if any(c in name for c in candidates):
-            return minimized
-    raise ValueError(f"metric {metric!r}: direction unknown; known: min {MIN_METRICS}, max {MAX_METRICS}")
-
-
-def meets_target(value: float, target: float, minimize: bool) -> bool:
-    if value is None or not math.isfinite(value):
-        return False
-    return value <= target if minimize else value >= target
 
 
 # ------------------------------------------------------------------ time to target (pure functions)
@@ -292,13 +272,6 @@ def read_experiment(experiment_dir: str | pathlib.Path) -> dict[str, list[TrialL
 
 
 # ---------------------------------------------------------------------------------- whole scoring
-@dataclasses.dataclass(frozen=True)
-class Target:
-    metric: str  # e.g. 'validation/accuracy'
-    value: float
-    minimize: bool
-
-
 @dataclasses.dataclass
 class ScoreReport:
     trial_times: dict  # {submission: {workload: {study: {trial: seconds}}}}
@@ -447,8 +420,7 @@ def score(cfg: ScoreConfig) -> ScoreReport:
     """Scores ``cfg.experiment_dir`` against our workload registry's targets (else each trial's
     meta_data_*.json); writes scores.md (table), scores.json and performance_profiles.png and prints the
     tables. A wrong directory fails (ValueError) before anything is written."""
-    from algoperf import workloads as workloads_lib
-    from training.run import write_json_atomic
+    from training.run import write_json_atomic  # here, not at the top: reading and scoring logs needs no JAX
 
     if not cfg.experiment_dir:
         raise ValueError("experiment_dir='' is required (the logs to score)")

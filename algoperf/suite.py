@@ -83,7 +83,7 @@ class SuiteConfig:
         return self.num_studies or STUDIES[self.rules]
 
 
-def suite_configs(cfg: SuiteConfig) -> list[runner.RunConfig]:
+def suite_configs(cfg: SuiteConfig) -> list[runner.ExperimentConfig]:
     """Every (submission, workload) run, validated before any work starts (workload-major, so an
     interrupted suite has every submission on the first workloads)."""
     if not cfg.experiment_dir:
@@ -93,12 +93,12 @@ def suite_configs(cfg: SuiteConfig) -> list[runner.RunConfig]:
     configs = []
     for w in cfg.workload_names:
         for name in workloads_lib.split_names(cfg.baselines):
-            configs.append(runner.RunConfig(
+            configs.append(runner.ExperimentConfig(
                 workload=w, submission_path=str(baselines_lib.submission_path(name)),
                 tuning_search_space=str(baselines_lib.search_space_path(name)),
                 num_tuning_trials=cfg.num_tuning_trials, experiment_dir=str(root / "external" / name), **common))
         if cfg.self_tuning:
-            configs.append(runner.RunConfig(
+            configs.append(runner.ExperimentConfig(
                 workload=w, submission_path=str(baselines_lib.submission_path("self_tuning_nadamw")),
                 tuning_ruleset="self", experiment_dir=str(root / "self" / "self_tuning_nadamw"), **common))
     return configs
@@ -165,9 +165,9 @@ def tour_step(workdir: pathlib.Path) -> dict:
                                   "warmup_factor": 0.05, "weight_decay": 0.0563, "label_smoothing": 0.0,
                                   "dropout_rate": 0.0}]))
     start = time.perf_counter()
-    cfg = runner.RunConfig(workload="mnist1d", submission_path=str(baselines_lib.submission_path("nadamw")),
-                           experiment_dir=str(workdir / "nadamw"), tuning_search_space=str(space),
-                           num_tuning_trials=1, save_checkpoints=False, overwrite=True)
+    cfg = runner.ExperimentConfig(workload="mnist1d", submission_path=str(baselines_lib.submission_path("nadamw")),
+                                  experiment_dir=str(workdir / "nadamw"), tuning_search_space=str(space),
+                                  num_tuning_trials=1, save_checkpoints=False, overwrite=True)
     trial = runner.run_experiment(cfg)["trials"][0]
     report = scoring.score_experiment(scoring.read_experiment(workdir / "nadamw"),
                                       workloads_lib.validation_targets(), workloads_lib.VARIANTS,

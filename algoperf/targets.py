@@ -36,7 +36,7 @@ from absl import logging
 from algoperf import baselines as baselines_lib
 from algoperf import halton, runner
 from algoperf import workloads as workloads_lib
-from algoperf.scoring import is_minimized, meets_target
+from algoperf.metrics import is_minimized, meets_target
 from training.run import machine_info, require_output_file, require_positive, write_json_atomic
 
 DEFAULT_WORKLOADS = ("mnist1d", "ctr", "lm")  # v0.6 scores the base workloads only

@@ -9,5 +9,6 @@ so that e.g. ``import parallel.mesh`` does not pull in Orbax):
   * quantize          -- low-precision codecs (e.g. 4-bit E3M0) for DiLoCo's outer gradients.
   * comm_sim          -- communication byte accounting and a compute-utilisation simulator for DP/DiLoCo.
   * checkpoint        -- asynchronous, preemption-safe Orbax checkpointing of a whole training state.
+  * checkpoint_logs   -- quiets Orbax/TensorStore's repeats of a failure the checkpointer raises once.
   * xla_flags         -- XLA options that let collectives run asynchronously beside compute (GPU/TPU).
 """

@@ -174,8 +174,12 @@ class Checkpointer:
     def save(self, step: int, state, meta: dict | None = None) -> float:
         """Saves ``state`` and ``meta`` as ``step``; returns the seconds the caller was blocked.
 
-        Raises CheckpointError for this save or for an earlier background save that failed.
+        Raises CheckpointError for this save or for an earlier background save that failed. The steps still
+        computing ``state`` (asynchronous dispatch) finish before the clock starts where the save must read it
+        (sync and async modes), so their time is not counted as the save's.
         """
+        if self.mode != "lazy":  # (lazy only dispatches copies that queue behind those steps)
+            jax.block_until_ready(state)
         start = time.perf_counter()
         if self._failed is not None:
             raise self._failed
@@ -380,7 +384,7 @@ class Checkpointer:
         self._manager.reload()
 
     def delete_all(self) -> None:
-        """Removes every step (``--overwrite``)."""
+        """Removes every step (``overwrite``)."""
         for step in self.all_steps():
             self._manager.delete(step)
         remove_temporary_dirs(self.directory)
@@ -481,13 +485,14 @@ def config_differences(saved: dict, given: dict, ignore: Iterable[str] = ()) -> 
 
 
 def check_resume_config(saved: dict, given: dict, directory, ignore: Iterable[str] = ()) -> None:
-    """ValueError naming every differing field when a workdir's checkpoints came from another config."""
+    """ValueError naming every differing field (as `` `name` ``, which the command line spells ``--name``)
+    when a workdir's checkpoints came from another config."""
     diffs = config_differences(saved, given, ignore)
     if diffs:
-        listed = "; ".join(f"--{k}: checkpoint has {a!r}, flags give {b!r}" for k, a, b in diffs)
+        listed = "; ".join(f"`{k}`: checkpoint has {a!r}, flags give {b!r}" for k, a, b in diffs)
         raise ValueError(
             f"the checkpoints under {directory} were made with a different configuration ({listed}): "
-            "use the same flags to resume, another --workdir, or --overwrite to start afresh")
+            "use the same flags to resume, another `workdir`, or `overwrite` to start afresh")
 
 
 class PreemptionGuard:
@@ -581,7 +586,7 @@ def open_for_run(directory, config: dict, abstract_state, *, keep: int, mode: st
     restored = None
     if checkpointer.latest_step() is not None:
         if overwrite:
-            logging.warning("--overwrite: deleting checkpoints %s under %s",
+            logging.warning("overwrite=True: deleting checkpoints %s under %s",
                             checkpointer.all_steps(), checkpointer.directory)
             checkpointer.delete_all()
         else:

@@ -145,7 +145,8 @@ class DiLoCoConfig:
 def check_workers(workers: int, num_devices: int) -> int:
     """Devices per worker; ValueError unless ``workers`` divides ``num_devices``."""
     if workers < 1 or num_devices % workers:
-        raise ValueError(f"workers={workers} must divide the number of devices {num_devices}")
+        hint = f"; {mesh_lib.simulate_devices_hint(workers)}" if workers > num_devices else ""
+        raise ValueError(f"workers={workers} must divide the number of devices {num_devices}{hint}")
     return num_devices // workers
 
 

@@ -16,18 +16,31 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 KNOWN_AXES = ("data", "workers", "expert", "tensor")
 
 
+def simulate_devices_hint(needed: int) -> str:
+    """How to run something that needs ``needed`` devices on a machine with fewer: XLA's virtual CPU devices."""
+    on_cpu = jax.default_backend() == "cpu"
+    return (f"to simulate {needed} devices on CPU, run with XLA_FLAGS=--xla_force_host_platform_device_count={needed}"
+            + ("" if on_cpu else " JAX_PLATFORMS=cpu"))
+
+
+def _devices(n: int) -> str:
+    return f"{n} device{'' if n == 1 else 's'}"
+
+
 def parse_mesh_spec(spec: str, num_devices: int) -> dict[str, int]:
     """Parses ``"data:4,expert:2"`` into ``{"data": 4, "expert": 2}`` with ``-1`` resolved.
 
     Raises:
       ValueError: naming the string and the device count, for a malformed entry, an unknown or
-        repeated axis, a size < 1 (other than a single -1), or a product that is not ``num_devices``.
+        repeated axis, a size < 1 (other than a single -1), or a product that is not ``num_devices``;
+        a mesh larger than the devices also says how to simulate enough devices on CPU.
     """
-    def fail(why: str) -> ValueError:
+    def fail(why: str, needed: int = 0) -> ValueError:
+        hint = f"; {simulate_devices_hint(needed)}" if needed > num_devices else ""
         return ValueError(
-            f"mesh spec {spec!r} for {num_devices} devices: {why} "
+            f"mesh spec {spec!r} for {_devices(num_devices)}: {why} "
             f"(expected comma-separated AXIS:SIZE with AXIS in {list(KNOWN_AXES)}, "
-            f"sizes multiplying to {num_devices}, at most one size -1)")
+            f"sizes multiplying to {num_devices}, at most one size -1){hint}")
 
     if not isinstance(spec, str) or not spec.strip():
         raise fail("empty")
@@ -55,10 +68,10 @@ def parse_mesh_spec(spec: str, num_devices: int) -> dict[str, int]:
     known = math.prod(s for s in sizes.values() if s != -1)
     if wildcards:
         if num_devices % known:
-            raise fail(f"fixed sizes multiply to {known}, which does not divide the device count")
+            raise fail(f"fixed sizes multiply to {known}, which does not divide the device count", known)
         sizes[wildcards[0]] = num_devices // known
     elif known != num_devices:
-        raise fail(f"sizes multiply to {known}")
+        raise fail(f"sizes multiply to {known}", known)
     return sizes
 
 

@@ -6,7 +6,7 @@ what places them side by side in time. These are the flags MaxText sets for the 
 (MaxText ``docs`` / ``benchmarks`` xla flag sets). They must be in the environment before JAX initialises
 its backend, so ``train_lm``, ``train_diloco`` and ``bench_moe`` call :func:`apply_async_collective_flags`
 first thing in ``main``. XLA:CPU has no such scheduler (collectives run in program order), so nothing is
-set there. XLA aborts on flags it does not know: ``scripts/device_check_moe.sh`` runs a MoE training step
+set there. XLA aborts on flags it does not know: ``tools/device_check_moe.sh`` runs a MoE training step
 with the GPU list on an H100 (jax 0.11.2) to check that they are accepted.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 r"""Benchmarks DiLoCo's inner step against data-parallel on the same mesh, the outer step separately,
 and prints the utilisation simulator's Table 4 beside the paper's (training/benchmarks/diloco.py).
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m scripts.bench_diloco --out=results/bench_diloco.json
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m scripts.bench_diloco --out=results/diloco/bench_diloco.json
 
 Every flag but ``--out`` is a setting of ``training.benchmarks.diloco.BenchDiLoCoConfig``.
 """

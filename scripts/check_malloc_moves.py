@@ -1,6 +1,6 @@
 r"""How often the mallocGame's move set misses the unrestricted optimum (rl/malloc/game.py, "Completeness").
 
-    python -m scripts.check_malloc_moves --count=5000 --out=results/malloc_moves.json
+    python -m scripts.check_malloc_moves --count=5000 --out=results/malloc/malloc_moves.json
 
 Every flag is a setting of ``rl.malloc.evaluate.MoveSetCheckConfig``: ``count`` random small instances
 (``instance.tiny_contended_instance``, seed ``seed``) solved by CP-SAT unrestricted and under the game's

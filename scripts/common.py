@@ -11,13 +11,12 @@ A script is ``flags -> config -> one library call``::
 :func:`define_config_flags` turns every flat setting of the config class (``training.config.flat_fields``:
 name, type, default and the help from the dataclass docstrings) into an absl flag, and every old spelling
 of a renamed setting into an alias; :func:`config_from_flags` builds the config from the parsed flags.
-Library errors name the setting (``name=value``); here the name gets its ``--``. A bad flag, or any
-``ValueError`` the run raises for what the user gave, ends the process with one line on stderr and exit
-status 1, no traceback.
+Library errors name the setting (``name=value``, or `` `name` `` without a value); here the name gets its
+``--`` (``training.config.flag_message``). A bad flag, or any ``ValueError`` the run raises for what the user
+gave, ends the process with one line on stderr and exit status 1, no traceback.
 """
 from __future__ import annotations
 
-import os
 import pathlib
 import shutil
 import sys
@@ -25,7 +24,9 @@ from typing import Any, Callable, Iterable
 
 from absl import app, flags, logging
 
+from parallel import checkpoint_logs
 from training import config as config_lib
+from training import workdir_lock
 
 # The flags defined here belong to the script that asks for them (so its --help lists them).
 flags.disclaim_key_flags()
@@ -98,34 +99,12 @@ def config_from_flags(config_cls: type, flag_values=None, preflight=None, **over
 
 
 def quiet_library_logs() -> None:
-    """Keeps our INFO progress lines readable (Orbax logs every rename); library warnings still show."""
+    """Keeps our INFO progress lines readable: the checkpointer's libraries say a failure once
+    (:func:`parallel.checkpoint_logs.quiet_checkpoint_logs`) and JAX's backend probe stays off stderr;
+    library warnings still show."""
     import logging as std_logging
 
-    class DropLibraryChatter:
-        def filter(self, record) -> bool:
-            if record.name == "asyncio" and "never retrieved" in record.getMessage():
-                return False  # Orbax's unawaited writes after a failed save: the failure is raised once
-            if "/orbax/" not in record.pathname:
-                return True
-            if record.levelno >= 40:
-                # Orbax logs a failed background write from each of its threads, with tracebacks; the
-                # Checkpointer raises it once, naming the step, so one short line each is enough here
-                record.msg, record.args = " ".join(record.getMessage().split())[:200], ()
-                record.exc_info, record.exc_text = None, None
-            return record.levelno >= 30
-
-    def drop_closed_loop_callbacks(unraisable, previous=sys.unraisablehook):
-        # after a failed background write, TensorStore's pending callbacks hit Orbax's closed event loop and
-        # print one traceback each (as unraisable errors); the failure itself is raised once, with its step
-        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    if getattr(sys.unraisablehook, "__name__", "") != "drop_closed_loop_callbacks":
-        sys.unraisablehook = drop_closed_loop_callbacks
-    handler = logging.get_absl_handler()
-    if not any(type(f).__name__ == "DropLibraryChatter" for f in handler.filters):
-        handler.addFilter(DropLibraryChatter())
+    checkpoint_logs.quiet_checkpoint_logs()
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
 
@@ -168,17 +147,11 @@ def new_directory(path: str) -> pathlib.Path | None:
 
 def remove_if_unused(directory: pathlib.Path | None) -> None:
     """Removes ``directory`` (one this process created: :func:`new_directory`) if it holds nothing but
-    directories and this process's workdir lock (``training.run.lock_workdir``), so that a run refused
+    directories and this process's workdir lock (:mod:`training.workdir_lock`), so that a run refused
     after its workdir was made leaves nothing on disk."""
     if directory is None or not directory.is_dir():
         return
-    def ours(p: pathlib.Path) -> bool:
-        try:
-            return p.is_dir() or (p.name.startswith(".lock.") and p.read_text().startswith(f"pid {os.getpid()} "))
-        except OSError:
-            return False
-
-    if all(ours(p) for p in directory.rglob("*")):
+    if all(p.is_dir() or workdir_lock.is_held_by_this_process(p) for p in directory.rglob("*")):
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -15,10 +15,10 @@ on the terminal), ``--overwrite``, ``--hparam_start_index`` / ``--hparam_end_ind
 Writes EXPERIMENT/WORKLOAD_jax/trial_N/ (one study) or EXPERIMENT/study_K/WORKLOAD_jax/trial_N/ (several),
 EXPERIMENT = EXPERIMENT_DIR[/EXPERIMENT_NAME], each trial with eval_measurements.csv, measurements.csv,
 hparams.json, meta_data_P.json, flags_P.json and checkpoints/, and a summary.json beside the trials. The flags
-are the settings of ``algoperf.runner.RunConfig``; the run is ``algoperf.runner.run``.
+are the settings of ``algoperf.runner.ExperimentConfig``; the run is ``algoperf.runner.run``.
 """
 from algoperf import runner
 from scripts import common
 
 if __name__ == "__main__":
-    common.main(runner.RunConfig, runner.run, preflight=runner.check_run)
+    common.main(runner.ExperimentConfig, runner.run, preflight=runner.check_run)

@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 def step_train_lm(workdir: pathlib.Path, steps: int) -> dict:
     """Data-parallel byte-level LM on Tiny Shakespeare (training/lm.py)."""
     cfg = config_lib.from_flat(lm.TrainLMConfig, dict(
-        workdir=str(workdir), steps=steps, eval_every=max(steps // 4, 1), warmup_steps=min(100, steps // 10),
+        workdir=str(workdir), steps=steps, eval_every=max(steps // 4, 1),
         checkpoint_every=max(steps // 2, 1), overwrite=True))
     summary = lm.train(cfg)
     return {"val_loss_nats_per_byte": round(summary["val_loss"], 4), "val_bits_per_byte": round(summary["val_bpb"], 4),

@@ -7,8 +7,9 @@ counting every byte sent.
     python -m scripts.train_diloco --workdir=/tmp/cmp --compare=/tmp/dp,/tmp/sd   # table + plots
 
 Every flag but ``--compare`` is a setting of ``training.diloco.TrainDiLoCoConfig``. Writes config.json,
-metrics.jsonl, loss_curve.png, bytes_curve.png, summary.json and Orbax checkpoints; ``--compare=DIR,...``
-instead writes comparison.json / comparison.md / comparison_loss.png for finished runs into --workdir.
+metrics.jsonl (and TensorBoard event files), loss_curve.png, bytes_curve.png, summary.json and Orbax
+checkpoints; ``--compare=DIR,...`` instead writes comparison.json / comparison.md / comparison_loss.png for
+finished runs into --workdir.
 """
 from absl import flags
 

@@ -3,12 +3,12 @@ in its policy.json (``sampling_temperature``; ``eval_jssp --samples=B`` then sam
 
     python -m scripts.tune_jssp_sampling --policy_dir=rl/jssp/trained --size=15x15 --instances=16 --samples=128
 
-Every flag is a setting of ``rl.jssp.evaluate.TuneConfig`` (see ``rl.jssp.evaluate.tune``).
+Every flag is a setting of ``rl.jssp.tuning.TuneSamplingConfig`` (see ``rl.jssp.tuning.tune_sampling``).
 """
 import json
 
-from rl.jssp import evaluate
+from rl.jssp import tuning
 from scripts import common
 
 if __name__ == "__main__":
-    common.main(evaluate.TuneConfig, lambda cfg: print(json.dumps(evaluate.tune(cfg), indent=2)))
+    common.main(tuning.TuneSamplingConfig, lambda cfg: print(json.dumps(tuning.tune_sampling(cfg), indent=2)))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from algoperf import halton, jax_sharding_utils, scoring, spec
+from algoperf import halton, jax_sharding_utils, metrics, scoring, spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,7 @@ def test_study_rule_upstream_earliest_eval_index_first_trial_on_ties():
     assert scoring.workload_time_to_target([1.0, 2.0, math.inf]) == 2.0
     assert scoring.workload_time_to_target([1.0, math.inf, math.inf]) == math.inf
     assert scoring.workload_time_to_target([1.0, 3.0]) == 2.0
-    assert scoring.is_minimized("validation/bits_per_byte") and not scoring.is_minimized("validation/accuracy")
+    assert metrics.is_minimized("validation/bits_per_byte") and not metrics.is_minimized("validation/accuracy")
 
 
 def test_ratio_cut_and_variant_rules_in_upstreams_order():
@@ -190,7 +190,7 @@ def test_crafted_variant_case_scores_as_upstream():
     # the same through the log reader and score_experiment (v0.5 rules; v0.6 ignores the variant)
     logs = {s: [scoring.TrialLog(s, 0, w, 1, [{"validation/loss": 0.0 if math.isfinite(t) else 9.0, "score": t}],
                                  None) for w, t in per.items()] for s, per in times.items()}
-    targets = {w: scoring.Target("validation/loss", 1.0, True) for w in ("w1", "w2", "v")}
+    targets = {w: metrics.Target("validation/loss", 1.0, True) for w in ("w1", "w2", "v")}
     v05 = scoring.score_experiment(logs, targets, {"v": "w1"}, rules="v0.5")
     assert v05.scores == {"A": 0.0, "B": pytest.approx(1.0)}
     v06 = scoring.score_experiment(logs, targets, {"v": "w1"})
@@ -208,7 +208,7 @@ def test_scoring_upstream_test_data():
     for metric, target, expected in (("validation/accuracy", 0.9, 248.83987426757807),  # row 25: 0.9005
                                      ("validation/loss", 0.4, 258.7516326904297),  # row 26: 0.3943
                                      ("validation/accuracy", 0.97, math.inf)):  # upstream's MNIST target: missed
-        report = scoring.score_experiment(logs, {"mnist": scoring.Target(metric, target, scoring.is_minimized(metric))},
+        report = scoring.score_experiment(logs, {"mnist": metrics.Target(metric, target, metrics.is_minimized(metric))},
                                           {})
         assert report.workload_times["experiment_dir-2023-10-11-16-58-40"]["mnist"] == expected
 

@@ -195,21 +195,23 @@ def test_bad_submission_and_workload(tmp_path):
     with pytest.raises(ValueError, match="not a Python file"):
         runner.load_submission(tmp_path / "nope.py")
     with pytest.raises(ValueError, match="^workload='imagenet' is unknown"):
-        runner.RunConfig(workload="imagenet", submission_path="x.py", experiment_dir=str(tmp_path),
-                         tuning_search_space="s.json")
+        runner.ExperimentConfig(workload="imagenet", submission_path="x.py", experiment_dir=str(tmp_path),
+                                tuning_search_space="s.json")
     with pytest.raises(ValueError, match="^tuning_search_space=None: a search-space JSON is required"):
-        runner.check_run(runner.RunConfig(workload="mnist1d", submission_path="x.py", experiment_dir=str(tmp_path)))
+        runner.check_run(runner.ExperimentConfig(workload="mnist1d", submission_path="x.py",
+                                                 experiment_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="^experiment_dir='' is required"):
-        runner.check_run(runner.RunConfig(workload="mnist1d", submission_path="x.py", tuning_search_space="s.json"))
+        runner.check_run(runner.ExperimentConfig(workload="mnist1d", submission_path="x.py",
+                                                 tuning_search_space="s.json"))
     with pytest.raises(ValueError, match="^num_studies=0 must be an integer >= 1"):
-        runner.RunConfig(num_studies=0)
+        runner.ExperimentConfig(num_studies=0)
     with pytest.raises(ValueError, match="tuning_ruleset"):
-        runner.RunConfig(workload="mnist1d", submission_path="x.py", experiment_dir=str(tmp_path),
-                         tuning_ruleset="internal")
+        runner.ExperimentConfig(workload="mnist1d", submission_path="x.py", experiment_dir=str(tmp_path),
+                                tuning_ruleset="internal")
     empty = tmp_path / "space.json"
     empty.write_text("[]")
-    cfg = runner.RunConfig(workload="mnist1d", submission_path=str(BASELINES / "nadamw.py"),
-                           experiment_dir=str(tmp_path / "exp"), tuning_search_space=str(empty))
+    cfg = runner.ExperimentConfig(workload="mnist1d", submission_path=str(BASELINES / "nadamw.py"),
+                                  experiment_dir=str(tmp_path / "exp"), tuning_search_space=str(empty))
     with pytest.raises(ValueError, match="empty"):
         runner.run_experiment(cfg)  # fails before any data is generated or model built
     assert not (tmp_path / "exp").exists()
@@ -269,9 +271,10 @@ def test_upstream_runner_flags_layout_resume_overwrite(tmp_path, monkeypatch):
             batches.append(global_batch_size)
             return super().eval_model(global_batch_size, *args, **kwargs)
 
-    cfg = runner.RunConfig(workload="mnist1d", submission_path="fake.py", experiment_dir=str(tmp_path / "exp"),
-                           experiment_name="scored/nadamw", tuning_search_space=str(space), num_tuning_trials=3,
-                           num_studies=2, hparam_start_index=1, max_global_steps=2)
+    cfg = runner.ExperimentConfig(workload="mnist1d", submission_path="fake.py",
+                                  experiment_dir=str(tmp_path / "exp"), experiment_name="scored/nadamw",
+                                  tuning_search_space=str(space), num_tuning_trials=3, num_studies=2,
+                                  hparam_start_index=1, max_global_steps=2)
     summary = runner.run(cfg, clock, workload=Recording(clock))
     assert [(t["study"], t["trial"]) for t in summary["trials"]] == [(0, 2), (0, 3), (1, 2), (1, 3)]
     assert set(batches) == {8}  # the submission's get_eval_batch_size
@@ -282,7 +285,7 @@ def test_upstream_runner_flags_layout_resume_overwrite(tmp_path, monkeypatch):
     assert [t["trial"] for t in study_summary["trials"]] == [2, 3]
     hparams = json.loads((tmp_path / "exp/scored/nadamw/study_0/mnist1d_jax/trial_2/hparams.json").read_text())
     assert hparams == {"learning_rate": 0.2}  # trial_N keeps the point's global index, as upstream
-    with pytest.raises(ValueError, match="holds trials already; --resume_last_run resumes them"):
+    with pytest.raises(ValueError, match="holds trials already; `resume_last_run` resumes them"):
         runner.run(cfg, clock, workload=Recording(clock))
     resumed = runner.run_experiment(dataclasses.replace(cfg, resume_last_run=True), clock, workload=Recording(clock))
     assert [t["global_step"] for t in resumed["trials"]] == [2, 2, 2, 2]  # finished trials are not rerun

@@ -1,10 +1,11 @@
 """Bad input on every command line: one line on stderr naming what was wrong, exit status 1, no traceback,
 nothing created or changed on disk.
 
-The table runs each user-facing script of scripts/ on its bad cases (bad flag values, missing or malformed
-files, settings that contradict each other or the 8 host devices). Each row runs in a directory of its own
-(its working directory, its input files, and the workdirs/outputs it names, which do not exist yet); the
-directory's tree is compared before and after, and the checkout's default output folders must not change.
+The table runs each user-facing script of scripts/ (and each command line of tools/) on its bad cases (bad
+flag values, missing or malformed files, settings that contradict each other or the 8 host devices). Each row
+runs in a directory of its own (its working directory, its input files, and the workdirs/outputs it names,
+which do not exist yet); the directory's tree is compared before and after, and the checkout's default
+output folders must not change.
 The rows run as subprocesses, three at a time (each costs about 3 s of CPU, mostly importing JAX): the
 default run takes a representative third (30 rows, about 75 s of CPU: about 40 s wall on 2 idle cores),
 the rest is marked ``slow``. The loaders' own checks (job-shop text files and mallocGame JSON,
@@ -35,7 +36,7 @@ TIMEOUT_S = 120  # per row; a bad input fails in seconds
 
 
 class Case(NamedTuple):
-    script: str
+    script: str             # a module of scripts/ ("train_lm") or a dotted one ("tools.mutation_check")
     name: str
     args: tuple[str, ...]   # "{row}" is the row's directory, "{repo}" the checkout
     says: str               # the line must contain this (the flag and value, or the file)
@@ -78,6 +79,9 @@ CASES = [
     Case("train_lm", "not_an_integer", ("--workdir={row}/w", "--steps=abc"), "--steps=abc", slow=True),
     Case("train_lm", "unknown_flag", ("--workdir={row}/w", "--bogus=1"), "'bogus'"),
     Case("train_lm", "mesh_over_devices", ("--workdir={row}/w", "--mesh=data:3"), "mesh spec 'data:3'", slow=True),
+    Case("train_lm", "mesh_larger_than_the_devices", ("--workdir={row}/w", "--moe_num_experts=8", "--batch_size=16",
+                                                      "--mesh=data:4,expert:2,tensor:2"),
+         "to simulate 16 devices on CPU, run with XLA_FLAGS=--xla_force_host_platform_device_count=16"),
     # (--batch_size=16: the default 12 does not split over the 8 host devices)
     Case("train_lm", "missing_data_dir", ("--workdir={row}/w", "--batch_size=16", "--data_dir={row}/nonexistent"),
          "--data_dir=", slow=True),  # found after the workdir was made (and locked): it is taken back
@@ -91,12 +95,14 @@ CASES = [
          slow=True),
     Case("train_lm", "remat_bogus", ("--workdir={row}/w", "--remat=all"), "--remat='all'; allowed: none, block, dots",
          slow=True),
-    Case("device_check_lm", "unknown_part", ("--parts=ours_gpt3", "--peer_dir={row}"),
+    Case("tools.device_check_lm", "unknown_part", ("--parts=ours_gpt3", "--peer_dir={row}"),
          "--parts=ours_gpt3: unknown part(s) ours_gpt3; allowed: ours_gpt2", slow=True),
-    Case("device_check_lm", "no_peer", ("--peer_dir={row}/nowhere",), "holds no train.py"),
+    Case("tools.device_check_lm", "no_peer", ("--peer_dir={row}/nowhere",), "holds no train.py"),
     # ---------------------------------------------------------------- train_diloco
     Case("train_diloco", "dropout", ("--workdir={row}/w", "--dropout=0.1"),
          "train_diloco's inner steps take no random key", slow=True),
+    Case("train_diloco", "workers_over_the_devices", ("--workdir={row}/w", "--workers=16", "--batch_size=32"),
+         "XLA_FLAGS=--xla_force_host_platform_device_count=16", slow=True),
     Case("train_diloco", "workers_3_on_8_devices", ("--workdir={row}/w", "--workers=3", "--batch_size=24"),
          "--workers=3 must divide the number of devices 8"),
     Case("train_diloco", "workers_3_batch_16", ("--workdir={row}/w", "--workers=3"),
@@ -272,9 +278,21 @@ CASES = [
     # ---------------------------------------------------------------- benchmarks
     Case("bench_algoperf", "steps_1", ("--steps=1", "--out={row}/b.json"), "--steps=1", slow=True),
     Case("bench_checkpoint", "bad_mode", ("--modes=fast", "--out={row}/b.json"), "--modes='fast'", slow=True),
-    Case("bench_checkpoint", "out_in_missing_dir", ("--out={row}/missing/b.json",), "--out="),
+    Case("bench_checkpoint", "out_under_a_file", ("--out={row}/file/b.json",), "is a file, not a directory",
+         files={"file": "x"}),
     Case("bench_diloco", "workers_3_on_8_devices", ("--workers=3", "--batch_size=24", "--out={row}/b.json"),
          "--workers=3 must divide the number of devices 8"),
+    # bench_multiprocess: one row per setting (before any trial starts)
+    Case("bench_multiprocess", "workdir_missing", ("--runs=1",), "workdir=''"),
+    Case("bench_multiprocess", "runs_zero", ("--workdir={row}/w", "--runs=0"), "--runs=0", slow=True),
+    Case("bench_multiprocess", "one_process", ("--workdir={row}/w", "--processes=1"), "--processes=1", slow=True),
+    Case("bench_multiprocess", "bad_mode", ("--workdir={row}/w", "--modes=lazy,eager"), "eager", slow=True),
+    Case("bench_multiprocess", "bad_script", ("--workdir={row}/w", "--script=train_moe"), "--script='train_moe'",
+         slow=True),
+    Case("bench_multiprocess", "stall_timeout_zero", ("--workdir={row}/w", "--stall_timeout_s=0"),
+         "--stall_timeout_s=0", slow=True),
+    Case("bench_multiprocess", "out_is_a_directory", ("--workdir={row}/w", "--out={row}/outdir"), "--out=",
+         files={"outdir/keep": ""}, slow=True),
     # bench_diloco_link: one row per flag (not root, a namespace in use: tests/test_link.py)
     Case("bench_diloco_link", "rate_zero", ("--workdir={row}/w", "--rates=0mbit"),
          "--rates='0mbit' must be between 1bit and 1000gbit"),
@@ -312,8 +330,9 @@ CASES = [
     Case("bench_jssp", "out_is_a_directory", ("--out={row}/outdir",), "--out=", files={"outdir/keep": ""}),
     Case("bench_malloc", "repeats_zero", ("--repeats=0", "--out={row}/b.json"), "--repeats=0", slow=True),
     Case("bench_moe", "bad_model", ("--models=gpt", "--out={row}/b.json"), "--models='gpt'"),
-    Case("mutation_check", "timeout_zero", ("--timeout=0", "--out={row}/m.json"), "--timeout=0", slow=True),
-    Case("mutation_check", "out_in_missing_dir", ("--out={row}/missing/m.json",), "--out=", slow=True),
+    Case("tools.mutation_check", "timeout_zero", ("--timeout=0", "--out={row}/m.json"), "--timeout=0", slow=True),
+    Case("tools.mutation_check", "out_under_a_file", ("--out={row}/file/m.json",), "is a file, not a directory",
+         files={"file": "x"}, slow=True),
     # ---------------------------------------------------------------- tour
     Case("tour", "lm_steps_zero", ("--workdir={row}/t", "--lm_steps=0"), "--lm_steps=0"),
     Case("tour", "stray_argument", ("--workdir={row}/t", "stray"), "unexpected arguments ['stray']", slow=True),
@@ -340,6 +359,10 @@ class Outcome(NamedTuple):
     wall_s: float
 
 
+def _module(script: str) -> str:
+    return script if "." in script else f"scripts.{script}"
+
+
 def _run(case: Case, row: pathlib.Path) -> Outcome:
     row.mkdir(parents=True)
     for rel, content in case.files.items():
@@ -353,7 +376,7 @@ def _run(case: Case, row: pathlib.Path) -> Outcome:
     env = {k: v for k, v in dict(os.environ, PYTHONPATH=str(REPO)).items() if k != "JAX_PLATFORMS"}
     start = time.perf_counter()
     try:  # a bad input fails in seconds: one that starts the work instead is cut short
-        out = subprocess.run([sys.executable, "-m", f"scripts.{case.script}", *args], cwd=row, env=env,
+        out = subprocess.run([sys.executable, "-m", _module(case.script), *args], cwd=row, env=env,
                              capture_output=True, text=True, timeout=TIMEOUT_S)
         code, err = out.returncode, out.stderr
     except subprocess.TimeoutExpired as e:
@@ -399,7 +422,10 @@ def test_bad_input_fails_cleanly(outcomes, case):
 
 
 def test_table_covers_every_user_facing_script():
-    scripts = {p.stem for p in (REPO / "scripts").glob("*.py")} - {"__init__", "common", "device_check_bucketed"}
+    scripts = {p.stem for p in (REPO / "scripts").glob("*.py")} - {"__init__", "common"}
+    # tools/: its command lines (mutation.py and mutants.py are the harness; device_check_bucketed takes no flags)
+    scripts |= {f"tools.{p.stem}" for p in (REPO / "tools").glob("*.py")} - {
+        "tools.__init__", "tools.mutation", "tools.mutants", "tools.device_check_bucketed"}
     assert scripts <= {c.script for c in CASES}, scripts - {c.script for c in CASES}
 
 
@@ -504,15 +530,54 @@ def test_a_refused_run_takes_back_only_an_unused_workdir_it_made(tmp_path):
         (root / "b").rmdir()
 
 
-def test_output_file_check_with_parents_to_make(tmp_path):
-    from training.run import require_output_file
+def test_output_file_check_one_rule_missing_folders_are_made(tmp_path):
+    """Every ``out`` path: folders that do not exist yet are fine (made when the file is written); a path
+    under a file, or a directory, is one line naming the setting."""
+    from training.run import require_output_file, write_json_atomic
 
     (tmp_path / "file").write_text("x")
-    require_output_file("out", str(tmp_path / "new" / "deeper" / "r.json"), make_parents=True)  # fine
-    with pytest.raises(ValueError, match="out=.*: its directory .* does not exist"):
-        require_output_file("out", str(tmp_path / "new" / "r.json"))
-    with pytest.raises(ValueError, match="out=.*file/sub/r.json'"):
-        require_output_file("out", str(tmp_path / "file" / "sub" / "r.json"), make_parents=True)
+    require_output_file("out", str(tmp_path / "new" / "deeper" / "r.json"))  # fine
+    with pytest.raises(ValueError, match=r"out=.*file/sub/r.json'.*is a file, not a directory"):
+        require_output_file("out", str(tmp_path / "file" / "sub" / "r.json"))
     with pytest.raises(ValueError, match="is a directory"):
-        require_output_file("out", str(tmp_path), make_parents=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing made
+        require_output_file("out", str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing made by the check
+    write_json_atomic(tmp_path / "new" / "deeper" / "r.json", {"a": 1})
+    assert json.loads((tmp_path / "new" / "deeper" / "r.json").read_text()) == {"a": 1}
+
+
+def _out_configs():
+    from algoperf import bench as algoperf_bench
+    from algoperf import targets
+    from rl.jssp import bench as jssp_bench
+    from rl.jssp import evaluate as jssp_eval
+    from rl.malloc import bench as malloc_bench
+    from rl.malloc import evaluate as malloc_eval
+    from tools import mutation
+
+    return [jssp_eval.EvalConfig, jssp_bench.BenchJSSPConfig, malloc_eval.EvalMallocConfig,
+            malloc_eval.MoveSetCheckConfig, malloc_bench.BenchMallocConfig, algoperf_bench.BenchConfig,
+            targets.TargetsConfig, mutation.MutationCheckConfig]
+
+
+@pytest.mark.parametrize("config_cls", _out_configs(), ids=lambda c: f"{c.__module__}.{c.__name__}")
+def test_every_out_setting_takes_a_new_folder_and_refuses_one_under_a_file(tmp_path, config_cls):
+    (tmp_path / "file").write_text("x")
+    config_cls(out=str(tmp_path / "runs" / "r.json"))  # a folder that does not exist yet: made on writing
+    with pytest.raises(ValueError, match=r"^out=.*is a file, not a directory"):
+        config_cls(out=str(tmp_path / "file" / "r.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_eval_jssp_out_in_a_new_folder_is_written(tmp_path):
+    """The reported case: ``eval_jssp --out=runs/agent.json`` where runs/ does not exist."""
+    from rl.jssp import evaluate as jssp_eval
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "tiny.txt").write_text(JSSP_OK)
+    out = tmp_path / "runs" / "agent.json"
+    jssp_eval.run(jssp_eval.EvalConfig(solver="spt", instances=str(tmp_path / "in"), out=str(out)))
+    records = json.loads(out.read_text())
+    assert len(records) == 1 and records[0]["makespan"] > 0
+
+

@@ -1,5 +1,6 @@
 """The benchmarks (training/benchmarks/) at tiny sizes: each ``run`` returns its record and its table
 formats; a bad setting raises a ValueError naming the field, which the command line prints as one line."""
+import json
 import pathlib
 import re
 import subprocess
@@ -66,17 +67,24 @@ def test_moe_overlap_prediction_follows_the_pipeline_model():
     assert r["predicted_gain"] == pytest.approx(r["predicted_s"]["1"] / min(r["predicted_s"].values()))
 
 
-@pytest.mark.slow  # about 20 s: compiles the DP and DiLoCo inner steps on 8 devices
-def test_diloco_run_tiny(devices):
-    cfg = bench_diloco.BenchDiLoCoConfig(num_layers=1, d_model=16, mlp_dim=32, batch_size=8, seq_len=8, steps=1,
-                                         repeats=1, outer_precisions="fp32", table4=False)
-    record = bench_diloco.run(cfg)
-    assert set(record) == {"benchmark", "config", "devices", "inner"}  # table4: tests/test_comm_sim.py
+def test_bench_diloco_script_end_to_end(devices, tmp_path):
+    """``python -m scripts.bench_diloco`` (a README command) at tiny sizes, in its own process: flags ->
+    config -> run (inner steps, then sync + merge of the outer step) -> table -> JSON. About 12 s of CPU
+    (compiling the DP and DiLoCo inner steps on the 8 host devices); Table 4 is tests/test_comm_sim.py's."""
+    out = tmp_path / "bench_diloco.json"
+    run = subprocess.run([sys.executable, "-m", "scripts.bench_diloco", "--num_layers=1", "--d_model=16",
+                          "--mlp_dim=32", "--batch_size=8", "--seq_len=8", "--steps=1", "--repeats=1",
+                          "--outer_precisions=fp32", "--notable4", f"--out={out}"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "DiLoCo inner" in run.stdout and "fp32" in run.stdout, run.stdout
+    record = json.loads(out.read_text())
+    assert set(record) == {"benchmark", "config", "devices", "inner", "machine"}
+    assert record["devices"] == 8 and record["config"]["num_layers"] == 1 and not record["config"]["table4"]
     inner = record["inner"]
     assert set(inner["inner_step_s"]) == {"dp", "diloco"} and inner["diloco_inner_throughput_vs_dp"] > 0
-    assert list(inner["outer_step"]) == ["fp32"]
+    assert list(inner["outer_step"]) == ["fp32"] and inner["outer_step"]["fp32"]["outer_step_s"] > 0
     assert inner["outer_step"]["fp32"]["payload_bytes"] == 4 * inner["num_params"]  # every parameter, 4 bytes
-    assert "DiLoCo inner" in bench_diloco.format_table(record)
 
 
 @pytest.mark.parametrize("cls,overrides,match", [
@@ -116,7 +124,8 @@ def test_cli_bad_setting_is_one_line():
 
 
 def test_bench_scripts_import_no_other_script():
-    for name in ("bench_checkpoint", "bench_diloco", "bench_moe", "device_check_bucketed"):
-        source = (ROOT / "scripts" / f"{name}.py").read_text()
+    for path in ("scripts/bench_checkpoint.py", "scripts/bench_diloco.py", "scripts/bench_moe.py",
+                 "tools/device_check_bucketed.py"):
+        source = (ROOT / path).read_text()
         imported = set(re.findall(r"(?:from scripts import |import scripts\.|from scripts\.)(\w+)", source))
-        assert imported <= {"common"}, (name, imported)
+        assert imported <= {"common"}, (path, imported)

@@ -2,7 +2,7 @@
 
 On CPU the platform offers XLA; the Pallas GPU flash-attention kernel runs here in Pallas' interpret mode
 (the same kernel program, executed by the interpreter). cuDNN and the Pallas TPU kernel cannot run on CPU:
-only their selection is tested here; scripts/device_check_lm.sh runs cuDNN on a GPU.
+only their selection is tested here; tools/device_check_lm.sh runs cuDNN on a GPU.
 """
 import jax
 import jax.numpy as jnp

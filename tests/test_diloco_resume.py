@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from event_scalars import assert_events_match_metrics
 from parallel import checkpoint as ckpt_lib
 from training import diloco as train_diloco
 from training import run as common
@@ -37,6 +38,7 @@ def test_resume_mid_outer_step_is_bit_identical(devices, tmp_path):
         np.testing.assert_array_equal(x, y)
     rows = lambda d: common.MetricsWriter.read(pathlib.Path(d) / "metrics.jsonl")  # noqa: E731
     assert rows(tmp_path / "a") == rows(tmp_path / "b")
+    assert assert_events_match_metrics(tmp_path / "a") == assert_events_match_metrics(tmp_path / "b")  # TensorBoard
     for key in ("bytes_sent", "peak_bytes", "mesh_bytes_sent", "payload_bytes", "syncs", "val_loss"):
         assert straight[key] == resumed[key], key
     # 12 steps, H=4, P=2: fragment 1 syncs at 2, 6, 10 and fragment 0 at 4, 8, 12

@@ -1,5 +1,6 @@
-"""rl/jssp agent: a PPO update changes the policy, inference yields valid schedules, policy round trip,
-the evaluation's records and table, the shipped policy, the training config and the command lines."""
+"""The rl/jssp agent (ppo, inference, policy_io, tuning; train's curriculum): a PPO update changes the policy,
+inference yields valid schedules, policy round trip, the evaluation's records and table, the shipped policy,
+the training config and the command lines."""
 import json
 import subprocess
 import sys
@@ -10,25 +11,25 @@ import numpy as np
 import pytest
 
 from models.jssp_policy import JobShopPolicy, PolicyConfig
-from rl.jssp import agent, env, evaluate, instances, validate
+from rl.jssp import env, evaluate, inference, instances, policy_io, ppo, train, tuning, validate
 from rl.jssp.train import TrainJSSPConfig, refreshes_demos
 from training import config as config_lib
 from training import run as run_lib
 
 TINY = PolicyConfig(window=2, d_model=8, num_heads=2, job_layers=1, mlp_dim=16)
-PPO = agent.PPOConfig(num_jobs=4, num_machines=3, batch=2, epochs=1, minibatches=1, cpsat_instances=1)
+PPO = ppo.PPOConfig(num_jobs=4, num_machines=3, batch=2, epochs=1, minibatches=1, cpsat_instances=1)
 
 
 @pytest.mark.slow  # about 65 s of compile; the PPO loss itself is checked against NumPy in tests/test_rl_losses.py
 def test_one_training_update_changes_the_policy():
-    model = agent.make_model(TINY)
-    opt = agent.make_optimizer(PPO)
-    state = agent.init_state(model, opt, seed=0)
-    solver = agent.make_solver(model)
-    demos, gain = agent.cpsat_demonstrations(solver, state.params, PPO, np.random.default_rng(0), 1.0)
+    model = policy_io.make_model(TINY)
+    opt = ppo.make_optimizer(PPO)
+    state = ppo.init_state(model, opt, seed=0)
+    solver = inference.make_solver(model)
+    demos, gain = ppo.cpsat_demonstrations(solver, state.params, PPO, np.random.default_rng(0), 1.0)
     assert gain >= 0  # CP-SAT, hinted with the agent's schedule, never returns a worse one
     assert (demos["actions"][0] >= 0).sum() >= PPO.num_jobs * PPO.num_machines
-    step = jax.jit(agent.make_train_step(model, opt, PPO))
+    step = jax.jit(ppo.make_train_step(model, opt, PPO))
     new, metrics = step(state, jax.tree.map(jnp.asarray, demos))
     assert int(new.step) == 1
     assert all(np.isfinite(float(v)) for v in metrics.values())
@@ -46,33 +47,34 @@ def test_one_training_update_changes_the_policy():
 @pytest.mark.slow  # about 27 s
 def test_inference_greedy_and_sampling_are_valid_and_best_of_is_min(tmp_path):
     model = JobShopPolicy(TINY)
-    params = agent.init_params(model, jax.random.PRNGKey(0))
+    params = policy_io.init_params(model, jax.random.PRNGKey(0))
     inst = instances.random_instance(np.random.default_rng(2), 5, 4)
-    solve = agent.make_solver(model)
+    solve = inference.make_solver(model)
     greedy = solve(params, inst.machines, inst.durations, jax.random.PRNGKey(0), 0)
-    c, s = agent.best_of(greedy)
+    c, s = inference.best_of(greedy)
     assert validate.check_schedule(inst.machines, inst.durations, s) == c
     many = solve(params, inst.machines, inst.durations, jax.random.PRNGKey(0), 6)
-    c6, s6 = agent.best_of(many)
+    c6, s6 = inference.best_of(many)
     all_c = [validate.check_schedule(inst.machines, inst.durations, np.asarray(many.start[i])) for i in range(6)]
     assert c6 == min(all_c)
     # save / load round trip gives the same greedy schedule
-    agent.save_policy(tmp_path, params, TINY, {"note": "test"})
-    model2, params2, info = agent.load_policy(tmp_path)
+    policy_io.save_policy(tmp_path, params, TINY, {"note": "test"})
+    model2, params2, info = policy_io.load_policy(tmp_path)
     assert info["note"] == "test"
-    c2, s2 = agent.best_of(agent.make_solver(model2)(params2, inst.machines, inst.durations, jax.random.PRNGKey(0), 0))
+    again = inference.make_solver(model2)(params2, inst.machines, inst.durations, jax.random.PRNGKey(0), 0)
+    c2, s2 = inference.best_of(again)
     assert c2 == c and np.array_equal(s2, s)
     with pytest.raises(ValueError, match="policy.msgpack"):
-        agent.load_policy(tmp_path / "nowhere")
+        policy_io.load_policy(tmp_path / "nowhere")
 
 
 def test_policy_config_and_ppo_config_reject_bad_values():
     with pytest.raises(ValueError, match="divisible"):
         PolicyConfig(d_model=10, num_heads=4)
     with pytest.raises(ValueError, match="batch=0"):
-        agent.PPOConfig(batch=0)
+        ppo.PPOConfig(batch=0)
     with pytest.raises(ValueError, match="rollout_factor=0.5"):
-        agent.PPOConfig(rollout_factor=0.5)
+        ppo.PPOConfig(rollout_factor=0.5)
 
 
 def test_eval_records_and_group_table(tmp_path):
@@ -102,12 +104,13 @@ def test_eval_records_and_group_table(tmp_path):
         evaluate.make_runner("edd")
 
 
-@pytest.mark.slow  # about 17 s; the tour and results/jssp_eval_* run the shipped policy
+@pytest.mark.slow  # about 17 s; the tour and results/jssp/jssp_eval_* run the shipped policy
 def test_shipped_policy_loads_and_solves():
-    model, params, info = agent.load_policy(agent.TRAINED_DIR)
+    model, params, info = policy_io.load_policy(policy_io.TRAINED_DIR)
     assert "trained_by" in info
     inst = instances.random_instance(np.random.default_rng(5), 6, 6)
-    c, s = agent.best_of(agent.make_solver(model)(params, inst.machines, inst.durations, jax.random.PRNGKey(0), 0))
+    greedy = inference.make_solver(model)(params, inst.machines, inst.durations, jax.random.PRNGKey(0), 0)
+    c, s = inference.best_of(greedy)
     assert validate.check_schedule(inst.machines, inst.durations, s) == c
     # its provenance line is still a valid command of scripts.train_jssp, the one the config writes
     module, *args = info["trained_by"].removeprefix("python -m ").split()
@@ -120,32 +123,32 @@ def test_shipped_policy_loads_and_solves():
 
 
 def test_curriculum_parsing_and_round_robin_mix():
-    stages = agent.parse_curriculum("10x10:0, 15x15:3,20x15:5")
+    stages = train.parse_curriculum("10x10:0, 15x15:3,20x15:5")
     assert stages == ((10, 10, 0), (15, 15, 3), (20, 15, 5))
-    sizes = [agent.curriculum_size(s, stages) for s in range(1, 10)]
+    sizes = [train.curriculum_size(s, stages) for s in range(1, 10)]
     # steps 1-3: 10x10 only; from 4 the 15x15 joins (trained on its first step), from 6 the 20x15
     assert sizes[:3] == [(10, 10)] * 3
     assert sizes[3] == (15, 15) and set(sizes[3:5]) == {(10, 10), (15, 15)}
     assert sizes[5] == (20, 15) and set(sizes[5:8]) == {(10, 10), (15, 15), (20, 15)}
-    assert agent.curriculum_size(7, ((6, 6, 0),)) == (6, 6)
+    assert train.curriculum_size(7, ((6, 6, 0),)) == (6, 6)
     for bad, match in (("10by10:0", "JOBSxMACHINES"), ("10x10:5", "start at 0"), ("10x10:0,15x15:0", "increase"),
                        ("10x10:0,10x10:4", "repeats"), ("", "names no size"), ("10x10", "JOBSxMACHINES")):
         with pytest.raises(ValueError, match=match):
-            agent.parse_curriculum(bad)
+            train.parse_curriculum(bad)
 
 
 def test_bc_weight_and_lr_schedules():
-    assert agent.bc_weight(1, 4.0, 10) == 4.0
-    assert agent.bc_weight(6, 4.0, 10) == pytest.approx(4.0 - 3.0 * 5 / 10)
-    assert agent.bc_weight(11, 4.0, 10) == agent.bc_weight(500, 4.0, 10) == 1.0
-    assert agent.bc_weight(1, 4.0, 0) == 1.0
-    cfg = agent.PPOConfig(lr=1e-3, lr_decay_steps=10, lr_end_frac=0.1, epochs=2, minibatches=3)
-    sched = agent.lr_schedule(cfg)
+    assert ppo.bc_weight(1, 4.0, 10) == 4.0
+    assert ppo.bc_weight(6, 4.0, 10) == pytest.approx(4.0 - 3.0 * 5 / 10)
+    assert ppo.bc_weight(11, 4.0, 10) == ppo.bc_weight(500, 4.0, 10) == 1.0
+    assert ppo.bc_weight(1, 4.0, 0) == 1.0
+    cfg = ppo.PPOConfig(lr=1e-3, lr_decay_steps=10, lr_end_frac=0.1, epochs=2, minibatches=3)
+    sched = ppo.lr_schedule(cfg)
     assert float(sched(0)) == pytest.approx(1e-3)
     assert float(sched(10 * 2 * 3)) == pytest.approx(1e-4)
-    assert float(agent.lr_schedule(agent.PPOConfig(lr=2e-4))(1000)) == pytest.approx(2e-4)
+    assert float(ppo.lr_schedule(ppo.PPOConfig(lr=2e-4))(1000)) == pytest.approx(2e-4)
     with pytest.raises(ValueError, match="lr_end_frac=0.0"):
-        agent.PPOConfig(lr_end_frac=0.0)
+        ppo.PPOConfig(lr_end_frac=0.0)
 
 
 def test_normalised_return_is_the_relative_gap_to_the_initial_lower_bound():
@@ -162,7 +165,7 @@ def test_normalised_return_is_the_relative_gap_to_the_initial_lower_bound():
 
     final, rewards = jax.vmap(run)(problems, jax.random.split(jax.random.PRNGKey(0), 2))
     assert bool(env.batch_is_done(problems, final).all())
-    ret = agent.normalise_rewards(problems, rewards.T).sum(0)
+    ret = ppo.normalise_rewards(problems, rewards.T).sum(0)
     lb0 = np.array([int(env.lower_bound(env.Problem(problems.machines[b], problems.durations[b]),
                                         env.reset(env.Problem(problems.machines[b], problems.durations[b]))))
                     for b in range(2)])
@@ -186,17 +189,17 @@ def test_training_refreshes_each_sizes_demonstrations():
 
 def test_greedy_action_noop_threshold_and_its_selection():
     logits = jnp.log(jnp.array([0.25, 0.25, 0.2, 0.3]))  # 3 jobs, No-Op last and the single most likely
-    assert int(agent.greedy_action(logits)) == 3
-    assert int(agent.greedy_action(logits, 0.5)) in (0, 1)  # wait only if P(No-Op) > 0.5
-    assert int(agent.greedy_action(logits, 0.2)) == 3
+    assert int(inference.greedy_action(logits)) == 3
+    assert int(inference.greedy_action(logits, 0.5)) in (0, 1)  # wait only if P(No-Op) > 0.5
+    assert int(inference.greedy_action(logits, 0.2)) == 3
     sure = jnp.log(jnp.array([0.005, 0.005, 0.99]))
-    assert int(agent.greedy_action(sure, 0.9)) == 2 and int(agent.greedy_action(sure, 1.0)) == 0
+    assert int(inference.greedy_action(sure, 0.9)) == 2 and int(inference.greedy_action(sure, 1.0)) == 0
     model = JobShopPolicy(TINY)
-    params = agent.init_params(model, jax.random.PRNGKey(0))
+    params = policy_io.init_params(model, jax.random.PRNGKey(0))
     rng = np.random.default_rng(4)
     insts = [instances.random_instance(rng, 4, 3) for _ in range(3)]
     m, d = (jnp.asarray(np.stack([getattr(i, f) for i in insts])) for f in ("machines", "durations"))
-    best, means = agent.select_noop_threshold(model, params, m, d, candidates=(None, 1.0))
+    best, means = tuning.select_noop_threshold(model, params, m, d, candidates=(None, 1.0))
     assert set(means) == {"None", "1.0"} and means[str(best)] == min(means.values())
 
 
@@ -204,29 +207,29 @@ def test_greedy_action_noop_threshold_and_its_selection():
 def test_sampling_temperature_limits_and_its_selection(tmp_path):
     import shutil
 
-    model = agent.make_model(TINY)
-    params = agent.init_params(model, jax.random.PRNGKey(3))
+    model = policy_io.make_model(TINY)
+    params = policy_io.init_params(model, jax.random.PRNGKey(3))
     inst = instances.random_instance(np.random.default_rng(4), 4, 3)
     m, d = jnp.asarray(inst.machines), jnp.asarray(inst.durations)
-    greedy_cmax, _ = agent.best_of(agent.make_solver(model)(params, m, d, jax.random.PRNGKey(0), 0))
-    cold = agent.make_solver(model, temperature=1e-6)(params, m, d, jax.random.PRNGKey(0), 16)
+    greedy_cmax, _ = inference.best_of(inference.make_solver(model)(params, m, d, jax.random.PRNGKey(0), 0))
+    cold = inference.make_solver(model, temperature=1e-6)(params, m, d, jax.random.PRNGKey(0), 16)
     np.testing.assert_array_equal(np.asarray(cold.job_ready).max(-1), greedy_cmax)  # T -> 0: the argmax
     with pytest.raises(ValueError, match="temperature=0"):
-        agent.make_solver(model, temperature=0)
+        inference.make_solver(model, temperature=0)
     insts = [instances.random_instance(np.random.default_rng(s), 4, 3) for s in range(3)]
     ms = jnp.asarray(np.stack([i.machines for i in insts]))
     ds = jnp.asarray(np.stack([i.durations for i in insts]))
-    choice, means = agent.select_sampling_temperature(model, params, ms, ds, 8, candidates=(0.5, 2.0))
+    choice, means = tuning.select_sampling_temperature(model, params, ms, ds, 8, candidates=(0.5, 2.0))
     assert set(means) == {"0.5", "2.0"} and means[str(choice)] == min(means.values())
     policy_dir = tmp_path / "policy"
-    shutil.copytree(agent.TRAINED_DIR, policy_dir)
-    out = evaluate.tune(evaluate.TuneConfig(str(policy_dir), "4x3", 2, 4, seed=0), candidates=(1.0, 2.0))
+    shutil.copytree(policy_io.TRAINED_DIR, policy_dir)
+    out = tuning.tune_sampling(tuning.TuneSamplingConfig(str(policy_dir), "4x3", 2, 4, seed=0), candidates=(1.0, 2.0))
     info = json.loads((policy_dir / "policy.json").read_text())
     assert info["sampling_temperature"] == out["sampling_temperature"] in (1.0, 2.0)
-    assert info["greedy_noop_threshold"] == json.loads((agent.TRAINED_DIR / "policy.json").read_text())[
+    assert info["greedy_noop_threshold"] == json.loads((policy_io.TRAINED_DIR / "policy.json").read_text())[
         "greedy_noop_threshold"]   # the rest of policy.json is kept
     with pytest.raises(ValueError, match="size='15'"):
-        evaluate.TuneConfig(size="15")
+        tuning.TuneSamplingConfig(size="15")
 
 
 OLD_TRAIN_FLAGS = ("workdir", "seed", "multihost", "checkpoint_every", "keep_checkpoints", "checkpoint_mode",
@@ -245,7 +248,7 @@ def test_train_config_nests_ppo_and_policy_under_the_old_flat_names():
     cfg = config_lib.from_flat(TrainJSSPConfig, {"batch": 2, "d_model": 8, "num_heads": 2, "curriculum": "4x3:0,5x4:2",
                                                  "lr_decay": True, "steps": 7})
     assert cfg.policy == PolicyConfig(d_model=8, num_heads=2) and cfg.ppo.lr_decay_steps == 7
-    assert cfg.ppo_config((5, 4)) == agent.PPOConfig(num_jobs=5, num_machines=4, batch=2, lr_decay_steps=7)
+    assert cfg.ppo_config((5, 4)) == ppo.PPOConfig(num_jobs=5, num_machines=4, batch=2, lr_decay_steps=7)
     assert config_lib.from_flat(TrainJSSPConfig, config_lib.to_flat(cfg)) == cfg
     for flat, match in (({"batch": 0}, "batch=0 must be"), ({"d_model": 10}, "d_model=10 must be divisible by "
                                                                              "num_heads=4"),
@@ -291,5 +294,5 @@ def test_best_of_skips_unfinished_schedules_in_the_arrays_own_int_type():
 
     start = np.array([[[0, 1]], [[0, -1]], [[0, 2]]], np.int32)          # sample 1 unfinished
     job_ready = np.array([[7, 9], [3, 4], [8, 6]], np.int32)             # makespans 9, 4, 8
-    cmax, best_start = agent.best_of(types.SimpleNamespace(start=start, job_ready=job_ready))
+    cmax, best_start = inference.best_of(types.SimpleNamespace(start=start, job_ready=job_ready))
     assert cmax == 8 and best_start.tolist() == [[0, 2]]

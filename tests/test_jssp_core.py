@@ -193,7 +193,8 @@ def test_observation_shapes_and_masks():
 
 def test_importing_the_jssp_modules_starts_no_jax_backend():
     """jax.distributed.initialize() must be callable after import: no module-level JAX computation."""
-    code = ("import rl.jssp.env, rl.jssp.rules, rl.jssp.instances, rl.jssp.agent, rl.jssp.train, "
+    code = ("import rl.jssp.env, rl.jssp.rules, rl.jssp.instances, rl.jssp.policy_io, rl.jssp.ppo, "
+            "rl.jssp.inference, rl.jssp.tuning, rl.jssp.self_label, rl.jssp.train, rl.jssp.instance_sets, "
             "rl.jssp.evaluate, rl.jssp.bench, models.jssp_policy\n"
             "from jax._src import xla_bridge\n"
             "assert not xla_bridge._backends, 'a backend was initialised at import'\n"

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from rl.jssp import agent, cpsat, evaluate, instances, validate
+from rl.jssp import cpsat, evaluate, instances, policy_io, validate
 
 
 def small_instances(seed=3, sizes=((6, 4), (5, 5))):
@@ -122,4 +122,4 @@ def test_eval_reports_gaps_against_a_bounds_file(tmp_path):
     by_name = {r["instance"]: r for r in records}
     assert by_name["r0"]["gap"] == pytest.approx(100 * (by_name["r0"]["makespan"] - 100) / 100)
     assert by_name["r1"]["gap"] is None
-    assert agent.TRAINED_DIR.is_dir()
+    assert policy_io.TRAINED_DIR.is_dir()

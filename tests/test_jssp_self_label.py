@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models.jssp_policy import PolicyConfig
-from rl.jssp import agent, env, instances, self_label, validate
+from rl.jssp import env, inference, instances, policy_io, ppo, self_label, validate
 from rl.jssp.train import TrainJSSPConfig, keep_best, step_plan
 from training import config as config_lib
 
@@ -71,8 +71,8 @@ def test_label_cross_entropy_matches_numpy():
 def test_sampled_labels_replay_to_the_best_valid_schedule():
     """The label picked from sampled action sequences, replayed in the environment, gives a schedule the
     independent validator accepts, whose makespan is the smallest of the finished samples'."""
-    model = agent.make_model(dataclasses.replace(TINY, noop_bias_init=1.0))  # a policy that often waits
-    params = agent.init_params(model, jax.random.PRNGKey(0))
+    model = policy_io.make_model(dataclasses.replace(TINY, noop_bias_init=1.0))  # a policy that often waits
+    params = policy_io.init_params(model, jax.random.PRNGKey(0))
     m, d = instances.generate_batch_jax(jax.random.PRNGKey(1), 1, 4, 3, instances.DISTRIBUTIONS["taillard"])
     beta, T = 6, 4 * 3 * 8
     rep = env.Problem(jnp.repeat(m, beta, 0), jnp.repeat(d, beta, 0))
@@ -92,7 +92,7 @@ def test_sampled_labels_replay_to_the_best_valid_schedule():
     assert validate.check_schedule(np.asarray(m[0]), np.asarray(d[0]), np.asarray(state.start)) == min(cmax)
     assert (np.asarray(actions) == 4).any()  # this policy waits ...
     # ... unless told not to; then every sample ends within the label horizon J * M (one dispatch per action)
-    shape = agent.PPOConfig(num_jobs=4, num_machines=3, rollout_factor=8.0)
+    shape = ppo.PPOConfig(num_jobs=4, num_machines=3, rollout_factor=8.0)
     horizon = self_label.label_horizon(shape, self_label.SelfLabelConfig())
     assert horizon == 4 * 3
     no_wait, final = self_label.sample_schedules(model, params, rep, jax.random.PRNGKey(2), horizon, 1.0, waits=False)
@@ -103,10 +103,10 @@ def test_sampled_labels_replay_to_the_best_valid_schedule():
 
 @pytest.mark.slow  # 7 s of compile; the tiny training run below runs the same step by default
 def test_one_self_labelling_step_trains_and_reports_label_no_worse_than_samples():
-    model = agent.make_model(TINY)
-    shape = agent.PPOConfig(num_jobs=4, num_machines=3, batch=2, rollout_factor=3.0, epochs=1, minibatches=2)
-    opt = agent.make_optimizer(shape)
-    state = agent.init_state(model, opt, seed=0)
+    model = policy_io.make_model(TINY)
+    shape = ppo.PPOConfig(num_jobs=4, num_machines=3, batch=2, rollout_factor=3.0, epochs=1, minibatches=2)
+    opt = ppo.make_optimizer(shape)
+    state = ppo.init_state(model, opt, seed=0)
     step = jax.jit(self_label.make_self_label_step(model, opt, shape, self_label.SelfLabelConfig(beta=4),
                                                    instances.DISTRIBUTIONS["two_sets"]))
     new, metrics = step(state)
@@ -139,7 +139,7 @@ def test_train_config_self_label_families_and_init_from(tmp_path):
                         ({"init_from": str(tmp_path)}, "is not a policy directory")):
         with pytest.raises(ValueError, match=match):
             config_lib.from_flat(TrainJSSPConfig, flat)
-    agent.save_policy(tmp_path, agent.init_params(agent.make_model(TINY), jax.random.PRNGKey(0)), TINY, {})
+    policy_io.save_policy(tmp_path, policy_io.init_params(policy_io.make_model(TINY), jax.random.PRNGKey(0)), TINY, {})
     with pytest.raises(ValueError, match=r"its network differs: window=2 \(this run: 4\)"):
         config_lib.from_flat(TrainJSSPConfig, {"init_from": str(tmp_path)})
     assert json.loads((tmp_path / "policy.json").read_text())["policy_config"]["d_model"] == 8
@@ -149,10 +149,10 @@ def test_train_config_self_label_families_and_init_from(tmp_path):
 
 
 def test_generated_test_set_files_and_bounds_read_back(tmp_path):
-    from rl.jssp import evaluate
-    cfg = evaluate.MakeSetConfig(out_dir=str(tmp_path), families="flow,two_sets", sizes="4x3", count=2,
+    from rl.jssp import instance_sets
+    cfg = instance_sets.MakeSetConfig(out_dir=str(tmp_path), families="flow,two_sets", sizes="4x3", count=2,
                                  bound_time_limit=2.0)
-    rows = evaluate.make_set(cfg)
+    rows = instance_sets.make_set(cfg)
     insts = {i.name: i for i in instances.read_directory(tmp_path)}
     bounds = instances.read_bounds(tmp_path / "bounds.csv")
     assert sorted(insts) == sorted(bounds) == sorted(r["instance"] for r in rows) and len(rows) == 4
@@ -163,29 +163,30 @@ def test_generated_test_set_files_and_bounds_read_back(tmp_path):
     for flat, match in (({"out_dir": "x", "sizes": "4by3"}, "size='4by3'"),
                         ({"out_dir": "x", "families": "dmu"}, "families='dmu'")):
         with pytest.raises(ValueError, match=match):
-            evaluate.MakeSetConfig(**flat)
+            instance_sets.MakeSetConfig(**flat)
     with pytest.raises(ValueError, match="out_dir='' is required"):
-        evaluate.make_set(evaluate.MakeSetConfig())
+        instance_sets.make_set(instance_sets.MakeSetConfig())
 
 
 def test_generated_set_bounds_fall_back_to_the_rule_when_cpsat_finds_no_schedule(monkeypatch):
-    from rl.jssp import cpsat, evaluate, rules
+    from rl.jssp import cpsat, instance_sets, rules
     inst = instances.random_instance(np.random.default_rng(5), 6, 4, name="r")
     real_solve = cpsat.solve
     monkeypatch.setattr(cpsat, "solve", lambda *a, **k: real_solve(*a, **{**k, "time_limit_s": 1e-6}))
-    row = evaluate.bounds_row(inst, time_limit_s=5.0, workers=1, seed=0)
+    row = instance_sets.bounds_row(inst, time_limit_s=5.0, workers=1, seed=0)
     rule_cmax, rule_start = rules.solve(inst.machines, inst.durations, "fdd_mwkr")
     assert validate.check_schedule(inst.machines, inst.durations, rule_start) == rule_cmax
     assert row == {"upper_bound": rule_cmax, "status": "RULE",
                    "lower_bound": instances.simple_lower_bound(inst.machines, inst.durations)}
     monkeypatch.setattr(cpsat, "solve", real_solve)
-    optimal = evaluate.bounds_row(inst, time_limit_s=5.0, workers=1, seed=0)
+    optimal = instance_sets.bounds_row(inst, time_limit_s=5.0, workers=1, seed=0)
     assert optimal["status"] == "OPTIMAL" and optimal["lower_bound"] == optimal["upper_bound"] <= rule_cmax
 
 
 def test_self_labelling_run_exports_the_best_validated_step(tmp_path):
     """A tiny train_jssp run: validation at steps 0..3, the exported policy is the step of smallest validation
     gap (re-measured from the exported files), and the run's files say so."""
+    from event_scalars import assert_events_match_metrics
     from rl.jssp import train
     from training.run import MetricsWriter
 
@@ -196,13 +197,15 @@ def test_self_labelling_run_exports_the_best_validated_step(tmp_path):
     summary = train.train(cfg)
     rows = [r for r in MetricsWriter.read(tmp_path / "w" / "metrics.jsonl") if "val_gap_lb_pct" in r]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    scalars = assert_events_match_metrics(tmp_path / "w")  # TensorBoard: the same numbers (step 0 included)
+    assert [s for s, _ in scalars["val_gap_lb_pct"]] == [0, 1, 2, 3]
     gaps = [r["val_gap_lb_pct"] for r in rows]
     assert len(set(gaps)) > 1  # training moved the policy (lr 0.05), so the selection has a choice
     best = int(np.argmin(gaps))
     assert summary["selected_step"] == best and rows[-1]["best_step"] == best
-    model, params, info = agent.load_policy(tmp_path / "export")
+    model, params, info = policy_io.load_policy(tmp_path / "export")
     val = train.validation_set(cfg)
-    cmax = np.asarray(agent.make_batch_greedy(model, info["greedy_noop_threshold"])(
+    cmax = np.asarray(inference.make_batch_greedy(model, info["greedy_noop_threshold"])(
         params, val.machines, val.durations).job_ready).max(-1)
     np.testing.assert_allclose(val.report(cmax)["val_gap_lb_pct"], gaps[best], rtol=1e-6)
     assert info["train_config"]["algorithm"] == "self_label" and "--algorithm=self_label" in info["trained_by"]
@@ -211,13 +214,14 @@ def test_self_labelling_run_exports_the_best_validated_step(tmp_path):
 def test_a_policy_that_never_waits_samples_no_noop():
     """Threshold 1 (what a self-labelled policy ships with): sampling dispatches J*M times and never waits;
     the flat sampler of a policy that waits takes No-Ops."""
-    model = agent.make_model(dataclasses.replace(TINY, noop_bias_init=1.0))
-    params = agent.init_params(model, jax.random.PRNGKey(0))
+    model = policy_io.make_model(dataclasses.replace(TINY, noop_bias_init=1.0))
+    params = policy_io.init_params(model, jax.random.PRNGKey(0))
     inst = instances.random_instance(np.random.default_rng(7), 4, 3)
     for threshold, waits in ((1.0, False), (None, True)):
-        states = agent.make_solver(model, threshold)(params, inst.machines, inst.durations, jax.random.PRNGKey(1), 8)
+        solve = inference.make_solver(model, threshold)
+        states = solve(params, inst.machines, inst.durations, jax.random.PRNGKey(1), 8)
         assert bool((np.asarray(states.num_steps) > 4 * 3).any()) == waits
-        c, s = agent.best_of(states)
+        c, s = inference.best_of(states)
         assert validate.check_schedule(inst.machines, inst.durations, s) == c
 
 
@@ -225,6 +229,7 @@ def test_a_policy_that_never_waits_samples_no_noop():
 def test_self_labelling_run_resumes_bit_for_bit_with_its_selection(tmp_path):
     """Stopped after step 2 and resumed to step 4, a run exports the same parameters, selected step and metrics
     as one that ran 4 steps straight (the kept best parameters travel in the checkpoint)."""
+    from event_scalars import assert_events_match_metrics
     from rl.jssp import train
     from training.run import MetricsWriter
 

@@ -30,8 +30,8 @@ def test_old_checkpoint_resumes_with_new_setting_names(tmp_path):
 
 
 @pytest.mark.parametrize("changed, says", [
-    ({"moe_top_k": 2}, "moe_top_k: checkpoint has 1, flags give 2"),
-    ({"init": "gpt2"}, "--init: checkpoint has 'v1', flags give 'gpt2'"),  # made before the setting existed
+    ({"moe_top_k": 2}, "`moe_top_k`: checkpoint has 1, flags give 2"),
+    ({"init": "gpt2"}, "`init`: checkpoint has 'v1', flags give 'gpt2'"),  # made before the setting existed
 ])
 def test_old_checkpoint_with_other_settings_is_refused_naming_them(tmp_path, changed, says):
     shutil.copytree(FIXTURE, tmp_path / "run")

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from event_scalars import assert_events_match_metrics
 from models.transformer import DecoderLM, TransformerConfig
 from parallel import moe as moe_lib
 from training import lm
@@ -85,3 +86,31 @@ def test_train_lm_rows_and_summary_carry_throughput(tmp_path):
     assert got["ms_per_step"] == pytest.approx(1000 * 128 / statistics.median(
         r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r))
     assert got["val_loss"] == {"6": summary["val_loss"]} and np.isfinite(got["ms_per_step"])
+    scalars = assert_events_match_metrics(tmp_path)  # TensorBoard: every number of every row, read back
+    assert [s for s, _ in scalars["tokens_per_sec"]] == [2, 4, 6] and [s for s, _ in scalars["val_loss"]] == [6]
+
+
+def test_rates_right_after_an_evaluation_match_the_others(tmp_path, monkeypatch):
+    """The steps dispatched before an evaluation (asynchronous dispatch) finish before its timer starts, so
+    their time is not subtracted from the row's as evaluation time: tokens/s of a row whose interval holds an
+    evaluation (at steps 19 and 38, between the rows at 10, 20, 30, 40) matches the others. Before the fix
+    the evaluation found its parameters still being computed and those rows read about twice the others."""
+    ready_at_eval = []
+    original = lm.evaluate
+
+    def evaluate(eval_loss_fn, params, batches, mesh):
+        ready_at_eval.append(all(x.is_ready() for x in jax.tree.leaves(params)))
+        return original(eval_loss_fn, params, batches, mesh)
+
+    monkeypatch.setattr(lm, "evaluate", evaluate)
+    cfg = from_flat(lm.TrainLMConfig, dict(workdir=str(tmp_path), steps=40, log_every=10, eval_every=19,
+                                           eval_batches=2, num_layers=1, num_heads=2, d_model=32, mlp_dim=64,
+                                           seq_len=32, batch_size=16, checkpoint_every=0))
+    lm.train(cfg)
+    assert ready_at_eval == [True, True, True]  # steps 19, 38 and 40: every dispatched step done first
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rate = {r["step"]: r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r}
+    assert sorted(rate) == [10, 20, 30, 40]
+    clean = statistics.mean([rate[10], rate[30]])
+    for step in (20, 40):  # their intervals hold the evaluations at steps 19 and 38
+        assert 1 / 3 < rate[step] / clean < 3, rate  # generous: a shared, noisy machine

@@ -345,6 +345,9 @@ def test_train_malloc_tiny_run_resumes_bit_for_bit(tmp_path):
                          for r in map(json.loads, text.splitlines())]
     again = (tmp_path / "a" / "metrics.jsonl").read_text()
     assert rows(first) == rows(again) and len(rows(first)) == 3  # the same trajectory, bit for bit
+    from event_scalars import assert_events_match_metrics
+
+    assert [s for s, _ in assert_events_match_metrics(tmp_path / "a")["loss"]] == [1, 2, 3]  # step 3 once
     model, params, info = muzero.load_network(tmp_path / "net")
     assert "--steps=3" in info["trained_by"] and "--max_buffers=8" in info["trained_by"]
     with pytest.raises(ValueError, match="search='dqn'"):

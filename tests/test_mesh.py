@@ -56,3 +56,31 @@ def test_check_global_batch(devices):
     mesh_lib.check_global_batch(16, mesh)
     with pytest.raises(ValueError, match="batch_size=12 must be a positive multiple"):
         mesh_lib.check_global_batch(12, mesh)
+
+
+@pytest.mark.parametrize("spec, devices, needed", [
+    ("data:2,expert:2,tensor:2", 1, 8),   # the MoE example of scripts/train_lm.py on a plain CPU machine
+    ("data:16", 8, 16),
+    ("expert:4,data:-1", 2, 4),           # the fixed sizes alone exceed the devices
+])
+def test_a_mesh_larger_than_the_devices_says_how_to_simulate_them(spec, devices, needed):
+    with pytest.raises(ValueError) as info:
+        mesh_lib.parse_mesh_spec(spec, devices)
+    message = str(info.value)
+    assert f"XLA_FLAGS=--xla_force_host_platform_device_count={needed}" in message, message
+    assert "\n" not in message and f"for {devices} device{'s' if devices > 1 else ''}:" in message
+
+
+@pytest.mark.parametrize("spec", ["data:3", "data:3,tensor:-1"])
+def test_a_mesh_that_fits_badly_gets_no_simulation_hint(spec):
+    with pytest.raises(ValueError) as info:
+        mesh_lib.parse_mesh_spec(spec, 8)
+    assert "xla_force_host_platform_device_count" not in str(info.value)
+
+
+def test_diloco_workers_over_the_devices_say_how_to_simulate_them():
+    from parallel import diloco
+
+    with pytest.raises(ValueError, match="workers=4 must divide the number of devices 2; to simulate 4 devices on "
+                                         "CPU, run with XLA_FLAGS=--xla_force_host_platform_device_count=4"):
+        diloco.check_workers(4, 2)

@@ -1,15 +1,15 @@
-"""training/mutation.py, the mutation check's harness: the table is well formed, mutants are planted and
+"""tools/mutation.py, the mutation check's harness: the table is well formed, mutants are planted and
 restored byte for byte in a copy (never the source), stale snippets and missing test files are reported,
-pytest outcomes are classified. No pytest subprocess and no JAX: the real runs are scripts/mutation_check.py."""
+pytest outcomes are classified. No pytest subprocess and no JAX: the real runs are tools/mutation_check.py."""
 import pathlib
 import re
 import subprocess
 
 import pytest
 
-from training import mutants as mutants_lib
-from training import mutation
-from training.mutants import CANARY, Mutant
+from tools import mutants as mutants_lib
+from tools import mutation
+from tools.mutants import CANARY, Mutant
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

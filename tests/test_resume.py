@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from event_scalars import assert_events_match_metrics
 from parallel import checkpoint as ckpt_lib
 from training.run import MetricsWriter
 
@@ -53,6 +54,10 @@ def assert_same_run(a, b):
     for x, y in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(x, y)  # bit for bit
     assert deterministic_rows(a) == deterministic_rows(b)
+    # TensorBoard: the resumed run's event files hold its rows once each (the interrupted run's events after
+    # the checkpoint dropped), and its curves are the uninterrupted run's
+    scalars_a, scalars_b = assert_events_match_metrics(a), assert_events_match_metrics(b)
+    assert {k: scalars_a[k] for k in DETERMINISTIC_KEYS[1:]} == {k: scalars_b[k] for k in DETERMINISTIC_KEYS[1:]}
     assert not [p for p in (pathlib.Path(b) / "checkpoints").iterdir() if ckpt_lib.TMP_MARKER in p.name]
 
 

@@ -1,6 +1,6 @@
 """The RL losses against their papers' equations, transcribed independently in NumPy (float64):
 
-* job-shop PPO (``rl.jssp.agent.ppo_loss_terms``): Schulman et al. 2017, Eq. 7 (L^CLIP) and the value and
+* job-shop PPO (``rl.jssp.ppo.ppo_loss_terms``): Schulman et al. 2017, Eq. 7 (L^CLIP) and the value and
   entropy terms of Eq. 9;
 * mallocMuZero (``rl.malloc.muzero.training.step_losses``): Schrittwieser et al. 2020, Eq. 1 (policy
   cross-entropy, value and reward squared errors) plus the legality binary cross-entropy.
@@ -18,7 +18,7 @@ import pytest
 from models.attention import NEG
 from models.jssp_policy import PolicyConfig
 from models.malloc_muzero import MuZeroNetConfig
-from rl.jssp import agent, env
+from rl.jssp import env, policy_io, ppo
 from rl.malloc import game, instance, muzero
 from rl.malloc.muzero.training import step_losses
 
@@ -113,7 +113,7 @@ def _ppo_batch(seed=0, n=6, a=5):
 
 
 def _ppo_terms(logits, value, actions, old_logp, adv, ret, legal, alive, eps=0.2):
-    return agent.ppo_loss_terms(jnp.asarray(logits), jnp.asarray(value), jnp.asarray(actions), jnp.asarray(old_logp),
+    return ppo.ppo_loss_terms(jnp.asarray(logits), jnp.asarray(value), jnp.asarray(actions), jnp.asarray(old_logp),
                                 jnp.asarray(adv), jnp.asarray(ret), jnp.asarray(legal), jnp.asarray(alive), eps)
 
 
@@ -138,7 +138,7 @@ def _one_state(ratio, adv, eps=0.2):
 
 def _pg_grad(state, eps=0.2):
     logits, value, actions, old_logp, adv, ret, legal, alive = state
-    g = jax.grad(lambda z: agent.ppo_loss_terms(z, value, actions, old_logp, adv, ret, legal, alive, eps).pg_loss)(
+    g = jax.grad(lambda z: ppo.ppo_loss_terms(z, value, actions, old_logp, adv, ret, legal, alive, eps).pg_loss)(
         jnp.asarray(logits))
     return np.asarray(g[0])
 
@@ -166,13 +166,13 @@ def test_ppo_gradient_is_zero_on_the_clipped_side(ratio, adv):
 
 def test_ppo_value_and_entropy_gradients():
     logits, value, actions, old_logp, adv, ret, legal, alive = _ppo_batch()
-    f = lambda v: agent.ppo_loss_terms(logits, v, actions, old_logp, adv, ret, legal, alive, 0.2).v_loss
+    f = lambda v: ppo.ppo_loss_terms(logits, v, actions, old_logp, adv, ret, legal, alive, 0.2).v_loss
     g = np.asarray(jax.grad(f)(jnp.asarray(value)))
     n = alive.sum()
     np.testing.assert_allclose(g, 2 * (value - ret) * alive / n, rtol=RTOL, atol=ATOL)
     assert np.all(np.sign(g[alive]) == np.sign(value - ret)[alive]) and g[~alive].tolist() == [0.0]
     # the entropy rises when the most likely legal action's logit goes down (toward uniform)
-    e = lambda z: agent.ppo_loss_terms(z, value, actions, old_logp, adv, ret, legal, alive, 0.2).entropy
+    e = lambda z: ppo.ppo_loss_terms(z, value, actions, old_logp, adv, ret, legal, alive, 0.2).entropy
     ge = np.asarray(jax.grad(e)(jnp.asarray(logits)))
     top = np.argmax(np.where(legal, logits, -np.inf), -1)
     rows = alive & (legal.sum(-1) > 1)  # with one legal action the entropy is 0 whatever the logits
@@ -192,8 +192,8 @@ TINY_POLICY = PolicyConfig(window=2, d_model=8, num_heads=2, job_layers=1, mlp_d
 
 
 def test_ppo_loss_fn_total_is_the_configured_combination_of_the_terms():
-    cfg = agent.PPOConfig(num_jobs=4, num_machines=3, batch=2, vf_coef=0.7, ent_coef=0.05, bc_coef=1.3)
-    model = agent.make_model(TINY_POLICY)
+    cfg = ppo.PPOConfig(num_jobs=4, num_machines=3, batch=2, vf_coef=0.7, ent_coef=0.05, bc_coef=1.3)
+    model = policy_io.make_model(TINY_POLICY)
 
     # random observations and parameters of the real shapes (jax.eval_shape: nothing to compile)
     rng = np.random.default_rng(0)
@@ -210,7 +210,7 @@ def test_ppo_loss_fn_total_is_the_configured_combination_of_the_terms():
           "alive": jnp.array([True, True, True, True, False, True])}
     demo_actions = jnp.asarray(np.where(np.arange(6) == 5, -1, a))
     demo_mask = demo_actions >= 0
-    loss_fn = agent.make_loss_fn(model, cfg)
+    loss_fn = ppo.make_loss_fn(model, cfg)
     (loss, m), (logits, value) = jax.jit(lambda p: (loss_fn(p, mb, obs, demo_actions, demo_mask, jnp.float32(0.8)),
                                                     model.apply({"params": p}, obs)))(params)
     # the total is the configured combination of the reported terms

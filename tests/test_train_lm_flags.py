@@ -3,8 +3,11 @@ command line (scripts.train_lm) prints it as one line with the flag's ``--`` and
 import subprocess
 import sys
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from training import diloco as train_diloco
 from training import lm as train_lm
 from training.config import from_flat
 
@@ -22,11 +25,45 @@ from training.config import from_flat
     ({"grad_clip": 0.0}, "grad_clip=0.0 must be a finite number > 0"),     # every update zero
     ({"weight_decay": -5.0}, "weight_decay=-5.0 must be a finite number >= 0"),
     ({"lr": float("inf")}, "lr=inf must be a finite number > 0"),
-    ({"steps": 50}, "warmup_steps=100 must not exceed steps=50"),
+    ({"steps": 50, "warmup_steps": 100}, "warmup_steps=100 must not exceed steps=50"),  # a value the user set
+    ({"warmup_steps": -2}, "warmup_steps=-2 must be an integer >= 0, or -1"),
 ])
 def test_config_validation(devices, overrides, match):
     with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
         from_flat(train_lm.TrainLMConfig, overrides)
+
+
+@pytest.mark.parametrize("config_cls, steps, warmup", [
+    (train_lm.TrainLMConfig, 2000, 100),    # nanoGPT's 100 of 2,000 (the default run)
+    (train_lm.TrainLMConfig, 30, 3),        # the default fits a short run instead of refusing it
+    (train_lm.TrainLMConfig, 5000, 100),    # capped
+    (train_lm.TrainLMConfig, 1, 0),
+    (train_diloco.TrainDiLoCoConfig, 1200, 60),  # DiLoCo's 60 of 1,200 (its default run)
+    (train_diloco.TrainDiLoCoConfig, 30, 3),
+    (train_diloco.TrainDiLoCoConfig, 5000, 60),
+])
+def test_default_warmup_is_a_tenth_of_the_run_capped(config_cls, steps, warmup):
+    cfg = from_flat(config_cls, {"steps": steps})
+    assert cfg.optim.warmup_steps == -1  # "auto" until a run resolves it (config.json records the number)
+    assert cfg.resolved().optim.warmup_steps == warmup
+    explicit = from_flat(config_cls, {"steps": steps, "warmup_steps": min(steps, 7)})
+    assert explicit.resolved().optim.warmup_steps == min(steps, 7)  # a value the user set is kept
+
+
+def test_make_optimizer_resolves_auto_warmup():
+    """The schedule of warmup_steps=-1 equals that of the explicit number auto_warmup_steps gives."""
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.ones(3)}
+    for steps, cap in ((30, 100), (1200, 60)):
+        auto = train_lm.make_optimizer(train_lm.OptimConfig(), steps, cap)
+        explicit = train_lm.make_optimizer(train_lm.OptimConfig(warmup_steps=train_lm.auto_warmup_steps(steps, cap)),
+                                           steps)
+        sa, se = auto.init(params), explicit.init(params)
+        for _ in range(5):
+            ua, sa = auto.update(grads, sa, params)
+            ue, se = explicit.update(grads, se, params)
+            np.testing.assert_array_equal(ua["w"], ue["w"])
+        assert float(jnp.abs(ua["w"]).max()) > 0
 
 
 @pytest.mark.parametrize("overrides,match", [

@@ -1,6 +1,6 @@
 """parallel/xla_flags.py: which platform is detected and what lands in the environment (no backend is
 initialised here; that the GPU list is accepted by XLA is checked on an H100 by
-scripts/device_check_moe.sh, and XLA:CPU's flag parser knows the same names, checked below)."""
+tools/device_check_moe.sh, and XLA:CPU's flag parser knows the same names, checked below)."""
 import subprocess
 import sys
 

@@ -2,7 +2,8 @@
 
 A setting is declared once, as a field of a frozen dataclass: its name, type and default in the field, its
 help in the class docstring (a ``name: text`` line, or ``name, other: text`` for several), its validation in
-``__post_init__`` (a ``ValueError`` naming the field as ``name=value``). An experiment's config nests the
+``__post_init__`` (a ``ValueError`` naming the field as ``name=value``, or as `` `name` `` where no value
+belongs; the command line spells either ``--name``, :func:`flag_message`). An experiment's config nests the
 configs of what it builds -- ``model: TransformerConfig``, ``moe: MoEConfig``, ``diloco: DiLoCoConfig`` --
 through :func:`group`, which says how the nested fields are spelled flat: with no prefix (``num_layers``)
 or with one (``moe_top_k``).
@@ -204,12 +205,16 @@ def _build(cls, values, prefix, exclude, base=None):
 
 
 def rename_fields(message: str, names: dict[str, str]) -> str:
-    """``message`` with each ``field=`` (optionally ``Class.field=``) spelled ``flat_name=`` instead."""
+    """``message`` with each setting it names spelled ``names[field]`` instead: ``field=value`` (optionally
+    ``Class.field=``) and, where a message names a setting without a value, a quoted `` `field` ``."""
     for name, flat in sorted(names.items(), key=lambda kv: -len(kv[0])):
         message = re.sub(rf"(?<![\w.-])(?:[A-Z]\w*\.)?{re.escape(name)}(?==)", flat, message)
+        message = re.sub(rf"`(?:[A-Z]\w*\.)?{re.escape(name)}`", f"`{flat}`", message)
     return message
 
 
 def flag_message(message: str, names: Iterable[str]) -> str:
-    """``message`` with every flat setting ``name=`` spelled ``--name=``: the command-line layer's form."""
-    return rename_fields(message, {name: f"--{name}" for name in names})
+    """``message`` in the command-line layer's words: every flat setting ``name=`` spelled ``--name=`` and
+    every `` `name` `` spelled ``--name``. Library messages name settings; only this adds the ``--``."""
+    message = rename_fields(message, {name: f"--{name}" for name in names})
+    return re.sub(r"`(--\w+)`", r"\1", message)

@@ -45,13 +45,14 @@ class TrainDiLoCoConfig(run_lib.RunConfig, lm.LMSetup):
     timeline: Write timeline.<process>.jsonl (training/link/timeline.py): each inner step's, sync's, evaluation's
       and save's start and end (monotonic seconds).
     """
+    WARMUP_CAP = 60  # warmup_steps=-1 (auto): a tenth of steps, at most 60 (60 of the default 1,200)
     batch_size: int = 16
     steps: int = 1200
     eval_every: int = 200
     eval_batches: int = 10
     log_every: int = 20
     model: lm.TransformerConfig = group(lambda: lm.lm_model_config(num_layers=2), exclude=("vocab_size", "max_seq_len"))
-    optim: lm.OptimConfig = group(lambda: lm.OptimConfig(warmup_steps=60))
+    optim: lm.OptimConfig = group(lm.OptimConfig)
     diloco: diloco.DiLoCoConfig = group(lambda: diloco.DiLoCoConfig(inner_steps=60))
     backend: str = "shard_map"
     stop_after: int = 0
@@ -105,8 +106,9 @@ def make_trainer(cfg: TrainDiLoCoConfig, model: DecoderLM, mesh, params, timelin
     """The DiLoCo trainer of ``cfg``: the LM's loss and inner optimiser, one fragment key per top-level
     parameter group; ``timeline(event)`` receives its step and sync intervals."""
     loss_fn = lambda p, b: lm.next_token_loss(model, p, b)  # noqa: E731
-    return diloco.DiLoCo(cfg.diloco, loss_fn, lm.make_optimizer(cfg.optim, cfg.steps), mesh, list(params.keys()),
-                         backend=cfg.backend, sync_dispatch=cfg.sync_dispatch, timeline=timeline)
+    optimizer = lm.make_optimizer(cfg.optim, cfg.steps, cfg.WARMUP_CAP)
+    return diloco.DiLoCo(cfg.diloco, loss_fn, optimizer, mesh, list(params.keys()), backend=cfg.backend,
+                         sync_dispatch=cfg.sync_dispatch, timeline=timeline)
 
 
 def check_devices(cfg: TrainDiLoCoConfig) -> None:
@@ -119,7 +121,7 @@ def check_devices(cfg: TrainDiLoCoConfig) -> None:
 def train(cfg: TrainDiLoCoConfig) -> dict:
     """Runs (or resumes) one run; returns the summary written to summary.json."""
     workdir = run_lib.begin(cfg, preflight=check_devices)
-    cfg = lm.with_platform_model(cfg)
+    cfg = lm.with_platform_model(cfg).resolved()
     dcfg = cfg.diloco
     mesh = diloco.make_worker_mesh(dcfg.workers)
     corpus, eval_data = lm.load_data(cfg, cfg.seed)

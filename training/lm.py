@@ -7,7 +7,8 @@ mesh axis, their hidden dimension on ``tensor``). Its aux losses (load balancing
 to the loss and logged as ``moe_aux_loss``; ``loss`` and ``val_loss`` stay the plain cross-entropy.
 
 The default configuration is nanoGPT's Tiny Shakespeare CPU setting (4 layers, 4 heads, width 128,
-context 64, batch 12, 2,000 steps, AdamW lr 1e-3, 100 warm-up steps, cosine to 1e-4, beta2 0.99).
+context 64, batch 12, 2,000 steps, AdamW lr 1e-3, 100 warm-up steps, cosine to 1e-4, beta2 0.99); the warm-up
+is a tenth of the run, at most 100 steps, unless set (:func:`auto_warmup_steps`).
 The pieces (:func:`make_optimizer`, :func:`make_train_step`, :func:`next_token_loss`, :func:`evaluate`)
 are shared with Streaming DiLoCo (:mod:`training.diloco`) and the AlgoPerf LM workload.
 """
@@ -34,20 +35,31 @@ from training.config import group
 from training.data import text
 
 
+AUTO = -1  # warmup_steps=-1: chosen from the run's length (auto_warmup_steps)
+
+
+def auto_warmup_steps(steps: int, cap: int = 100) -> int:
+    """The warm-up of a run of ``steps`` when ``warmup_steps`` is -1 (auto): a tenth of the run, at most ``cap``
+    (100 for the LM: nanoGPT's 100 of 2,000 steps; 60 for DiLoCo's 1,200). It never exceeds ``steps``, so a
+    default never rejects a ``steps`` the user chose."""
+    return min(cap, steps // 10)
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warm-up and cosine decay, after global-norm clipping (nanoGPT's recipe).
 
     lr: Peak learning rate.
     min_lr: Final learning rate of the cosine decay.
-    warmup_steps: Linear warm-up steps.
+    warmup_steps: Linear warm-up steps; -1 (the default): a tenth of --steps, at most 100 (train_diloco: at
+      most 60), so it fits any --steps.
     weight_decay: AdamW weight decay (decoupled).
     beta2: AdamW beta2.
     grad_clip: Global gradient-norm clip.
     """
     lr: float = 1e-3
     min_lr: float = 1e-4
-    warmup_steps: int = 100
+    warmup_steps: int = AUTO
     weight_decay: float = 0.1
     beta2: float = 0.99
     grad_clip: float = 1.0
@@ -63,7 +75,16 @@ class OptimConfig:
             raise ValueError(f"min_lr={self.min_lr} must not exceed lr={self.lr}")
         if not 0 <= self.beta2 < 1:
             raise ValueError(f"beta2={self.beta2} must be in [0, 1)")
-        run_lib.require_positive(self, "warmup_steps", allow_zero=("warmup_steps",))
+        w = self.warmup_steps
+        if w != AUTO and (not isinstance(w, int) or isinstance(w, bool) or w < 0):
+            raise ValueError(f"warmup_steps={w!r} must be an integer >= 0, or -1 (a tenth of steps, capped)")
+
+    def resolved(self, steps: int, cap: int = 100) -> "OptimConfig":
+        """This config with ``warmup_steps`` made concrete for a run of ``steps``: :func:`auto_warmup_steps`
+        where it is -1 (auto), unchanged where the user set it."""
+        if self.warmup_steps != AUTO:
+            return self
+        return dataclasses.replace(self, warmup_steps=auto_warmup_steps(steps, cap))
 
 
 def lm_model_config(**overrides) -> TransformerConfig:
@@ -86,6 +107,7 @@ class LMSetup:
     """
     # checkpoints from before these settings existed: the v1 init scheme, float32 compute
     ABSENT_MEANS = {"init": "v1", "dtype": "float32"}
+    WARMUP_CAP = 100  # the most warm-up steps warmup_steps=-1 (auto) gives (auto_warmup_steps)
     data_dir: str = ""
     batch_size: int = 12
     seq_len: int = 64
@@ -98,12 +120,18 @@ class LMSetup:
 
     def __post_init__(self):
         run_lib.require_positive(self, "batch_size", "seq_len", "steps", "eval_every", "eval_batches", "log_every")
-        if self.optim.warmup_steps > self.steps:
+        if self.optim.warmup_steps > self.steps:  # a value the user set (auto always fits)
             raise ValueError(f"warmup_steps={self.optim.warmup_steps} must not exceed steps={self.steps} (the "
-                             "learning rate would never reach its peak nor decay)")
+                             "learning rate would never reach its peak nor decay; -1 chooses it from steps)")
         # The model's vocabulary and length follow from the data and the context length (not settings).
         model = dataclasses.replace(self.model, vocab_size=text.VOCAB_SIZE, max_seq_len=self.seq_len)
         object.__setattr__(self, "model", model)
+
+    def resolved(self):
+        """This config with its automatic settings made concrete (``warmup_steps=-1``: :func:`auto_warmup_steps`
+        with this experiment's ``WARMUP_CAP``): what a run records in config.json and its checkpoints, so a
+        checkpoint made before the automatic default existed (which recorded the number) still resumes."""
+        return dataclasses.replace(self, optim=self.optim.resolved(self.steps, self.WARMUP_CAP))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +199,11 @@ def check_devices(cfg: TrainLMConfig) -> None:
                              f"'tensor' mesh axis size {tp}")
 
 
-def make_optimizer(optim: OptimConfig, steps: int) -> optax.GradientTransformation:
-    """Clip, then AdamW on a warm-up + cosine schedule that reaches ``min_lr`` at ``steps``."""
+def make_optimizer(optim: OptimConfig, steps: int, warmup_cap: int = LMSetup.WARMUP_CAP
+                   ) -> optax.GradientTransformation:
+    """Clip, then AdamW on a warm-up + cosine schedule that reaches ``min_lr`` at ``steps`` (``warmup_steps=-1``:
+    :func:`auto_warmup_steps` of ``steps``, at most ``warmup_cap``)."""
+    optim = optim.resolved(steps, warmup_cap)
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=optim.lr, warmup_steps=optim.warmup_steps,
         decay_steps=max(steps, optim.warmup_steps + 1), end_value=optim.min_lr)
@@ -272,7 +303,7 @@ def load_data(cfg: LMSetup, seed: int):
 def train(cfg: TrainLMConfig) -> dict:
     """Runs (or resumes) training; returns the summary written to summary.json."""
     workdir = run_lib.begin(cfg, preflight=check_devices)
-    cfg = with_platform_model(cfg)
+    cfg = with_platform_model(cfg).resolved()
     mesh = mesh_lib.make_mesh(cfg.mesh)
     corpus, eval_data = load_data(cfg, cfg.seed)
 
@@ -315,11 +346,15 @@ def train(cfg: TrainLMConfig) -> dict:
             row.update(loss=float(step_metrics["loss"]), grad_norm=float(step_metrics["grad_norm"]))
             if cfg.moe is not None:
                 row.update(moe_aux_loss=float(step_metrics["moe_aux_loss"]))
-            now = time.perf_counter()  # float() above waited for the step: the rate since the last row
+            jax.block_until_ready(state)  # every step dispatched so far has run: the rate since the last row
+            now = time.perf_counter()
             if interval[1]:
                 row.update(rate_of((step - interval[0]) / max(now - interval[1] - interval[2], 1e-9)))
             interval[:] = [step, now, 0.0]
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            # the steps dispatched before the evaluation run first (asynchronous dispatch): their time must not
+            # count as evaluation time, which the rows' rate leaves out
+            jax.block_until_ready(state)
             t_eval = time.perf_counter()
             last_eval = evaluate(eval_loss, state.params, eval_data, mesh)
             row.update(last_eval)

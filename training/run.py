@@ -2,16 +2,19 @@
 
 An experiment is ``train(cfg) -> summary``. Its steps are always the same, and live here once:
 
-1. :func:`begin` -- ``jax.distributed`` (before any JAX computation), the workdir created and probed;
+1. :func:`begin` -- ``jax.distributed`` (before any JAX computation), the workdir created, probed and
+   locked (:mod:`training.workdir_lock`);
 2. the experiment builds its state (its own code);
 3. :func:`open_run` -- the Orbax checkpointer opened, the latest good checkpoint restored (or a refusal
-   naming the settings that differ from the checkpoint's), ``config.json`` and ``metrics.jsonl`` opened;
+   naming the settings that differ from the checkpoint's), ``config.json`` and ``metrics.jsonl`` (with its
+   TensorBoard event files) opened;
 4. :meth:`Run.loop` -- the checkpointed step loop: metrics rows, progress log, a save every
    ``checkpoint_every`` steps, SIGTERM/SIGINT and preemption notices ending it checkpointed;
 5. :meth:`Run.finish` -- ``summary.json``, the PNG curves and the closing log line.
 
 Layout of a workdir: ``config.json`` (the config, nested as the dataclasses are), ``metrics.jsonl`` (one
-JSON object per logged step), ``summary.json``, ``checkpoints/`` and ``*.png``.
+JSON object per logged step), TensorBoard event files ``events.out.tfevents.*`` (the same numbers as
+scalars: ``tensorboard --logdir runs/``), ``summary.json``, ``checkpoints/`` and ``*.png``.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import optax
 from absl import logging
 
 from training import config as config_lib
+from training import workdir_lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,20 +127,23 @@ def require_workdir(workdir: str | None) -> pathlib.Path:
     return path
 
 
-def require_output_file(name: str, path: str, make_parents: bool = False) -> None:
+def require_output_file(name: str, path: str) -> None:
     """ValueError naming setting ``name`` unless ``path`` (if given) can be written as a file: not a
-    directory, in an existing directory (``make_parents``: in one the writer will create, i.e. below a
-    writable directory). Checked with the settings, so a bad path fails before the work."""
+    directory, and below a writable directory -- folders that do not exist yet are created when the file
+    is written (:func:`write_json_atomic`), the same for every ``out`` setting. Checked with the settings,
+    so a bad path fails before the work."""
     if not path:
         return
     target = pathlib.Path(path).expanduser()
     if target.is_dir():
         raise ValueError(f"{name}={path!r} is a directory; give a file path")
     parent = target.parent
-    while make_parents and not parent.exists() and parent != parent.parent:
+    while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ValueError(f"{name}={path!r}: its directory {str(parent)!r} does not exist or is not writable")
+    if not parent.is_dir():
+        raise ValueError(f"{name}={path!r}: {str(parent)!r} is a file, not a directory; give a path under a directory")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{name}={path!r}: its directory {str(parent)!r} is not writable")
 
 
 def command_line(module: str, config, skip: Iterable[str] = ("workdir", "overwrite")) -> str:
@@ -148,16 +155,19 @@ def command_line(module: str, config, skip: Iterable[str] = ("workdir", "overwri
 
 
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON through a temporary file and an atomic rename."""
-    path = pathlib.Path(path)
+    """Writes ``obj`` as indented JSON through a temporary file and an atomic rename (missing folders made)."""
+    path = pathlib.Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
 
 
 def write_csv_atomic(path: pathlib.Path, rows: list[dict], columns: list[str]) -> None:
-    """Writes ``rows`` as CSV with a header of ``columns`` through a temporary file and an atomic rename."""
-    path = pathlib.Path(path)
+    """Writes ``rows`` as CSV with a header of ``columns`` through a temporary file and an atomic rename
+    (missing folders made)."""
+    path = pathlib.Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -217,13 +227,18 @@ def maybe_initialize_distributed(cfg: RunConfig) -> None:
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to ``metrics.jsonl``.
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and the same numbers, as TensorBoard
+    scalars, to event files beside it (:class:`training.events.ScalarEventWriter`; ``events=False``: none).
 
-    On resume from ``resume_step``, rows logged after that step by the interrupted run are dropped
-    first, so the file of a resumed run equals that of an uninterrupted one.
+    On resume from ``resume_step``, rows (and events) logged after that step by the interrupted run are
+    dropped first, so the file of a resumed run equals that of an uninterrupted one. :meth:`close` flushes
+    and closes the event file; the run skeleton calls it on every way out of the loop.
     """
 
-    def __init__(self, path: pathlib.Path, resume_step: int | None = None, enabled: bool = True):
+    def __init__(self, path: pathlib.Path, resume_step: int | None = None, enabled: bool = True,
+                 events: bool = True):
+        from training import events as events_lib
+
         self.path = pathlib.Path(path)
         self.enabled = enabled
         self.rows: list[dict] = []
@@ -237,6 +252,8 @@ class MetricsWriter:
                 tmp = self.path.with_suffix(".jsonl.tmp")
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
                 os.replace(tmp, self.path)
+        self.events = (events_lib.ScalarEventWriter(self.path.parent, resume_step, enabled=enabled) if events
+                       else None)
 
     @staticmethod
     def read(path: pathlib.Path) -> list[dict]:
@@ -252,12 +269,19 @@ class MetricsWriter:
         return rows
 
     def write(self, row: dict) -> None:
+        if self.events is not None:
+            self.events.write(row.get("step", 0), row)
         row = {k: _plain(v) for k, v in row.items()}
         self.rows.append(row)
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
                 f.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard event file (a later ``write`` opens a new one)."""
+        if self.events is not None:
+            self.events.close()
 
 
 def _plain(value):
@@ -352,6 +376,8 @@ def run_checkpointed_steps(start_step: int, last_step: int, one_step, *, save, c
         except BaseException:
             checkpointer.abort()  # background writes end before the error reaches the user
             raise
+        finally:
+            metrics.close()  # the TensorBoard event file, on every way out (SIGTERM's early end included)
         checkpointer.close()
     return LoopEnd(step, preempted, time.perf_counter() - wall_start, blocked)
 
@@ -400,42 +426,13 @@ def plot_curves(path: pathlib.Path, rows: list[dict], keys: Iterable[str], title
 def begin(cfg: RunConfig, preflight: Callable[[Any], None] | None = None) -> pathlib.Path:
     """Step 1 of a run: ``jax.distributed`` when ``multihost`` (before any JAX computation), the checks
     of ``preflight(cfg)`` against the environment (devices, ...), then the workdir, created and checked
-    writable -- so a refused run leaves nothing on disk."""
+    writable (so a run the checks refuse leaves nothing on disk) and locked for this process."""
     maybe_initialize_distributed(cfg)
     if preflight is not None:
         preflight(cfg)
     workdir = require_workdir(cfg.workdir)
-    lock_workdir(workdir, cfg)
+    workdir_lock.acquire(workdir, jax.process_index() if cfg.multihost else 0)
     return workdir
-
-
-_LOCKS: dict[str, Any] = {}  # workdir -> open lock file, held until the process exits
-
-
-def lock_workdir(workdir: pathlib.Path, cfg: RunConfig) -> None:
-    """Takes ``workdir/.lock`` (one per process index) for the life of this process: a second run on a
-    live workdir would delete the first one's in-flight checkpoint. ValueError naming the holder."""
-    import fcntl
-
-    import jax
-
-    path = workdir / f".lock.{jax.process_index() if cfg.multihost else 0}"
-    if str(path) in _LOCKS:  # this process already runs here (a resumed run in a notebook or a test)
-        return
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ValueError(f"workdir={str(workdir)!r} is in use by a running training ({holder}); wait for it, "
-                         "stop it, or use another workdir") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
-    handle.flush()
-    _LOCKS[str(path)] = handle
 
 
 @dataclasses.dataclass
@@ -473,6 +470,7 @@ class Run:
                done: str = "done") -> dict:
         """Step 5: ``summary.json`` and the PNG curves ``(file, metric keys, title, y label)`` (process 0),
         and the closing log line."""
+        self.metrics.close()
         if self.is_main:
             write_json_atomic(self.workdir / "summary.json", summary)
             for name, keys, title, ylabel in curves:

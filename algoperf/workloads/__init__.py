@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 
+from algoperf.metrics import Target, is_minimized
+
 # name -> "module:Class"
 WORKLOADS = {
     "mnist1d": "algoperf.workloads.mnist1d:Mnist1dWorkload",
@@ -52,9 +54,7 @@ def get_workload(name: str, data_dir: str | None = None):
 
 
 def validation_targets() -> dict:
-    """{workload: scoring.Target} for every registered workload (class attributes, no data loaded)."""
-    from algoperf.scoring import Target, is_minimized
-
+    """{workload: metrics.Target} for every registered workload (class attributes, no data loaded)."""
     out = {}
     for name in WORKLOADS:
         cls = workload_class(name)

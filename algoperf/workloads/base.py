@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algoperf import jax_sharding_utils, spec
-from algoperf.scoring import is_minimized
+from algoperf.metrics import is_minimized, meets_target
 
 SPLITS = ("train", "eval_train", "validation", "test")
 
@@ -241,9 +241,7 @@ class BaseWorkload(spec.Workload):
 
     def _reached(self, eval_result, split: str, target: float) -> bool:
         value = eval_result.get(f"{split}/{self.target_metric_name}")
-        if value is None or not math.isfinite(value):
-            return False
-        return value <= target if is_minimized(self.target_metric_name) else value >= target
+        return meets_target(value, target, is_minimized(self.target_metric_name))
 
     def has_reached_validation_target(self, eval_result) -> bool:
         return self._reached(eval_result, "validation", self.validation_target_value)

@@ -36,7 +36,7 @@ from parallel.moe.config import MoEConfig
 
 
 # Bucketed bulk capacity / mean expert load: on GPU a padded batched GEMM is cheap next to the overflow
-# loop's per-iteration cost, so the bulk holds nearly every expert's whole load (the H100 run in README:
+# loop's per-iteration cost, so the bulk holds nearly every expert's whole load (the H100 run in results/moe/README.md:
 # no overflow at 16k tokens, grouped GEMM 1.00-1.07x dense); on CPU (where ``auto`` is blocked) every padded
 # slot costs its FLOPs, so a forced bucketed layout keeps the bulk at the mean load.
 BUCKET_FACTOR = {"cpu": 1.0, "gpu": 1.25, "tpu": 1.25}
@@ -177,7 +177,7 @@ def grouped_matmul(x: jax.Array, w: jax.Array, groups: Groups, impl: str, block:
 
 def resolve_impl(impl: str) -> str:
     """``auto``: ``blocked`` on CPU, ``bucketed`` on GPU, ``ragged`` on TPU. Measured by
-    scripts/bench_moe.py (README, MoE results): XLA:CPU and XLA:GPU (H100, jax 0.11.2) lower ``ragged_dot``
+    scripts/bench_moe.py (results/moe/README.md): XLA:CPU and XLA:GPU (H100, jax 0.11.2) lower ``ragged_dot``
     to a dense masked product (E x the FLOPs; 6-45x the dense-equivalent time on the H100). On the H100
     the bucketed batched GEMM runs at 1.00-1.07x the dense-equivalent GEMMs and the blocked loop at
     4-10x; on XLA:CPU the batched dot itself is 1.2-1.45x a plain GEMM, and blocked is faster there.

@@ -8,8 +8,8 @@ Two searches (:data:`SEARCHES`) for a given number of workers: ``default`` is CP
 one worker is a single tree search (no large-neighbourhood search, LNS: from a hint it hardly moves);
 ``portfolio`` sets CP-SAT's ``interleave_search`` (experimental in OR-Tools 9.x): its subsolvers, LNS ones
 included, take turns on the workers, so one worker runs the whole portfolio, deterministically apart from
-where the time limit falls. On job shop it is much the stronger one-worker search (README, job-shop
-results), and the one where a good hint pays: LNS starts from it.
+where the time limit falls. On job shop it is much the stronger one-worker search (results/jssp/README.md),
+and the one where a good hint pays: LNS starts from it.
 """
 from __future__ import annotations
 

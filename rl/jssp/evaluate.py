@@ -1,5 +1,5 @@
-r"""Evaluating job-shop solvers on Taillard (shipped) or a directory of instances in the standard format, and
-choosing a trained policy's sampling temperature.
+r"""Evaluating job-shop solvers on Taillard (shipped) or a directory of instances in the standard format
+(``scripts/eval_jssp.py``; :class:`EvalConfig`).
 
 Solvers (:func:`make_runner`): the dispatching rules spt, mwkr, mopnr, fdd_mwkr (:mod:`rl.jssp.rules`, in
 the JAX environment), cpsat (OR-Tools, ``time_limit`` s per instance, or each instance's ``wall_time_s``
@@ -7,9 +7,9 @@ from ``time_limit_from``, e.g. the agent's; ``cpsat_search``: CP-SAT's one-worke
 interleaved portfolio, :data:`rl.jssp.cpsat.SEARCHES`), agent_cpsat (:func:`hinted_cpsat_runner`) and
 agent (the policy in ``policy_dir``, default the shipped one; ``samples=0`` greedy, with the policy's
 ``greedy_noop_threshold`` from its policy.json, ``B > 0``: B sampled schedules in parallel at the policy's
-``sampling_temperature`` (set by :func:`tune`; 1 if absent) or ``temperature``, the best kept). Every
-schedule is checked by the independent validator (:mod:`rl.jssp.validate`) before it is reported
-(:func:`evaluate`).
+``sampling_temperature`` (set by :func:`rl.jssp.tuning.tune_sampling`; 1 if absent) or ``temperature``,
+the best kept). Every schedule is checked by the independent validator (:mod:`rl.jssp.validate`) before it
+is reported (:func:`evaluate`).
 
 :func:`run` is ``scripts/eval_jssp.py``: its records (``out``) are a JSON list, one per instance:
 instance (file stem), size, solver, makespan, start_times (jobs x operations, in each job's processing
@@ -17,11 +17,6 @@ order), gap (% to the best known upper bound, when known) and wall_time_s (compi
 is warmed up first); CP-SAT solvers add cpsat_search, agent_cpsat also hint_bound, agent_share and the
 agent's part (agent_makespan, agent_schedules: how many it made, agent_wall_time_s). It prints the mean
 gap per instance-size group (:func:`group_table`). :func:`tour_step` is the tour's small-scale run.
-
-:func:`tune` is ``scripts/tune_jssp_sampling.py``: on fresh random instances (never Taillard) each
-candidate temperature gets the mean best-of-``samples`` makespan (``agent.select_sampling_temperature``),
-the smallest wins (ties: the earlier candidate), and it is stored in the policy's policy.json
-(``sampling_temperature``; ``eval_jssp --samples=B`` then samples at it).
 """
 from __future__ import annotations
 
@@ -36,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from rl.jssp import agent, cpsat, instances, rules, validate
+from rl.jssp import cpsat, inference, instances, policy_io, rules, validate
 from training import run as run_lib
 
 SOLVERS = rules.RULES + ("cpsat", "agent", "agent_cpsat")
@@ -81,7 +76,7 @@ class EvalConfig:
     cpsat_search: str = "default"
     hint_bound: bool = True
     agent_share: float = 0.2
-    policy_dir: str = str(agent.TRAINED_DIR)
+    policy_dir: str = str(policy_io.TRAINED_DIR)
     seed: int = 0
     temperature: float | None = None
     bounds: str = ""
@@ -165,7 +160,7 @@ def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits:
         t0 = time.perf_counter()
         states = jax.block_until_ready(fn(m, d))
         wall = time.perf_counter() - t0
-        cmax, start = agent.best_of(states)
+        cmax, start = inference.best_of(states)
         return cmax, start, wall
     return run
 
@@ -173,10 +168,10 @@ def make_runner(solver: str, samples: int = 0, time_limit: float = 10.0, limits:
 def policy_solver(policy_dir: str | None, temperature: float | None):
     """``solve(machines, durations, key, samples) -> final states`` of the policy in ``policy_dir`` (default:
     the shipped one) at ``temperature`` (default: its policy.json's sampling_temperature, else 1)."""
-    model, params, info = agent.load_policy(policy_dir or agent.TRAINED_DIR)
+    model, params, info = policy_io.load_policy(policy_dir or policy_io.TRAINED_DIR)
     if temperature is None:
         temperature = float(info.get("sampling_temperature", 1.0))
-    solve = agent.make_solver(model, info.get("greedy_noop_threshold"), temperature)
+    solve = inference.make_solver(model, info.get("greedy_noop_threshold"), temperature)
     return lambda m, d, key, samples: solve(params, m, d, key, samples)
 
 
@@ -202,11 +197,11 @@ def anytime_agent_runner(samples: int, policy_dir: str | None = None, seed: int 
                     round_s[inst.machines.shape] = time.perf_counter() - t
         key = jax.random.PRNGKey(seed)
         t0 = time.perf_counter()
-        best = agent.best_of(solve(m, d, key, 0))
+        best = inference.best_of(solve(m, d, key, 0))
         predicted, rounds = round_s[inst.machines.shape], 0
         while samples and time.perf_counter() - t0 + predicted <= allowance_s:
             t = time.perf_counter()
-            cmax, start = agent.best_of(solve(m, d, jax.random.fold_in(key, rounds), samples))
+            cmax, start = inference.best_of(solve(m, d, jax.random.fold_in(key, rounds), samples))
             predicted, rounds = time.perf_counter() - t, rounds + 1
             if cmax < best[0]:
                 best = (cmax, start)
@@ -283,7 +278,10 @@ def read_time_limits(path: str, insts) -> dict[str, float]:
     file = pathlib.Path(path)
     if not file.is_file():
         raise ValueError(f"time_limit_from={path!r} does not exist")
-    limits = {r["instance"]: r["wall_time_s"] for r in json.loads(file.read_text())}
+    records = json.loads(file.read_text())
+    if isinstance(records, dict) and "records" in records:  # a results file: {"provenance", "records"}
+        records = records["records"]
+    limits = {r["instance"]: r["wall_time_s"] for r in records}
     missing = [i.name for i in insts if i.name not in limits]
     if missing:
         raise ValueError(f"time_limit_from={path!r} has no wall_time_s for {missing[:5]}")
@@ -297,8 +295,6 @@ def run(cfg: EvalConfig) -> list[dict]:
     bounds = instances.read_bounds(cfg.bounds) if cfg.bounds else (
         instances.load_bounds() if cfg.instances == "taillard" else {})
     limits = read_time_limits(cfg.time_limit_from, insts) if cfg.time_limit_from else None
-    if cfg.out:
-        pathlib.Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     runner = make_runner(cfg.solver, cfg.samples, cfg.time_limit, limits, cfg.workers, cfg.policy_dir, cfg.seed,
                          cfg.temperature, cfg.cpsat_search, cfg.hint_bound, cfg.agent_share)
     records = evaluate(insts, runner, cfg.solver, bounds)
@@ -331,119 +327,3 @@ def tour_step(workdir: pathlib.Path) -> dict:
         run_lib.write_json_atomic(workdir / f"{name}.json", records)
         out[f"{name}_mean_gap_pct"] = round(float(np.mean([r["gap"] for r in records])), 2)
     return out
-
-
-# ----------------------------------------------------------------------------- sampling temperature
-def parse_size(size: str) -> tuple[int, int]:
-    dims = size.split("x")
-    if len(dims) != 2 or not all(d.isdigit() and int(d) >= 1 for d in dims):
-        raise ValueError(f"size={size!r} is not JOBSxMACHINES (e.g. 15x15)")
-    return int(dims[0]), int(dims[1])
-
-
-@dataclasses.dataclass(frozen=True)
-class TuneConfig:
-    """Choosing a trained policy's sampling temperature (``scripts/tune_jssp_sampling.py``).
-
-    policy_dir: Policy directory (policy.msgpack + policy.json); its policy.json receives the choice.
-    size: Validation instance size JOBSxMACHINES.
-    instances: Validation instances.
-    samples: Samples per instance (best kept).
-    seed: Seed of the validation instances and of the sampling.
-    """
-    policy_dir: str = str(agent.TRAINED_DIR)
-    size: str = "15x15"
-    instances: int = 16
-    samples: int = 128
-    seed: int = 0
-
-    def __post_init__(self):
-        parse_size(self.size)
-        run_lib.require_positive(self, "instances", "samples")
-
-
-def tune(cfg: TuneConfig, candidates=agent.SAMPLING_TEMPERATURES) -> dict:
-    """Selects the temperature and writes it (with the table) into ``cfg.policy_dir``/policy.json."""
-    jobs, machines = parse_size(cfg.size)
-    model, params, info = agent.load_policy(cfg.policy_dir)
-    rng = np.random.default_rng([cfg.seed, 777])
-    insts = [instances.random_instance(rng, jobs, machines) for _ in range(cfg.instances)]
-    m = jnp.asarray(np.stack([i.machines for i in insts]))
-    d = jnp.asarray(np.stack([i.durations for i in insts]))
-    choice, means = agent.select_sampling_temperature(model, params, m, d, cfg.samples, candidates,
-                                                      noop_threshold=info.get("greedy_noop_threshold"))
-    info.update(sampling_temperature=choice, sampling_temperature_tuning={
-        "size": cfg.size, "instances": cfg.instances, "samples": cfg.samples, "seed": cfg.seed,
-        "mean_best_makespan_by_temperature": means})
-    run_lib.write_json_atomic(pathlib.Path(cfg.policy_dir) / "policy.json", info)
-    out = info["sampling_temperature_tuning"] | {"sampling_temperature": choice}
-    logging.info("%s", json.dumps(out))
-    return out
-
-
-# ----------------------------------------------------------------------------- generated test sets
-@dataclasses.dataclass(frozen=True)
-class MakeSetConfig:
-    """A test set of generated instances with CP-SAT bounds (``scripts/make_jssp_instances.py``).
-
-    out_dir: Directory that receives one instance file per instance (<family>_<size>_<i>.txt) and bounds.csv.
-    families: Instance families (rl.jssp.instances.DISTRIBUTIONS), comma-separated.
-    sizes: Sizes JOBSxMACHINES, comma-separated.
-    count: Instances per family and size.
-    seed: Seed of the set (the training run's validation sets use their own keys).
-    bound_time_limit: CP-SAT seconds per instance for bounds.csv (upper_bound: its best schedule,
-      lower_bound: its proven bound).
-    workers: CP-SAT search workers.
-    """
-    out_dir: str = ""
-    families: str = ",".join(instances.DISTRIBUTIONS)
-    sizes: str = "20x15"
-    count: int = 10
-    seed: int = 2026
-    bound_time_limit: float = 10.0
-    workers: int = 1
-
-    def __post_init__(self):
-        instances.parse_distributions(self.families, "families")
-        [parse_size(s) for s in self.sizes.split(",")]
-        run_lib.require_positive(self, "count", "workers")
-        if not self.bound_time_limit > 0:
-            raise ValueError(f"bound_time_limit={self.bound_time_limit} must be > 0 seconds")
-
-
-def bounds_row(inst: instances.Instance, time_limit_s: float, workers: int, seed: int) -> dict:
-    """upper_bound, lower_bound, status of one instance: CP-SAT's best schedule and proven bound; if CP-SAT
-    finds no schedule in ``time_limit_s`` (large instances, short limits), FDD/MWKR's makespan and the simple
-    lower bound, status RULE, so a set is always complete."""
-    try:
-        res = cpsat.solve(inst.machines, inst.durations, time_limit_s=time_limit_s, workers=workers, seed=seed)
-        return {"upper_bound": res.makespan, "lower_bound": res.lower_bound, "status": res.status}
-    except cpsat.NoScheduleFound:
-        cmax, _ = rules.solve(inst.machines, inst.durations, "fdd_mwkr")
-        return {"upper_bound": cmax, "lower_bound": instances.simple_lower_bound(inst.machines, inst.durations),
-                "status": "RULE"}
-
-
-def make_set(cfg: MakeSetConfig) -> list[dict]:
-    """Writes the set's instance files and bounds.csv (rows: instance, family, upper_bound, lower_bound,
-    status); returns the rows. Evaluate any solver on it with ``eval_jssp --instances=DIR
-    --bounds=DIR/bounds.csv``."""
-    if not cfg.out_dir:
-        raise ValueError("out_dir='' is required (the directory that receives the instances and bounds.csv)")
-    out = pathlib.Path(cfg.out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for f, dist in enumerate(instances.parse_distributions(cfg.families, "families")):
-        for size in cfg.sizes.split(","):
-            J, M = parse_size(size)
-            key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(cfg.seed), f), J * 100_003 + M)
-            machines, durations = map(np.asarray, instances.generate_batch_jax(key, cfg.count, J, M, dist))
-            for i in range(cfg.count):
-                inst = instances.Instance(f"{dist.name}_{size}_{i:02d}", machines[i], durations[i])
-                (out / f"{inst.name}.txt").write_text(instances.format_instance(inst))
-                row = bounds_row(inst, cfg.bound_time_limit, cfg.workers, cfg.seed)
-                rows.append({"instance": inst.name, "family": dist.name, **row})
-                logging.info("%s: %s %d (bound %d)", inst.name, row["status"], row["upper_bound"],
-                             row["lower_bound"])
-    run_lib.write_csv_atomic(out / "bounds.csv", rows, list(rows[0]))
-    return rows

@@ -274,6 +274,14 @@ DISTRIBUTIONS = {d.name: d for d in (
 )}
 
 
+def parse_size(size: str) -> tuple[int, int]:
+    """``"15x10"`` -> (15, 10): jobs and machines (ValueError naming ``size`` unless JOBSxMACHINES)."""
+    dims = size.split("x")
+    if len(dims) != 2 or not all(d.isdigit() and int(d) >= 1 for d in dims):
+        raise ValueError(f"size={size!r} is not JOBSxMACHINES (e.g. 15x15)")
+    return int(dims[0]), int(dims[1])
+
+
 def parse_distributions(spec: str, what: str = "distributions") -> tuple[Distribution, ...]:
     """``"taillard,two_sets"`` -> the named :data:`DISTRIBUTIONS` (ValueError naming an unknown one)."""
     names = [s.strip() for s in spec.split(",") if s.strip()]

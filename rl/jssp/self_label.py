@@ -26,14 +26,14 @@ import jax.numpy as jnp
 import optax
 
 from models.jssp_policy import JobShopPolicy
-from rl.jssp import agent, env, instances
+from rl.jssp import env, inference, instances, ppo
 from training.run import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
 class SelfLabelConfig:
     """The label search. The iteration's shape (instance size, ``batch``, ``rollout_factor``, ``epochs``,
-    ``minibatches``) and optimiser are the PPO settings' (:class:`rl.jssp.agent.PPOConfig`), shared.
+    ``minibatches``) and optimiser are the PPO settings' (:class:`rl.jssp.ppo.PPOConfig`), shared.
 
     beta: Schedules sampled per instance for its label (SPN trains with 256 on a GPU).
     label_temperature: Sampling temperature of the label search (SPN: 1).
@@ -62,7 +62,7 @@ def sample_schedules(model: JobShopPolicy, params, problems: env.Problem, key: j
 
     def body(states, k):
         logits, _ = model.apply({"params": params}, env.batch_observe(problems, states, W))
-        a = jax.random.categorical(k, (logits if waits else agent.without_noop(logits)) / temperature)
+        a = jax.random.categorical(k, (logits if waits else inference.without_noop(logits)) / temperature)
         alive = ~env.batch_is_done(problems, states)
         states, _, _ = env.batch_step(problems, states, a)
         return states, jnp.where(alive, a, -1)
@@ -71,7 +71,7 @@ def sample_schedules(model: JobShopPolicy, params, problems: env.Problem, key: j
     return actions.T, final
 
 
-def label_horizon(shape: agent.PPOConfig, cfg: SelfLabelConfig) -> int:
+def label_horizon(shape: ppo.PPOConfig, cfg: SelfLabelConfig) -> int:
     """Actions sampled per schedule: ``J * M`` among the jobs only (one dispatch each; a longer horizon only
     pads finished samples, and halving it halves the sampling, most of a step's time), else the
     rollout length (No-Ops included)."""
@@ -99,7 +99,7 @@ def label_cross_entropy(logits: jax.Array, actions: jax.Array, mask: jax.Array) 
     return (nll * m).sum() / jnp.maximum(m.sum(), 1.0)
 
 
-def make_self_label_step(model: JobShopPolicy, optimizer: optax.GradientTransformation, shape: agent.PPOConfig,
+def make_self_label_step(model: JobShopPolicy, optimizer: optax.GradientTransformation, shape: ppo.PPOConfig,
                          cfg: SelfLabelConfig, distribution: instances.Distribution):
     """``step(state: TrainState) -> (state, metrics)``: one self-labelling iteration (module docstring) on
     ``shape.batch`` instances of ``shape.num_jobs`` x ``shape.num_machines`` drawn from ``distribution``."""
@@ -107,7 +107,7 @@ def make_self_label_step(model: JobShopPolicy, optimizer: optax.GradientTransfor
 
     def loss_fn(params, obs, actions, mask):
         logits, _ = model.apply({"params": params}, obs)
-        return label_cross_entropy(logits if cfg.label_waits else agent.without_noop(logits), actions, mask)
+        return label_cross_entropy(logits if cfg.label_waits else inference.without_noop(logits), actions, mask)
 
     def step(state: TrainState):
         rng, k_inst, k_sample, k_perm = jax.random.split(state.rng, 4)
@@ -121,7 +121,7 @@ def make_self_label_step(model: JobShopPolicy, optimizer: optax.GradientTransfor
         cmax = env.batch_makespan(repeated, final).reshape(B, beta)
         labels, label_cmax, has_label = pick_labels(actions.reshape(B, beta, T), cmax, finished)
         labels = jnp.where(has_label[:, None], labels, -1)
-        obs, mask = agent.replay_observations(problems, labels, W)  # [T, B, ...]
+        obs, mask = ppo.replay_observations(problems, labels, W)  # [T, B, ...]
         data = {"obs": obs, "a": labels.T, "mask": mask}
         data = jax.tree.map(lambda x: x.reshape((T * B,) + x.shape[2:]), data)
         n = T * B // shape.minibatches * shape.minibatches

@@ -1,4 +1,4 @@
-r"""Training the job-shop dispatching policy (:mod:`rl.jssp.agent`, :mod:`models.jssp_policy`) on random
+r"""Training the job-shop dispatching policy (:mod:`rl.jssp.ppo`, :mod:`models.jssp_policy`) on random
 instances, with PPO and CP-SAT-improved demonstrations (``algorithm=ppo``, Tassel et al. ICAPS'23) or by
 self-labelling (``algorithm=self_label``, :mod:`rl.jssp.self_label`, Corsini et al. ICML'24), optionally
 starting from an exported policy (``init_from``): ``train(TrainJSSPConfig(...)) -> summary``.
@@ -19,12 +19,12 @@ schedule) improves them, and a behaviour-cloning term on the improved schedules 
 (:func:`refreshes_demos`). The learning rate decays (cosine) to ``lr_end_frac`` of ``lr`` at ``steps`` when
 ``lr_decay``. A self-labelling step samples ``beta`` schedules of each of ``batch`` new instances and imitates
 each instance's best (:func:`rl.jssp.self_label.make_self_label_step`). On export, the greedy No-Op threshold
-(``agent.greedy_action``) of the best validation makespan is stored in policy.json. The shipped policy's exact command is in
-rl/jssp/trained/policy.json.
+(``inference.greedy_action``) of the best validation makespan is stored in policy.json. The shipped policy's
+exact command is in rl/jssp/trained/policy.json.
 
-Writes config.json, metrics.jsonl, curves.png, summary.json, Orbax checkpoints (the training state and the
-current demonstrations; re-running resumes, SIGTERM checkpoints and exits 0) and, with ``export_dir``, the
-final policy as policy.msgpack + policy.json.
+Writes config.json, metrics.jsonl (and TensorBoard event files), curves.png, summary.json, Orbax checkpoints
+(the training state and the current demonstrations; re-running resumes, SIGTERM checkpoints and exits 0) and,
+with ``export_dir``, the final policy as policy.msgpack + policy.json.
 """
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ from absl import logging
 
 from models.jssp_policy import PolicyConfig
 from parallel import checkpoint as ckpt_lib
-from rl.jssp import agent, instances, rules
+from rl.jssp import inference, instances, policy_io, rules, tuning
+from rl.jssp import ppo as ppo_lib
 from rl.jssp import self_label as self_label_lib
 from training import run as run_lib
 from training import config as config_lib
@@ -87,7 +88,7 @@ class TrainJSSPConfig(run_lib.RunConfig):
     steps: int = 300
     curriculum: str = ""
     lr_decay: bool = False
-    ppo: agent.PPOConfig = group(agent.PPOConfig, exclude=("lr_decay_steps",))
+    ppo: ppo_lib.PPOConfig = group(ppo_lib.PPOConfig, exclude=("lr_decay_steps",))
     cpsat_every: int = 5
     cpsat_time_limit: float = 0.5
     bc_boost: float = 1.0
@@ -119,12 +120,43 @@ class TrainJSSPConfig(run_lib.RunConfig):
 
     def stages(self) -> tuple[tuple[int, int, int], ...]:
         """The curriculum: (jobs, machines, first step) per size; by default one size from step 0."""
-        return agent.parse_curriculum(self.curriculum or f"{self.ppo.num_jobs}x{self.ppo.num_machines}:0")
+        return parse_curriculum(self.curriculum or f"{self.ppo.num_jobs}x{self.ppo.num_machines}:0")
 
-    def ppo_config(self, size: tuple[int, int] | None = None) -> agent.PPOConfig:
+    def ppo_config(self, size: tuple[int, int] | None = None) -> ppo_lib.PPOConfig:
         """The PPO settings of one curriculum size (default: the first)."""
         J, M = size or self.stages()[0][:2]
         return dataclasses.replace(self.ppo, num_jobs=J, num_machines=M)
+
+
+# ----------------------------------------------------------------------------- size curriculum
+# Tassel et al. train one size-agnostic network (L2D trains one per size): the instance size of each iteration
+# comes from a mix that grows from small to larger sizes.
+def parse_curriculum(spec: str) -> tuple[tuple[int, int, int], ...]:
+    """``"10x10:0,15x15:200"`` -> ((10, 10, 0), (15, 15, 200)): each size joins the training mix after
+    the given number of iterations; the first must start at 0 and the starts must increase."""
+    stages = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        size, _, start = part.partition(":")
+        dims = size.split("x")
+        if len(dims) != 2 or not all(d.isdigit() and int(d) >= 1 for d in dims) or not start.isdigit():
+            raise ValueError(f"curriculum={spec!r}: {part!r} is not JOBSxMACHINES:START_STEP (e.g. 15x15:200)")
+        stages.append((int(dims[0]), int(dims[1]), int(start)))
+    if not stages:
+        raise ValueError(f"curriculum={spec!r} names no size")
+    if stages[0][2] != 0 or any(b[2] <= a[2] for a, b in zip(stages, stages[1:])):
+        raise ValueError(f"curriculum={spec!r}: the first size must start at 0 and the starts must increase")
+    if len({s[:2] for s in stages}) != len(stages):
+        raise ValueError(f"curriculum={spec!r} repeats a size")
+    return tuple(stages)
+
+
+def curriculum_size(step: int, stages: tuple[tuple[int, int, int], ...]) -> tuple[int, int]:
+    """(jobs, machines) of iteration ``step`` (1-based): round robin over the sizes that have joined by
+    then (a size with start ``s`` joins at iteration ``s + 1``), newest first from the latest join, so
+    that each newly joined size trains on its first iteration."""
+    active = [s for s in stages if s[2] < step]
+    newest_first = active[::-1]
+    return newest_first[(step - 1 - active[-1][2]) % len(active)][:2]
 
 
 def check_init_from(directory: str, policy: PolicyConfig) -> None:
@@ -145,7 +177,7 @@ def check_init_from(directory: str, policy: PolicyConfig) -> None:
 def step_plan(step: int, cfg: TrainJSSPConfig) -> tuple[tuple[int, int], str]:
     """(size, family) of iteration ``step`` (1-based): the curriculum's size, the families in turn."""
     families = [d.name for d in instances.parse_distributions(cfg.distributions)]
-    return agent.curriculum_size(step, cfg.stages()), families[(step - 1) % len(families)]
+    return curriculum_size(step, cfg.stages()), families[(step - 1) % len(families)]
 
 
 def size_key(size: tuple[int, int]) -> str:
@@ -159,10 +191,10 @@ def refreshes_demos(step: int, cfg: TrainJSSPConfig) -> bool:
     if not cfg.ppo.cpsat_instances or cfg.algorithm != "ppo":
         return False
     stages = cfg.stages()
-    size = agent.curriculum_size(step, stages)
+    size = curriculum_size(step, stages)
     if step <= cfg.bc_boost_steps:
         return True
-    uses = sum(agent.curriculum_size(s, stages) == size for s in range(1, step))
+    uses = sum(curriculum_size(s, stages) == size for s in range(1, step))
     return uses % cfg.cpsat_every == 0
 
 
@@ -218,11 +250,11 @@ def keep_best(best: dict, params, report: dict, step: int) -> dict:
 
 def initial_state(cfg: TrainJSSPConfig, model, optimizer) -> run_lib.TrainState:
     """The fresh training state; with ``init_from``, that policy's parameters and a fresh optimiser."""
-    state = agent.init_state(model, optimizer, cfg.seed)
+    state = ppo_lib.init_state(model, optimizer, cfg.seed)
     if not cfg.init_from:
         return state
     try:
-        _, params, _ = agent.load_policy(pathlib.Path(cfg.init_from).expanduser())
+        _, params, _ = policy_io.load_policy(pathlib.Path(cfg.init_from).expanduser())
     except Exception as e:  # msgpack's errors have no common base; name the file instead of a traceback
         raise ValueError(f"init_from={cfg.init_from!r}: cannot read its policy.msgpack ({e})") from None
     params = jax.tree.map(jnp.asarray, params)
@@ -235,11 +267,11 @@ def train(cfg: TrainJSSPConfig) -> dict:
     pcfg = cfg.policy
     sizes = [s[:2] for s in cfg.stages()]
     ppos = {size_key(z): cfg.ppo_config(z) for z in sizes}
-    model = agent.make_model(pcfg)
-    optimizer = agent.make_optimizer(ppos[size_key(sizes[0])])
+    model = policy_io.make_model(pcfg)
+    optimizer = ppo_lib.make_optimizer(ppos[size_key(sizes[0])])
     first = initial_state(cfg, model, optimizer)
     state = {"train": first,
-             "demos": {k: jax.tree.map(jnp.asarray, agent.empty_demos(p)) for k, p in ppos.items()},
+             "demos": {k: jax.tree.map(jnp.asarray, ppo_lib.empty_demos(p)) for k, p in ppos.items()},
              "best": {"params": jax.tree.map(jnp.copy, first.params), "val_gap_lb_pct": jnp.asarray(np.inf, jnp.float32),
                       "step": jnp.asarray(0, jnp.int32)}}
     run = run_lib.open_run(cfg, workdir, ckpt_lib.abstract_like(state),
@@ -257,14 +289,14 @@ def train(cfg: TrainJSSPConfig) -> dict:
                 fn = self_label_lib.make_self_label_step(model, optimizer, ppos[key], cfg.self_label, dist)
                 full = lambda s, fn=fn: _self_label_step(s, fn)  # noqa: E731
             else:
-                fn = agent.make_train_step(model, optimizer, ppos[key], dist)
+                fn = ppo_lib.make_train_step(model, optimizer, ppos[key], dist)
                 full = lambda s, fn=fn: _full_step(s, fn, key)  # noqa: E731
             train_steps[key, family] = ckpt_lib.DonationSafeStep(full, run.checkpointer,
                                                                  (ckpt_lib.abstract_like(state),))
         return train_steps[key, family]
 
-    solver = agent.make_solver(model)
-    sweep = agent.make_threshold_sweep(model)
+    solver = inference.make_solver(model)
+    sweep = tuning.make_threshold_sweep(model)
     val = validation_set(cfg)
     logging.info("validation: %d instances of %s; FDD/MWKR's gap to the lower bound %s", len(val.lower_bound),
                  ", ".join(val.families), {k: round(v, 2) for k, v in val.report(val.fdd_mwkr).items()
@@ -273,7 +305,7 @@ def train(cfg: TrainJSSPConfig) -> dict:
     def evaluate(params) -> dict:
         """The validation report of the greedy policy at its best No-Op threshold (the one export ships)."""
         by_threshold = sweep(params, val.machines, val.durations)
-        threshold, _ = agent.best_noop_threshold(by_threshold)
+        threshold, _ = tuning.best_noop_threshold(by_threshold)
         return dict(val.report(by_threshold[threshold]), val_noop_threshold=-1.0 if threshold is None else threshold)
 
     def save(step):
@@ -295,13 +327,13 @@ def train(cfg: TrainJSSPConfig) -> dict:
         key = size_key(size)
         demos = dict(state["demos"])
         if refreshes_demos(step, cfg):
-            new, cp_gain = agent.cpsat_demonstrations(
+            new, cp_gain = ppo_lib.cpsat_demonstrations(
                 solver, state["train"].params, ppos[key], np.random.default_rng([cfg.seed, step]),
                 cfg.cpsat_time_limit)
             demos[key] = jax.tree.map(jnp.asarray, new)
         if cfg.ppo.cpsat_instances and cfg.algorithm == "ppo":
             demos[key] = dict(demos[key], weight=jnp.asarray(
-                agent.bc_weight(step, cfg.bc_boost, cfg.bc_boost_steps), jnp.float32))
+                ppo_lib.bc_weight(step, cfg.bc_boost, cfg.bc_boost_steps), jnp.float32))
         state = dict(state, demos=demos)
         state, step_metrics = train_step_for(key, family)(state)
         row = {}
@@ -328,11 +360,11 @@ def train(cfg: TrainJSSPConfig) -> dict:
                done="preempted" if end.preempted else "done")
     if cfg.export_dir and not end.preempted:
         params = state["best"]["params"]
-        threshold, by_threshold = agent.best_noop_threshold(sweep(params, val.machines, val.durations))
+        threshold, by_threshold = tuning.best_noop_threshold(sweep(params, val.machines, val.durations))
         logging.info("exporting step %d (validation gap %.2f %%); greedy No-Op threshold %s (validation mean "
                      "makespan per threshold: %s)", best_step, summary["selected_val_gap_lb_pct"], threshold,
                      by_threshold)
-        agent.save_policy(cfg.export_dir, params, pcfg,
+        policy_io.save_policy(cfg.export_dir, params, pcfg,
                           {"greedy_noop_threshold": threshold, "validation_makespan_by_noop_threshold": by_threshold,
                            "trained_by": run_lib.command_line("scripts.train_jssp", cfg,
                                                               skip=("workdir", "export_dir", "overwrite")),
@@ -356,7 +388,7 @@ def tour_step(workdir: pathlib.Path) -> dict:
     five families; the validation gap at step 0 and at the selected (exported) step."""
     cfg = config_lib.from_flat(TrainJSSPConfig, dict(
         workdir=str(workdir), export_dir=str(pathlib.Path(workdir) / "export"), overwrite=True,
-        algorithm="self_label", init_from=str(agent.TRAINED_DIR), curriculum="8x6:0", batch=2, beta=8,
+        algorithm="self_label", init_from=str(policy_io.TRAINED_DIR), curriculum="8x6:0", batch=2, beta=8,
         rollout_factor=2.0, epochs=1, minibatches=2, lr=3e-5, steps=3, eval_every=1, eval_instances=2, log_every=1))
     summary = train(cfg)
     rows = [r for r in run_lib.MetricsWriter.read(pathlib.Path(workdir) / "metrics.jsonl") if r.get("step") == 0]

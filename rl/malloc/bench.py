@@ -43,7 +43,7 @@ class BenchMallocConfig:
 
     def __post_init__(self):
         run_lib.require_positive(self, "batch", "python_episodes", "search_batch", "simulations", "repeats")
-        run_lib.require_output_file("out", self.out, make_parents=True)
+        run_lib.require_output_file("out", self.out)
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -108,9 +108,8 @@ def run(cfg: BenchMallocConfig) -> dict:
     for k, v in figures.items():
         print(f"{k:<32} {v:>14.4g}")
     if cfg.out:
-        out = pathlib.Path(cfg.out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        run_lib.write_json_atomic(out, {"config": sizes, "machine": run_lib.machine_info(), "figures": figures,
-                                        "notes": "medians of repeats, warm-up excluded; one step = one "
-                                                 "decided buffer; simulations counted over the whole batch"})
+        run_lib.write_json_atomic(pathlib.Path(cfg.out), {
+            "config": sizes, "machine": run_lib.machine_info(), "figures": figures,
+            "notes": "medians of repeats, warm-up excluded; one step = one decided buffer; simulations counted "
+                     "over the whole batch"})
     return figures

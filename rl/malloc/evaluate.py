@@ -139,7 +139,7 @@ class EvalMallocConfig:
             agent_wall_times(self.time_limit_from)
         if self.weights:  # checked even when no solver uses it: a mistyped path is never silently ignored
             require_network_dir("weights", self.weights)
-        run_lib.require_output_file("out", self.out, make_parents=True)
+        run_lib.require_output_file("out", self.out)
 
     def _check_program_settings(self) -> None:
         """A program's settings: one source, not with instances; the capacity and cost settings only for it."""
@@ -191,16 +191,16 @@ def read_records(data) -> list[dict]:
 
 
 def agent_wall_times(path: str) -> dict[str, float]:
-    """{instance: wall_time_s} of the learned solver's records in the eval_malloc --out file ``path``;
+    """{instance: wall_time_s} of the learned solver's records in the eval_malloc ``out`` file ``path``;
     ValueError naming the file unless it holds exactly one muzero/alphazero/rollout record per instance."""
     import json
 
     file = pathlib.Path(path).expanduser()
     try:
-        records = read_records(json.loads(file.read_text()))
+        records = read_records(json.loads(file.read_text()))  # a results file {provenance, records} or a list
         learned = [(r["instance"], float(r["wall_time_s"])) for r in records if r.get("solver") in LEARNED]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"time_limit_from={path!r}: not an eval_malloc --out file ({type(e).__name__}: {e})")
+        raise ValueError(f"time_limit_from={path!r}: not an eval_malloc `out` file ({type(e).__name__}: {e})")
     times = dict(learned)
     if not times or len(times) != len(learned) or min(times.values()) <= 0:
         raise ValueError(f"time_limit_from={path!r}: needs exactly one muzero/alphazero/rollout record per "
@@ -357,8 +357,7 @@ def run(cfg: EvalMallocConfig) -> list[dict]:
         for inst in insts:
             print_comparison(inst, [r for r in records if r["instance"] == inst.name])
     if cfg.out:
-        out = pathlib.Path(cfg.out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = pathlib.Path(cfg.out).expanduser()  # write_json_atomic makes the missing folders
         command = run_lib.command_line("scripts.eval_malloc", cfg, skip=())
         run_lib.write_json_atomic(out, {"provenance": run_lib.provenance(command), "config": dataclasses.asdict(cfg),
                                         "instances": [describe(i) for i in insts], "summary": summary,
@@ -453,7 +452,7 @@ class MoveSetCheckConfig:
 
     def __post_init__(self):
         run_lib.require_positive(self, "count")
-        run_lib.require_output_file("out", self.out, make_parents=True)
+        run_lib.require_output_file("out", self.out)
 
 
 def check_move_set(cfg: MoveSetCheckConfig) -> dict:

@@ -32,7 +32,7 @@ below, the floor, the ceiling or an earlier-decided live buffer is therefore rea
 every packing that gravity compaction in either direction turns into one whose supports precede their
 loads. The previous move set (floor and tops only) kept the game's optimum at or above XLA's heuristic on
 87 % of the held-out windows; with this one it equals the unrestricted optimum on all 23
-(``results/malloc_eval.json``, solvers cpsat_game and cpsat).
+(``results/malloc/malloc_eval.json``, solvers cpsat_game and cpsat).
 
 It is NOT complete, and no move set of faces of earlier-decided buffers can be: a buffer may have to
 float strictly inside a free gap, leaving room beneath it for buffers that start later (they are not
@@ -40,7 +40,7 @@ placed yet, so no face marks that height). ``tests/test_malloc.py::test_no_face_
 keeps a 9-buffer instance where the optimum needs exactly that (CP-SAT 85, this game 84): its first
 buffer must sit at offset 1 so that a later 1-byte buffer fits under it. On random small instances such
 cases are rare: the game's optimum equals the unrestricted CP-SAT optimum on 4,999 of 5,000 random
-contended instances (``scripts/check_malloc_moves.py``, ``results/malloc_moves.json``) and on all 500 of the
+contended instances (``scripts/check_malloc_moves.py``, ``results/malloc/malloc_moves.json``) and on all 500 of the
 test's. A complete game would have to fix offsets lazily (choose each buffer's
 place in the vertical order of the live buffers and compute offsets as longest paths at the end) or
 enumerate offsets on a grid, at O(N^2) state or O(capacity) moves per step.

@@ -17,10 +17,11 @@ Every ``eval_every`` steps the search (deterministic, ``eval_simulations``) play
 (rl/malloc/instances/test), reported against the XLA heuristic (rl/malloc/baselines.py). These numbers are
 only logged; nothing is selected on them (the exported network is the final one).
 
-Writes config.json, metrics.jsonl, curves.png, summary.json, Orbax checkpoints of the whole training state
-(parameters, optimiser, replay, key: re-running resumes bit-for-bit; SIGTERM checkpoints and exits 0) and,
-with ``export_dir``, the final network as muzero.msgpack + muzero.json (with the command line that trains it
-and the search's ``q_scale``, chosen by ``muzero.select_q_scale`` on the shipped training instances).
+Writes config.json, metrics.jsonl (and TensorBoard event files), curves.png, summary.json, Orbax checkpoints
+of the whole training state (parameters, optimiser, replay, key: re-running resumes bit-for-bit; SIGTERM
+checkpoints and exits 0) and, with ``export_dir``, the final network as muzero.msgpack + muzero.json (with the
+command line that trains it and the search's ``q_scale``, chosen by ``muzero.select_q_scale`` on the shipped
+training instances).
 """
 from __future__ import annotations
 

@@ -114,7 +114,8 @@ def bench_inner(cfg: diloco_exp.TrainDiLoCoConfig, steps: int, repeats: int,
     for precision in precisions:
         tr = make_trainer(algo="diloco", inner_steps=10, outer_precision=precision)
         st = tr.init(params)
-        fn = lambda: tr.merge_fns[0](tr.sync_fns[0](st))  # noqa: E731
+        # sync returns (state, each worker's outer gradient finite): the merge takes the state
+        fn = lambda: tr.merge_fns[0](tr.sync_fns[0](st)[0])  # noqa: E731
         outer_s, _ = time_variants({"outer": (fn, ())}, repeats * 2)
         payload = tr.step_bytes(10, tr.fragment_shapes(params)).payload
         outer[precision] = {"outer_step_s": outer_s["outer"], "payload_bytes": payload,

@@ -123,7 +123,7 @@ class BenchDiLoCoLinkConfig:
         if self.netns:
             netns.validate_name(self.netns)
         if self.out:
-            run_lib.require_output_file("out", self.out, make_parents=True)
+            run_lib.require_output_file("out", self.out)
         flat = self.train_flat  # validates train_flags
         for row in self.plan():  # every run's settings are valid train_diloco settings
             self.train_config(row, flat)

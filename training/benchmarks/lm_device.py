@@ -1,4 +1,4 @@
-"""``train_lm`` against nanoGPT on one GPU, side by side in one run (scripts/device_check_lm.py).
+"""``train_lm`` against nanoGPT on one GPU, side by side in one run (tools/device_check_lm.py).
 
 Each part is one process (a fresh compile, as a user would run it) under its own time limit, so a part
 that fails or overruns leaves the others' figures. Our side's figures come from the run's own files

@@ -64,6 +64,7 @@ class BenchMultiprocessConfig:
 
     def __post_init__(self):
         run_lib.require_positive(self, "runs", "devices", "steps", "checkpoint_every")
+        run_lib.require_output_file("out", self.out)
         if not isinstance(self.processes, int) or self.processes < 2:
             raise ValueError(f"processes={self.processes!r} must be an integer >= 2")
         if self.script not in SCRIPTS:
@@ -142,7 +143,6 @@ def summary(rows: list[dict], modes: list[str]) -> dict:
 
 def run(cfg: BenchMultiprocessConfig) -> dict:
     run_lib.require_workdir(cfg.workdir)
-    run_lib.require_output_file("out", cfg.out, make_parents=True)
     path = cfg.out_path
     path.parent.mkdir(parents=True, exist_ok=True)
     record = json.loads(path.read_text()) if path.exists() else {"rows": []}
