@@ -14,10 +14,11 @@ the mallocGame's moves: the best return any game-playing agent can reach), muzer
 MuZero search, ``simulations`` per move, over the learned model of the network in ``weights``, default the
 shipped one in rl/malloc/trained/), alphazero (the same network and search, but the true game as recurrent
 function) and rollout (the true game, the network's prior, rollouts of XLA's heuristic in game moves as
-leaf values); all keep the best (true return) of the deterministic episode and ``samples`` - 1 Gumbel-noised ones. Every placement is
-checked by the independent validator (rl/malloc/validate.py) before it is reported. A learned solver's wall
-time excludes XLA's compilation for the padded size of the first instance only (one warm-up call): on a set
-of whole programs, each of its own size, the others' times include their compilation.
+leaf values); all keep the best (true return) of the deterministic episode and ``samples`` - 1 Gumbel-noised
+ones. Every placement is checked by the independent validator (rl/malloc/validate.py) before it is
+reported. A learned solver's wall time excludes XLA's compilation for the padded size of the first instance
+only (one warm-up call): on a set of whole programs, each of its own size, the others' times include their
+compilation (``warm_up=False``: every time includes it, what a person waits for; always so on a program).
 
 ``out`` is a JSON object: ``provenance`` (command, commit, date, machine), ``config``, ``instances`` (name,
 buffers, capacity, peak live bytes, total benefit, meta), ``summary`` (per solver, :func:`summarise`) and
@@ -88,6 +89,9 @@ class EvalMallocConfig:
     window: rollout: each leaf's heuristic rollout places only the next this many buffers (0: to the end).
     weights: muzero/alphazero/rollout: network directory (muzero.msgpack + muzero.json); default the shipped
       rl/malloc/trained.
+    warm_up: An instance directory: a learned solver's first instance is played once untimed, so that its
+      compilation is left out of the times (--nowarm_up: every time includes its compilation, what a person
+      waits for; always so for a --program / --hlo).
     memory_maps: Also for an instance directory, write each instance's memory-map PNG beside --out (always
       for a --program / --hlo).
     out: Write the records here (JSON).
@@ -111,6 +115,7 @@ class EvalMallocConfig:
     view: int = 64
     window: int = 0
     weights: str = ""
+    warm_up: bool = True
     memory_maps: bool = False
     out: str = ""
 
@@ -350,7 +355,7 @@ def run(cfg: EvalMallocConfig) -> list[dict]:
                              f"{len(missing)} of the instances (first: {missing[0]!r})")
     records = run_solvers(insts, cfg.solvers, cfg.time_limit, cfg.workers, cfg.seed, cfg.search_simulations,
                           cfg.weights, cfg.samples, time_limits, cfg.keep_best or cfg.whole_program, cfg.view,
-                          cfg.window, warm_up=not cfg.whole_program)
+                          cfg.window, warm_up=cfg.warm_up and not cfg.whole_program)
     summary = summarise(records)
     print_table(summary)
     if cfg.whole_program or len(insts) <= 8:

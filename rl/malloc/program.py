@@ -80,7 +80,8 @@ def program_hlo(spec: str) -> tuple[str, str]:
     try:
         text = extract.compiled_hlo(fn, *args)
     except Exception as e:  # noqa: BLE001 (a tracing or compile error in the user's function)
-        raise ValueError(f"program={spec!r}: compiling {spec.split(':')[1]}'s program failed ({_first_line(e)})") from None
+        raise ValueError(f"program={spec!r}: compiling {spec.split(':')[1]}'s program failed "
+                         f"({_first_line(e)})") from None
     return spec.replace(":", "."), text
 
 

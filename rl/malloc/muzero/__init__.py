@@ -62,19 +62,20 @@ from rl.malloc.muzero.mcts import (GLOBAL_FEATURES, SEARCHES, SLOT_FEATURES, Sea
                                    observation, rollout_value, search)
 from rl.malloc.muzero.replay import (Batch, Episodes, Replay, demo_replay, replay_add, replay_init, replay_sample,
                                      value_targets)
-from rl.malloc.muzero.training import (SELF_PLAY_SEARCHES, MuZeroConfig, TrainState, init_params, init_train_state, loss_fn, make_model,
-                                       make_optimizer, make_train_iteration, make_update, play, uses_demos)
+from rl.malloc.muzero.training import (SELF_PLAY_SEARCHES, MuZeroConfig, TrainState, init_params, init_train_state,
+                                       loss_fn, make_model, make_optimizer, make_train_iteration, make_update, play,
+                                       uses_demos)
 
 __all__ = [
     # mcts
     "SEARCHES", "SLOT_FEATURES", "GLOBAL_FEATURES", "observation", "make_muzero_recurrent_fn",
-    "make_alphazero_recurrent_fn", "make_rollout_recurrent_fn", "rollout_value", "SearchOut", "search", "check_search_args",
-    "best_rollout_node",
+    "make_alphazero_recurrent_fn", "make_rollout_recurrent_fn", "rollout_value", "SearchOut", "search",
+    "check_search_args", "best_rollout_node",
     # replay
     "Episodes", "value_targets", "Replay", "replay_init", "replay_add", "Batch", "replay_sample", "demo_replay",
     # training
-    "SELF_PLAY_SEARCHES", "MuZeroConfig", "make_model", "init_params", "play", "make_optimizer", "loss_fn", "TrainState", "uses_demos",
-    "init_train_state", "make_update", "make_train_iteration",
+    "SELF_PLAY_SEARCHES", "MuZeroConfig", "make_model", "init_params", "play", "make_optimizer", "loss_fn",
+    "TrainState", "uses_demos", "init_train_state", "make_update", "make_train_iteration",
     # inference
     "padded_size", "solve_batch", "Q_SCALES", "select_q_scale", "solve", "save_network", "load_network",
     "TRAINED_DIR",

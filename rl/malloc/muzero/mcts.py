@@ -83,8 +83,8 @@ def local_view(inst: game.Padded, state: game.State, width: int) -> View:
     total = benefit.sum()
     view_inst = game.Padded(
         size=pick(inst.size, 1), start=jnp.where(real, start - t0, 0), end=jnp.where(real, end - t0, -1),
-        benefit=benefit, valid=real, order=pick(inst.order, -1), capacity=inst.capacity, num=real.sum().astype(jnp.int32),
-        total_benefit=jnp.where(total > 0, total, 1.0), unit=inst.unit,
+        benefit=benefit, valid=real, order=pick(inst.order, -1), capacity=inst.capacity,
+        num=real.sum().astype(jnp.int32), total_benefit=jnp.where(total > 0, total, 1.0), unit=inst.unit,
         horizon=jnp.maximum(jnp.where(real, end - t0, 0).max() + 1, 1).astype(jnp.int32))
     offset = pick(state.offset, -1)
     t_view = (real & (slots < state.t)).sum().astype(jnp.int32)
