@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl.malloc import baselines, evaluate, extract, game, instance, muzero, program, validate
+from rl.malloc import evaluate, extract, game, instance, muzero, program, validate
 from rl.malloc.muzero import mcts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def _check_records(path: pathlib.Path, inst: instance.Instance, solvers: set[str
     """Every record of an eval_malloc --out file is a valid placement of ``inst`` (the validator), worth the
     benefit it reports and at most the CP-SAT bound; returns {solver: record}."""
     out = json.loads(path.read_text())
-    assert set(out["provenance"]) == {"command", "commit", "date", "machine"}
+    assert set(out["provenance"]) == {"command", "commit", "date", "time", "machine"}
     recs = {r["solver"]: r for r in out["records"]}
     assert set(recs) == solvers
     bound = recs["cpsat"]["bound"]
@@ -308,3 +308,25 @@ def test_play_carries_root_values_and_skips_forced_moves_without_changing_the_ep
         state, _, _ = jax.vmap(game.step)(batch, state, out.action)
     np.testing.assert_array_equal(np.asarray(state.offset), np.asarray(final.offset))
     assert forced > 0  # the skip was exercised
+
+
+# ----------------------------------------------------------------------------- the results files
+
+def _results_files():
+    return sorted((REPO / "results" / "malloc").glob("*programs_*.json"))
+
+
+@pytest.mark.parametrize("path", _results_files(), ids=lambda p: p.name)
+def test_whole_program_results_are_valid_placements_of_the_shipped_programs(path):
+    """results/malloc/programs_*.json (eval_malloc --out of the held-out whole programs): provenance, and every
+    record's placement passes the validator on the shipped instance and is worth the benefit it reports."""
+    data = json.loads(path.read_text())
+    assert {"command", "commit", "date", "machine"} <= set(data["provenance"])
+    programs = {i.name: i for i in instance.load_dir(evaluate.PROGRAMS_DIR / "test")}
+    assert {r["instance"] for r in data["records"]} <= set(programs)
+    for r in data["records"]:
+        inst = programs[r["instance"]]
+        offsets = evaluate.offsets_of(inst, r)
+        assert validate.violations(inst, offsets) == []
+        assert validate.benefit(inst, offsets) == pytest.approx(r["benefit"], rel=1e-9)
+        assert r["normalised_benefit"] == pytest.approx(r["benefit"] / inst.total_benefit, rel=1e-9)
