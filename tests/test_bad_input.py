@@ -57,6 +57,14 @@ def _malloc_json(**patch) -> str:
 
 
 JSSP_OK = "2 2\n0 1 1 2\n1 3 0 4\n"
+HLO_OK = """HloModule m, is_scheduled=true
+
+ENTRY %main (p0: f32[4,8]) -> f32[4,8] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %e = f32[4,8]{1,0} exponential(%p0)
+  ROOT %n = f32[4,8]{1,0} negate(%e)
+}
+"""
 SEARCH_SPACE = f"{REPO}/algoperf/baselines/nadamw_search_space.json"
 SUBMISSION = f"{REPO}/algoperf/baselines/nadamw.py"
 AP = ("--workload=mnist1d", f"--submission_path={SUBMISSION}", "--experiment_dir={row}/exp")
@@ -204,6 +212,30 @@ CASES = [
          files={"h.json": json.dumps([{"instance": "t", "solver": "heuristic", "wall_time_s": 0.1}])}),
     Case("eval_malloc", "keep_best_without_rollout", ("--solver=muzero", "--keep_best", "--out={row}/r.json"),
          "--keep_best=True needs --solver=rollout; --solver='muzero'", slow=True),
+    # eval_malloc on the user's own program (--hlo / --program, rl/malloc/program.py)
+    Case("eval_malloc", "hlo_does_not_parse", ("--hlo={row}/m.txt", "--out={row}/r.json"),
+         "m.txt':5: not an HLO instruction", files={"m.txt": HLO_OK.replace("exponential(%p0)", "exponential %p0")}),
+    Case("eval_malloc", "hlo_not_scheduled", ("--hlo={row}/m.txt", "--out={row}/r.json"),
+         "does not say is_scheduled=true, so the instruction order is no schedule",
+         files={"m.txt": HLO_OK.replace("is_scheduled=true", "is_scheduled=false")}, slow=True),
+    Case("eval_malloc", "hlo_nonexistent", ("--hlo={row}/nope.txt", "--out={row}/r.json"),
+         "nope.txt': cannot be read", slow=True),
+    Case("eval_malloc", "program_does_not_import", ("--program=no_such_module_zz:make", "--out={row}/r.json"),
+         "--program='no_such_module_zz:make': cannot import no_such_module_zz (ModuleNotFoundError", slow=True),
+    Case("eval_malloc", "program_function_raises", ("--program=user_prog:make", "--out={row}/r.json"),
+         "--program='user_prog:make': make() raised RuntimeError: no data here",
+         files={"user_prog.py": "def make():\n    raise RuntimeError('no data here')\n"}),
+    Case("eval_malloc", "program_not_a_spec", ("--program=user_prog.make", "--out={row}/r.json"),
+         "must be package.module:function", slow=True),
+    Case("eval_malloc", "capacity_fraction_zero", ("--hlo={row}/m.txt", "--capacity_fraction=0", "--out={row}/r.json"),
+         "--capacity_fraction=0.0 must be in (0, 1]", files={"m.txt": HLO_OK}, slow=True),
+    Case("eval_malloc", "capacity_above_peak", ("--hlo={row}/m.txt", "--capacity_bytes=100000", "--out={row}/r.json"),
+         "--capacity_bytes=100000 is above the peak live bytes of 'm' (256): every buffer would fit",
+         files={"m.txt": HLO_OK}),
+    Case("eval_malloc", "cost_flag_without_program", ("--slow_bw=5e11", "--out={row}/r.json"),
+         "--slow_bw=500000000000.0 applies to --program= or --hlo= only", slow=True),
+    Case("eval_malloc", "program_and_hlo", ("--program=a.b:c", "--hlo={row}/m.txt", "--out={row}/r.json"),
+         "give one of --program='a.b:c' and --hlo=", slow=True),
     # ---------------------------------------------------------------- check_malloc_moves
     Case("check_malloc_moves", "count_zero", ("--count=0", "--out={row}/m.json"), "--count=0", slow=True),
     # ---------------------------------------------------------------- make_malloc_instances

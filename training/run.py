@@ -188,7 +188,8 @@ def machine_info() -> dict:
 
 def provenance(command: str) -> dict:
     """What every results file records about how it was made: the command, the commit (with "(with local
-    changes)" when the tree differs from it), the UTC date and the machine (with its load average)."""
+    changes)" when the tree differs from it), the UTC date (YYYY-MM-DD, as every results file and page gives it;
+    the full UTC time in ``time``) and the machine (with its load average)."""
     import datetime
     import subprocess
 
@@ -202,9 +203,10 @@ def provenance(command: str) -> dict:
         return out.stdout.strip() if out.returncode == 0 else ""
 
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    now = datetime.datetime.now(datetime.timezone.utc)
     return {"command": command,
             "commit": (git("rev-parse", "--short", "HEAD") or "unknown") + (" (with local changes)" if dirty else ""),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": now.date().isoformat(), "time": now.isoformat(timespec="seconds"),
             "machine": {**machine_info(), "load_average": [round(x, 2) for x in os.getloadavg()]}}
 
 

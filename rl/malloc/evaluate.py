@@ -1,7 +1,11 @@
-r"""Evaluates mallocGame solvers on a directory of instances (default: the shipped held-out test set).
+r"""Evaluates mallocGame solvers on a directory of instances (default: the shipped held-out test set), or on the
+user's own program: a JAX function (``program``) or a scheduled XLA HLO text module (``hlo``; rl/malloc/program.py).
 
 ``run(EvalMallocConfig(...))`` is what ``scripts/eval_malloc.py`` does; :func:`tour_step` is the tour's
-small-scale version.
+small-scale version. On a program the default comparison is XLA's heuristic, CP-SAT (with its bound) and the
+rollout search keeping its best trajectory (2 simulations), one table on stdout, each placement in ``out``
+and the memory maps of the heuristic's and the best solver's placements in a PNG beside it
+(rl/malloc/memory_map.py).
 
 Solvers (rl/malloc/): heuristic (XLA memory-space-assignment order benefit/sqrt(size), best fit), firstfit
 (first-fit decreasing size), random (uniform legal mallocGame moves, ``seed``), cpsat (OR-Tools,
@@ -11,26 +15,33 @@ MuZero search, ``simulations`` per move, over the learned model of the network i
 shipped one in rl/malloc/trained/), alphazero (the same network and search, but the true game as recurrent
 function) and rollout (the true game, the network's prior, rollouts of XLA's heuristic in game moves as
 leaf values); all keep the best (true return) of the deterministic episode and ``samples`` - 1 Gumbel-noised
-ones. Every placement is checked by the independent validator (rl/malloc/validate.py) before it is reported.
-A learned solver's wall time excludes XLA's compilation for the padded size of the first instance only (one
-warm-up call): on a set of whole programs, each of its own size, the others' times include their compilation.
+ones. Every placement is checked by the independent validator (rl/malloc/validate.py) before it is
+reported. A learned solver's wall time excludes XLA's compilation for the padded size of the first instance
+only (one warm-up call): on a set of whole programs, each of its own size, the others' times include their
+compilation (``warm_up=False``: every time includes it, what a person waits for; always so on a program).
 
-``out`` is a JSON list, one record per (instance, solver): instance, solver, benefit, total_benefit,
-normalised_benefit, wall_time_s, placement ({buffer name: offset or "slow"}), and for cpsat optimal, bound.
+``out`` is a JSON object: ``provenance`` (command, commit, date, machine), ``config``, ``instances`` (name,
+buffers, capacity, peak live bytes, total benefit, meta), ``summary`` (per solver, :func:`summarise`) and
+``records``, one per (instance, solver): instance, solver, benefit, total_benefit, normalised_benefit,
+wall_time_s, placement ({buffer name: offset or "slow"}), and for cpsat optimal, bound. (Files written before
+this format are a plain list of records; :func:`read_records` reads both.)
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import time
 
 import numpy as np
 
-from rl.malloc import baselines, cpsat, instance, validate
+from rl.malloc import baselines, cpsat, extract, instance, program, validate
 from training import run as run_lib
 
 SOLVERS = ("heuristic", "firstfit", "random", "cpsat", "cpsat_game", "muzero", "alphazero", "rollout")
 LEARNED = ("muzero", "alphazero", "rollout")
+COMPARE = ("heuristic", "cpsat", "rollout")  # the default on a program
+SIMULATIONS = {"instances": 64, "program": 2}  # simulations=0: the search's default on windows / whole programs
 DEFAULT_INSTANCES = pathlib.Path(instance.__file__).parent / "instances" / "test"
 NETWORK_FILES = ("muzero.msgpack", "muzero.json")
 
@@ -45,49 +56,89 @@ def require_network_dir(name: str, directory: str) -> None:
 class EvalMallocConfig:
     """One evaluation of mallocGame solvers (:func:`run`).
 
-    solver: Which solver: heuristic, firstfit, random, cpsat, cpsat_game, muzero, alphazero, rollout, or all
-      (every one).
+    solver: Which solvers, comma-separated: heuristic, firstfit, random, cpsat, cpsat_game, muzero, alphazero,
+      rollout; all (every one); compare (heuristic,cpsat,rollout). Empty: compare on a --program / --hlo,
+      heuristic on an instance directory.
     instances: Directory of instance JSON files.
+    program: Play your own JAX program instead: package.module:function, a function returning (the callable,
+      a tuple of example arguments); it is jitted and compiled on the default backend and its scheduled HLO read.
+    hlo: Play a scheduled XLA HLO text module instead (any frontend): what jax.jit(f).lower(...).compile()
+      .as_text() prints, or the *after_optimizations.txt file of XLA_FLAGS=--xla_dump_to=DIR.
+    capacity_fraction: --program / --hlo: fast memory = this fraction of the program's peak live bytes.
+    capacity_bytes: --program / --hlo: fast memory in bytes instead (0: use capacity_fraction).
+    slow_bw: --program / --hlo: the cost model's slow-memory bandwidth, bytes/s (benefits are roofline time saved).
+    fast_bw: --program / --hlo: the cost model's fast-memory bandwidth, bytes/s.
+    flop_rate: --program / --hlo: the cost model's compute rate, FLOP/s.
     time_limit: CP-SAT seconds per instance.
     time_limit_from: cpsat/cpsat_game: instead of time_limit, give each instance the wall time a learned
       solver (muzero, alphazero or rollout) took on it, read from this earlier --out file (CP-SAT at the
       agent's time).
     workers: CP-SAT search workers.
     seed: Seed of the random solver (and of the muzero/alphazero search).
-    simulations: muzero/alphazero/rollout: search simulations per move.
+    simulations: muzero/alphazero/rollout: search simulations per move (0: 64 on an instance directory, 2 on a
+      --program / --hlo).
     samples: muzero/alphazero/rollout: keep the best (true game return) of the deterministic episode and
       samples-1 episodes with Gumbel noise at the root.
     keep_best: rollout: answer with the best whole trajectory the episode's searches evaluated (a searched
       node's moves then XLA's heuristic in game moves), where it beats the episode played (single-player
       MCTS's best sequence). Not a fallback to the heuristic: its first candidate, the heuristic restricted to
-      game moves, is below XLA's own placement on 19 of the 23 held-out windows.
+      game moves, is below XLA's own placement on 19 of the 23 held-out windows. Always on for a --program /
+      --hlo.
+    view: alphazero/rollout: the network sees this many slots around the current buffer (0: all of them; a
+      window instance never has more than 32).
+    window: rollout: each leaf's heuristic rollout places only the next this many buffers (0: to the end).
     weights: muzero/alphazero/rollout: network directory (muzero.msgpack + muzero.json); default the shipped
       rl/malloc/trained.
-    out: Write the per-instance records here (JSON list).
+    warm_up: An instance directory: a learned solver's first instance is played once untimed, so that its
+      compilation is left out of the times (--nowarm_up: every time includes its compilation, what a person
+      waits for; always so for a --program / --hlo).
+    memory_maps: Also for an instance directory, write each instance's memory-map PNG beside --out (always
+      for a --program / --hlo).
+    out: Write the records here (JSON).
     """
-    solver: str = "heuristic"
+    solver: str = ""
     instances: str = str(DEFAULT_INSTANCES)
+    program: str = ""
+    hlo: str = ""
+    capacity_fraction: float = 0.25
+    capacity_bytes: int = 0
+    slow_bw: float = extract.CostModel.slow_bw
+    fast_bw: float = extract.CostModel.fast_bw
+    flop_rate: float = extract.CostModel.flop_rate
     time_limit: float = 10.0
     time_limit_from: str = ""
     workers: int = 1
     seed: int = 0
-    simulations: int = 64
+    simulations: int = 0
     samples: int = 1
     keep_best: bool = False
+    view: int = 64
+    window: int = 0
     weights: str = ""
+    warm_up: bool = True
+    memory_maps: bool = False
     out: str = ""
 
     def __post_init__(self):  # bad settings: the message alone, before any work
-        if self.solver != "all" and self.solver not in SOLVERS:
-            raise ValueError(f"solver={self.solver!r}; allowed: {', '.join(SOLVERS)}, all")
+        for s in self.solvers:
+            if s not in SOLVERS:
+                raise ValueError(f"solver={self.solver!r}; allowed: {', '.join(SOLVERS)}, all, compare, or a "
+                                 "comma-separated list")
+        self._check_program_settings()
+        for name in ("view", "window"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name}={v!r} must be an integer >= 0 (0: all)")
+        if not isinstance(self.simulations, int) or self.simulations < 0:
+            raise ValueError(f"simulations={self.simulations!r} must be an integer >= 1 (or 0: the default)")
         for s in self.solvers:
             if s in LEARNED:  # checked without loading the network
                 from rl.malloc import muzero
 
-                muzero.check_search_args(self.simulations, self.samples)
+                muzero.check_search_args(self.search_simulations, self.samples)
             else:
                 make_runner(s, self.time_limit, self.workers, self.seed)
-        if self.keep_best and self.solver != "rollout":
+        if self.keep_best and "rollout" not in self.solvers:
             raise ValueError(f"keep_best=True needs solver=rollout; solver={self.solver!r}")
         if self.time_limit_from:
             agent_wall_times(self.time_limit_from)
@@ -95,9 +146,53 @@ class EvalMallocConfig:
             require_network_dir("weights", self.weights)
         run_lib.require_output_file("out", self.out)
 
+    def _check_program_settings(self) -> None:
+        """A program's settings: one source, not with instances; the capacity and cost settings only for it."""
+        if self.program and self.hlo:
+            raise ValueError(f"give one of program={self.program!r} and hlo={self.hlo!r}, not both")
+        defaults = EvalMallocConfig.__dataclass_fields__
+        if self.whole_program and self.instances != defaults["instances"].default:
+            raise ValueError(f"instances={self.instances!r} cannot be combined with "
+                             f"{'program' if self.program else 'hlo'}=: one source of instances")
+        program.check_capacity_settings(self.capacity_fraction, self.capacity_bytes)
+        for name in ("slow_bw", "fast_bw", "flop_rate"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}={v!r} must be a finite number > 0")
+        if not self.whole_program:
+            changed = [n for n in ("capacity_fraction", "capacity_bytes", "slow_bw", "fast_bw", "flop_rate")
+                       if getattr(self, n) != defaults[n].default]
+            if changed:
+                raise ValueError(f"{changed[0]}={getattr(self, changed[0])!r} applies to program= or hlo= only (an "
+                                 "instance file carries its own capacity and benefits)")
+
+    @property
+    def whole_program(self) -> bool:
+        return bool(self.program or self.hlo)
+
     @property
     def solvers(self) -> list[str]:
-        return list(SOLVERS) if self.solver == "all" else [self.solver]
+        if self.solver == "all":
+            return list(SOLVERS)
+        if self.solver == "compare" or (not self.solver and self.whole_program):
+            return list(COMPARE)
+        if not self.solver:
+            return ["heuristic"]
+        return [s.strip() for s in self.solver.split(",") if s.strip()] or [self.solver]
+
+    @property
+    def search_simulations(self) -> int:
+        return self.simulations or SIMULATIONS["program" if self.whole_program else "instances"]
+
+    @property
+    def cost(self) -> extract.CostModel:
+        return extract.CostModel(slow_bw=self.slow_bw, fast_bw=self.fast_bw, flop_rate=self.flop_rate)
+
+
+def read_records(data) -> list[dict]:
+    """The records of an eval_malloc --out file's parsed JSON: the ``records`` of the object, or the plain
+    list that files written before the object format hold."""
+    return data["records"] if isinstance(data, dict) and "records" in data else data
 
 
 def agent_wall_times(path: str) -> dict[str, float]:
@@ -107,9 +202,7 @@ def agent_wall_times(path: str) -> dict[str, float]:
 
     file = pathlib.Path(path).expanduser()
     try:
-        records = json.loads(file.read_text())
-        if isinstance(records, dict) and "records" in records:  # a results file: {"provenance", "records"}
-            records = records["records"]
+        records = read_records(json.loads(file.read_text()))  # a results file {provenance, records} or a list
         learned = [(r["instance"], float(r["wall_time_s"])) for r in records if r.get("solver") in LEARNED]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise ValueError(f"time_limit_from={path!r}: not an eval_malloc `out` file ({type(e).__name__}: {e})")
@@ -122,9 +215,10 @@ def agent_wall_times(path: str) -> dict[str, float]:
 
 def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: int = 0, simulations: int = 64,
                 weights: str = "", samples: int = 1, time_limits: dict[str, float] | None = None,
-                keep_best: bool = False):
+                keep_best: bool = False, view: int = 0, window: int = 0):
     """``run(instance) -> (offsets int64 [n] with -1 slow, extra record fields)``; CP-SAT's limit is
-    ``time_limits[instance name]`` where given (ValueError for an instance it lacks), else ``time_limit``."""
+    ``time_limits[instance name]`` where given (ValueError for an instance it lacks), else ``time_limit``;
+    ``view`` / ``window``: the searches' network view and rollout window (``muzero.solve_batch``)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r}; allowed: {', '.join(SOLVERS)}, all")
     if solver in LEARNED:
@@ -139,8 +233,10 @@ def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: i
 
         def run_learned(inst):
             offsets = muzero.solve_batch([inst], model, params, solver, simulations, max_considered, seed,
-                                         q_scale=q_scale, samples=samples, keep_best=keep_best)[0]
-            return offsets, {"simulations": simulations, "samples": samples, "keep_best": keep_best}
+                                         q_scale=q_scale, samples=samples, keep_best=keep_best, window=window,
+                                         view=view)[0]
+            return offsets, {"simulations": simulations, "samples": samples, "keep_best": keep_best, "view": view,
+                             "window": window}
         return run_learned
     if solver in ("cpsat", "cpsat_game"):
         if not time_limit > 0:
@@ -165,10 +261,12 @@ def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: i
     return lambda inst: (fn(inst), {})
 
 
-def evaluate(insts: list[instance.Instance], run, solver: str) -> list[dict]:
-    """One validated record per instance of ``run`` (:func:`make_runner`), timed (compilation excluded)."""
+def evaluate(insts: list[instance.Instance], run, solver: str, warm_up: bool = True) -> list[dict]:
+    """One validated record per instance of ``run`` (:func:`make_runner`), timed; with ``warm_up`` a learned
+    solver's compilation for the first instance's padded size is excluded (one untimed call), without it (a
+    program a person waits for: its wall time is what they wait) it is included."""
     records = []
-    if solver in LEARNED and insts:  # compile outside the timed loop (one shape per padded size)
+    if warm_up and solver in LEARNED and insts:  # compile outside the timed loop (one shape per padded size)
         run(insts[0])
     for inst in insts:
         t0 = time.perf_counter()
@@ -225,16 +323,25 @@ def print_table(summary: dict) -> None:
 
 
 def run_solvers(insts, solvers, time_limit=10.0, workers=1, seed=0, simulations=64, weights="",
-                samples=1, time_limits=None, keep_best=False) -> list[dict]:
+                samples=1, time_limits=None, keep_best=False, view=0, window=0, warm_up=True) -> list[dict]:
     runners = [(s, make_runner(s, time_limit, workers, seed, simulations, weights, samples, time_limits,
-                               keep_best))
+                               keep_best and s == "rollout", view, window))
                for s in solvers]  # all settings checked first
-    return [r for s, run in runners for r in evaluate(insts, run, s)]
+    return [r for s, run in runners for r in evaluate(insts, run, s, warm_up)]
+
+
+def load_instances(cfg: EvalMallocConfig) -> list[instance.Instance]:
+    """The instances ``cfg`` names: its program or HLO module (rl/malloc/program.py), else its directory."""
+    if cfg.whole_program:
+        return [program.program_instance(program.ProgramSource(cfg.program, cfg.hlo, cfg.capacity_fraction,
+                                                               cfg.capacity_bytes, cfg.cost))]
+    return instance.load_dir(pathlib.Path(cfg.instances).expanduser())
 
 
 def run(cfg: EvalMallocConfig) -> list[dict]:
-    """Evaluates ``cfg.solvers`` on ``cfg.instances``, prints the comparison table, writes ``cfg.out``."""
-    insts = instance.load_dir(pathlib.Path(cfg.instances).expanduser())
+    """Evaluates ``cfg.solvers`` on ``cfg``'s instances, prints the comparison table(s), writes ``cfg.out`` and,
+    for a program (or with ``memory_maps``), the memory maps beside it."""
+    insts = load_instances(cfg)
     if set(cfg.solvers) & set(LEARNED):  # the JAX game's limits, before the network is loaded
         from rl.malloc import game
 
@@ -246,12 +353,80 @@ def run(cfg: EvalMallocConfig) -> list[dict]:
         if missing and set(cfg.solvers) & {"cpsat", "cpsat_game"}:
             raise ValueError(f"time_limit_from={cfg.time_limit_from!r} has no learned-solver record for "
                              f"{len(missing)} of the instances (first: {missing[0]!r})")
-    records = run_solvers(insts, cfg.solvers, cfg.time_limit, cfg.workers, cfg.seed, cfg.simulations,
-                          cfg.weights, cfg.samples, time_limits, cfg.keep_best)
-    print_table(summarise(records))
+    records = run_solvers(insts, cfg.solvers, cfg.time_limit, cfg.workers, cfg.seed, cfg.search_simulations,
+                          cfg.weights, cfg.samples, time_limits, cfg.keep_best or cfg.whole_program, cfg.view,
+                          cfg.window, warm_up=cfg.warm_up and not cfg.whole_program)
+    summary = summarise(records)
+    print_table(summary)
+    if cfg.whole_program or len(insts) <= 8:
+        for inst in insts:
+            print_comparison(inst, [r for r in records if r["instance"] == inst.name])
     if cfg.out:
-        run_lib.write_json_atomic(pathlib.Path(cfg.out), records)
+        out = pathlib.Path(cfg.out).expanduser()  # write_json_atomic makes the missing folders
+        command = run_lib.command_line("scripts.eval_malloc", cfg, skip=())
+        run_lib.write_json_atomic(out, {"provenance": run_lib.provenance(command), "config": dataclasses.asdict(cfg),
+                                        "instances": [describe(i) for i in insts], "summary": summary,
+                                        "records": records})
+        if cfg.whole_program or cfg.memory_maps:
+            for inst in insts:
+                path = memory_map_path(out, inst.name, single=len(insts) == 1)
+                write_memory_map(inst, [r for r in records if r["instance"] == inst.name], path)
+                print(f"memory map: {path}")
     return records
+
+
+def describe(inst: instance.Instance) -> dict:
+    """What a results file says about an instance besides its placements."""
+    return {"name": inst.name, "buffers": inst.num_buffers, "capacity": inst.capacity,
+            "peak_live_bytes": inst.peak_live_bytes(), "total_benefit": inst.total_benefit, "meta": inst.meta}
+
+
+def offsets_of(inst: instance.Instance, record: dict) -> np.ndarray:
+    """int64 [n] offsets (-1 slow) of a record's placement ({buffer name: offset or "slow"})."""
+    p = record["placement"]
+    return validate.as_offsets(inst, [None if p[name] == "slow" else p[name] for name in inst.buffer_names])
+
+
+def best_record(records: list[dict], exclude: str = "heuristic") -> dict | None:
+    """The record of highest benefit among the solvers other than ``exclude`` (ties: the first)."""
+    others = [r for r in records if r["solver"] != exclude]
+    return max(others, key=lambda r: r["benefit"]) if others else None
+
+
+def memory_map_path(out: pathlib.Path, name: str, single: bool) -> pathlib.Path:
+    """``out`` with .png for a single instance, else ``<out stem>.<instance>.png``, beside ``out``."""
+    stem = out.name[:-5] if out.name.endswith(".json") else out.name
+    return out.with_name(f"{stem}.png" if single else f"{stem}.{name}.png")
+
+
+def write_memory_map(inst: instance.Instance, records: list[dict], path: pathlib.Path) -> None:
+    """The heuristic's and the best other solver's memory maps side by side (rl/malloc/memory_map.py)."""
+    from rl.malloc import memory_map
+
+    chosen = [r for r in records if r["solver"] == "heuristic"][:1]
+    best = best_record(records)
+    chosen += [best] if best is not None else []
+    memory_map.save_comparison(inst, [(r["solver"], offsets_of(inst, r)) for r in chosen or records[:1]], path)
+
+
+def print_comparison(inst: instance.Instance, records: list[dict]) -> None:
+    """One instance's table: each solver's normalised benefit, its change against XLA's heuristic, its gap to
+    the best CP-SAT bound (an upper bound on every solver's benefit), its wall time and settings."""
+    bounds = [r["bound"] for r in records if r.get("bound")]
+    bound = min(bounds) if bounds else None
+    heur = next((r["benefit"] for r in records if r["solver"] == "heuristic"), None)
+    total = inst.total_benefit if inst.total_benefit > 0 else 1.0
+    print(f"\n{inst.name}: {inst.num_buffers} buffers, fast memory {inst.capacity} bytes "
+          f"({inst.capacity / max(inst.peak_live_bytes(), 1):.0%} of the peak live bytes), total benefit "
+          f"{inst.total_benefit:.6g} ns" + (f", CP-SAT bound {bound / total:.4f}" if bound else ""))
+    print(f"{'solver':<10} {'benefit':>8} {'vs heuristic':>13} {'gap to bound':>13} {'time s':>9}  settings")
+    for r in records:
+        vs = f"{100 * (r['benefit'] / heur - 1):+.2f} %" if heur and r["solver"] != "heuristic" else "-"
+        gap = f"{100 * (1 - r['benefit'] / bound):.2f} %" if bound else "-"
+        keys = ("status", "time_limit_s", "simulations", "keep_best", "view", "window")
+        settings = " ".join(f"{k}={r[k]}" for k in keys if k in r)
+        print(f"{r['solver']:<10} {r['normalised_benefit']:>8.4f} {vs:>13} {gap:>13} {r['wall_time_s']:>9.2f}  "
+              f"{settings}")
 
 
 def move_set_ceiling(insts: list[instance.Instance], time_limit: float = 10.0) -> dict:

@@ -36,8 +36,10 @@ from rl.malloc.instance import Instance
 _DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
                 "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
 _ARRAY = re.compile(r"\b([a-z]+[0-9a-z]*)\[([0-9,]*)\]")
-_INSTR = re.compile(r"^\s*(ROOT\s+)?%([\w.\-]+)\s*=\s*(.*)$")
-_COMP = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$")
+_INSTR = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")   # names with or without XLA's "%"
+_COMP = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_NAME = re.compile(r"%?([\w.\-]+)$")
+_LITERAL_OPS = {"parameter", "constant"}  # their parentheses hold a number or a literal, not operands
 _ALIAS_OPS = {"bitcast", "get-tuple-element", "tuple", "opt-barrier"}
 _NO_FLOP_OPS = {"parameter", "constant", "bitcast", "get-tuple-element", "tuple", "broadcast", "reshape",
                 "transpose", "copy", "slice", "dynamic-slice", "dynamic-update-slice", "concatenate", "iota",
@@ -87,6 +89,14 @@ def _dims(shape: str) -> list[int]:
     return [int(d) for d in m.group(2).split(",") if d] if m else []
 
 
+class HloParseError(ValueError):
+    """A line of HLO text that is not what a scheduled module holds; ``line`` is 1-based (0: the whole text)."""
+
+    def __init__(self, message: str, line: int = 0):
+        super().__init__(message)
+        self.line = line
+
+
 def _balanced(text: str, i: int) -> int:
     """Index just past the parenthesis group opening at text[i]."""
     depth = 0
@@ -94,10 +104,34 @@ def _balanced(text: str, i: int) -> int:
         depth += {"(": 1, ")": -1}.get(text[j], 0)
         if depth == 0:
             return j + 1
-    raise ValueError(f"unbalanced parentheses in HLO line: {text[:120]!r}")
+    raise HloParseError(f"unbalanced parentheses in {text[:80]!r}")
+
+
+def _top_level_items(text: str) -> list[str]:
+    """``text`` split at the commas outside any (), {} or [] group."""
+    items, depth, start = [], 0, 0
+    for j, ch in enumerate(text):
+        depth += (ch in "({[") - (ch in ")}]")
+        if ch == "," and depth == 0:
+            items.append(text[start:j])
+            start = j + 1
+    return items + [text[start:]]
+
+
+def _operand_names(opcode: str, inner: str) -> tuple[str, ...]:
+    """The instruction names among an operand list: ``%a, %b`` (XLA's default), ``f32[4]{0} %a`` (typed) or
+    ``a, b`` (printed without "%"); none for parameter / constant."""
+    if opcode in _LITERAL_OPS:
+        return ()
+    if "%" in inner:
+        return tuple(re.findall(r"%([\w.\-]+)", inner))
+    names = (item.split()[-1] for item in _top_level_items(inner) if item.strip())
+    return tuple(m.group(1) for m in map(_NAME.match, names) if m)
 
 
 def parse_instruction(line: str) -> HloInstr | None:
+    """The instruction on one line of a computation, or None if the line is none (HloParseError for
+    unbalanced parentheses)."""
     m = _INSTR.match(line)
     if not m:
         return None
@@ -111,29 +145,49 @@ def parse_instruction(line: str) -> HloInstr | None:
     if not op:
         return None
     k = _balanced(rest, len(op.group(1)))
-    operands = tuple(re.findall(r"%([\w.\-]+)", rest[len(op.group(1)):k]))
+    operands = _operand_names(op.group(1), rest[len(op.group(1)) + 1:k - 1])
     return HloInstr(name, shape, op.group(1), operands, rest[k:], is_root)
 
 
 def parse_module(hlo_text: str) -> tuple[str, dict[str, list[HloInstr]]]:
-    """(entry computation name, {computation name: instructions in order})."""
-    comps, entry, current = {}, None, None
-    for line in hlo_text.splitlines():
+    """(entry computation name, {computation name: instructions in order}). Raises HloParseError (with the
+    line) for a line inside a computation that is no instruction, a computation never closed, an ENTRY
+    instruction using a name not defined before it (in a scheduled module every operand comes first) or no
+    ENTRY computation. Text outside computations (XLA's FileNames / StackFrames tables) is skipped."""
+    comps, entry, current, opened = {}, None, None, 0
+    defined: set[str] = set()
+    for number, line in enumerate(hlo_text.splitlines(), 1):
         if current is None:
             m = _COMP.match(line)
             if m and "->" in line:
-                current = m.group(2)
+                current, opened = m.group(2), number
                 comps[current] = []
                 if m.group(1):
                     entry = current
         elif line.strip() == "}":
             current = None
-        else:
-            instr = parse_instruction(line)
-            if instr is not None:
-                comps[current].append(instr)
+        elif line.strip():
+            try:
+                instr = parse_instruction(line)
+            except HloParseError as e:
+                raise HloParseError(str(e), number) from None
+            if instr is None:
+                raise HloParseError(f"not an HLO instruction ('%name = shape opcode(operands), ...'): "
+                                    f"{line.strip()[:80]!r}", number)
+            if current == entry:
+                missing = [o for o in instr.operands if o not in defined]
+                if missing:
+                    raise HloParseError(f"%{instr.name} uses %{missing[0]}, which no earlier instruction of "
+                                        f"the ENTRY computation defines", number)
+                defined.add(instr.name)
+            comps[current].append(instr)
+    if current is not None:
+        raise HloParseError(f"computation %{current} (line {opened}) is never closed with '}}'",
+                            len(hlo_text.splitlines()))
     if entry is None:
-        raise ValueError("no ENTRY computation found in the HLO text")
+        raise HloParseError("no ENTRY computation found in the HLO text")
+    if not comps[entry]:
+        raise HloParseError(f"the ENTRY computation %{entry} has no instructions")
     return entry, comps
 
 
@@ -147,7 +201,7 @@ def instr_flops(instr: HloInstr, comps: dict, shapes: dict[str, str], _depth: in
     if instr.opcode == "convolution" and len(instr.operands) > 1:
         rhs = _dims(shapes.get(instr.operands[1], ""))
         return 2.0 * _elements(instr.shape) * (math.prod(rhs) / max(rhs[-1], 1) if rhs else 1)
-    called = re.search(r"calls=%([\w.\-]+)", instr.attrs)
+    called = re.search(r"calls=%?([\w.\-]+)", instr.attrs)
     if called and called.group(1) in comps and _depth < 8:
         body = comps[called.group(1)]
         inner = {i.name: i.shape for i in body}

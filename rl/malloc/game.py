@@ -196,11 +196,29 @@ def legal_actions(inst: Padded, state: State) -> jax.Array:
     is_candidate = jnp.concatenate([jnp.array([False, True, True]), over, over])
     size = inst.size[cur]
     fits = (offs >= 0) & (offs + size <= inst.capacity)
-    ok = is_candidate & fits & ~_clashes(inst, state.offset, over, offs, size)
-    a = jnp.arange(offs.shape[0])
-    earlier_same = (offs[:, None] == offs[None, :]) & (a[None, :] < a[:, None]) & ok[None, :]
-    ok = ok & ~earlier_same.any(axis=1) & ~done(inst, state)
+    if inst.size.shape[-1] >= SORTED_GAPS_FROM:  # static: whole programs
+        clash = _free_gaps_sorted(inst, state.offset, over, offs, size)[0]
+    else:
+        clash = _clashes(inst, state.offset, over, offs, size)
+    ok = is_candidate & fits & ~clash
+    ok = _first_of_each_offset(offs, ok) & ~done(inst, state)
     return ok.at[SLOW].set(True)
+
+
+def _first_of_each_offset(offs: jax.Array, ok: jax.Array) -> jax.Array:
+    """bool [C]: ``ok`` where no lower-numbered ``ok`` candidate proposes the same offset (so that every legal
+    move is a distinct placement). All pairs, O(C^2), on windows; from ``SORTED_GAPS_FROM`` slots a stable
+    sort by offset, O(C log C): the first of each run of equal offsets is the lowest-numbered one."""
+    c = offs.shape[0]
+    if c < num_actions(SORTED_GAPS_FROM):
+        a = jnp.arange(c)
+        earlier_same = (offs[:, None] == offs[None, :]) & (a[None, :] < a[:, None]) & ok[None, :]
+        return ok & ~earlier_same.any(axis=1)
+    key = jnp.where(ok, offs, jnp.iinfo(jnp.int32).max)
+    by_offset = jnp.argsort(key, stable=True)
+    ordered = key[by_offset]
+    first = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
+    return ok & jnp.zeros((c,), bool).at[by_offset].set(first)
 
 
 def step(inst: Padded, state: State, action) -> tuple[State, jax.Array, jax.Array]:
@@ -278,7 +296,8 @@ def rollout(inst: Padded, policy: Callable, key: jax.Array) -> tuple[State, jax.
     return state, rewards
 
 
-SORTED_GAPS_FROM = 128  # padded N from which the O(N log N) gap search beats the O(N^2) one (CPU, measured)
+SORTED_GAPS_FROM = 128  # padded N from which the sorted gap search beats the all-pairs one (CPU, measured)
+_BIG = np.iinfo(np.int32).max
 
 
 def _free_gaps_dense(inst: Padded, offset, live, cand, size):
@@ -292,28 +311,88 @@ def _free_gaps_dense(inst: Padded, offset, live, cand, size):
     return _clashes(inst, offset, live, cand, size), gap_lo, gap_hi
 
 
-def _free_gaps_sorted(inst: Padded, offset, live, cand, size):
-    """:func:`_free_gaps_dense` in O((C + N) log N), for whole programs: with the live slots sorted by
-    bottom, those starting below a candidate's end are a prefix, and the candidate clashes iff the highest
-    top in that prefix is above it (live slots may overlap each other in addresses when their times do not
-    meet, so it is the prefix maximum, not the last one); the gap's ends are binary searches in the sorted
-    bottoms and tops. (On windows, N = 32, the dense form is 4x faster on CPU; at 937 buffers this is 15x.)"""
-    big = jnp.iinfo(jnp.int32).max
-    lo = jnp.where(live, offset, big)                 # not live: sorted after every candidate's end
-    hi = jnp.where(live, offset + inst.size, -1)      # not live: below every candidate
+class AddressOrder(NamedTuple):
+    """The placed slots sorted by bottom address: the index of the sorted free-gap search, kept up to date
+    across a heuristic completion by insertion (O(N)) instead of a sort per placed buffer."""
+    bottom: jax.Array   # int32 [N] ascending; entries past the placed slots hold _BIG
+    slot: jax.Array     # int32 [N]: the slot at each rank (meaningless where bottom is _BIG)
+
+
+def address_order(offset: jax.Array) -> AddressOrder:
+    """The :class:`AddressOrder` of the slots placed at ``offset`` (>= 0): one sort."""
+    lo = jnp.where(offset >= 0, offset, _BIG)
     by_bottom = jnp.argsort(lo)
-    lo_sorted, top_so_far = lo[by_bottom], jax.lax.cummax(hi[by_bottom])
-    below_end = jnp.searchsorted(lo_sorted, cand + size, side="left")   # live slots with bottom < cand + size
-    clash = (below_end > 0) & (top_so_far[jnp.maximum(below_end - 1, 0)] > cand)
-    hi_sorted = jnp.sort(hi)
-    under = jnp.searchsorted(hi_sorted, cand, side="right") - 1         # the highest top <= cand
-    gap_lo = jnp.where(under >= 0, jnp.maximum(hi_sorted[jnp.maximum(under, 0)], 0), 0)
-    gap_hi = jnp.minimum(lo_sorted[jnp.minimum(below_end, lo.shape[0] - 1)], inst.capacity)
-    gap_hi = jnp.where(below_end < lo.shape[0], gap_hi, inst.capacity)
-    return clash, gap_lo, gap_hi
+    return AddressOrder(lo[by_bottom], by_bottom.astype(jnp.int32))
 
 
-def heuristic_completion(inst: Padded, state: State, game_moves: bool = False) -> jax.Array:
+def _insert(order: AddressOrder, slot, bottom) -> AddressOrder:
+    """``order`` with the unplaced ``slot`` placed at ``bottom``: every rank from its place on moves up one
+    and the last entry, a _BIG one (some slot is still unplaced), drops out."""
+    rank = jnp.searchsorted(order.bottom, bottom, side="right")
+    k = jnp.arange(order.bottom.shape[0])
+    shift = lambda x, v: jnp.where(k < rank, x, jnp.where(k == rank, v, jnp.roll(x, 1)))
+    return AddressOrder(shift(order.bottom, bottom), shift(order.slot, slot))
+
+
+def _free_gaps_ordered(order: AddressOrder, top: jax.Array, live, cand, size, capacity):
+    """:func:`_free_gaps_dense` from an :class:`AddressOrder` (``top`` [N]: each slot's offset + size) in
+    O(N + C log N). Live slots may overlap each other in addresses (when their times do not meet), so:
+    the slots starting below a candidate's end are a prefix of the order, and the candidate clashes iff the
+    highest live top in that prefix (a running maximum) is above it; where it does not clash, that maximum
+    is the gap's floor, and the lowest live bottom after the prefix (a running minimum from the end) its
+    ceiling."""
+    n = order.bottom.shape[0]
+    in_use = live[order.slot] & (order.bottom < _BIG)
+    top_so_far = jax.lax.cummax(jnp.where(in_use, top[order.slot], -_BIG))
+    low_from = jax.lax.cummin(jnp.where(in_use, order.bottom, _BIG), reverse=True)
+    below_end = jnp.searchsorted(order.bottom, cand + size, side="left")   # slots with bottom < cand + size
+    floor = jnp.where(below_end > 0, top_so_far[jnp.maximum(below_end - 1, 0)], -_BIG)  # -_BIG: no live slot
+    gap_hi = jnp.where(below_end < n, low_from[jnp.minimum(below_end, n - 1)], _BIG)
+    return floor > cand, jnp.maximum(floor, 0), jnp.minimum(gap_hi, capacity)
+
+
+def _best_fit_ordered(order: AddressOrder, top: jax.Array, live, face, size, capacity, game_moves: bool):
+    """(placeable, offset) of XLA's best fit from an :class:`AddressOrder` in O(N), without a search per
+    candidate: the free gaps over the live slots are, in address order, [highest live top below, bottom) in
+    front of each live slot (where positive) and [highest live top, capacity) at the end; every candidate that
+    fits lies at an end of one (a face inside the busy range clashes), so best fit is the lowest candidate end
+    of the smallest gap that holds ``size``. ``game_moves``: a gap's floor is a move if it is 0 or the top of
+    a ``face`` slot (the highest live top below is a face's), its ceiling if it is the capacity or the bottom
+    of a face slot; otherwise both ends are. The same offset as the candidates of :func:`heuristic_completion`
+    searched one by one (``_free_gaps_ordered`` / ``_free_gaps_dense``)."""
+    n = order.bottom.shape[0]
+    real = order.bottom < _BIG
+    in_use, is_face = live[order.slot] & real, face[order.slot] & real
+    tops = top[order.slot]
+    shift = lambda x, fill: jnp.concatenate([jnp.full((1,), fill, x.dtype), x[:-1]])
+    below = shift(jax.lax.cummax(jnp.where(in_use, tops, -_BIG)), -_BIG)           # highest live top before p
+    face_below = shift(jax.lax.cummax(jnp.where(is_face, tops, -_BIG)), -_BIG)
+    face_from = jax.lax.cummin(jnp.where(is_face, order.bottom, _BIG), reverse=True)  # lowest face bottom from p
+    floors = jnp.append(jnp.maximum(below, 0), jnp.maximum(jnp.max(jnp.where(in_use, tops, -_BIG)), 0))
+    ceilings = jnp.append(jnp.where(in_use, order.bottom, 0), capacity)           # the last gap: to the capacity
+    length = jnp.where(jnp.append(in_use, True), ceilings - floors, -1)          # (no gap in front of a free rank)
+    if game_moves:
+        all_below = jnp.append(below, jnp.max(jnp.where(in_use, tops, -_BIG)))
+        all_face_below = jnp.append(face_below, jnp.max(jnp.where(is_face, tops, -_BIG)))
+        floor_ok = (all_below < 0) | (all_face_below == all_below)
+        ceiling_ok = jnp.append(face_from == order.bottom, True)
+    else:
+        floor_ok = ceiling_ok = jnp.ones((n + 1,), bool)
+    holds = length >= size
+    fits = jnp.concatenate([holds & floor_ok, holds & ceiling_ok])
+    cand = jnp.concatenate([floors, ceilings - size])
+    gap = jnp.where(fits, jnp.concatenate([length, length]), _BIG)
+    best = jnp.where(fits & (gap == gap.min()), cand, _BIG).min()
+    return fits.any(), best
+
+
+def _free_gaps_sorted(inst: Padded, offset, live, cand, size):
+    """:func:`_free_gaps_dense` in O((C + N) log N), for whole programs (:func:`_free_gaps_ordered` on a
+    fresh sort). (On windows, N = 32, the dense form is 4x faster on CPU; at 937 buffers this is 15x.)"""
+    return _free_gaps_ordered(address_order(offset), offset + inst.size, live, cand, size, inst.capacity)
+
+
+def heuristic_completion(inst: Padded, state: State, game_moves: bool = False, window: int = 0) -> jax.Array:
     """int32 [N]: ``state.offset`` with the undecided buffers placed by XLA's memory-space-assignment rule
     (``baselines.xla_heuristic``): those of positive benefit by decreasing benefit / sqrt(size) (ties:
     instance index), each at the best fit over its live interval (the candidate in the smallest free gap,
@@ -323,37 +402,58 @@ def heuristic_completion(inst: Padded, state: State, game_moves: bool = False) -
     game moves (a gap's floor may be the top of a buffer that starts later). ``game_moves=True``: only the
     game's own moves are candidates (the floor, the ceiling and the faces of placed live buffers EARLIER in
     schedule order), so every buffer's offset is a legal move when its turn comes and the completion is a
-    game trajectory: its return is reachable from ``state``."""
+    game trajectory: its return is reachable from ``state``.
+
+    ``window`` (static; 0: all): complete only the next ``window`` buffers in schedule order (slots
+    ``t .. t + window - 1``), the later ones left undecided (-1): a rolling-horizon rollout that costs
+    ``window`` placements instead of one per remaining buffer. It is still a game trajectory's prefix (its
+    return is reachable), checked against every placed buffer; it only stops looking ahead.
+
+    From ``SORTED_GAPS_FROM`` slots the free gaps come from an :class:`AddressOrder` kept by insertion (one
+    sort per completion, O(N) per buffer: :func:`_best_fit_ordered`); below, from all pairs (O(N^2) per
+    buffer, faster there)."""
     n = inst.size.shape[-1]
     k = jnp.arange(n)
-    big = jnp.iinfo(jnp.int32).max
     todo = inst.valid & (k >= state.t) & (inst.benefit > 0)
+    if window:
+        todo = todo & (k < state.t + window)
     priority = inst.benefit / jnp.sqrt(inst.size.astype(jnp.float32))
     visit = jnp.lexsort((inst.order, -jnp.where(todo, priority, -1.0)))  # decided / zero-benefit last (skipped)
+    visit = visit[:min(window, n)] if window else visit                   # the todo ones come first
+    sorted_gaps = n >= SORTED_GAPS_FROM
 
-    def place(offset, i):
+    def place(carry, i):
+        offset, order = carry
         size = inst.size[i]
         live = _time_overlapping_fast(inst, offset, i)
         face = live & (k < i) if game_moves else live
         lo, hi = offset, offset + inst.size
         cand = jnp.concatenate([jnp.stack([jnp.zeros((), jnp.int32), inst.capacity - size]),
                                 jnp.where(face, hi, -1), jnp.where(face, lo - size, -1)])
-        clash, gap_lo, gap_hi = (_free_gaps_sorted if n >= SORTED_GAPS_FROM else _free_gaps_dense)(
-            inst, offset, live, cand, size)
-        fits = (cand >= 0) & (cand + size <= inst.capacity) & ~clash
-        gap = jnp.where(fits, gap_hi - gap_lo, big)
-        best = jnp.where(fits & (gap == gap.min()), cand, big).min()
-        return offset.at[i].set(jnp.where(todo[i] & fits.any(), best, offset[i])), None
+        if sorted_gaps:
+            placeable, best = _best_fit_ordered(order, hi, live, face, size, inst.capacity, game_moves)
+        else:
+            clash, gap_lo, gap_hi = _free_gaps_dense(inst, offset, live, cand, size)
+            fits = (cand >= 0) & (cand + size <= inst.capacity) & ~clash
+            gap = jnp.where(fits, gap_hi - gap_lo, _BIG)
+            best = jnp.where(fits & (gap == gap.min()), cand, _BIG).min()
+            placeable = fits.any()
+        put = todo[i] & placeable
+        if sorted_gaps:
+            order = jax.tree.map(lambda new, old: jnp.where(put, new, old), _insert(order, i, best), order)
+        return (offset.at[i].set(jnp.where(put, best, offset[i])), order), None
 
-    offset, _ = jax.lax.scan(place, state.offset, visit)
+    order0 = address_order(state.offset) if sorted_gaps else None
+    (offset, _), _ = jax.lax.scan(place, (state.offset, order0), visit)
     return offset
 
 
-def heuristic_return(inst: Padded, state: State, game_moves: bool = False) -> jax.Array:
+def heuristic_return(inst: Padded, state: State, game_moves: bool = False, window: int = 0) -> jax.Array:
     """float32 []: the return-to-go of :func:`heuristic_completion`, a leaf value of the ``rollout`` search
     (rl/malloc/muzero/mcts.py) that sees what first fit in schedule order cannot: which LATER buffers
-    deserve the room. With ``game_moves=False`` it may promise a return no game trajectory reaches."""
-    return _gain(inst, state, heuristic_completion(inst, state, game_moves))
+    deserve the room. With ``game_moves=False`` it may promise a return no game trajectory reaches; with a
+    ``window``, it is the return of the next ``window`` buffers only."""
+    return _gain(inst, state, heuristic_completion(inst, state, game_moves, window))
 
 
 def _gain(inst: Padded, state: State, offset: jax.Array) -> jax.Array:

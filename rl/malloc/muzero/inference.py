@@ -21,20 +21,21 @@ TRAINED_DIR = pathlib.Path(__file__).resolve().parents[1] / "trained"
 
 # --------------------------------------------------------------------------- solving
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9))
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9, 10, 11))
 def _play_final(model, params, key, inst, kind, num_simulations, max_considered, q_scale, samples=1,
-                keep_best=False):
+                keep_best=False, window=0, view=0):
     """Final states of the deterministic search (Gumbel noise 0); with ``samples`` > 1, of the best (by the
     true game's return) of that episode and ``samples - 1`` episodes whose root choices carry Gumbel noise
     (Danihelka et al. 2022: sampling without replacement through Gumbel-top-k). ``keep_best``: see
-    ``training.play``."""
-    final, _ = play(model, params, key, inst, kind, num_simulations, max_considered, 0.0, q_scale, keep_best)
+    ``training.play``, as are ``window`` and ``view``."""
+    final, _ = play(model, params, key, inst, kind, num_simulations, max_considered, 0.0, q_scale, keep_best,
+                    window, view)
     if samples == 1:
         return final
     b = inst.size.shape[0]
     tiled = jax.tree.map(lambda x: jnp.repeat(x, samples - 1, axis=0), inst)
     noisy, _ = play(model, params, jax.random.fold_in(key, 1), tiled, kind, num_simulations, max_considered,
-                    1.0, q_scale, keep_best)
+                    1.0, q_scale, keep_best, window, view)
     every = jax.tree.map(lambda d, r: jnp.concatenate([d[:, None], r.reshape(b, samples - 1, *r.shape[1:])], 1),
                          final, noisy)                                  # [B, samples, ...], deterministic first
     best = jnp.argmax(every.ret, axis=1)                                # ties: the deterministic episode
@@ -47,11 +48,14 @@ def padded_size(num_buffers: int, multiple: int = 32) -> int:
 
 def solve_batch(instances: list[Instance], model, params, kind: str = "muzero", num_simulations: int = 64,
                 max_considered: int = 16, seed: int = 0, max_buffers: int | None = None,
-                q_scale: float = 1.0, samples: int = 1, keep_best: bool = False) -> list[np.ndarray]:
+                q_scale: float = 1.0, samples: int = 1, keep_best: bool = False, window: int = 0,
+                view: int = 0) -> list[np.ndarray]:
     """Plays every instance (one batch per padded size) with deterministic search (Gumbel noise 0), or
     keeps the best of that and ``samples - 1`` Gumbel-noised episodes (:func:`_play_final`); ``keep_best``
     (rollout search): each episode answers with the best trajectory its searches evaluated
-    (``training.play``). Returns int64 offsets in each instance's buffer order (-1 slow)."""
+    (``training.play``); ``window`` / ``view`` (true-game searches on whole programs): rollouts over that many
+    buffers, the network on a view of that many slots (``mcts.search``; 0: all). Returns int64 offsets in
+    each instance's buffer order (-1 slow)."""
     if kind not in SEARCHES:
         raise ValueError(f"solver kind={kind!r}; allowed: {', '.join(SEARCHES)}")
     check_search_args(num_simulations, samples)
@@ -64,7 +68,8 @@ def solve_batch(instances: list[Instance], model, params, kind: str = "muzero", 
     for n, idx in groups.items():
         batch = game.pad([instances[i] for i in idx], max_buffers=n)
         final = _play_final(model, params, jax.random.PRNGKey(seed), batch, kind, num_simulations,
-                            min(max_considered, game.num_actions(n)), float(q_scale), samples, keep_best)
+                            min(max_considered, game.num_actions(n)), float(q_scale), samples, keep_best,
+                            int(window), int(view))
         final = jax.device_get(final)
         for j, i in enumerate(idx):
             one = jax.tree.map(lambda x: x[j], batch)

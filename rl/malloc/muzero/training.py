@@ -11,6 +11,7 @@ import optax
 
 from models.malloc_muzero import Latent, MallocMuZeroNet, MuZeroNetConfig
 from rl.malloc import game
+from rl.malloc.muzero import mcts
 from rl.malloc.muzero.mcts import GLOBAL_FEATURES, SLOT_FEATURES, _predict, _represent, search
 from rl.malloc.muzero.replay import Batch, Episodes, Replay, replay_add, replay_init, replay_sample
 
@@ -100,21 +101,48 @@ def init_params(model: MallocMuZeroNet, key: jax.Array, max_buffers: int = 8):
 # --------------------------------------------------------------------------- self-play
 
 def play(model, params, key, inst: game.Padded, kind: str, num_simulations: int, max_considered: int = 16,
-         gumbel_scale: float = 1.0, q_scale: float = 1.0, keep_best: bool = False) -> tuple[game.State, Episodes]:
+         gumbel_scale: float = 1.0, q_scale: float = 1.0, keep_best: bool = False, window: int = 0,
+         view: int = 0) -> tuple[game.State, Episodes]:
     """Plays a batch of whole episodes with search at every move (vmap over instances, lax.scan over N
-    moves). Returns (final states, the recorded episodes). ``keep_best`` (rollout search only): the final
-    state is the best whole trajectory any move's search evaluated (``mcts.best_rollout_node`` finished by
-    the heuristic, ``game.heuristic_finish``) where it beats the episode played; the episode itself, and so
-    every recovery the search makes after a worse-looking move, is unchanged."""
+    moves). Returns (final states, the recorded episodes). ``window`` and ``view`` (true-game searches):
+    rollouts over ``window`` buffers and the network on a view of ``view`` slots (``mcts.search``).
+
+    ``keep_best`` (rollout search only): the final state is the best whole trajectory evaluated on the way,
+    where it beats the episode played; the episode itself, and so every recovery the search makes after a
+    worse-looking move, is unchanged. With whole rollouts (``mcts.rollouts_are_whole``) those are every
+    searched node's moves then the heuristic (``mcts.best_rollout_node`` finished by
+    ``game.heuristic_finish``); with windowed rollouts no node's value is a whole return, so every ``window``
+    moves (the first included) the position reached is finished by the heuristic once, to the end.
+
+    Rollout search: each position's rollout value is computed once, as the previous search's chosen child
+    (``mcts.SearchOut.chosen_value``), not again as the next root; a move where no position of the batch has a
+    legal place runs no simulation (``mcts.forced_move``): the episode is the same, only the extra
+    trajectories ``keep_best`` could have seen below such a move are not evaluated."""
     if keep_best and kind != "rollout":
         raise ValueError(f"keep_best needs the rollout search; search kind={kind!r}")
     b, n = inst.size.shape
+    checkpoints = keep_best and not mcts.rollouts_are_whole(window, n)
 
-    def body(carry, k):
-        state, best_ret, best_state = carry
-        out = search(model, params, k, inst, state, kind, num_simulations, max_considered, gumbel_scale, q_scale)
+    def body(carry, xs):
+        state, best_ret, best_state, root_value = carry
+        k, move = xs
+
+        def searched(_):
+            return search(model, params, k, inst, state, kind, num_simulations, max_considered, gumbel_scale,
+                          q_scale, window, view, root_value if kind == "rollout" else None)
+
+        if kind == "rollout":  # where no position of the batch has a choice, no simulation is run
+            legal = jax.vmap(game.legal_actions)(inst, state)
+            out = jax.lax.cond(jnp.all(legal.sum(-1) == 1), lambda _: mcts.forced_move(
+                inst, state, legal, root_value, window), searched, None)
+        else:
+            out = searched(None)
         active = ~jax.vmap(game.done)(inst, state)
         nxt, reward, _ = jax.vmap(game.step)(inst, state, out.action)
+        if checkpoints:  # static; the condition is the move number, the same for the whole batch
+            out_ret, out_state = jax.lax.cond(
+                move % window == 0, lambda s: _finished(inst, s), lambda s: (jnp.full((b,), -jnp.inf), s), state)
+            out = out._replace(best_return=out_ret, best_state=out_state)
         if keep_best:  # static: self-play and the plain searches carry the initial values untouched
             better = active & (out.best_return > best_ret)
             best_ret = jnp.where(better, out.best_return, best_ret)
@@ -122,17 +150,24 @@ def play(model, params, key, inst: game.Padded, kind: str, num_simulations: int,
                                       best_state)
         rec = (state.offset, state.ret, out.action, out.policy, jnp.where(active, out.value, 0.0), reward,
                out.legal, active)
-        return (nxt, best_ret, best_state), rec
+        return (nxt, best_ret, best_state, out.chosen_value), rec
 
     state0 = jax.vmap(game.init)(inst)
-    carry0 = (state0, jnp.full((b,), -jnp.inf, jnp.float32), state0)
-    (final, best_ret, best_state), recs = jax.lax.scan(body, carry0, jax.random.split(key, n))
+    value0 = mcts.rollout_value(inst, state0, window) if kind == "rollout" else jnp.zeros((b,), jnp.float32)
+    carry0 = (state0, jnp.full((b,), -jnp.inf, jnp.float32), state0, value0)
+    (final, best_ret, best_state, _), recs = jax.lax.scan(body, carry0, (jax.random.split(key, n), jnp.arange(n)))
     if keep_best:
-        finished = jax.vmap(game.heuristic_finish)(inst, best_state)
+        finished = best_state if checkpoints else jax.vmap(game.heuristic_finish)(inst, best_state)
         take = finished.ret > final.ret
         final = jax.tree.map(lambda f, p: jnp.where(_rows(take, f), f, p), finished, final)
     recs = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), recs)
     return final, Episodes(inst, *recs)
+
+
+def _finished(inst: game.Padded, state: game.State) -> tuple[jax.Array, game.State]:
+    """([B] return, [B] terminal state) of finishing each position with the heuristic in game moves."""
+    done = jax.vmap(game.heuristic_finish)(inst, state)
+    return done.ret, done
 
 
 def _rows(mask: jax.Array, like: jax.Array) -> jax.Array:
