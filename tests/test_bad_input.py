@@ -339,6 +339,8 @@ CASES = [
          slow=True),
     Case("bench_diloco_link", "tau_over_h_per_p", ("--workdir={row}/w", "--tau=10"), "--tau=10 must be <", slow=True),
     Case("bench_diloco_link", "steps_zero", ("--workdir={row}/w", "--steps=0"), "--steps=0", slow=True),
+    Case("bench_diloco_link", "warmup_over_steps", ("--workdir={row}/w", "--warmup_steps=100"),
+         "--warmup_steps=100 (2 x inner_steps when -1) leaves no step of --steps=100", slow=True),
     Case("bench_diloco_link", "train_flags_harness_owned", ("--workdir={row}/w", "--train_flags=--workers=3"),
          "--workers is set by the harness"),
     Case("bench_diloco_link", "train_flags_unknown", ("--workdir={row}/w", "--train_flags=--bogus=1"),

@@ -383,6 +383,10 @@ def _row(key, method, m, rate, wall, wire, **more):
             "probe": {"large_bps": 8e9}, **more}
 
 
+def _window(steps_per_process, wall_s):
+    return {"processes": [{"steps": n, "wall_s": w} for n, w in zip(steps_per_process, wall_s)]}
+
+
 def test_derive_and_plot(tmp_path):
     from training.benchmarks import diloco_link
 
@@ -391,25 +395,64 @@ def test_derive_and_plot(tmp_path):
     rows = [_row("nosync-M2-unshaped", "nosync", 2, None, 3.0, 500),
             _row("diloco_fp32-M2-unshaped", "diloco_fp32", 2, None, 4.0, 1600),
             _row("diloco_fp32-M2-10mbit", "diloco_fp32", 2, 10 ** 7, 8.0, 1550,
-                 timeline={"step_s": 0.1, "wall_s": 6.0, "utilisation": 0.5, "processes": [{"steps": 29}] * 2}),
+                 timeline=_window([29, 29], [6.0, 6.0]), steady=_window([10, 10], [2.0, 3.0])),
             {"key": "dp-M2-1mbit", "method": "dp", "M": 2, "rate_bps": 10 ** 6, "status": "skipped"}]
     diloco_link.derive(cfg, rows, layout)
     r = rows[2]
     assert r["wire_bytes_net"] == 1050 and r["wire_over_predicted"] == pytest.approx(1.05)
     assert r["relative_throughput"] == pytest.approx(0.5)
-    assert "utilisation_vs_baseline" not in r  # the baseline has no timeline
+    assert r["utilisation_steady"] is None  # the baseline has no timeline
     assert r["sim"]["step_time_s"] == pytest.approx(0.1) and r["sim"]["bandwidth_gbps_per_worker"] == 0.005
     assert r["sim"]["step_time_source"].startswith("baseline wall")
-    assert r["utilisation"] == pytest.approx(0.5) and r["utilisation_source"] == "timeline"
+    assert r["utilisation"] == pytest.approx(0.5) and r["utilisation_source"].startswith("trainer wall")
     assert 0 < r["sim"]["utilisation"] <= 1
     assert rows[1]["relative_throughput"] == 1.0 and rows[1]["sim"]["bandwidth_gbps_per_worker"] == 4.0
-    rows[0]["timeline"] = {"step_s": 0.05}  # a baseline with a timeline gives the reference step
+    # a baseline with timelines: steps per second against its own, over the same windows
+    rows[0].update(timeline=_window([29, 29], [2.9, 2.9]), steady=_window([10, 10], [0.5, 0.5]))
     diloco_link.derive(cfg, rows, layout)
-    assert r["utilisation_vs_baseline"] == pytest.approx(29 * 0.05 / 6.0)
-    assert r["utilisation_source"] == "timeline vs baseline step"
+    assert r["utilisation_steady"] == pytest.approx(((10 / 2.0 + 10 / 3.0) / 2) / 20)
+    assert r["utilisation_whole_run"] == pytest.approx((29 / 6.0) / 10)
+    assert r["utilisation"] == r["utilisation_steady"] and r["utilisation_source"].startswith("steady-state")
+    assert r["sim"]["step_time_s"] == pytest.approx(0.05) and r["sim"]["step_time_source"].startswith("baseline steady")
     diloco_link.plot_utilisation(rows, tmp_path / "u.png")
     assert (tmp_path / "u.png").stat().st_size > 5000
     print(diloco_link.format_table({"rows": rows}))
+
+
+def test_timeline_figures_leave_out_the_warm_up_rounds(tmp_path):
+    """The steady window starts after 2 x inner_steps: a slow first sync (its compilation) counts in the
+    whole-run figures only."""
+    from training.benchmarks import diloco_link
+    from training.link import timeline
+
+    cfg = _cfg(processes="2", steps=40, inner_steps=10, train_flags="--d_model=32 --mlp_dim=64 --warmup_steps=5")
+    assert cfg.steady_after == 20 and _cfg(processes="2", warmup_steps=7).steady_after == 7
+    for process in (0, 1):
+        w = timeline.TimelineWriter.for_run(tmp_path, process)
+        t = 0.0
+        for step in range(1, 41):
+            w.record("compute", t, t + 0.1, step=step)
+            t += 0.1
+            if step % 10 == 0:
+                sync = 5.0 if step == 10 else 0.1  # the first sync compiles
+                w.record("sync", t, t + sync, step=step, fragment=0)
+                t += sync
+        w.close()
+    figures = diloco_link.timeline_figures(cfg, tmp_path, "synthetic")
+    steady, whole = figures["steady"], figures["timeline"]
+    assert steady["after_step"] == 20 and whole["after_step"] == 1
+    assert [p["steps"] for p in steady["processes"]] == [20, 20]
+    assert steady["wall_s"] == pytest.approx(20 * 0.1 + 2 * 0.1)  # steps 21..40 and the syncs at 30 and 40
+    assert whole["sync_s"] == pytest.approx(5.0 + 3 * 0.1)
+    assert diloco_link.steps_per_second(steady) == pytest.approx(20 / 2.2)
+    assert (tmp_path / "timeline.png").is_file()
+
+
+def test_warmup_steps_must_leave_steady_steps():
+    with pytest.raises(ValueError, match="warmup_steps=40 .* leaves no step of steps=40"):
+        _cfg(processes="2", steps=40, inner_steps=20)
+    with pytest.raises(ValueError, match="warmup_steps=0 must be an integer >= 1, or -1"):
+        _cfg(processes="2", warmup_steps=0)
 
 
 def test_finished_rows_are_skipped_only_with_the_same_flags():

@@ -53,7 +53,7 @@ METHODS = ("dp", "diloco_fp32", "streaming_fp4", "streaming_fp4_overlap")
 HARNESS_SETTINGS = ("workdir", "overwrite", "multihost", "coordinator_address", "num_processes", "process_id",
                     "workers", "algo", "inner_steps", "fragments", "overlap_tau", "outer_precision", "steps",
                     "stop_after", "timeline")
-SKIP_STEPS = 1  # warm-up (compilation) steps left out of the timeline figures
+SKIP_STEPS = 1  # the whole-run timeline figures leave out the first step (its compilation) only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,9 @@ class BenchDiLoCoLinkConfig:
     fragments: P of the Streaming DiLoCo methods.
     tau: Overlap τ (>= 1) of streaming_fp4_overlap.
     steps: Inner steps of every run.
+    warmup_steps: Inner steps left out of the steady-state figures; -1: 2 x inner_steps, the first two outer
+      rounds, in which the step, each fragment's sync and each merge compile (on this project's CPU runs a
+      fragment's first syncs took 3-9 s, a later one 0.1-0.5 s).
     train_flags: Further train_diloco flags for every run (model, batch, evaluation, ...), e.g.
       '--d_model=64 --eval_every=50'; checkpoint_every defaults to 0 (a save at the end only).
     baseline: Also run, per M and unshaped, a run with no sync (the coordination baseline subtracted
@@ -96,6 +99,7 @@ class BenchDiLoCoLinkConfig:
     fragments: int = 2
     tau: int = 1
     steps: int = 100
+    warmup_steps: int = -1
     train_flags: str = ""
     baseline: bool = True
     probe: bool = True
@@ -107,6 +111,11 @@ class BenchDiLoCoLinkConfig:
     def __post_init__(self):
         run_lib.require_positive(self, "devices", "inner_steps", "fragments", "tau", "steps", "timeout_s",
                                  allow_zero=("devices",))
+        if self.warmup_steps != -1 and not (isinstance(self.warmup_steps, int) and 1 <= self.warmup_steps):
+            raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 1, or -1 (2 x inner_steps)")
+        if self.steady_after >= self.steps:
+            raise ValueError(f"warmup_steps={self.steady_after} (2 x inner_steps when -1) leaves no step of steps="
+                             f"{self.steps} for the steady-state figures; give more steps or fewer warmup_steps")
         if not (isinstance(self.max_link_s, (int, float)) and math.isfinite(self.max_link_s)
                 and self.max_link_s >= 0):
             raise ValueError(f"max_link_s={self.max_link_s} must be a finite number >= 0")
@@ -148,6 +157,11 @@ class BenchDiLoCoLinkConfig:
 
     def devices_for(self, m: int) -> int:
         return self.devices or m
+
+    @property
+    def steady_after(self) -> int:
+        """The last warm-up step: the steady-state figures count the steps after it."""
+        return 2 * self.inner_steps if self.warmup_steps == -1 else self.warmup_steps
 
     # -- train_diloco settings
     @property
@@ -389,16 +403,26 @@ def run_row(cfg: BenchDiLoCoLinkConfig, row: RowSpec, name: str) -> dict:
         out["predicted_link_bytes"] = n * s["mesh_bytes_sent"]
     else:
         out["predicted_link_bytes"] = predicted_bytes(train_cfg, n)["link_bytes"]
-    files = timeline.timeline_files(run_dir)
-    if files:
-        try:
-            intervals = timeline.read_timeline(files)
-            out["timeline"] = timeline.summarise(timeline.utilisation(intervals, SKIP_STEPS))
-            out["timeline"]["step_s"] = timeline.step_seconds(intervals, SKIP_STEPS)
-            timeline.plot_timeline(intervals, run_dir / "timeline.png", title=row.key)
-        except ValueError as e:
-            out["timeline_error"] = str(e)
+    out.update(timeline_figures(cfg, run_dir, row.key))
     return out
+
+
+def timeline_figures(cfg: BenchDiLoCoLinkConfig, run_dir: pathlib.Path, title: str) -> dict:
+    """From a run's timelines: ``timeline`` (every step but the first) and ``steady`` (the steps after
+    ``cfg.steady_after``), each with its median step, and the run's timeline.png; {} without timelines."""
+    files = timeline.timeline_files(run_dir)
+    if not files:
+        return {}
+    try:
+        intervals = timeline.read_timeline(files)
+        figures = {}
+        for key, skip in (("timeline", SKIP_STEPS), ("steady", cfg.steady_after)):
+            figures[key] = timeline.summarise(timeline.utilisation(intervals, skip))
+            figures[key].update(step_s=timeline.step_seconds(intervals, skip), after_step=skip)
+        timeline.plot_timeline(intervals, run_dir / "timeline.png", title=title)
+        return figures
+    except ValueError as e:
+        return {"timeline_error": str(e)}
 
 
 def _probe(link: netns.Link, rate_bps: int | None, env: dict) -> dict:
@@ -423,7 +447,12 @@ def _trainer_has_timeline() -> bool:
 # ----------------------------------------------------------------------------- derived figures
 def derive(cfg: BenchDiLoCoLinkConfig, rows: list[dict], layout: dict) -> None:
     """Adds to each row what needs other rows: bytes net of its M's baseline, throughput relative to its
-    unshaped run, utilisation against the baseline's compute step, and the simulator's prediction."""
+    unshaped run, the measured utilisation and the simulator's prediction.
+
+    Measured utilisation is the row's inner steps per second over its steady-state window divided by the
+    no-sync baseline's over the same steps (:func:`steps_per_second`): the time the method adds to
+    training without communication, which is what the simulator's utilisation, compute / (compute + exposed
+    communication), predicts. The simulator is run with the baseline's steady-state time per step."""
     by_key = {r["key"]: r for r in rows}
     planned = {row.key for row in cfg.plan()}
     for r in rows:
@@ -438,11 +467,10 @@ def derive(cfg: BenchDiLoCoLinkConfig, rows: list[dict], layout: dict) -> None:
         unshaped = by_key.get(RowSpec(r["method"], r["M"], None).key)
         if ok(unshaped) and r.get("trainer_wall_s"):
             r["relative_throughput"] = unshaped["trainer_wall_s"] / r["trainer_wall_s"]
+        for key, window in (("utilisation_steady", "steady"), ("utilisation_whole_run", "timeline")):
+            mine, theirs = steps_per_second(r.get(window)), steps_per_second((base or {}).get(window))
+            r[key] = mine / theirs if mine and theirs else None
         step_s, source = _reference_step(base)
-        tl = r.get("timeline")
-        if tl and (base or {}).get("timeline"):  # DP's step includes its all-reduce: compare with pure compute
-            counted = sum(p["steps"] for p in tl["processes"]) / len(tl["processes"])
-            r["utilisation_vs_baseline"] = counted * base["timeline"]["step_s"] / tl["wall_s"]
         link_bps = r["rate_bps"] or (r.get("probe") or {}).get("large_bps")
         if step_s and link_bps and r["key"] in planned:  # (a row of an earlier plan keeps its old figures)
             train_cfg = cfg.train_config(RowSpec(r["method"], r["M"], r["rate_bps"]))
@@ -454,23 +482,31 @@ def derive(cfg: BenchDiLoCoLinkConfig, rows: list[dict], layout: dict) -> None:
         r["utilisation"], r["utilisation_source"] = _measured(r)
 
 
+def steps_per_second(figures: dict | None) -> float | None:
+    """Inner steps per second of a timeline window (steps counted per process over its wall time, eval and
+    save taken out; mean over processes), None without one."""
+    if not figures or not figures.get("processes"):
+        return None
+    rates = [p["steps"] / p["wall_s"] for p in figures["processes"] if p["wall_s"] > 0]
+    return sum(rates) / len(rates) if rates else None
+
+
 def _reference_step(base: dict | None) -> tuple[float | None, str]:
-    """The compute time of one inner step: the baseline run's median timeline step, else its trainer wall
-    time per step (compilation included: an upper bound)."""
+    """The time of one inner step without communication: the baseline's steady-state seconds per step, else
+    its trainer wall time per step (compilation included: an upper bound)."""
     if not base or base.get("status") != "ok":
         return None, "none"
-    if base.get("timeline"):
-        return base["timeline"]["step_s"], "baseline timeline (median step)"
+    rate = steps_per_second(base.get("steady"))
+    if rate:
+        return 1 / rate, "baseline steady state (wall / steps)"
     if base.get("trainer_wall_s") and base.get("steps"):
         return base["trainer_wall_s"] / base["steps"], "baseline wall / steps (compilation included)"
     return None, "none"
 
 
 def _measured(r: dict) -> tuple[float | None, str]:
-    if r.get("utilisation_vs_baseline") is not None:
-        return r["utilisation_vs_baseline"], "timeline vs baseline step"
-    if r.get("timeline"):
-        return r["timeline"]["utilisation"], "timeline"
+    if r.get("utilisation_steady") is not None:
+        return r["utilisation_steady"], "steady-state steps/s vs the no-sync baseline's"
     if r.get("relative_throughput") is not None:
         return r["relative_throughput"], "trainer wall unshaped / shaped"
     return None, "none"
@@ -547,7 +583,11 @@ def run(cfg: BenchDiLoCoLinkConfig) -> dict:
         with workers.signals_as_exceptions() if main_thread else _nothing():
             for i, row in enumerate(cfg.plan()):
                 if finished(record, cfg, row):
-                    logging.info("row %d/%d %s: finished before, skipped", i + 1, len(planned), row.key)
+                    logging.info("row %d/%d %s: finished before, skipped (its timeline figures recomputed)", i + 1,
+                                 len(planned), row.key)
+                    done = next(r for r in record["rows"] if r.get("key") == row.key)
+                    run_dir = pathlib.Path(cfg.workdir).expanduser().resolve() / "runs" / row.key
+                    done.update(timeline_figures(cfg, run_dir, row.key) if run_dir.is_dir() else {})
                     continue
                 if planned[row.key]["skip"]:
                     result = {"key": row.key, "method": row.method, "M": row.processes,

@@ -41,8 +41,8 @@ from training.benchmarks import diloco_link
 # Every run's train_diloco settings unless train_flags say otherwise: a 1.28 M-parameter byte-level LM
 # (4 blocks, width 160), 3,000 inner steps of 16 x 64 bytes (H = 100: 30 outer steps per fragment).
 TRAIN_DEFAULTS: dict[str, Any] = dict(num_layers=4, num_heads=4, d_model=160, mlp_dim=432, batch_size=16, seq_len=64,
-                                      steps=3000, warmup_steps=150, eval_every=500, eval_batches=20, log_every=50,
-                                      checkpoint_every=250)
+                                      steps=3000, eval_every=500, eval_batches=20, log_every=50, checkpoint_every=250)
+WARMUP_FRACTION = 0.05  # warm-up steps / steps unless train_flags set warmup_steps: 150 of the study's 3000
 STREAMING = dict(algo="streaming", fragments=2, overlap_tau=1, alpha=0.5)
 TOPK_FRACTION = 0.1
 
@@ -114,7 +114,7 @@ class DiLoCoStudyConfig:
         for run in self.plan():
             self.train_config(run, flat)
         if self.out:
-            run_lib.require_output_file("out", self.out, make_parents=True)
+            run_lib.require_output_file("out", self.out)
 
     @property
     def row_list(self) -> list[str]:
@@ -161,6 +161,7 @@ class DiLoCoStudyConfig:
 
         flat = self.train_flat if flat is None else flat
         settings = {**TRAIN_DEFAULTS, **flat, **ROWS[run.row], "seed": run.seed, "workdir": str(self.run_dir(run))}
+        settings.setdefault("warmup_steps", round(WARMUP_FRACTION * settings["steps"]))
         try:
             return config_lib.from_flat(diloco_exp.TrainDiLoCoConfig, settings)
         except ValueError as e:
