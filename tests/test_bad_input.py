@@ -609,3 +609,12 @@ def test_eval_jssp_out_in_a_new_folder_is_written(tmp_path):
     assert len(records) == 1 and records[0]["makespan"] > 0
 
 
+
+
+def test_the_pages_count_the_rows_of_this_table():
+    """README.md and docs/reliability.md quote how many cases this file has, and how many run by default."""
+    default = sum(not c.slow for c in CASES)
+    assert f"every script refuses bad input ({len(CASES)} tested cases)" in (REPO / "README.md").read_text()
+    reliability = " ".join((REPO / "docs" / "reliability.md").read_text().split())
+    assert f"`tests/test_bad_input.py`: {len(CASES)} cases over every script" in reliability
+    assert f"{default} cases run by default, the other {len(CASES) - default} with" in reliability
