@@ -421,9 +421,10 @@ def report(cfg: MutationCheckConfig) -> dict:
         print("\n" + format_table(record))
         stale = record["stale"]
     if cfg.out:
-        from training.run import write_json_atomic
+        from training import run as run_lib
 
-        write_json_atomic(pathlib.Path(cfg.out), record)
+        command = run_lib.command_line("tools.mutation_check", cfg, skip=())
+        run_lib.write_json_atomic(pathlib.Path(cfg.out), {"provenance": run_lib.provenance(command), **record})
         print(f"\nwrote {cfg.out}")
     if stale:
         raise ValueError(f"{len(stale)} mutant(s) are STALE, their `old` text no longer occurs exactly once: "
