@@ -123,6 +123,21 @@ def test_rate_labels_and_htb_options():
     assert "default" in qdisc and "r2q" in qdisc and klass[klass.index("classid") + 1] == "1:10"
 
 
+def test_control_ports_get_a_priority_class_of_the_same_link():
+    qdisc, parent, bulk, control, *filters = netns.shape_commands(10 ** 7, control_ports=(23456,))
+    value = lambda cmd, key: cmd[cmd.index(key) + 1]  # noqa: E731
+    assert value(qdisc, "default") == "10"  # unmatched traffic: the bulk class
+    assert value(parent, "classid") == "1:1" and value(parent, "rate") == value(parent, "ceil") == "10000000bit"
+    assert [value(c, "parent") for c in (bulk, control)] == ["1:1", "1:1"]
+    assert value(bulk, "classid") == "1:10" and value(control, "classid") == "1:20"
+    # the two guarantees add up to the link; each may borrow all of it; control first
+    assert int(value(bulk, "rate")[:-3]) + int(value(control, "rate")[:-3]) == 10 ** 7
+    assert value(bulk, "ceil") == value(control, "ceil") == "10000000bit"
+    assert (value(control, "prio"), value(bulk, "prio")) == ("0", "1")
+    assert sorted((f[f.index("match") + 2], f[f.index("match") + 3], value(f, "flowid")) for f in filters) == [
+        ("dport", "23456", "1:20"), ("sport", "23456", "1:20")]
+
+
 # ----------------------------------------------------------------------------- refusals
 def test_check_tools_says_which_is_missing():
     with pytest.raises(netns.LinkUnavailable, match="needs root .*uid 1000"):
@@ -179,7 +194,8 @@ def test_no_htb_leaves_nothing_behind(monkeypatch):
     needs_namespaces()
     real = netns.shape_commands
     monkeypatch.setattr(netns, "shape_commands",
-                        lambda rate: [[*c[:8], "nosuchqdisc", *c[9:]] if c[1] == "qdisc" else c for c in real(rate)])
+                        lambda rate, ports=(): [[*c[:8], "nosuchqdisc", *c[9:]] if c[1] == "qdisc" else c
+                                                for c in real(rate, ports)])
     name = _name("nohtb")
     with pytest.raises(netns.LinkUnavailable, match="tc cannot attach an htb qdisc"):
         netns.check_link(name)
@@ -560,6 +576,59 @@ def test_namespace_shaped_counted_and_removed_after_an_exception(tmp_path):
             raise RuntimeError("boom")
     assert name not in netns.namespaces()
     assert not link.is_open and link.close()  # idempotent
+
+
+PING_UNDER_BULK = """
+import json, socket, threading, time
+CONTROL, BULK, BULK_BYTES = 23999, 24999, 2_000_000
+def serve(port, handle):
+    s = socket.create_server(("127.0.0.1", port)); conn, _ = s.accept(); handle(conn)
+def echo(conn):
+    while data := conn.recv(4096):
+        conn.sendall(data)
+received = threading.Event()
+def drain(conn):
+    total = 0
+    while chunk := conn.recv(1 << 16):
+        total += len(chunk)
+        if total >= BULK_BYTES:
+            received.set()
+for port, handle in ((CONTROL, echo), (BULK, drain)):
+    threading.Thread(target=serve, args=(port, handle), daemon=True).start()
+time.sleep(0.2)
+bulk = socket.create_connection(("127.0.0.1", BULK))
+t0 = time.perf_counter()
+sender = threading.Thread(target=bulk.sendall, args=(b"x" * BULK_BYTES,))
+sender.start()
+time.sleep(0.4)  # the link's queue is full of bulk bytes by now
+control = socket.create_connection(("127.0.0.1", CONTROL)); control.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+rtts = []
+for _ in range(5):
+    t = time.perf_counter(); control.sendall(b"k" * 300); got = b""
+    while len(got) < 300:
+        got += control.recv(4096)
+    rtts.append(time.perf_counter() - t)
+received.wait(30); sender.join(); bulk.close()  # bulk_s: until the receiver has every byte
+print(json.dumps({"rtts": rtts, "bulk_s": time.perf_counter() - t0}))
+"""
+
+
+@pytest.mark.parametrize("priority", [True, False])
+def test_a_small_exchange_on_a_control_port_does_not_wait_behind_bulk_bytes(priority):
+    """At 10 Mbit/s a 2 MB transfer takes 1.6 s; 300-byte round trips on the control port meanwhile take
+    milliseconds with the priority class and wait behind the queued bulk bytes without it (the stall the
+    class removes from a log line's loss exchange)."""
+    needs_namespaces()
+    name = _name(f"prio{int(priority)}")
+    with netns.Link(name, rate_bps=10 ** 7, control_ports=(23999,) if priority else ()) as link:
+        out = link.run([PY, "-c", PING_UNDER_BULK], timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["bulk_s"] > 1.2, got  # the link was busy while the round trips ran
+    if priority:
+        assert max(got["rtts"]) < 0.1, got
+    else:
+        assert got["rtts"][0] > 0.1, got  # the first waited behind the queued bulk bytes
 
 
 def test_workers_inside_a_namespace_killed_with_9_or_hung_leave_nothing(tmp_path):

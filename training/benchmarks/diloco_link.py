@@ -376,7 +376,7 @@ def run_row(cfg: BenchDiLoCoLinkConfig, row: RowSpec, name: str) -> dict:
                            "flags": flag_list(settings),
                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                            "load_before": os.getloadavg()[0]}
-    with netns.Link(name, row.rate_bps) as link:
+    with netns.Link(name, row.rate_bps, control_ports=(PORT,)) as link:
         if cfg.probe:
             out["probe"] = _probe(link, row.rate_bps, env)
         before = link.counters()

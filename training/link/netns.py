@@ -8,7 +8,14 @@ there. With a rate, the loopback's egress goes through one htb class::
     tc class add dev lo parent 1: classid 1:10 htb rate R ceil R burst B cburst B quantum Q
 
 so the namespace is **one shared link of rate R**: every byte any process sends (data and ACKs, in every
-direction) is queued there once. A ring collective in which each of M participants sends w bytes puts
+direction) is queued there once. With ``control_ports`` (the coordination service's), the link is split
+into two htb classes under one parent of rate R: the control traffic of those ports (either direction,
+``u32`` filters) in a class of priority 0 guaranteed R/100, everything else in the bulk class; both may
+use the whole R. The kernels here have no fair-queueing qdisc (fq_codel, sfq and fq are unknown to tc),
+so within one class a few hundred bytes of a key-value exchange waited behind every queued byte of an
+outer sync: a log line's cross-process loss mean stalled the training loop for the sync's whole transfer.
+A link with fair queueing between flows (Linux's default qdisc) lets such small flows through; the
+priority class gives that here. A ring collective in which each of M participants sends w bytes puts
 M·w bytes through it, so each worker sees R/M (what :mod:`parallel.comm_sim`'s "bandwidth per worker"
 is compared against). ``burst`` is the larger of 64 KiB and 1 ms at R: the loopback passes TCP
 segmentation-offload packets of up to 64 KiB, and a burst below one such packet made htb fall short of
@@ -39,6 +46,9 @@ from typing import Callable, Iterator, NamedTuple
 
 COMMAND_TIMEOUT_S = 30  # every ip/tc call is bounded
 LINK_CLASS = "1:10"
+CONTROL_CLASS = "1:20"
+PARENT_CLASS = "1:1"
+CONTROL_SHARE = 100  # the control class is guaranteed R / 100 (it borrows up to R)
 R2Q = 1000
 QUANTUM_BYTES = 65536
 MIN_BURST_BYTES = 65536  # one TSO packet on the loopback
@@ -79,18 +89,34 @@ def rate_label(bps: int | None) -> str:
     return f"{bps}bit"
 
 
-def htb_class_options(rate_bps: int) -> list[str]:
-    """The options of the link's htb class: ceil = rate, burst = cburst = max(64 KiB, 1 ms at the rate)."""
-    burst = max(MIN_BURST_BYTES, int(rate_bps * BURST_SECONDS / 8))
-    return ["rate", f"{rate_bps}bit", "ceil", f"{rate_bps}bit", "burst", f"{burst}b", "cburst", f"{burst}b",
+def htb_class_options(rate_bps: int, ceil_bps: int | None = None) -> list[str]:
+    """The options of an htb class: ceil (default: the rate), burst = cburst = max(64 KiB, 1 ms at the ceil)."""
+    ceil_bps = ceil_bps or rate_bps
+    burst = max(MIN_BURST_BYTES, int(ceil_bps * BURST_SECONDS / 8))
+    return ["rate", f"{rate_bps}bit", "ceil", f"{ceil_bps}bit", "burst", f"{burst}b", "cburst", f"{burst}b",
             "quantum", str(QUANTUM_BYTES)]
 
 
-def shape_commands(rate_bps: int) -> list[list[str]]:
-    """The two tc commands (to run inside the namespace) that shape its loopback to ``rate_bps``."""
-    return [["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10", "r2q", str(R2Q)],
-            ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", LINK_CLASS, "htb",
-             *htb_class_options(rate_bps)]]
+def shape_commands(rate_bps: int, control_ports: tuple[int, ...] = ()) -> list[list[str]]:
+    """The tc commands (to run inside the namespace) that shape its loopback to ``rate_bps``: the qdisc first,
+    then its classes, then (with ``control_ports``) the filters that send those ports' packets to the
+    priority class (see the module doc)."""
+    qdisc = ["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10", "r2q", str(R2Q)]
+
+    def klass(parent: str, classid: str, *options: str) -> list[str]:
+        return ["tc", "class", "add", "dev", "lo", "parent", parent, "classid", classid, "htb", *options]
+
+    if not control_ports:
+        return [qdisc, klass("1:", LINK_CLASS, *htb_class_options(rate_bps))]
+    control = max(rate_bps // CONTROL_SHARE, 1)
+    commands = [qdisc, klass("1:", PARENT_CLASS, *htb_class_options(rate_bps)),
+                klass(PARENT_CLASS, LINK_CLASS, *htb_class_options(rate_bps - control, rate_bps), "prio", "1"),
+                klass(PARENT_CLASS, CONTROL_CLASS, *htb_class_options(control, rate_bps), "prio", "0")]
+    for port in control_ports:
+        for side in ("sport", "dport"):
+            commands.append(["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",
+                             "u32", "match", "ip", side, str(port), "0xffff", "flowid", CONTROL_CLASS])
+    return commands
 
 
 # ----------------------------------------------------------------------------- counters
@@ -217,11 +243,11 @@ class Link:
     the namespace or the htb qdisc cannot be made.
     """
 
-    def __init__(self, name: str, rate_bps: int | None = None):
+    def __init__(self, name: str, rate_bps: int | None = None, control_ports: tuple[int, ...] = ()):
         validate_name(name)
         if rate_bps is not None and not 1 <= rate_bps <= MAX_RATE_BPS:
             raise ValueError(f"rate_bps={rate_bps!r} must be between 1 and {MAX_RATE_BPS}")
-        self.name, self.rate_bps = name, rate_bps
+        self.name, self.rate_bps, self.control_ports = name, rate_bps, tuple(control_ports)
         self.is_open = False
 
     def __enter__(self) -> "Link":
@@ -265,14 +291,16 @@ class Link:
             raise LinkUnavailable(f"cannot bring up the loopback of namespace {self.name}: {_first_line(up.stderr)}")
         if self.rate_bps is None:
             return
-        qdisc, klass = shape_commands(self.rate_bps)
+        qdisc, *rest = shape_commands(self.rate_bps, self.control_ports)
         out = self.run(qdisc)
         if out.returncode:
             raise LinkUnavailable(f"tc cannot attach an htb qdisc here ({' '.join(qdisc)}): "
                                   f"{_first_line(out.stderr)} (the kernel lacks sch_htb?)")
-        out = self.run(klass)
-        if out.returncode:
-            raise LinkUnavailable(f"tc cannot add the htb class ({' '.join(klass)}): {_first_line(out.stderr)}")
+        for cmd in rest:
+            out = self.run(cmd)
+            if out.returncode:
+                what = "the htb class" if cmd[1] == "class" else "the u32 filter (the kernel lacks cls_u32?)"
+                raise LinkUnavailable(f"tc cannot add {what} ({' '.join(cmd)}): {_first_line(out.stderr)}")
 
     def counters(self) -> dict[str, IfaceCounters]:
         """The namespace's ``/proc/net/dev``, parsed."""
@@ -307,10 +335,10 @@ class Link:
 def check_link(name: str) -> None:
     """Everything the shaped link needs, tried before any work: root, ``ip`` and ``tc``
     (:func:`check_tools`), ``name`` free (ValueError), and a namespace with an htb-shaped loopback made
-    and removed again (LinkUnavailable naming what failed)."""
+    and removed again, its control-port filter included (LinkUnavailable naming what failed)."""
     check_tools()
     validate_name(name)
-    with Link(name, rate_bps=10 ** 6):
+    with Link(name, rate_bps=10 ** 6, control_ports=(1,)):
         pass
 
 
