@@ -271,7 +271,7 @@ def test_checkpoint_tables():
     """checkpoint/bench_checkpoint.json: the save table and the training-loop table."""
     bench = load("checkpoint/bench_checkpoint.json")
     saves = {(s["state_mb"], s["mode"]): s for s in bench["saves"]}
-    save_table, loop_table = page_tables("checkpoint")
+    save_table, loop_table = page_tables("checkpoint")[:2]
     for label, mb in (("64 MiB", 64), ("256 MiB", 256), ("1 GiB", 1024)):
         row = save_table.row(label)
         lazy, plain, sync = saves[mb, "lazy"], saves[mb, "async"], saves[mb, "sync"]
@@ -288,6 +288,19 @@ def test_checkpoint_tables():
         check(row[2], [pct(loop["async", every]["slowdown"], 1)], f"K={every} async")
     baseline = loop["none", 0]["all_steps_per_sec"]
     in_prose("checkpoint", f"ranged {f(min(baseline), 1)}–{f(max(baseline), 1)} steps/s across repeats")
+
+
+def test_checkpoint_multiprocess_table():
+    """checkpoint/multiprocess.json: consecutive 2-process train_lm runs per checkpoint mode, how each ended."""
+    record = load("checkpoint/multiprocess.json")
+    table = page_tables("checkpoint")[2]
+    assert sorted(r[0].strip("`") for r in table.rows) == sorted(record["summary"])
+    for row in table.rows:
+        s = record["summary"][row[0].strip("`")]
+        check(row[1], [str(s["trials"])], f"{row[0]} trials")
+        check(row[2], [str(s["ok"])], f"{row[0]} finished")
+        check(row[3], [str(s["stalled"])], f"{row[0]} stalled")
+        check(row[4], [str(s["lost"] + s["failed"] + s["timeout"])], f"{row[0]} other")
 
 
 # --------------------------------------------------------------------------- MoE
@@ -1018,8 +1031,14 @@ def test_readme_headline_table():
 
     runs = {r["run"]: r for r in load("diloco/diloco_study.json")}["stream_m2_h30_fp4"]
     row = table.row("Streaming DiLoCo")
-    assert bold(row[1]) == [f(runs["bytes_reduction_vs_dp"], 0) + "×", f(runs["val_loss_ratio_to_dp"], 4) + "×"]
+    repeats = {tau: float(np.median([next(r for r in raw(f"diloco/link_repeats/tau5_r{k}.json")["rows"]
+                                          if r["method"] == method)["utilisation_steady"] for k in (1, 2, 3)]))
+               for tau, method in ((5, "streaming_fp4_overlap"), (0, "streaming_fp4"))}
+    assert bold(row[1]) == [f(runs["bytes_reduction_vs_dp"], 0) + "×", f(runs["val_loss_ratio_to_dp"], 4) + "×",
+                            f(repeats[5], 2), f(repeats[0], 2)]
     assert runs["M"] == 2 and runs["precision"] == "fp4"
+    dp_link = link_rows()[("dp", 2)]["10mbit"]
+    assert row[2].endswith(f"data-parallel on the same link: {f(dp_link['utilisation'], 2)}")
 
     saves = {(s["state_mb"], s["mode"]): s for s in load("checkpoint/bench_checkpoint.json")["saves"]}
     row = table.row("Checkpointing")
