@@ -1,5 +1,6 @@
 """training/watchdog.py and the stall path of parallel.checkpoint.PreemptionGuard: a lost peer, a stalled
 loop and a signal the main thread cannot serve each end the process with one line, within a bound."""
+import os
 import signal
 import subprocess
 import sys
@@ -161,3 +162,15 @@ def test_a_guard_without_on_stalled_leaves_the_signal_to_the_loop():
     with PreemptionGuard() as guard:
         signal.raise_signal(signal.SIGTERM)
         assert guard.requested and guard._watcher is None
+
+
+@pytest.mark.parametrize("flags, count", [("", 1), ("--xla_force_host_platform_device_count=4", 4),
+                                          ("--xla_cpu_foo=1 --xla_force_host_platform_device_count=2", 2)])
+def test_multi_process_cpu_runs_get_threads_for_every_device(monkeypatch, flags, count):
+    """training.run.maybe_initialize_distributed sets PJRT_NPROC from these (4 CPU devices per process on
+    2 cores stalled in the step's all-reduce without threads for every device)."""
+    from training import run as run_lib
+
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    assert run_lib.host_device_count() == count
+    assert run_lib.cpu_threads_for(count) >= max(2 * count, os.cpu_count() or 1)

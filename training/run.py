@@ -24,6 +24,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import time
 from typing import Any, Callable, Iterable
 
@@ -210,6 +211,17 @@ def provenance(command: str) -> dict:
             "machine": {**machine_info(), "load_average": [round(x, 2) for x in os.getloadavg()]}}
 
 
+def host_device_count() -> int:
+    """The CPU devices this process will have: ``--xla_force_host_platform_device_count`` in XLA_FLAGS, else 1."""
+    found = re.findall(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return int(found[-1]) if found else 1
+
+
+def cpu_threads_for(devices: int) -> int:
+    """PJRT_NPROC for a multi-process CPU run: twice the devices, at least the cores."""
+    return max(os.cpu_count() or 1, 2 * devices)
+
+
 def maybe_initialize_distributed(cfg: RunConfig) -> None:
     """``jax.distributed.initialize`` for a multihost run (explicit coordinator settings, or the cluster's own
     environment when they are empty); on CPU the cross-process collectives go through gloo."""
@@ -224,6 +236,11 @@ def maybe_initialize_distributed(cfg: RunConfig) -> None:
         kwargs.update(num_processes=cfg.num_processes, process_id=cfg.process_id)
     if "cpu" in os.environ.get("JAX_PLATFORMS", "cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # XLA's CPU client sizes its thread pools by PJRT_NPROC, else the cores (2 here). Two processes of 4
+        # CPU devices each stalled for good in the training step's gloo all-reduce near their first save
+        # (6 of 6 trials: three devices' threads waiting on the fourth, whose execution waited on the
+        # client's semaphore); with threads for every device they finished. Read when the client is made.
+        os.environ.setdefault("PJRT_NPROC", str(cpu_threads_for(host_device_count())))
     jax.distributed.initialize(**kwargs)
     logging.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
 
