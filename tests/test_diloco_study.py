@@ -120,7 +120,7 @@ def test_plan_only_writes_the_table_with_the_byte_budget_of_every_row(tmp_path):
     out = tmp_path / "new" / "plan.json"
     flags = "--steps=40 --d_model=32 --mlp_dim=64 --num_layers=2 --eval_every=20"
     cfg = study.DiLoCoStudyConfig(workdir=str(tmp_path / "w"), out=str(out), rows="dp,streaming_fp4_h30_m2",
-                                         seeds="0", train_flags=flags, plan_only=True)
+                                  seeds="0", train_flags=flags, plan_only=True)
     record = study.run_study(cfg)
     on_disk = json.loads(out.read_text())
     assert on_disk["rows"] == json.loads(json.dumps(record["rows"]))

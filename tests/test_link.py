@@ -442,7 +442,8 @@ def test_timeline_figures_leave_out_the_warm_up_rounds(tmp_path):
     from training.link import timeline
 
     cfg = _cfg(processes="2", steps=40, inner_steps=10, train_flags="--d_model=32 --mlp_dim=64 --warmup_steps=5")
-    assert cfg.steady_after == 20 and _cfg(processes="2", warmup_steps=7).steady_after == 7
+    assert cfg.steady_after == 20 and _cfg(processes="2", steady_after_steps=7).steady_after == 7
+    assert _cfg(processes="2", steps=8, inner_steps=4).steady_after == 4  # the default fits short runs
     for process in (0, 1):
         w = timeline.TimelineWriter.for_run(tmp_path, process)
         t = 0.0
@@ -464,11 +465,11 @@ def test_timeline_figures_leave_out_the_warm_up_rounds(tmp_path):
     assert (tmp_path / "timeline.png").is_file()
 
 
-def test_warmup_steps_must_leave_steady_steps():
-    with pytest.raises(ValueError, match="warmup_steps=40 .* leaves no step of steps=40"):
-        _cfg(processes="2", steps=40, inner_steps=20)
-    with pytest.raises(ValueError, match="warmup_steps=0 must be an integer >= 1, or -1"):
-        _cfg(processes="2", warmup_steps=0)
+def test_steady_after_steps_must_leave_steady_steps():
+    with pytest.raises(ValueError, match="steady_after_steps=40 leaves no step of steps=40"):
+        _cfg(processes="2", steps=40, inner_steps=20, steady_after_steps=40)
+    with pytest.raises(ValueError, match="steady_after_steps=0 must be an integer >= 1, or -1"):
+        _cfg(processes="2", steady_after_steps=0)
 
 
 def test_finished_rows_are_skipped_only_with_the_same_flags():

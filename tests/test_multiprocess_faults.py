@@ -109,3 +109,16 @@ def test_a_killed_process_ends_the_others_with_one_line_and_the_rerun_ends_bit_f
     rows_b = MetricsWriter.read(tmp_path / "killed" / "metrics.jsonl")
     keys = ("loss", "val_loss")
     assert [[r.get(k) for k in keys] for r in rows_a] == [[r.get(k) for k in keys] for r in rows_b]
+
+
+def test_consecutive_two_process_runs_that_save_finish_in_every_mode(tmp_path):
+    """scripts/bench_multiprocess, one trial per checkpoint mode: 2 processes x 4 CPU devices, saves every 50
+    steps, 120 steps. With the CPU client's default thread count (2 on this machine) every such trial stalled
+    near its first save (results/checkpoint/multiprocess_default_threads.json); each must finish."""
+    from training.benchmarks import multiprocess as mp
+
+    cfg = mp.BenchMultiprocessConfig(workdir=str(tmp_path / "trials"), runs=1, steps=120, stall_timeout_s=120.0,
+                                     run_timeout_s=600.0)
+    record = mp.run(cfg)
+    assert {mode: s["ok"] for mode, s in record["summary"].items()} == {"lazy": 1, "async": 1, "sync": 1}, \
+        [(r["mode"], r["status"], r["error"]) for r in record["rows"]]

@@ -75,9 +75,9 @@ class BenchDiLoCoLinkConfig:
     fragments: P of the Streaming DiLoCo methods.
     tau: Overlap τ (>= 1) of streaming_fp4_overlap.
     steps: Inner steps of every run.
-    warmup_steps: Inner steps left out of the steady-state figures; -1: 2 x inner_steps, the first two outer
-      rounds, in which the step, each fragment's sync and each merge compile (on this project's CPU runs a
-      fragment's first syncs took 3-9 s, a later one 0.1-0.5 s).
+    steady_after_steps: Inner steps left out of the steady-state figures; -1: 2 x inner_steps (the first two
+      outer rounds, in which the step, each fragment's sync and each merge compile: on this project's CPU
+      runs a fragment's first syncs took 3-9 s, a later one 0.1-0.5 s), at most half of steps.
     train_flags: Further train_diloco flags for every run (model, batch, evaluation, ...), e.g.
       '--d_model=64 --eval_every=50'; checkpoint_every defaults to 0 (a save at the end only).
     baseline: Also run, per M and unshaped, a run with no sync (the coordination baseline subtracted
@@ -99,7 +99,7 @@ class BenchDiLoCoLinkConfig:
     fragments: int = 2
     tau: int = 1
     steps: int = 100
-    warmup_steps: int = -1
+    steady_after_steps: int = -1
     train_flags: str = ""
     baseline: bool = True
     probe: bool = True
@@ -111,11 +111,13 @@ class BenchDiLoCoLinkConfig:
     def __post_init__(self):
         run_lib.require_positive(self, "devices", "inner_steps", "fragments", "tau", "steps", "timeout_s",
                                  allow_zero=("devices",))
-        if self.warmup_steps != -1 and not (isinstance(self.warmup_steps, int) and 1 <= self.warmup_steps):
-            raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 1, or -1 (2 x inner_steps)")
+        if self.steady_after_steps != -1 and not (isinstance(self.steady_after_steps, int)
+                                                  and 1 <= self.steady_after_steps):
+            raise ValueError(f"steady_after_steps={self.steady_after_steps!r} must be an integer >= 1, or -1 "
+                             "(2 x inner_steps, at most half of steps)")
         if self.steady_after >= self.steps:
-            raise ValueError(f"warmup_steps={self.steady_after} (2 x inner_steps when -1) leaves no step of steps="
-                             f"{self.steps} for the steady-state figures; give more steps or fewer warmup_steps")
+            raise ValueError(f"steady_after_steps={self.steady_after} leaves no step of steps={self.steps} for the "
+                             "steady-state figures; give more steps or fewer steady_after_steps")
         if not (isinstance(self.max_link_s, (int, float)) and math.isfinite(self.max_link_s)
                 and self.max_link_s >= 0):
             raise ValueError(f"max_link_s={self.max_link_s} must be a finite number >= 0")
@@ -160,8 +162,11 @@ class BenchDiLoCoLinkConfig:
 
     @property
     def steady_after(self) -> int:
-        """The last warm-up step: the steady-state figures count the steps after it."""
-        return 2 * self.inner_steps if self.warmup_steps == -1 else self.warmup_steps
+        """The last warm-up step: the steady-state figures count the steps after it (the default fits any
+        steps: a default never rejects the user's settings)."""
+        if self.steady_after_steps == -1:
+            return min(2 * self.inner_steps, self.steps // 2)
+        return self.steady_after_steps
 
     # -- train_diloco settings
     @property
