@@ -301,6 +301,9 @@ def test_checkpoint_multiprocess_table():
         check(row[2], [str(s["ok"])], f"{row[0]} finished")
         check(row[3], [str(s["stalled"])], f"{row[0]} stalled")
         check(row[4], [str(s["lost"] + s["failed"] + s["timeout"])], f"{row[0]} other")
+    before = load("checkpoint/multiprocess_default_threads.json")["summary"].values()
+    in_prose("checkpoint", f"every trial stalled: {sum(s['stalled'] for s in before)} of "
+                           f"{sum(s['trials'] for s in before)}, in every mode")
 
 
 # --------------------------------------------------------------------------- MoE
