@@ -311,6 +311,51 @@ def test_play_carries_root_values_and_skips_forced_moves_without_changing_the_ep
     assert forced > 0  # the skip was exercised
 
 
+def test_descends_below_root_follows_mctx_sequential_halving():
+    """mcts.descends_below_root against mctx's own table of considered visits: a search with that many
+    considered root moves and simulations goes below the root's children (some visit count above 0 in the
+    table) exactly when the function says so."""
+    from mctx._src import seq_halving
+    for sims in range(1, 9):
+        for max_considered in (1, 2, 3, 4, 8, 16):
+            table = seq_halving.get_table_of_considered_visits(max_considered, sims)
+            for legal_moves in range(1, 12):
+                legal = jnp.zeros((1, 20), bool).at[0, :legal_moves].set(True)
+                revisits = any(v > 0 for v in table[min(max_considered, legal_moves)])
+                assert bool(mcts.descends_below_root(legal, sims, max_considered)) == revisits, (
+                    sims, max_considered, legal_moves)
+
+
+@pytest.mark.parametrize("sims", [2, 4])
+def test_rollout_search_without_unread_child_priors_is_the_same_search(tiny, monkeypatch, sims):
+    """The rollout search skips the network below the root where no simulation can read a child's prior
+    (mcts.descends_below_root): every output equals the search that runs it at every node, at positions
+    where it skips and where it does not (few legal moves: 4 simulations, or 2 with one legal move)."""
+    model, params = tiny
+    rng = np.random.default_rng(11)
+    search = lambda k, b, s: mcts.search(model, params, k, b, s, "rollout", sims, 4, 1.0, 30.0)
+    skipping, batches, cases = jax.jit(search), [], []
+    for capacity in (0.3, 0.6, 0.9):  # one instance a batch: the skip is decided per position
+        batch = game.pad([instance.random_instance(rng, num_buffers=16, horizon=10, max_size=16,
+                                                   capacity_fraction=capacity)], 16)
+        batches.append(batch)
+        state = jax.vmap(game.init)(batch)
+        for k in jax.random.split(jax.random.PRNGKey(3), 16):
+            out = skipping(k, batch, state)
+            cases.append((len(batches) - 1, k, state, out))
+            state, _, _ = jax.vmap(game.step)(batch, state, out.action)
+    monkeypatch.setattr(mcts, "descends_below_root", lambda legal, n, m: jnp.bool_(True))
+    every_node = jax.jit(search)
+    descended = 0
+    for i, k, state, a in cases:
+        legal = jax.vmap(game.legal_actions)(batches[i], state)
+        descended += int(jnp.any(jnp.minimum(4, legal.sum(-1)) < sims))
+        b = every_node(k, batches[i], state)
+        for name in ("action", "policy", "value", "best_return", "chosen_value"):
+            np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
+    assert 0 < descended < len(cases)  # both branches were exercised
+
+
 # ----------------------------------------------------------------------------- the results files
 
 def _results_files():

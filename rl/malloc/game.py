@@ -410,8 +410,9 @@ def heuristic_completion(inst: Padded, state: State, game_moves: bool = False, w
     return is reachable), checked against every placed buffer; it only stops looking ahead.
 
     From ``SORTED_GAPS_FROM`` slots the free gaps come from an :class:`AddressOrder` kept by insertion (one
-    sort per completion, O(N) per buffer: :func:`_best_fit_ordered`); below, from all pairs (O(N^2) per
-    buffer, faster there)."""
+    sort per completion, O(N) per buffer: :func:`_best_fit_ordered`), and the loop runs over the buffers
+    still to place only (a completion late in the episode costs little); below, from all pairs (O(N^2) per
+    buffer, faster there), over every slot."""
     n = inst.size.shape[-1]
     k = jnp.arange(n)
     todo = inst.valid & (k >= state.t) & (inst.benefit > 0)
@@ -443,8 +444,11 @@ def heuristic_completion(inst: Padded, state: State, game_moves: bool = False, w
             order = jax.tree.map(lambda new, old: jnp.where(put, new, old), _insert(order, i, best), order)
         return (offset.at[i].set(jnp.where(put, best, offset[i])), order), None
 
-    order0 = address_order(state.offset) if sorted_gaps else None
-    (offset, _), _ = jax.lax.scan(place, (state.offset, order0), visit)
+    if sorted_gaps:  # only the todo buffers (they come first in ``visit``): the rest would be skipped anyway
+        carry = (state.offset, address_order(state.offset))
+        offset, _ = jax.lax.fori_loop(0, todo.sum(), lambda j, c: place(c, visit[j])[0], carry)
+        return offset
+    (offset, _), _ = jax.lax.scan(place, (state.offset, None), visit)
     return offset
 
 

@@ -135,16 +135,24 @@ def make_muzero_recurrent_fn(model: MallocMuZeroNet):
     return recurrent_fn
 
 
-def _true_game_recurrent_fn(model: MallocMuZeroNet, leaf_value, view: int = 0):
+def _true_game_recurrent_fn(model: MallocMuZeroNet, leaf_value, view: int = 0, needs_prior=None):
     """mctx recurrent function over the true game; embedding = (Padded batch, State batch). The prior comes
     from representation + prediction on the true next observation (illegal moves masked; :func:`network`,
     on a :func:`local_view` of ``view`` slots if given), the value from ``leaf_value(inst, next state,
-    network value)``; terminal states have value and discount 0."""
+    network value)``; terminal states have value and discount 0.
+
+    ``needs_prior`` (a traced bool, or None: always): whether the network runs at all; where it is False the
+    node gets zero logits and value, for a search that never reads them (:func:`descends_below_root`)."""
     def recurrent_fn(params, key, action, embedding):
         del key
         inst, state = embedding
         nxt, reward, done = jax.vmap(game.step)(inst, state, action)
-        logits, value = network(model, params, inst, nxt, view)
+        if needs_prior is None:
+            logits, value = network(model, params, inst, nxt, view)
+        else:
+            skipped = lambda: (jnp.zeros((action.shape[0], game.num_actions(inst.size.shape[-1])), jnp.float32),
+                               jnp.zeros(action.shape, jnp.float32))
+            logits, value = jax.lax.cond(needs_prior, lambda: network(model, params, inst, nxt, view), skipped)
         out = mctx.RecurrentFnOutput(reward=reward, discount=jnp.where(done, 0.0, 1.0), prior_logits=logits,
                                      value=jnp.where(done, 0.0, leaf_value(inst, nxt, value)))
         return out, (inst, nxt)
@@ -170,12 +178,26 @@ def rollout_value(inst: game.Padded, state: game.State, window: int = 0) -> jax.
     return jax.vmap(functools.partial(game.heuristic_return, game_moves=True, window=window))(inst, state)
 
 
-def make_rollout_recurrent_fn(model: MallocMuZeroNet, window: int = 0, view: int = 0):
+def make_rollout_recurrent_fn(model: MallocMuZeroNet, window: int = 0, view: int = 0, needs_prior=None):
     """The true game as recurrent function, like :func:`make_alphazero_recurrent_fn`, with the network's prior
     but the leaf value of a heuristic rollout to the end of the episode (or over ``window`` buffers,
     :func:`rollout_value`) instead of the value head: AlphaGo's fast-rollout evaluation (Silver et al. 2016,
-    mixing weight lambda = 1)."""
-    return _true_game_recurrent_fn(model, lambda inst, state, value: rollout_value(inst, state, window), view)
+    mixing weight lambda = 1). The value head is unused, so the network runs only where ``needs_prior``
+    (:func:`_true_game_recurrent_fn`)."""
+    return _true_game_recurrent_fn(model, lambda inst, state, value: rollout_value(inst, state, window), view,
+                                   needs_prior)
+
+
+def descends_below_root(legal: jax.Array, num_simulations: int, max_considered: int) -> jax.Array:
+    """bool []: whether some simulation of a Gumbel MuZero search (``mctx.gumbel_muzero_policy``, no noise or
+    any) may go below the root's children for any row of the batch. Sequential Halving (Danihelka et al. 2022,
+    Sec. 3; ``mctx``'s table of considered visits) first visits each of the min(``max_considered``, legal moves)
+    considered root moves once, so with at least as many considered moves as simulations every simulation
+    expands a distinct child of the root and no child's prior is ever read: a rollout search then needs the
+    network at the root only (at 2 simulations, on every position with a choice: 1 network call a move, not
+    3)."""
+    considered = jnp.minimum(max_considered, legal.sum(-1))
+    return jnp.any(considered < num_simulations)
 
 
 def rollouts_are_whole(window: int, max_buffers: int) -> bool:
@@ -243,7 +265,9 @@ def search(model, params, key, inst: game.Padded, state: game.State, kind: str, 
     elif kind == "alphazero":
         recurrent_fn, embedding = make_alphazero_recurrent_fn(model, view), (inst, state)
     else:
-        recurrent_fn, embedding = make_rollout_recurrent_fn(model, window, view), (inst, state)
+        recurrent_fn = make_rollout_recurrent_fn(model, window, view,
+                                                 descends_below_root(legal, num_simulations, max_considered))
+        embedding = (inst, state)
         root_value = rollout_value(inst, state, window) if known is None else known
     root = mctx.RootFnOutput(prior_logits=logits, value=root_value, embedding=embedding)
     out = mctx.gumbel_muzero_policy(params, key, root, recurrent_fn, num_simulations, invalid_actions=~legal,
