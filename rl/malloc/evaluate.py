@@ -84,8 +84,9 @@ class EvalMallocConfig:
       MCTS's best sequence). Not a fallback to the heuristic: its first candidate, the heuristic restricted to
       game moves, is below XLA's own placement on 19 of the 23 held-out windows. Always on for a --program /
       --hlo.
-    view: alphazero/rollout: the network sees this many slots around the current buffer (0: all of them; a
-      window instance never has more than 32).
+    view: alphazero/rollout: the network sees this many slots around the current buffer (0: all of them, the
+      default; a window instance never has more than 32, so any view >= 32 is the whole window). On the
+      held-out whole programs a 64-slot view is faster and ranks moves worse (results/malloc/README.md).
     window: rollout: each leaf's heuristic rollout places only the next this many buffers (0: to the end).
     weights: muzero/alphazero/rollout: network directory (muzero.msgpack + muzero.json); default the shipped
       rl/malloc/trained.
@@ -112,7 +113,7 @@ class EvalMallocConfig:
     simulations: int = 0
     samples: int = 1
     keep_best: bool = False
-    view: int = 64
+    view: int = 0
     window: int = 0
     weights: str = ""
     warm_up: bool = True
