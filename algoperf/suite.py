@@ -31,6 +31,7 @@ from training.run import Progress, require_positive
 DEFAULT_BASE_WORKLOADS = ("mnist1d", "ctr", "lm")  # mnist (the real MNIST) needs --data_dir
 STUDIES = {"v0.6": 3, "v0.5": 5}
 TRIALS_PER_STUDY = 5
+SEARCH_SPACES = ("boxes", "lists")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,9 @@ class SuiteConfig:
     calibrate: Scale each workload's runtime budget by this machine's speed, measured on the workload's
       target-setting configuration before the first trial (algoperf.calibration); the record goes to
       EXPERIMENT_DIR/calibration.json and is reused when the suite resumes.
+    search_spaces: boxes (each baseline's NAME_search_space.json, a quasi-random draw per study) or lists (the
+      short list chosen for each workload leave-one-workload-out, algoperf/baselines/search_spaces/NAME/
+      WORKLOAD.json: scripts.choose_algoperf_search_spaces).
     """
     experiment_dir: str = ""
     rules: str = "v0.6"
@@ -60,6 +64,7 @@ class SuiteConfig:
     rng_seed: int = 0
     out_dir: str = ""
     calibrate: bool = True
+    search_spaces: str = "boxes"
 
     def __post_init__(self):
         scoring.check_rules(self.rules)
@@ -69,6 +74,15 @@ class SuiteConfig:
         if self.num_studies < 0:
             raise ValueError(f"num_studies={self.num_studies} must be >= 1 (or 0 for the rules' default)")
         require_positive(self, "num_tuning_trials")
+        if self.search_spaces not in SEARCH_SPACES:
+            raise ValueError(f"search_spaces={self.search_spaces!r}; allowed: {', '.join(SEARCH_SPACES)}")
+        if self.search_spaces == "lists":
+            for name in workloads_lib.split_names(self.baselines):
+                for w in self.workload_names:
+                    if not baselines_lib.list_search_space_path(name, w).is_file():
+                        raise ValueError(f"search_spaces='lists': {name} has no list for {w} "
+                                         f"({baselines_lib.list_search_space_path(name, w)}); "
+                                         "scripts.choose_algoperf_search_spaces writes them")
         if self.experiment_dir:
             check_out_dir(self)
         if self.rules == "v0.6":
@@ -103,13 +117,20 @@ def suite_configs(cfg: SuiteConfig, runtime_scales: Optional[dict] = None) -> li
         for name in workloads_lib.split_names(cfg.baselines):
             configs.append(runner.ExperimentConfig(
                 workload=w, submission_path=str(baselines_lib.submission_path(name)),
-                tuning_search_space=str(baselines_lib.search_space_path(name)),
+                tuning_search_space=str(search_space_of(cfg, name, w)),
                 num_tuning_trials=cfg.num_tuning_trials, experiment_dir=str(root / "external" / name), **common))
         if cfg.self_tuning:
             configs.append(runner.ExperimentConfig(
                 workload=w, submission_path=str(baselines_lib.submission_path("self_tuning_nadamw")),
                 tuning_ruleset="self", experiment_dir=str(root / "self" / "self_tuning_nadamw"), **common))
     return configs
+
+
+def search_space_of(cfg: SuiteConfig, baseline: str, workload: str) -> pathlib.Path:
+    """The search space ``baseline`` is tuned over on ``workload`` (``cfg.search_spaces``)."""
+    if cfg.search_spaces == "lists":
+        return baselines_lib.list_search_space_path(baseline, workload)
+    return baselines_lib.search_space_path(baseline)
 
 
 def out_dir(cfg: SuiteConfig) -> pathlib.Path:

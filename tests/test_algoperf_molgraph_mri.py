@@ -213,7 +213,7 @@ def test_unet_shape_and_overfits_a_batch():
 
 def test_mri_eval_matches_reference(devices):
     w = workloads_lib.get_workload("mri")
-    assert w.target_metric_name == "ssim" and not w.has_targets and w.eval_batch_size % len(devices) == 0
+    assert w.target_metric_name == "ssim" and w.has_targets and w.eval_batch_size % len(devices) == 0
     params, state = w.init_model_fn(jax.random.PRNGKey(1))
     metrics = w._eval_model_on_split("validation", None, w.eval_batch_size, params, state, None, None)
     data = w.splits["validation"]
@@ -224,17 +224,22 @@ def test_mri_eval_matches_reference(devices):
     assert math.isfinite(metrics["ssim"])
 
 
-def test_new_workloads_registered_as_base_mri_without_targets():
+def test_new_workloads_registered_as_base_with_targets(monkeypatch):
     assert {"molgraph", "mri"} <= set(workloads_lib.BASE_WORKLOADS)
-    assert "molgraph" in workloads_lib.validation_targets() and "mri" not in workloads_lib.validation_targets()
+    assert {"molgraph", "mri"} <= set(workloads_lib.validation_targets())
+    assert workloads_lib.untargeted_workloads(["mnist1d", "molgraph", "mri"]) == []
+    # a workload whose targets are not set yet (None) runs but is refused by the suite, named
+    monkeypatch.setattr(workloads_lib.workload_class("mri"), "_validation_target", None)
+    assert "mri" not in workloads_lib.validation_targets()
     assert workloads_lib.untargeted_workloads(["mnist1d", "molgraph", "mri"]) == ["mri"]
     with pytest.raises(ValueError, match=r"\['mri'\] have no targets yet"):
         workloads_lib.check_targets_set("workloads", ["mnist1d", "mri"])
 
 
-def test_molgraph_targets_match_their_record():
-    record = json.loads((ROOT / "results" / "algoperf" / "targets_molgraph.json").read_text())["workloads"]["molgraph"]
-    cls = workloads_lib.workload_class("molgraph")
+@pytest.mark.parametrize("name", ["molgraph", "mri"])
+def test_new_workloads_targets_match_their_record(name):
+    record = json.loads((ROOT / "results" / "algoperf" / f"targets_{name}.json").read_text())["workloads"][name]
+    cls = workloads_lib.workload_class(name)
     assert (cls._validation_target, cls._test_target, cls._max_runtime) == (
         record["validation_target"], record["test_target"], record["max_runtime_s"])
     assert cls._target_setting == {"baseline": record["best"]["baseline"],

@@ -283,8 +283,10 @@ CASES = [
          "lies inside the scored tree", slow=True),
     Case("score_algoperf", "bad_rules", ("--experiment_dir={row}/nonexistent", "--rules=v0.7"), "--rules='v0.7'",
          slow=True),
-    Case("algoperf_suite", "workload_without_targets", ("--experiment_dir={row}/exp", "--workloads=mnist1d,mri"),
-         "['mri'] have no targets yet"),
+    Case("algoperf_suite", "search_spaces_unknown", ("--experiment_dir={row}/exp", "--search_spaces=grid"),
+         "--search_spaces='grid'; allowed: boxes, lists"),
+    Case("choose_algoperf_search_spaces", "targets_missing", ("--targets={row}/nope.json", "--out={row}/r.json"),
+         "nope.json' is not a file"),
     Case("algoperf_suite", "calibration_without_reference", ("--experiment_dir={row}/exp", "--workloads=mnist",
                                                              "--baselines=nadamw", "--noself_tuning"),
          "'mnist': no target-setting runtime to calibrate against", slow=True),
@@ -576,7 +578,7 @@ def test_output_file_check_one_rule_missing_folders_are_made(tmp_path):
 
 def _out_configs():
     from algoperf import bench as algoperf_bench
-    from algoperf import targets
+    from algoperf import search_spaces, targets
     from rl.jssp import bench as jssp_bench
     from rl.jssp import evaluate as jssp_eval
     from rl.malloc import bench as malloc_bench
@@ -585,7 +587,7 @@ def _out_configs():
 
     return [jssp_eval.EvalConfig, jssp_bench.BenchJSSPConfig, malloc_eval.EvalMallocConfig,
             malloc_eval.MoveSetCheckConfig, malloc_bench.BenchMallocConfig, algoperf_bench.BenchConfig,
-            targets.TargetsConfig, mutation.MutationCheckConfig]
+            targets.TargetsConfig, search_spaces.ChooseConfig, mutation.MutationCheckConfig]
 
 
 @pytest.mark.parametrize("config_cls", _out_configs(), ids=lambda c: f"{c.__module__}.{c.__name__}")
