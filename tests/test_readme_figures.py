@@ -795,6 +795,34 @@ def test_malloc_programs_table():
     in_prose("malloc", f"at 300 s it is within {np.ceil(1000 * worst) / 10:.1f} % of the heuristic on every program")
 
 
+def test_algoperf_new_workloads_targets_and_lists():
+    """algoperf/targets_{molgraph,mri}.json: the new domains' targets table; algoperf/search_spaces.json: per
+    baseline and held-out workload, the list's best shortfall there / the box's first points'."""
+    table = next(t for t in page_tables("algoperf") if t.header[0] == "workload" and "test target" in t.header)
+    for name in ("molgraph", "mri"):
+        entry = load(f"algoperf/targets_{name}.json")["workloads"][name]
+        row = table.row(name)
+        check(row[1], [str(entry["validation_target"])], f"{name} target")
+        check(row[2], [str(entry["test_target"])], f"{name} test target")
+        assert row[3] == BASELINE_NAMES[entry["best"]["baseline"]], row[3]
+        check(row[4], [f"{entry['max_runtime_s']:g}"], f"{name} budget")
+    record = load("algoperf/search_spaces.json")
+    table = page_tables("algoperf")[-1]
+    assert [c.strip("`") for c in table.header[1:]] == record["workloads"]
+    cells = 0
+    baselines = record["config"]["baselines"].split(",")
+    assert set(baselines) == set(record["lists"])
+    assert [r[0] for r in table.rows] == [BASELINE_NAMES[b] for b in baselines]
+    for row, baseline in zip(table.rows, baselines):
+        for w, cell in zip(record["workloads"], row[1:]):
+            chosen = record["lists"][baseline][w]
+            check(cell, [f(100 * chosen["best_on_held_out"], 1), f(100 * chosen["draw_head_best_on_held_out"], 1)],
+                  f"{baseline} list on {w}")
+            assert chosen["best_on_held_out"] <= chosen["draw_head_best_on_held_out"], (baseline, w)
+            cells += chosen["best_on_held_out"] < chosen["draw_head_best_on_held_out"]
+    in_prose("algoperf", f"better in {cells} of {len(BASELINE_NAMES) * len(record['workloads'])} cells")
+
+
 def sci(value: float) -> str:
     """1.7 × 10⁵: one decimal, as the throughput table shows it."""
     exponent = int(np.floor(np.log10(value)))
