@@ -18,7 +18,8 @@ meet the same compilation state (each compiles again, or each reads a persistent
 = (third - second) / n, compile = first - n x seconds per step, and the prediction is compile + ``step_hint``
 x seconds per step. The factor is the ratio of the prediction to the reference; the
 budget then allows as many steps here as it did on the target-setting machine, so ``step_hint`` and the
-budget agree on any machine (up to the noise of the measurement, which the record keeps).
+budget agree on any machine (up to the noise of the measurement, which the record keeps). The runner scales the
+evaluation period by the same factor (``runner.train_once``), so evaluations fall after as many steps too.
 
 The suite (:mod:`algoperf.suite`) calibrates every base workload before its first trial, writes the record
 to ``EXPERIMENT_DIR/calibration.json`` (with the machine) and reuses it when resumed, so every trial of one

@@ -319,7 +319,10 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
 
     ``save_intermediate_checkpoints=False`` checkpoints only the finished trial (upstream's flag);
     ``eval_batch_size`` defaults to the workload's; ``rules`` picks the self-tuning budget factor;
-    ``runtime_scale`` multiplies the workload's budget (:mod:`algoperf.calibration`: this machine's speed)."""
+    ``runtime_scale`` multiplies the workload's budget and its evaluation period (:mod:`algoperf.calibration`:
+    this machine's speed), so that a trial evaluates after as many steps as on the target-setting machine: a
+    workload whose validation metric dips and rises again (``ctr`` overfits after ~700 steps) is otherwise
+    scored on where a faster machine's evaluations happen to fall."""
     eval_batch_size = eval_batch_size or workload.eval_batch_size
     rng = jax.random.PRNGKey(rng_seed)
     data_rng, opt_init_rng, model_init_rng, rng = jax.random.split(rng, 4)
@@ -374,6 +377,7 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
                                               start_step=global_step)
     max_runtime = workload.max_allowed_runtime_sec * runtime_scale * (
         SELF_TUNING_BUDGET_FACTOR[rules] if tuning_ruleset == "self" else 1)
+    eval_period = workload.eval_period_time_sec * runtime_scale
     global_start_time = clock()
     train_state["last_step_end_time"] = global_start_time
     goals_reached = train_state["validation_goal_reached"] and train_state["test_goal_reached"]
@@ -395,7 +399,7 @@ def train_once(workload, submission: Submission, hyperparameters, rng_seed: int,
         if max_global_steps is not None and global_step >= max_global_steps:
             train_state["training_complete"] = True
         train_step_end_time = clock()
-        eval_due = (train_step_end_time - train_state["last_eval_time"] >= workload.eval_period_time_sec
+        eval_due = (train_step_end_time - train_state["last_eval_time"] >= eval_period
                     or train_state["training_complete"])
         if eval_due:  # finish the dispatched work before the clock closes the timed interval
             jax.block_until_ready(model_params)

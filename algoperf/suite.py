@@ -16,7 +16,6 @@ evaluation's checkpoint). Then each ruleset is scored (:func:`algoperf.scoring.s
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import time
 from typing import Optional
@@ -190,24 +189,30 @@ def score_suite(cfg: SuiteConfig) -> dict:
     return reports
 
 
+TOUR_WORKLOAD = "ctr"
+
+
 def tour_step(workdir: pathlib.Path) -> dict:
-    """Small end-to-end run for the tour (< ~60 s): NAdamW on mnist1d, 1 trial, then scoring."""
+    """Small end-to-end run for the tour (< ~60 s): the budget calibrated on this machine, then NAdamW on ``ctr``
+    with the head of its short list (chosen on the other workloads only: ``algoperf.search_spaces``), 1 trial,
+    scored. (On ``mnist1d`` NAdamW cannot be shown reaching the target: its best target-setting point reaches
+    0.9635 of the 0.975 that SGD Nesterov set.)"""
     workdir = pathlib.Path(workdir)
-    space = workdir / "space.json"
-    space.parent.mkdir(parents=True, exist_ok=True)
-    space.write_text(json.dumps([{"learning_rate": 0.00795, "one_minus_beta1": 0.0347, "beta2": 0.999,
-                                  "warmup_factor": 0.05, "weight_decay": 0.0563, "label_smoothing": 0.0,
-                                  "dropout_rate": 0.0}]))
+    workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    cfg = runner.ExperimentConfig(workload="mnist1d", submission_path=str(baselines_lib.submission_path("nadamw")),
+    scale = calibration.calibrate(workdir / calibration.CALIBRATION_FILE, [TOUR_WORKLOAD])[TOUR_WORKLOAD]
+    calibrated_s = time.perf_counter() - start
+    space = baselines_lib.list_search_space_path("nadamw", TOUR_WORKLOAD)
+    cfg = runner.ExperimentConfig(workload=TOUR_WORKLOAD, submission_path=str(baselines_lib.submission_path("nadamw")),
                                   experiment_dir=str(workdir / "nadamw"), tuning_search_space=str(space),
-                                  num_tuning_trials=1, save_checkpoints=False, overwrite=True)
-    trial = runner.run_experiment(cfg)["trials"][0]
+                                  num_tuning_trials=TRIALS_PER_STUDY, num_studies=1, save_checkpoints=False,
+                                  overwrite=True, runtime_scale=scale)
+    trials = runner.run_experiment(cfg)["trials"]
     report = scoring.score_experiment(scoring.read_experiment(workdir / "nadamw"),
                                       workloads_lib.validation_targets(), workloads_lib.VARIANTS,
-                                      base_workloads=["mnist1d"])
-    return {"mnist1d_reached_target": trial["reached_target"], "submission_time_s": round(trial["score"], 2),
-            "steps": trial["global_step"],
-            "validation_accuracy": round(trial["final"].get("validation/accuracy", float("nan")), 4),
-            "time_to_target_s": report.workload_times["nadamw"]["mnist1d"],
+                                      base_workloads=[TOUR_WORKLOAD])
+    return {"workload": TOUR_WORKLOAD, "trials_reached_target": sum(t["reached_target"] for t in trials),
+            "trials": len(trials), "validation_target": workloads_lib.workload_class(TOUR_WORKLOAD)._validation_target,
+            "time_to_target_s": report.workload_times["nadamw"][TOUR_WORKLOAD],
+            "runtime_scale": scale, "calibration_s": round(calibrated_s, 1),
             "wall_s": round(time.perf_counter() - start, 1)}

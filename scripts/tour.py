@@ -114,7 +114,8 @@ def main(argv):
     steps = [
         ("LM (train_lm)", lambda: step_train_lm(root / "train_lm", FLAGS.lm_steps)),
         ("checkpoint (SIGTERM + resume)", lambda: step_preempt_and_resume(root / "preempt")),
-        ("AlgoPerf (NAdamW on mnist1d)", lambda: _imported("algoperf.suite").tour_step(root / "algoperf")),
+        ("AlgoPerf (calibrated budget, NAdamW on ctr)",
+         lambda: _imported("algoperf.suite").tour_step(root / "algoperf")),
         ("MoE layer vs dense and one-hot (2,048 tokens)",
          lambda: _imported("training.benchmarks.moe").tour_step(root / "moe")),
         ("Streaming DiLoCo vs DP (M=2, fp4)",

@@ -11,14 +11,15 @@ from test_algoperf_runner import FakeClock, TinyWorkload, fake_submission, run
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_runtime_scale_scales_the_budget_in_the_runner():
-    # test_timing_rules_with_fake_clock's trace with the budget 10 x 2 = 20: evaluations every 4 steps (each
-    # step 1.5 s, period 5) at accumulated 1.5, 7.5, 13.5, 19.5; at step 17 (25.5 s) the budget is spent.
+def test_runtime_scale_scales_the_budget_and_the_evaluation_period_in_the_runner():
+    # test_timing_rules_with_fake_clock's trace with the budget 10 x 2 = 20 and the period 5 x 2 = 10: each step
+    # 1.5 s, an evaluation 10 s; step 1 evaluates (ends t=111.5), step 8 is the first 10 s later (acc 12, gap
+    # 10.5: evaluates, ends 132), step 15 the next (acc 22.5 >= 20: the budget is spent, no evaluation).
     clock = FakeClock()
     sub, _ = fake_submission(clock)
     result = run(clock, TinyWorkload(clock), sub, runtime_scale=2.0)
-    assert result.global_step == 17 and [s for s, _ in result.eval_results] == [1, 5, 9, 13]
-    assert result.score == pytest.approx(25.5)
+    assert result.global_step == 15 and [s for s, _ in result.eval_results] == [1, 8]
+    assert result.score == pytest.approx(22.5)
     with pytest.raises(ValueError, match="runtime_scale=0 must be a finite number > 0"):
         runner.ExperimentConfig(workload="mnist1d", runtime_scale=0)
 
