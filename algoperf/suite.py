@@ -27,10 +27,9 @@ from algoperf import calibration, runner, scoring
 from algoperf import workloads as workloads_lib
 from training.run import Progress, require_positive
 
-DEFAULT_BASE_WORKLOADS = ("mnist1d", "ctr", "lm")  # mnist (the real MNIST) needs --data_dir
 STUDIES = {"v0.6": 3, "v0.5": 5}
 TRIALS_PER_STUDY = 5
-SEARCH_SPACES = ("boxes", "lists")
+SEARCH_SPACES = ("lists", "boxes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +48,10 @@ class SuiteConfig:
     calibrate: Scale each workload's runtime budget by this machine's speed, measured on the workload's
       target-setting configuration before the first trial (algoperf.calibration); the record goes to
       EXPERIMENT_DIR/calibration.json and is reused when the suite resumes.
-    search_spaces: boxes (each baseline's NAME_search_space.json, a quasi-random draw per study) or lists (the
-      short list chosen for each workload leave-one-workload-out, algoperf/baselines/search_spaces/NAME/
-      WORKLOAD.json: scripts.choose_algoperf_search_spaces).
+    search_spaces: lists (the short list chosen for each workload leave-one-workload-out, as upstream's baselines
+      tune over a list; algoperf/baselines/search_spaces/NAME/WORKLOAD.json, written by
+      scripts.choose_algoperf_search_spaces; a held-out variant uses its base workload's list) or boxes (each
+      baseline's NAME_search_space.json, a quasi-random draw per study).
     """
     experiment_dir: str = ""
     rules: str = "v0.6"
@@ -63,7 +63,7 @@ class SuiteConfig:
     rng_seed: int = 0
     out_dir: str = ""
     calibrate: bool = True
-    search_spaces: str = "boxes"
+    search_spaces: str = "lists"
 
     def __post_init__(self):
         scoring.check_rules(self.rules)
@@ -78,9 +78,9 @@ class SuiteConfig:
         if self.search_spaces == "lists":
             for name in workloads_lib.split_names(self.baselines):
                 for w in self.workload_names:
-                    if not baselines_lib.list_search_space_path(name, w).is_file():
+                    if not list_path(name, w).is_file():
                         raise ValueError(f"search_spaces='lists': {name} has no list for {w} "
-                                         f"({baselines_lib.list_search_space_path(name, w)}); "
+                                         f"({list_path(name, w)}); "
                                          "scripts.choose_algoperf_search_spaces writes them")
         if self.experiment_dir:
             check_out_dir(self)
@@ -94,7 +94,7 @@ class SuiteConfig:
     def workload_names(self) -> list[str]:
         if self.workloads:
             return workloads_lib.split_names(self.workloads)
-        base = list(DEFAULT_BASE_WORKLOADS)
+        base = list(workloads_lib.DEFAULT_BASE_WORKLOADS)
         return base if self.rules == "v0.6" else base + [v for v, b in workloads_lib.VARIANTS.items() if b in base]
 
     @property
@@ -128,8 +128,14 @@ def suite_configs(cfg: SuiteConfig, runtime_scales: Optional[dict] = None) -> li
 def search_space_of(cfg: SuiteConfig, baseline: str, workload: str) -> pathlib.Path:
     """The search space ``baseline`` is tuned over on ``workload`` (``cfg.search_spaces``)."""
     if cfg.search_spaces == "lists":
-        return baselines_lib.list_search_space_path(baseline, workload)
+        return list_path(baseline, workload)
     return baselines_lib.search_space_path(baseline)
+
+
+def list_path(baseline: str, workload: str) -> pathlib.Path:
+    """``baseline``'s short list for ``workload``; a held-out variant is tuned over its base workload's list
+    (upstream tunes a variant over the same search space as its base)."""
+    return baselines_lib.list_search_space_path(baseline, workloads_lib.get_base_workload_name(workload))
 
 
 def out_dir(cfg: SuiteConfig) -> pathlib.Path:

@@ -39,7 +39,6 @@ from algoperf import workloads as workloads_lib
 from algoperf.metrics import is_minimized, meets_target
 from training.run import machine_info, require_output_file, require_positive, write_json_atomic
 
-DEFAULT_WORKLOADS = ("mnist1d", "ctr", "lm")  # v0.6 scores the base workloads only
 MIN_RERUNS = 5
 
 
@@ -58,7 +57,7 @@ class TargetsConfig:
     """
     out: str = ""
     rng_seed: int = 0
-    workloads: str = ",".join(DEFAULT_WORKLOADS)
+    workloads: str = ",".join(workloads_lib.DEFAULT_BASE_WORKLOADS)
     baselines: str = ",".join(baselines_lib.REFERENCE_BASELINES)
     trials_per_baseline: int = 8
     reruns: int = 5

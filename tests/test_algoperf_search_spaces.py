@@ -134,11 +134,12 @@ def test_committed_lists_are_the_procedure_output_and_run_in_the_suite(tmp_path)
 
 
 def test_suite_search_space_setting_is_checked(tmp_path):
-    with pytest.raises(ValueError, match="search_spaces='grid'; allowed: boxes, lists"):
+    with pytest.raises(ValueError, match="search_spaces='grid'; allowed: lists, boxes"):
         suite.SuiteConfig(experiment_dir=str(tmp_path), search_spaces="grid")
     with pytest.raises(ValueError, match="has no list for mnist"):
         suite.SuiteConfig(experiment_dir=str(tmp_path), search_spaces="lists", workloads="mnist")
-    boxes = suite.suite_configs(suite.SuiteConfig(experiment_dir=str(tmp_path), workloads="ctr", self_tuning=False))
+    boxes = suite.suite_configs(suite.SuiteConfig(experiment_dir=str(tmp_path), workloads="ctr", self_tuning=False,
+                                                  search_spaces="boxes"))
     assert {c.tuning_search_space for c in boxes} == {
         str(baselines_lib.search_space_path(b)) for b in baselines_lib.REFERENCE_BASELINES}
 
@@ -152,7 +153,7 @@ def test_a_missing_targets_file_is_one_line(tmp_path):
 
 def test_every_scored_workload_has_a_list():
     record = json.loads(RECORD.read_text())
-    assert set(record["workloads"]) >= set(suite.DEFAULT_BASE_WORKLOADS)
+    assert set(record["workloads"]) >= set(workloads_lib.DEFAULT_BASE_WORKLOADS)
     for baseline in baselines_lib.REFERENCE_BASELINES:
         assert set(record["lists"][baseline]) == set(record["workloads"])
     assert all(workloads_lib.workload_class(w) for w in record["workloads"])

@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from algoperf import baselines as baselines_lib
 from algoperf import suite
 from algoperf import targets as st
 
@@ -79,11 +80,14 @@ def test_suite_validates_before_running(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
     v06 = suite.SuiteConfig(experiment_dir=str(tmp_path))  # v0.6: base workloads, 3 studies x 5 trials, self-tuning
     assert (v06.workload_names, v06.studies, v06.num_tuning_trials, v06.self_tuning) == (
-        ["mnist1d", "ctr", "lm"], 3, 5, True)
-    assert len(suite.suite_configs(v06)) == 15 and suite.out_dir(v06) == tmp_path / "scores"
+        ["mnist1d", "ctr", "lm", "molgraph", "mri"], 3, 5, True)
+    assert len(suite.suite_configs(v06)) == 25 and suite.out_dir(v06) == tmp_path / "scores"
     v05 = suite.SuiteConfig(experiment_dir=str(tmp_path), rules="v0.5")
-    assert v05.studies == 5 and v05.workload_names == ["mnist1d", "ctr", "lm", "mnist1d_tanh", "lm_gelu",
-                                                       "ctr_layernorm"]
+    assert v05.studies == 5 and v05.workload_names == ["mnist1d", "ctr", "lm", "molgraph", "mri", "mnist1d_tanh",
+                                                       "lm_gelu", "ctr_layernorm"]
+    variant = {c.workload: c.tuning_search_space for c in suite.suite_configs(v05) if "nadamw.py" in c.submission_path
+               and c.tuning_ruleset == "external"}
+    assert variant["lm_gelu"] == variant["lm"] == str(baselines_lib.list_search_space_path("nadamw", "lm"))
     with pytest.raises(ValueError, match=r"\['lm_gelu'\] are held-out variants, which v0.6 does not score"):
         suite.SuiteConfig(experiment_dir=str(tmp_path), workloads="lm,lm_gelu")
     with pytest.raises(ValueError, match="lies inside the scored tree"):
