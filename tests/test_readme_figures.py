@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import pathlib
 import re
 
@@ -821,6 +822,45 @@ def test_algoperf_new_workloads_targets_and_lists():
             assert chosen["best_on_held_out"] <= chosen["draw_head_best_on_held_out"], (baseline, w)
             cells += chosen["best_on_held_out"] < chosen["draw_head_best_on_held_out"]
     in_prose("algoperf", f"better in {cells} of {len(BASELINE_NAMES) * len(record['workloads'])} cells")
+
+
+def best_two_apart(entry: dict) -> float:
+    """How far apart the best two algorithms' best target-setting points are on one workload."""
+    best = {}
+    for trial in entry["trials"]:
+        value = trial["best_validation"] if entry["minimize"] else -trial["best_validation"]
+        best[trial["baseline"]] = min(value, best.get(trial["baseline"], math.inf))
+    first, second = sorted(best.values())[:2]
+    return second - first
+
+
+def test_algoperf_targets_repeated_with_another_seed():
+    """algoperf/targets_repeat_seed1.json against the seed-0 targets: how far each target moved, against the
+    gap between the best two algorithms in either run."""
+    first = {}
+    for name in ("targets.json", "targets_molgraph.json", "targets_mri.json"):
+        first.update(load(f"algoperf/{name}")["workloads"])
+    second = load("algoperf/targets_repeat_seed1.json")["workloads"]
+    table = next(t for t in page_tables("algoperf") if "moved less?" in t.header)
+    assert sorted(r[0] for r in table.rows) == sorted(second)
+    met = 0
+    for name, entry in second.items():
+        row, before = table.row(name), first[name]
+        moved = abs(entry["validation_target"] - before["validation_target"])
+        gaps = best_two_apart(before), best_two_apart(entry)
+        check(row[1], [str(before["validation_target"])], f"{name} seed-0 target")
+        check(row[2], [str(entry["validation_target"])], f"{name} seed-1 target")
+        assert row[1].endswith(f"({BASELINE_NAMES[before['best']['baseline']]})"), row[1]
+        assert row[2].endswith(f"({BASELINE_NAMES[entry['best']['baseline']]})"), row[2]
+        check(row[3], [f(moved, 5), pct(moved / before["validation_target"], 2)], f"{name} moved")
+        check(row[4], [f(gaps[0], 4), f(gaps[1], 4)], f"{name} best two apart")
+        reruns = [sorted(r["best_validation"] for r in e["reruns"]) for e in (before, entry)]
+        check(row[5], [f(reruns[0][0], 4), f(reruns[0][-1], 4), f(reruns[1][0], 4), f(reruns[1][-1], 4)],
+              f"{name} reruns")
+        holds = moved < min(gaps)
+        met += holds
+        assert row[6].strip("*") == ("yes" if holds else "no"), (name, row[6])
+    in_prose("algoperf", f"Met on {met} of {len(second)} workloads")
 
 
 def sci(value: float) -> str:
