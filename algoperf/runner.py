@@ -657,6 +657,11 @@ def run_experiment(cfg: ExperimentConfig, clock: Clock = time.perf_counter, work
                                 save_intermediate_checkpoints=cfg.save_intermediate_checkpoints, clock=clock,
                                 config=config, eval_batch_size=eval_batch_size, rules=cfg.rules,
                                 runtime_scale=cfg.runtime_scale)
+            # Every trial traces its own jitted functions (new closures), so each leaves executables in JAX's
+            # caches; a whole suite in one process ran out of memory maps (vm.max_map_count) in LLVM's JIT
+            # after ~280 trials ("LLVM compilation error: Cannot allocate memory", then a segfault).
+            # Compilation is timed per trial anyway, so clearing costs the next trial nothing it did not pay.
+            jax.clear_caches()
             entry = {"study": study, "trial": index + 1, "score": result.score, "global_step": result.global_step,
                      "reached_target": result.reached_validation_target,
                      "final": result.eval_results[-1][1] if result.eval_results else {}}
