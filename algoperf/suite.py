@@ -78,9 +78,9 @@ class SuiteConfig:
         if self.search_spaces == "lists":
             for name in workloads_lib.split_names(self.baselines):
                 for w in self.workload_names:
-                    if not list_path(name, w).is_file():
-                        raise ValueError(f"search_spaces='lists': {name} has no list for {w} "
-                                         f"({list_path(name, w)}); "
+                    path = list_path(name, w)
+                    if not path.is_file():
+                        raise ValueError(f"search_spaces='lists': {name} has no list for {w} ({path}); "
                                          "scripts.choose_algoperf_search_spaces writes them")
         if self.experiment_dir:
             check_out_dir(self)
