@@ -332,14 +332,30 @@ def test_game_optimum_equals_unrestricted_optimum_on_500_random_instances():
         assert _game_optimum(inst) == pytest.approx(sol.benefit), (k, inst.to_dict())
 
 
+def test_default_simulations_fit_the_largest_programs_work():
+    """Simulations by size: powers of two from 2 to 64, never more for a larger program, the work
+    (simulations x buffers^3) within 2 simulations on the largest held-out program unless at the floor of 2,
+    and doubling them would break that bound (the most that fit); windows keep 64."""
+    from rl.malloc import evaluate as eval_malloc
+    ref = 2 * eval_malloc.REFERENCE_BUFFERS ** 3
+    sizes = list(range(1, 40)) + [100, 338, 500, 937, 1414, 1781, 2000, 5000]
+    sims = [eval_malloc.default_simulations(n) for n in sizes]
+    assert all(s in (2, 4, 8, 16, 32, 64) for s in sims) and sims == sorted(sims, reverse=True)
+    for n, s in zip(sizes, sims):
+        assert s == 2 or s * n ** 3 <= ref, (n, s)
+        assert s == 64 or 2 * s * n ** 3 > ref, (n, s)
+    by = dict(zip(sizes, sims))
+    assert by[32] == 64 and by[1781] == 2 and by[1414] == 2 and by[937] == 8 and by[338] == 64
+
+
 def test_shipped_instances_and_evaluation():
     from rl.malloc import evaluate as eval_malloc
     train = instance.load_dir(eval_malloc.DEFAULT_INSTANCES.parent / "train")
     test = instance.load_dir(eval_malloc.DEFAULT_INSTANCES)
     program = lambda inst: inst.name.rsplit("_w", 1)[0]
     assert train and test and not {program(i) for i in train} & {program(i) for i in test}  # held-out programs
-    with pytest.raises(ValueError, match="simulations=0"):
-        eval_malloc.make_runner("muzero", simulations=0)
+    with pytest.raises(ValueError, match="simulations=-1"):
+        eval_malloc.make_runner("muzero", simulations=-1)
     with pytest.raises(ValueError, match="samples=0"):
         eval_malloc.make_runner("alphazero", samples=0)
     with pytest.raises(ValueError, match="time_limit=0"):

@@ -3,9 +3,9 @@ user's own program: a JAX function (``program``) or a scheduled XLA HLO text mod
 
 ``run(EvalMallocConfig(...))`` is what ``scripts/eval_malloc.py`` does; :func:`tour_step` is the tour's
 small-scale version. On a program the default comparison is XLA's heuristic, CP-SAT (with its bound) and the
-rollout search keeping its best trajectory (2 simulations), one table on stdout, each placement in ``out``
-and the memory maps of the heuristic's and the best solver's placements in a PNG beside it
-(rl/malloc/memory_map.py).
+rollout search keeping its best trajectory (simulations by the program's size, :func:`default_simulations`),
+one table on stdout, each placement in ``out`` and the memory maps of the heuristic's and the best solver's
+placements in a PNG beside it (rl/malloc/memory_map.py).
 
 Solvers (rl/malloc/): heuristic (XLA memory-space-assignment order benefit/sqrt(size), best fit), firstfit
 (first-fit decreasing size), random (uniform legal mallocGame moves, ``seed``), cpsat (OR-Tools,
@@ -41,9 +41,24 @@ from training import run as run_lib
 SOLVERS = ("heuristic", "firstfit", "random", "cpsat", "cpsat_game", "muzero", "alphazero", "rollout")
 LEARNED = ("muzero", "alphazero", "rollout")
 COMPARE = ("heuristic", "cpsat", "rollout")  # the default on a program
-SIMULATIONS = {"instances": 64, "program": 2}  # simulations=0: the search's default on windows / whole programs
+MAX_SIMULATIONS = 64  # the searches' simulations per move on the <= 32-buffer windows
+REFERENCE_BUFFERS = 1_781  # the largest held-out whole program (gpt2_small_step), searched at 2 simulations
 DEFAULT_INSTANCES = pathlib.Path(instance.__file__).parent / "instances" / "test"
 NETWORK_FILES = ("muzero.msgpack", "muzero.json")
+
+
+def default_simulations(num_buffers: int) -> int:
+    """The searches' simulations per move when none are asked for (``simulations=0``): the most, a power of two
+    from 2 to 64, whose work stays within that of 2 simulations on the largest held-out program (1,781 buffers,
+    4.3 min on 2 cores with compilation). The work is counted as simulations x buffers^3: an episode makes one
+    move per buffer and each move's leaf rollouts place the rest of the program with a best fit over its gaps
+    (measured at 2 simulations: 1.26x the buffers took 1.9x the time, 1.9x took 5.7x). A ``<= 32``-buffer window
+    gets 64, a small program more simulations than a large one; a search's time grows at most linearly in its
+    simulations, so no program's exceeds 32x its own time at 2 (results/malloc/README.md, "Whole programs")."""
+    sims = MAX_SIMULATIONS
+    while sims > 2 and sims * num_buffers ** 3 > 2 * REFERENCE_BUFFERS ** 3:
+        sims //= 2
+    return sims
 
 
 def require_network_dir(name: str, directory: str) -> None:
@@ -75,8 +90,8 @@ class EvalMallocConfig:
       agent's time).
     workers: CP-SAT search workers.
     seed: Seed of the random solver (and of the muzero/alphazero search).
-    simulations: muzero/alphazero/rollout: search simulations per move (0: 64 on an instance directory, 2 on a
-      --program / --hlo).
+    simulations: muzero/alphazero/rollout: search simulations per move (0: by the instance's size, 64 up to
+      560 buffers, 8 at 937, 2 from 1,414; :func:`default_simulations`).
     samples: muzero/alphazero/rollout: keep the best (true game return) of the deterministic episode and
       samples-1 episodes with Gumbel noise at the root.
     keep_best: rollout: answer with the best whole trajectory the episode's searches evaluated (a searched
@@ -131,12 +146,12 @@ class EvalMallocConfig:
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}={v!r} must be an integer >= 0 (0: all)")
         if not isinstance(self.simulations, int) or self.simulations < 0:
-            raise ValueError(f"simulations={self.simulations!r} must be an integer >= 1 (or 0: the default)")
+            raise ValueError(f"simulations={self.simulations!r} must be an integer >= 1 (or 0: by size)")
         for s in self.solvers:
             if s in LEARNED:  # checked without loading the network
                 from rl.malloc import muzero
 
-                muzero.check_search_args(self.search_simulations, self.samples)
+                muzero.check_search_args(self.simulations or MAX_SIMULATIONS, self.samples)
             else:
                 make_runner(s, self.time_limit, self.workers, self.seed)
         if self.keep_best and "rollout" not in self.solvers:
@@ -182,10 +197,6 @@ class EvalMallocConfig:
         return [s.strip() for s in self.solver.split(",") if s.strip()] or [self.solver]
 
     @property
-    def search_simulations(self) -> int:
-        return self.simulations or SIMULATIONS["program" if self.whole_program else "instances"]
-
-    @property
     def cost(self) -> extract.CostModel:
         return extract.CostModel(slow_bw=self.slow_bw, fast_bw=self.fast_bw, flop_rate=self.flop_rate)
 
@@ -214,18 +225,19 @@ def agent_wall_times(path: str) -> dict[str, float]:
     return times
 
 
-def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: int = 0, simulations: int = 64,
+def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: int = 0, simulations: int = 0,
                 weights: str = "", samples: int = 1, time_limits: dict[str, float] | None = None,
                 keep_best: bool = False, view: int = 0, window: int = 0):
     """``run(instance) -> (offsets int64 [n] with -1 slow, extra record fields)``; CP-SAT's limit is
     ``time_limits[instance name]`` where given (ValueError for an instance it lacks), else ``time_limit``;
-    ``view`` / ``window``: the searches' network view and rollout window (``muzero.solve_batch``)."""
+    a search's ``simulations`` per move (0: :func:`default_simulations` of each instance's size), ``view`` /
+    ``window``: its network view and rollout window (``muzero.solve_batch``)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r}; allowed: {', '.join(SOLVERS)}, all")
     if solver in LEARNED:
         from rl.malloc import muzero  # local import: the baselines need neither Flax nor mctx
 
-        muzero.check_search_args(simulations, samples)
+        muzero.check_search_args(MAX_SIMULATIONS if simulations == 0 else simulations, samples)  # 0: by size
         model, params, info = muzero.load_network(pathlib.Path(weights).expanduser() if weights else None)
         search_cfg = info.get("search_config", {})
         max_considered, q_scale = int(search_cfg.get("max_considered", 16)), float(search_cfg.get("q_scale", 1.0))
@@ -233,10 +245,11 @@ def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: i
             q_scale = float(search_cfg.get("rollout_q_scale", 1.0))
 
         def run_learned(inst):
-            offsets = muzero.solve_batch([inst], model, params, solver, simulations, max_considered, seed,
+            sims = simulations or default_simulations(inst.num_buffers)
+            offsets = muzero.solve_batch([inst], model, params, solver, sims, max_considered, seed,
                                          q_scale=q_scale, samples=samples, keep_best=keep_best, window=window,
                                          view=view)[0]
-            return offsets, {"simulations": simulations, "samples": samples, "keep_best": keep_best, "view": view,
+            return offsets, {"simulations": sims, "samples": samples, "keep_best": keep_best, "view": view,
                              "window": window}
         return run_learned
     if solver in ("cpsat", "cpsat_game"):
@@ -323,7 +336,7 @@ def print_table(summary: dict) -> None:
               f"{row['mean_wall_time_s']:>8.3f} {fmt(row, 'mean_gap_to_own_bound_pct', '.2f'):>19}")
 
 
-def run_solvers(insts, solvers, time_limit=10.0, workers=1, seed=0, simulations=64, weights="",
+def run_solvers(insts, solvers, time_limit=10.0, workers=1, seed=0, simulations=0, weights="",
                 samples=1, time_limits=None, keep_best=False, view=0, window=0, warm_up=True) -> list[dict]:
     runners = [(s, make_runner(s, time_limit, workers, seed, simulations, weights, samples, time_limits,
                                keep_best and s == "rollout", view, window))
@@ -354,7 +367,7 @@ def run(cfg: EvalMallocConfig) -> list[dict]:
         if missing and set(cfg.solvers) & {"cpsat", "cpsat_game"}:
             raise ValueError(f"time_limit_from={cfg.time_limit_from!r} has no learned-solver record for "
                              f"{len(missing)} of the instances (first: {missing[0]!r})")
-    records = run_solvers(insts, cfg.solvers, cfg.time_limit, cfg.workers, cfg.seed, cfg.search_simulations,
+    records = run_solvers(insts, cfg.solvers, cfg.time_limit, cfg.workers, cfg.seed, cfg.simulations,
                           cfg.weights, cfg.samples, time_limits, cfg.keep_best or cfg.whole_program, cfg.view,
                           cfg.window, warm_up=cfg.warm_up and not cfg.whole_program)
     summary = summarise(records)
