@@ -1176,6 +1176,10 @@ def test_readme_headline_table():
     trials = sum(_reached(per, w)[1] for scored in (scores["trial_times_s"], self_tuning)
                  for per in scored.values() for w in scores["base_workloads"])
     assert row[1].endswith(f", {trials} trials"), row[1]
+    loaded = load("algoperf/loaded/scores/external/scores.json")["scores"]
+    moved = max(abs(loaded[b] - scores["scores"][b]) for b in scores["scores"])
+    kept = sorted(loaded, key=loaded.get) == sorted(scores["scores"], key=scores["scores"].get)
+    assert f"every score within {f(moved, 3)} (goal 0.05), ranking {'kept' if kept else 'not kept'}" in row[2], row[2]
 
     keep, heur = malloc_of("malloc_eval_rollout32_keep_best.json"), malloc_of("malloc_eval.json", "heuristic")
     row = table.row("mallocMuZero")

@@ -50,7 +50,7 @@ NETWORK_FILES = ("muzero.msgpack", "muzero.json")
 def default_simulations(num_buffers: int) -> int:
     """The searches' simulations per move when none are asked for (``simulations=0``): the most, a power of two
     from 2 to 64, whose work stays within that of 2 simulations on the largest held-out program (1,781 buffers,
-    4.3 min on 2 cores with compilation). The work is counted as simulations x buffers^3: an episode makes one
+    4.3-4.5 min on 2 cores with compilation). The work is counted as simulations x buffers^3: an episode makes one
     move per buffer and each move's leaf rollouts place the rest of the program with a best fit over its gaps
     (measured at 2 simulations: 1.26x the buffers took 1.9x the time, 1.9x took 5.7x). A ``<= 32``-buffer window
     gets 64, a small program more simulations than a large one; a search's time grows at most linearly in its
@@ -237,7 +237,7 @@ def make_runner(solver: str, time_limit: float = 10.0, workers: int = 1, seed: i
     if solver in LEARNED:
         from rl.malloc import muzero  # local import: the baselines need neither Flax nor mctx
 
-        muzero.check_search_args(MAX_SIMULATIONS if simulations == 0 else simulations, samples)  # 0: by size
+        muzero.check_search_args(simulations or MAX_SIMULATIONS, samples)  # 0: by size
         model, params, info = muzero.load_network(pathlib.Path(weights).expanduser() if weights else None)
         search_cfg = info.get("search_config", {})
         max_considered, q_scale = int(search_cfg.get("max_considered", 16)), float(search_cfg.get("q_scale", 1.0))
